@@ -1,0 +1,30 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The C{regproxy} command beside the daemon: small tools that read the same
+state directory, configuration file and environment as C{twistd regproxy}.
+
+Each subcommand lives in its own module and exposes C{main(argv) -> int};
+this module only dispatches, so a tool's imports cost nothing to the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = ["usage: regproxy COMMAND [ARGS...]", "", "commands:"]
+        lines += [f"  {name:22} {summary}" for name, (_, summary) in COMMANDS.items()]
+        print("\n".join(lines), file=sys.stdout if argv[:1] else sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,321 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+One frozen configuration value, built from flags, the environment and a TOML
+file, in that order of precedence.
+
+Every setting is declared once, as a field of L{Config} made with
+L{setting}: the field's name gives the command-line option (C{public_url}
+is C{--public-url}), the environment variable (C{REGPROXY_PUBLIC_URL}) and
+the file key (C{public-url}, or C{public_url}).  Field names are the names
+users type, so they are snake_case where the rest of the code is camelCase.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+from hyperlink import URL
+
+ENV_PREFIX = "REGPROXY_"
+DEFAULT_UPSTREAM = "https://registry2.balena-cloud.com"
+
+
+class ConfigError(ValueError):
+    """
+    A setting has a value that cannot be used; the message names the option.
+    """
+
+
+@attrs.frozen
+class Setting:
+    """
+    How one configuration field is read from text.
+
+    @ivar parse: Turns one value (a string from a flag or the environment,
+        or any TOML value from the file) into the field's value, raising
+        L{ValueError} with a short reason when it cannot.
+    @ivar repeatable: The option may be given several times; the field
+        holds a tuple.
+    @ivar switch: A boolean flag that takes no argument.
+    @ivar secret: The value must never be shown, not even in error messages.
+    """
+
+    parse: Callable[[Any], Any]
+    help: str
+    repeatable: bool = False
+    switch: bool = False
+    secret: bool = False
+    metavar: str | None = None
+
+
+def setting(
+    default: Any,
+    parse: Callable[[Any], Any],
+    help: str,
+    *,
+    repeatable: bool = False,
+    switch: bool = False,
+    secret: bool = False,
+    metavar: str | None = None,
+) -> Any:
+    """
+    Declare a field of L{Config} that users can set.
+    """
+    return attrs.field(
+        default=default,
+        metadata={
+            "setting": Setting(parse, help, repeatable, switch, secret, metavar)
+        },
+    )
+
+
+# Parsers.  Each takes one raw value and returns the field's value or raises
+# ValueError saying what is wrong (never echoing a secret).
+
+
+def parseText(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected text, got {type(value).__name__}")
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def parseOptionalText(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return parseText(value)
+
+
+def parseHTTPURL(value: Any) -> str:
+    """
+    An absolute http or https URL, returned without a trailing slash.
+    """
+    text = parseText(value)
+    try:
+        url = URL.from_text(text)
+    except Exception as e:
+        raise ValueError(f"not a URL: {e}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"not an http or https URL: {text!r}")
+    if url.query or url.fragment:
+        raise ValueError(f"must not have a query or fragment: {text!r}")
+    return text.rstrip("/")
+
+
+def parseOptionalHTTPURL(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return parseHTTPURL(value)
+
+
+def parsePositiveFloat(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"must be a positive number of seconds, got {value!r}")
+    return number
+
+
+def parseBool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def parseEndpoint(value: Any) -> str:
+    """
+    A Twisted server endpoint description, checked for its shape here and
+    for its meaning when the listener is made.
+    """
+    text = parseText(value)
+    if ":" not in text:
+        raise ValueError(
+            f"not an endpoint description (e.g. tcp:80 or "
+            f"tcp:8080:interface=127.0.0.1): {text!r}"
+        )
+    return text
+
+
+def defaultStateDir() -> str:
+    """
+    Where keys and generated files live when C{--state-dir} is not given:
+    the system's state directory for root, the user's otherwise.
+    """
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return "/var/lib/regproxy"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "regproxy")
+
+
+@attrs.frozen
+class Config:
+    """
+    Everything regproxy was told at start-up.
+    """
+
+    listen: tuple[str, ...] = setting(
+        ("tcp:80",),
+        parseEndpoint,
+        "Listen on this Twisted endpoint (repeatable), e.g. tcp:80 or "
+        "tcp:8080:interface=127.0.0.1.",
+        repeatable=True,
+        metavar="ENDPOINT",
+    )
+    upstream: str = setting(
+        DEFAULT_UPSTREAM,
+        parseHTTPURL,
+        "The registry to forward to (http or https URL).",
+        metavar="URL",
+    )
+    public_url: str | None = setting(
+        None,
+        parseOptionalHTTPURL,
+        "How clients reach regproxy, e.g. https://proxy.local:5000; "
+        "by default taken from each request's Host and scheme.",
+        metavar="URL",
+    )
+    state_dir: str = setting(
+        attrs.Factory(defaultStateDir),
+        parseText,
+        "Directory for keys and generated files.",
+        metavar="DIR",
+    )
+    upstream_ca: str | None = setting(
+        None,
+        parseOptionalText,
+        "PEM file of CA certificates to trust for an https upstream "
+        "(default: the system's trust store).",
+        metavar="FILE",
+    )
+    connect_timeout: float = setting(
+        10.0,
+        parsePositiveFloat,
+        "Seconds to wait for a connection to the upstream.",
+        metavar="SECONDS",
+    )
+    response_timeout: float = setting(
+        60.0,
+        parsePositiveFloat,
+        "Seconds to wait for the upstream's response headers.",
+        metavar="SECONDS",
+    )
+
+
+def settings() -> Iterable[tuple[attrs.Attribute, Setting]]:
+    """
+    The user-settable fields of L{Config}, in declaration order.
+    """
+    for field in attrs.fields(Config):
+        spec = field.metadata.get("setting")
+        if spec is not None:
+            yield field, spec
+
+
+def optionName(field: attrs.Attribute) -> str:
+    return field.name.replace("_", "-")
+
+
+def environmentName(field: attrs.Attribute) -> str:
+    return ENV_PREFIX + field.name.upper()
+
+
+def _describe(value: Any, spec: Setting) -> str:
+    return "the value given" if spec.secret else repr(value)
+
+
+def _parseOne(field: attrs.Attribute, spec: Setting, value: Any, source: str) -> Any:
+    try:
+        return spec.parse(value)
+    except ValueError as e:
+        raise ConfigError(f"--{optionName(field)} ({source}): {e}") from None
+
+
+def _parseRaw(field: attrs.Attribute, spec: Setting, raw: Any, source: str) -> Any:
+    if spec.repeatable:
+        if isinstance(raw, str):
+            items: list[Any] = [item for item in raw.replace(",", " ").split()]
+        elif isinstance(raw, (list, tuple)):
+            items = list(raw)
+        else:
+            raise ConfigError(
+                f"--{optionName(field)} ({source}): expected a list, "
+                f"got {_describe(raw, spec)}"
+            )
+        return tuple(_parseOne(field, spec, item, source) for item in items)
+    if spec.switch:
+        try:
+            return parseBool(raw)
+        except ValueError as e:
+            raise ConfigError(f"--{optionName(field)} ({source}): {e}") from None
+    return _parseOne(field, spec, raw, source)
+
+
+def readConfigFile(path: str) -> dict[str, Any]:
+    """
+    Read a TOML configuration file into a mapping of field name to raw value.
+    """
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config: {path} is not valid TOML: {e}") from None
+    known = {field.name: field for field, _ in settings()}
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"--config: {path}: unknown setting {key!r}")
+        values[name] = value
+    return values
+
+
+def loadConfig(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    configFile: str | None = None,
+) -> Config:
+    """
+    Build the configuration: flags win over the environment, which wins over
+    the file, which wins over the defaults.
+
+    @param flags: Field name to the raw value given on the command line
+        (a list for repeatable options); absent when not given.
+    @param environ: The process environment.
+    @param configFile: A TOML file, or L{None}; C{REGPROXY_CONFIG} names one
+        when this is L{None}.
+    @raise ConfigError: When a value cannot be used.
+    """
+    if configFile is None:
+        configFile = environ.get(ENV_PREFIX + "CONFIG") or None
+    fromFile = readConfigFile(configFile) if configFile else {}
+    values: dict[str, Any] = {}
+    for field, spec in settings():
+        if field.name in flags:
+            raw, source = flags[field.name], "flag"
+        elif environmentName(field) in environ:
+            raw, source = environ[environmentName(field)], environmentName(field)
+        elif field.name in fromFile:
+            raw, source = fromFile[field.name], "config file"
+        else:
+            continue
+        values[field.name] = _parseRaw(field, spec, raw, source)
+    return Config(**values)

@@ -1,0 +1,97 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The C{twistd regproxy} command: its L{Options} and L{makeService}.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.python import usage
+
+from regproxy.config import Config, ConfigError, loadConfig, optionName, settings
+
+
+def _repeatableHandler(name: str):
+    def handler(self: Options, value: str) -> None:
+        self.given.setdefault(name, []).append(value)
+
+    return handler
+
+
+def _switchHandler(name: str):
+    def handler(self: Options) -> None:
+        self.given[name] = True
+
+    return handler
+
+
+class Options(usage.Options):
+    """
+    Command-line options; each one comes from a field of L{Config}, and its
+    environment variable and file key are named after it too.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Every option can also be set in the environment (REGPROXY_UPSTREAM, "
+        "REGPROXY_LISTEN, ...) or in the TOML file given by --config; flags "
+        "win over the environment, which wins over the file."
+    )
+    optParameters: list[list[Any]] = [
+        ["config", None, None, "TOML configuration file (also REGPROXY_CONFIG)."],
+    ]
+    optFlags: list[list[Any]] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: dict[str, Any] = {}
+
+    def postOptions(self) -> None:
+        for field, spec in settings():
+            if spec.repeatable or spec.switch:
+                continue
+            value = self.opts.get(optionName(field))
+            if value is not None:
+                self.given[field.name] = value
+        try:
+            self.config = loadConfig(self.given, os.environ, self.opts["config"])
+        except ConfigError as e:
+            # One line that names the option, not the whole usage text.
+            raise SystemExit(f"regproxy: {e}") from None
+
+
+for _field, _spec in settings():
+    _doc = _spec.help + (" (repeatable)" if _spec.repeatable else "")
+    _name = optionName(_field)
+    if _spec.repeatable:
+        _handler = _repeatableHandler(_field.name)
+        _handler.__doc__ = _doc
+        setattr(Options, "opt_" + _field.name, _handler)
+    elif _spec.switch:
+        _handler = _switchHandler(_field.name)
+        _handler.__doc__ = _doc
+        setattr(Options, "opt_" + _field.name, _handler)
+    else:
+        Options.optParameters.append([_name, None, None, _doc])
+
+
+def makeService(options: Options) -> service.IService:
+    """
+    Build the listeners and the resource tree from the options.
+    """
+    from twisted.internet import reactor
+
+    from regproxy.site import makeSite
+
+    config: Config = options.config
+    top = service.MultiService()
+    site = makeSite(config, reactor)
+    for description in config.listen:
+        listener = strports.service(description, site)
+        listener.setServiceParent(top)
+    return top
+
+
