@@ -1,0 +1,336 @@
+# -*- test-case-name: tests.integration.test_forward_open -*-
+"""
+Start a real distribution registry (C{docker-registry serve}) for a test,
+in one of three modes, and stop it when the test ends.
+
+    registry = await startRegistry(self, mode="htpasswd-tls", users={"alice": "pw"})
+
+The registry listens on a free loopback port; the test waits for its
+"listening on" log line (no sleeps) and, in cleanup, for the process to
+exit.  Without a C{docker-registry} program the test is skipped.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Mapping
+
+import attrs
+import bcrypt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.trial.unittest import SkipTest
+
+from .tokenserver import TokenServer, startTokenServer
+
+MODES = ("open", "htpasswd-tls", "token")
+REGISTRY_PROGRAM = "docker-registry"
+STARTUP_TIMEOUT = 30.0
+
+
+class RegistryFailed(Exception):
+    """
+    The registry exited, or did not start listening, in time; the message
+    carries its output.
+    """
+
+
+@attrs.frozen
+class Registry:
+    """
+    A running registry.
+
+    @ivar url: Its base URL, e.g. C{http://127.0.0.1:41234}.
+    @ivar host: C{127.0.0.1:PORT}, as used in image references.
+    @ivar caFile: The PEM CA file to trust (TLS mode), else L{None}.
+    @ivar certDir: A directory holding C{ca.crt}, for skopeo's
+        C{--src-cert-dir}/C{--dest-cert-dir} (TLS mode), else L{None}.
+    @ivar users: User name to password, for the modes with logins.
+    @ivar tokenServer: The token server it trusts (token mode), else L{None}.
+    @ivar directory: The temporary directory holding its config, storage
+        and log.
+    """
+
+    mode: str
+    url: str
+    host: str
+    port: int
+    caFile: str | None
+    certDir: str | None
+    users: Mapping[str, str]
+    tokenServer: TokenServer | None
+    directory: str
+    process: RegistryProcess = attrs.field(repr=False)
+
+    @property
+    def output(self) -> str:
+        """
+        Everything the registry logged so far (for failure messages).
+        """
+        return self.process.output()
+
+
+class RegistryProcess(ProcessProtocol):
+    """
+    Watch a registry's log for its listen line and its exit.
+    """
+
+    _log = Logger()
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.listening: Deferred[None] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.exited = False
+
+    def output(self) -> str:
+        return self._buffer.decode("utf-8", "replace")
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self._buffer += data
+        if not self.listening.called and b'msg="listening on ' in self._buffer:
+            self.listening.callback(None)
+
+    def processEnded(self, reason) -> None:
+        self.exited = True
+        if not self.listening.called:
+            self.listening.errback(
+                RegistryFailed(
+                    f"registry exited before listening ({reason.value}):\n"
+                    + self.output()
+                )
+            )
+        self.ended.callback(None)
+
+    def stop(self) -> Deferred[None]:
+        if not self.exited:
+            try:
+                self.transport.signalProcess("TERM")
+            except ProcessExitedAlready:
+                pass
+        return self.ended
+
+
+def freePort() -> int:
+    """
+    A loopback TCP port that was free a moment ago.  The registry may still
+    lose a race for it; L{startRegistry} retries then.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def makeSelfSignedCertificate(directory: str) -> tuple[str, str]:
+    """
+    Write a self-signed certificate for C{127.0.0.1} (and C{localhost}) that
+    is also its own CA, and its key.
+
+    @return: The certificate and key file paths.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.DNSName("localhost"),
+                ]
+            ),
+            False,
+        )
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .sign(key, hashes.SHA256())
+    )
+    certFile = os.path.join(directory, "registry.crt")
+    keyFile = os.path.join(directory, "registry.key")
+    with open(certFile, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(keyFile, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return certFile, keyFile
+
+
+def writeHtpasswd(path: str, users: Mapping[str, str]) -> None:
+    """
+    An htpasswd file of bcrypt entries (cost 4: tests want speed).
+    """
+    with open(path, "wb") as f:
+        for user, password in users.items():
+            hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4))
+            f.write(user.encode() + b":" + hashed + b"\n")
+
+
+def registryConfig(
+    directory: str,
+    port: int,
+    mode: str,
+    tls: tuple[str, str] | None = None,
+    htpasswd: str | None = None,
+    tokenServer: TokenServer | None = None,
+) -> dict:
+    """
+    The registry's configuration as a mapping (JSON is YAML, so it is
+    written with L{json}).
+    """
+    http: dict = {"addr": f"127.0.0.1:{port}", "secret": "regproxy-test-secret"}
+    if tls is not None:
+        http["tls"] = {"certificate": tls[0], "key": tls[1]}
+    config: dict = {
+        "version": 0.1,
+        "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": os.path.join(directory, "storage")},
+            "delete": {"enabled": True},
+            "maintenance": {"uploadpurging": {"enabled": False}},
+        },
+        "http": http,
+    }
+    if htpasswd is not None:
+        config["auth"] = {"htpasswd": {"realm": "regproxy-test", "path": htpasswd}}
+    if tokenServer is not None:
+        config["auth"] = {
+            "token": {
+                "realm": tokenServer.realm,
+                "service": tokenServer.service,
+                "issuer": tokenServer.issuer,
+                "rootcertbundle": tokenServer.bundleFile,
+            }
+        }
+    return config
+
+
+async def startRegistry(
+    testCase,
+    mode: str = "open",
+    users: Mapping[str, str] | None = None,
+    anonymous: str = "none",
+    reactor=None,
+) -> Registry:
+    """
+    Start a registry that lives until C{testCase} ends.
+
+    @param mode: C{"open"} (no auth, plain HTTP), C{"htpasswd-tls"} (bcrypt
+        htpasswd logins over HTTPS with a self-signed certificate) or
+        C{"token"} (plain HTTP, bearer tokens from a test token server).
+    @param users: User name to password, for the modes with logins
+        (default: C{{"alice": "wonderland"}}).
+    @param anonymous: Token mode: what a client without credentials gets
+        from the token server (C{"none"} or C{"pull"}).
+    @raise SkipTest: When C{docker-registry} is not installed.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    program = shutil.which(REGISTRY_PROGRAM)
+    if program is None:
+        raise SkipTest(f"{REGISTRY_PROGRAM} is not installed (apt-get install docker-registry)")
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    if users is None:
+        users = {"alice": "wonderland"}
+    directory = tempfile.mkdtemp(prefix=f"registry-{mode}-")
+    testCase.addCleanup(shutil.rmtree, directory, True)
+
+    tls = caFile = certDir = htpasswd = tokenServer = None
+    if mode == "htpasswd-tls":
+        tls = makeSelfSignedCertificate(directory)
+        caFile = tls[0]
+        certDir = os.path.join(directory, "certs.d")
+        os.mkdir(certDir)
+        shutil.copy(caFile, os.path.join(certDir, "ca.crt"))
+        htpasswd = os.path.join(directory, "htpasswd")
+        writeHtpasswd(htpasswd, users)
+    elif mode == "token":
+        tokenServer = startTokenServer(
+            testCase, directory, users, anonymous=anonymous, reactor=reactor
+        )
+
+    lastError: Exception | None = None
+    for attempt in range(3):
+        port = freePort()
+        configFile = os.path.join(directory, "config.yml")
+        with open(configFile, "w") as f:
+            json.dump(registryConfig(directory, port, mode, tls, htpasswd, tokenServer), f)
+        process = RegistryProcess()
+        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": directory}
+        reactor.spawnProcess(
+            process, program, [program, "serve", configFile], env=environment
+        )
+        timeout = reactor.callLater(
+            STARTUP_TIMEOUT,
+            lambda p=process: p.listening.called
+            or p.listening.errback(
+                RegistryFailed(f"registry did not listen within {STARTUP_TIMEOUT}s:\n" + p.output())
+            ),
+        )
+        try:
+            await process.listening
+        except RegistryFailed as e:
+            lastError = e
+            await process.stop()
+            if "address already in use" in process.output():
+                continue
+            raise
+        finally:
+            if timeout.active():
+                timeout.cancel()
+        testCase.addCleanup(process.stop)
+        scheme = "https" if tls else "http"
+        return Registry(
+            mode=mode,
+            url=f"{scheme}://127.0.0.1:{port}",
+            host=f"127.0.0.1:{port}",
+            port=port,
+            caFile=caFile,
+            certDir=certDir,
+            users=dict(users),
+            tokenServer=tokenServer,
+            directory=directory,
+            process=process,
+        )
+    assert lastError is not None
+    raise lastError
