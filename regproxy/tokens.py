@@ -1,0 +1,467 @@
+# -*- test-case-name: tests.test_tokens -*-
+"""
+Issue and verify the ES256 JSON Web Tokens of the registry token protocol.
+
+A distribution registry in token mode accepts a token when its header names
+the signing key the way the registry looks keys up (2.x: C{x5c} chained to
+its C{rootcertbundle}, then the libtrust C{kid}; 3.x: C{x5c}, then the
+RFC 7638 thumbprint), C{aud} is a string, C{exp} is present, and the ES256
+signature is the raw C{r||s} pair rather than the DER that
+C{cryptography} produces.  regproxy signs its own tokens the same way, so one
+issuer serves a registry and regproxy's own front door.
+
+C{cryptography} is used directly: the format is small, and doing it here
+keeps the raw-signature conversion and the header in plain sight.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import json
+import math
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from cryptography.x509.oid import NameOID
+from twisted.internet.interfaces import IReactorTime
+
+from regproxy.libtrust import base64url, keyID
+from regproxy.scope import Scope
+
+ALGORITHM = "ES256"
+_COORDINATE = 32  # bytes of r and of s for P-256
+_REGISTERED = frozenset(["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "access"])
+_B64URL = re.compile(r"[A-Za-z0-9_-]*\Z")
+
+
+class TokenError(Exception):
+    """
+    A token cannot be used.  The message says why, without the token.
+    """
+
+
+class BadToken(TokenError):
+    """
+    Malformed, not ES256, or its signature does not match.
+    """
+
+
+class ExpiredToken(TokenError):
+    """
+    Past its C{exp}, or before its C{nbf}.
+    """
+
+
+class ForeignToken(TokenError):
+    """
+    Signed by a key we do not know, or issued by someone else or for
+    another audience.
+    """
+
+
+def _b64decode(text: str) -> bytes:
+    if not _B64URL.match(text):
+        raise BadToken("token is not base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise BadToken("token is not base64url") from None
+
+
+def _jsonSegment(value: Mapping[str, Any]) -> str:
+    return base64url(json.dumps(value, separators=(",", ":")).encode("utf-8"))
+
+
+def accessClaim(scopes: Iterable[Scope]) -> list[dict[str, Any]]:
+    """
+    The C{access} claim for granted scopes, as distribution reads it
+    (C{type}, C{class} when there is one, C{name}, C{actions}).
+    """
+    claim = []
+    for scope in scopes:
+        entry: dict[str, Any] = {"type": scope.resourceType}
+        if scope.resourceClass is not None:
+            entry["class"] = scope.resourceClass
+        entry["name"] = scope.name
+        entry["actions"] = list(scope.actions)
+        claim.append(entry)
+    return claim
+
+
+def _checkSigningKey(key: Any) -> None:
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
+        key.curve, ec.SECP256R1
+    ):
+        raise ValueError("ES256 needs a P-256 (prime256v1) EC private key")
+
+
+@attrs.frozen
+class IssuedToken:
+    """
+    A signed token and what a token response says about it.
+    """
+
+    token: str
+    issuedAt: int
+    expiresIn: int
+    claims: Mapping[str, Any]
+
+
+@attrs.frozen
+class TokenIssuer:
+    """
+    Signs tokens with one key, naming it by its libtrust C{kid} and its
+    certificate chain in C{x5c}.
+
+    @ivar issuer: The C{iss} claim; the registry's C{auth.token.issuer}.
+    @ivar key: A P-256 private key.
+    @ivar chain: The certificate of C{key} first, then any intermediates.
+    @ivar clock: Where the time comes from.
+    @ivar lifetime: Seconds a token is valid for, unless told otherwise.
+    """
+
+    issuer: str
+    key: ec.EllipticCurvePrivateKey
+    chain: tuple[x509.Certificate, ...] = attrs.field(converter=tuple)
+    clock: IReactorTime
+    lifetime: int = 300
+
+    def __attrs_post_init__(self) -> None:
+        _checkSigningKey(self.key)
+        if not self.chain:
+            raise ValueError("a token issuer needs the key's certificate")
+        ours = self.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        leaf = self.chain[0].public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if ours != leaf:
+            raise ValueError("the certificate is not for this private key")
+
+    @property
+    def keyID(self) -> str:
+        return keyID(self.key.public_key())
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "alg": ALGORITHM,
+            "typ": "JWT",
+            "kid": self.keyID,
+            "x5c": [
+                base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode(
+                    "ascii"
+                )
+                for cert in self.chain
+            ],
+        }
+
+    def issue(
+        self,
+        subject: str | None,
+        audience: str,
+        access: Iterable[Scope] = (),
+        extraClaims: Mapping[str, Any] | None = None,
+        lifetime: int | None = None,
+    ) -> IssuedToken:
+        """
+        Sign a token.
+
+        @param subject: The account, or L{None} for an anonymous client (the
+            C{sub} claim is then empty).
+        @param audience: The service the token is for (a registry's
+            C{auth.token.service}); always a string, as distribution 2.x
+            requires.
+        @param access: The granted scopes.
+        @param extraClaims: More claims (for example sealed credentials);
+            they may not replace the registered ones.
+        @param lifetime: Seconds until C{exp}, if not L{TokenIssuer.lifetime}.
+        """
+        extra = dict(extraClaims or {})
+        clash = _REGISTERED.intersection(extra)
+        if clash:
+            raise ValueError(f"extra claims may not replace {sorted(clash)}")
+        now = int(self.clock.seconds())
+        expiresIn = self.lifetime if lifetime is None else int(lifetime)
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": subject or "",
+            "aud": audience,
+            "exp": now + expiresIn,
+            "nbf": now,
+            "iat": now,
+            "jti": secrets.token_urlsafe(18),
+            "access": accessClaim(access),
+        }
+        claims.update(extra)
+        signingInput = _jsonSegment(self.header()) + "." + _jsonSegment(claims)
+        der = self.key.sign(signingInput.encode("ascii"), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        raw = r.to_bytes(_COORDINATE, "big") + s.to_bytes(_COORDINATE, "big")
+        return IssuedToken(signingInput + "." + base64url(raw), now, expiresIn, claims)
+
+
+@attrs.frozen
+class TokenVerifier:
+    """
+    Checks tokens signed by keys we hold, for one issuer and audience.
+
+    Only the keys given here are trusted, looked up by C{kid}; a
+    certificate inside the token (C{x5c}) is never trusted on its own.
+
+    @ivar keys: libtrust C{kid} to public key (several, for rotation).
+    @ivar leeway: Seconds of clock difference tolerated for C{exp} and
+        C{nbf}.
+    """
+
+    issuer: str
+    audience: str
+    keys: Mapping[str, ec.EllipticCurvePublicKey]
+    clock: IReactorTime
+    leeway: float = 30.0
+
+    @classmethod
+    def forKeys(
+        cls,
+        issuer: str,
+        audience: str,
+        publicKeys: Iterable[ec.EllipticCurvePublicKey],
+        clock: IReactorTime,
+        leeway: float = 30.0,
+    ) -> TokenVerifier:
+        return cls(issuer, audience, {keyID(k): k for k in publicKeys}, clock, leeway)
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """
+        Return the claims of a valid token.
+
+        @raise BadToken: Malformed, not ES256, or a wrong signature.
+        @raise ForeignToken: Unknown key, issuer or audience.
+        @raise ExpiredToken: Outside its validity, beyond the leeway.
+        """
+        if not isinstance(token, str) or token.count(".") != 2:
+            raise BadToken("token is not a signed JWT")
+        headerText, claimsText, signatureText = token.split(".")
+        header = self._json(headerText, "header")
+        if header.get("alg") != ALGORITHM:
+            raise BadToken(f"token algorithm must be {ALGORITHM}")
+        kid = header.get("kid")
+        key = self.keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise ForeignToken("token is signed by a key we do not know")
+        raw = _b64decode(signatureText)
+        if len(raw) != 2 * _COORDINATE:
+            raise BadToken("token signature has the wrong length")
+        der = encode_dss_signature(
+            int.from_bytes(raw[:_COORDINATE], "big"),
+            int.from_bytes(raw[_COORDINATE:], "big"),
+        )
+        try:
+            key.verify(
+                der,
+                (headerText + "." + claimsText).encode("ascii"),
+                ec.ECDSA(hashes.SHA256()),
+            )
+        except InvalidSignature:
+            raise BadToken("token signature does not match") from None
+        claims = self._json(claimsText, "claims")
+        if claims.get("iss") != self.issuer:
+            raise ForeignToken("token is from another issuer")
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if self.audience not in audiences:
+            raise ForeignToken("token is for another service")
+        now = self.clock.seconds()
+        expires = claims.get("exp")
+        if not _isNumber(expires):
+            raise BadToken("token has no expiry")
+        if now > expires + self.leeway:
+            raise ExpiredToken("token has expired")
+        notBefore = claims.get("nbf")
+        if notBefore is not None:
+            if not _isNumber(notBefore):
+                raise BadToken("token has a malformed nbf")
+            if now < notBefore - self.leeway:
+                raise ExpiredToken("token is not valid yet")
+        return claims
+
+    @staticmethod
+    def _json(segment: str, what: str) -> dict[str, Any]:
+        try:
+            value = json.loads(_b64decode(segment))
+        except (ValueError, RecursionError):
+            raise BadToken(f"token {what} is not JSON") from None
+        if not isinstance(value, dict):
+            raise BadToken(f"token {what} is not a JSON object")
+        return value
+
+
+def _isNumber(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def tokenResponseBody(issued: IssuedToken, refreshToken: str | None = None) -> bytes:
+    """
+    The JSON body of a token endpoint's answer, with both the Docker
+    (C{token}) and OAuth2 (C{access_token}) names for the token.
+    """
+    issuedAt = datetime.datetime.fromtimestamp(issued.issuedAt, datetime.timezone.utc)
+    body: dict[str, Any] = {
+        "token": issued.token,
+        "access_token": issued.token,
+        "expires_in": int(issued.expiresIn),
+        "issued_at": issuedAt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if refreshToken is not None:
+        body["refresh_token"] = refreshToken
+    return json.dumps(body).encode("utf-8")
+
+
+# Keys and certificates.
+
+
+def parsePrivateKey(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    """
+    An unencrypted PEM private key (SEC1 C{EC PRIVATE KEY} or PKCS#8) usable
+    for ES256.
+
+    @raise ValueError: It is not one.
+    """
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"not an unencrypted PEM private key ({e})") from None
+    _checkSigningKey(key)
+    return key  # type: ignore[return-value]
+
+
+def parseCertificates(pem: bytes) -> tuple[x509.Certificate, ...]:
+    """
+    One or more PEM certificates, leaf first.
+
+    @raise ValueError: There is none.
+    """
+    try:
+        certificates = tuple(x509.load_pem_x509_certificates(pem))
+    except ValueError as e:
+        raise ValueError(f"not a PEM certificate ({e})") from None
+    if not certificates:
+        raise ValueError("no PEM certificate found")
+    return certificates
+
+
+def _readFile(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read the {what} {path}: {e.strerror}") from None
+
+
+def loadPrivateKey(path: str) -> ec.EllipticCurvePrivateKey:
+    try:
+        return parsePrivateKey(_readFile(path, "token key"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def loadCertificates(path: str) -> tuple[x509.Certificate, ...]:
+    try:
+        return parseCertificates(_readFile(path, "token certificate"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def loadIssuer(
+    issuer: str,
+    keyPath: str,
+    certificatePath: str,
+    clock: IReactorTime,
+    lifetime: int = 300,
+) -> TokenIssuer:
+    """
+    A L{TokenIssuer} from the files C{gen-token-auth-cert} writes.
+
+    @raise ValueError: A file is missing or unusable, or the two do not
+        belong together; the message names the file.
+    """
+    return TokenIssuer(
+        issuer,
+        loadPrivateKey(keyPath),
+        loadCertificates(certificatePath),
+        clock,
+        lifetime,
+    )
+
+
+def generateIssuerKeyAndCertificate(
+    issuer: str,
+    now: datetime.datetime | None = None,
+    days: int = 3650,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """
+    A new P-256 key and a self-signed certificate for it with C{CN=issuer},
+    valid for ten years: what a registry's C{rootcertbundle} holds.
+    """
+    if now is None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return key, certificate
+
+
+def privateKeyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def certificatePEM(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
