@@ -173,7 +173,7 @@ class Config:
     listen: tuple[str, ...] = setting(
         ("tcp:80",),
         parseEndpoint,
-        "Listen on this Twisted endpoint (repeatable), e.g. tcp:80 or "
+        "Listen on this Twisted endpoint; repeat for several, e.g. "
         "tcp:8080:interface=127.0.0.1.",
         repeatable=True,
         metavar="ENDPOINT",
@@ -215,6 +215,21 @@ class Config:
         parsePositiveFloat,
         "Seconds to wait for the upstream's response headers.",
         metavar="SECONDS",
+    )
+    tls_name: tuple[str, ...] = setting(
+        (),
+        parseText,
+        "An extra host name or IP address for the generated TLS "
+        "certificate (repeatable).",
+        repeatable=True,
+        metavar="NAME",
+    )
+    mdns: str | None = setting(
+        None,
+        parseOptionalText,
+        "Advertise NAME.local and the registry's services with mDNS "
+        "(off by default).",
+        metavar="NAME",
     )
 
 
