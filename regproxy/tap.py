@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import attrs
 from twisted.application import service, strports
 from twisted.python import usage
 
@@ -64,7 +65,14 @@ class Options(usage.Options):
 
 
 for _field, _spec in settings():
-    _doc = _spec.help + (" (repeatable)" if _spec.repeatable else "")
+    _default = _field.default
+    if isinstance(_default, attrs.Factory):  # type: ignore[arg-type]
+        _default = _default.factory()
+    if isinstance(_default, tuple):
+        _default = " ".join(_default)
+    _doc = _spec.help
+    if _default not in (None, "", ()) and not _spec.secret:
+        _doc += f" [default: {_default}]"
     _name = optionName(_field)
     if _spec.repeatable:
         _handler = _repeatableHandler(_field.name)

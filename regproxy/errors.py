@@ -1,0 +1,78 @@
+# -*- test-case-name: tests.test_errors -*-
+"""
+Errors in the registry's JSON format, so that every client (docker, podman,
+skopeo, containerd) shows the user a message instead of a parse failure.
+
+See the distribution spec's "Errors" section: the body is
+C{{"errors": [{"code": ..., "message": ..., "detail": ...}]}}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+from twisted.web.iweb import IRequest
+
+API_VERSION_HEADER = b"Docker-Distribution-Api-Version"
+API_VERSION = b"registry/2.0"
+
+
+@attrs.frozen(auto_exc=True)
+class RegistryError(Exception):
+    """
+    Something a client should be told, with the HTTP status to tell it with.
+
+    @ivar headers: Extra response headers, such as C{WWW-Authenticate}.
+    """
+
+    status: int
+    code: str
+    message: str
+    detail: Any = None
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    def body(self) -> bytes:
+        return errorBody(self.code, self.message, self.detail)
+
+
+def errorBody(code: str, message: str, detail: Any = None) -> bytes:
+    entry: dict[str, Any] = {"code": code, "message": message}
+    if detail is not None:
+        entry["detail"] = detail
+    return json.dumps({"errors": [entry]}).encode("utf-8") + b"\n"
+
+
+def unavailable(message: str, status: int = 502, detail: Any = None) -> RegistryError:
+    """
+    The upstream (or an API we need) could not give an answer.
+    """
+    return RegistryError(status, "UNAVAILABLE", message, detail)
+
+
+def notFound(message: str = "no such resource") -> RegistryError:
+    return RegistryError(404, "NOT_FOUND", message)
+
+
+def writeError(request: IRequest, error: RegistryError) -> None:
+    """
+    Answer C{request} with C{error} and finish it, unless the response has
+    already started, in which case the connection is dropped so that the
+    client sees a truncated response rather than a wrong one.
+    """
+    if getattr(request, "_disconnected", False) or request.finished:
+        return
+    if request.startedWriting:
+        request.loseConnection()
+        return
+    body = error.body()
+    request.setResponseCode(error.status)
+    request.responseHeaders.setRawHeaders(
+        b"Content-Type", [b"application/json; charset=utf-8"]
+    )
+    for name, value in error.headers:
+        request.responseHeaders.addRawHeader(name, value)
+    request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+    request.write(body)
+    request.finish()

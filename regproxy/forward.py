@@ -1,0 +1,406 @@
+# -*- test-case-name: tests.test_forward -*-
+"""
+The streaming relay: one client request out to the upstream, one upstream
+response back, with backpressure both ways and nothing held whole in memory.
+
+We use Twisted's L{Agent} here rather than treq: treq always decodes gzip,
+keeps a shared cookie jar and re-encodes URLs, and a relay must do none of
+that.  treq is still what regproxy uses where it is itself a client (the
+balena API, upstream token services).
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Callable
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
+from twisted.web.server import Request
+from zope.interface import implementer
+
+# RFC 9110 section 7.6.1, plus the old Proxy-Connection and Keep-Alive.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Set by the Agent (Host, Content-Length from the body producer) or answered
+# by us (Expect: 100-continue is handled by our own server).
+_NOT_FORWARDED_UP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+
+# twisted.web writes its own Date and Server; Content-Length is set from
+# the response's length (see relayHeaders).
+_NOT_FORWARDED_DOWN = HOP_BY_HOP | {b"content-length", b"date", b"server"}
+
+# How much of a request body we hold before the upstream is ready for it.
+_UPLOAD_BUFFER = 256 * 1024
+
+
+class UpstreamTimeout(Exception):
+    """
+    The upstream did not send response headers in time.
+    """
+
+
+def _connectionTokens(headers: Headers) -> set[bytes]:
+    tokens = set()
+    for value in headers.getRawHeaders(b"connection", []):
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+def forwardedRequestHeaders(incoming: Headers) -> Headers:
+    """
+    The headers to send upstream: every header the client sent, each
+    repeated line kept (docker sends one C{Accept} line per media type),
+    less the hop-by-hop ones.
+    """
+    drop = _NOT_FORWARDED_UP | _connectionTokens(incoming)
+    outgoing = Headers()
+    for name, values in incoming.getAllRawHeaders():
+        if name.lower() not in drop:
+            outgoing.setRawHeaders(name, list(values))
+    return outgoing
+
+
+def relayHeaders(
+    request: Request,
+    response: IResponse,
+    rewrite: Callable[[bytes, list[bytes]], list[bytes]] | None = None,
+) -> None:
+    """
+    Copy the upstream response's status and end-to-end headers onto
+    C{request}.
+
+    The Twisted client moves C{Content-Length} into C{response.length}
+    (except for HEAD, where it stays a header), so we put it back from
+    there: a HEAD on a manifest keeps the upstream's length and digest.
+
+    @param rewrite: Called with each header name (lower case) and its
+        values; returns the values to send (an empty list drops the header).
+    """
+    request.setResponseCode(response.code, response.phrase or None)
+    drop = _NOT_FORWARDED_DOWN | _connectionTokens(response.headers)
+    for name, values in response.headers.getAllRawHeaders():
+        lowered = name.lower()
+        if lowered in drop:
+            if lowered == b"content-length" and request.method == b"HEAD":
+                request.responseHeaders.setRawHeaders(name, list(values)[-1:])
+            continue
+        values = list(values)
+        if rewrite is not None:
+            values = rewrite(lowered, values)
+        if values:
+            request.responseHeaders.setRawHeaders(name, values)
+    if request.method != b"HEAD" and response.length is not UNKNOWN_LENGTH:
+        request.responseHeaders.setRawHeaders(
+            b"Content-Length", [b"%d" % (response.length,)]
+        )
+
+
+@implementer(IBodyProducer)
+class RequestBodyStream:
+    """
+    A client's request body, produced to the upstream as it arrives.
+
+    The client's transport is paused while the upstream cannot take more
+    (its transport calls L{pauseProducing}) and while the body waits for
+    the upstream connection, so an upload never piles up in memory.
+    """
+
+    def __init__(self, length: int | object, clientTransport: IPushProducer) -> None:
+        self.length = length
+        self._client = clientTransport
+        self._consumer: IConsumer | None = None
+        self._pending: list[bytes] = []
+        self._pendingSize = 0
+        self._complete = False
+        self._failed: Failure | None = None
+        self._discarding = False
+        self._clientPaused = False
+        self._done: Deferred[None] | None = None
+        self.received = 0
+
+    # Called by the request as the client sends.
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._discarding:
+            return
+        if self._consumer is not None:
+            self._consumer.write(data)
+            return
+        self._pending.append(data)
+        self._pendingSize += len(data)
+        if self._pendingSize > _UPLOAD_BUFFER:
+            self._pauseClient()
+
+    def allDataReceived(self) -> None:
+        self._complete = True
+        if self._consumer is not None and self._done is not None:
+            done, self._done = self._done, None
+            done.callback(None)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The client went away before the body was complete.
+        """
+        if self._complete:
+            return
+        self._failed = reason
+        if self._done is not None:
+            done, self._done = self._done, None
+            done.errback(reason)
+
+    def discard(self) -> None:
+        """
+        Nobody wants the rest of the body (the response went out early):
+        read and drop it so the connection can be closed cleanly.
+        """
+        self._discarding = True
+        self._pending = []
+        self._resumeClient()
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    # IBodyProducer, called by the upstream connection.
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        if self._failed is not None:
+            return fail(self._failed)
+        self._consumer = consumer
+        pending, self._pending, self._pendingSize = self._pending, [], 0
+        for chunk in pending:
+            consumer.write(chunk)
+        self._resumeClient()
+        if self._complete:
+            return succeed(None)
+        self._done = Deferred()
+        return self._done
+
+    def pauseProducing(self) -> None:
+        self._pauseClient()
+
+    def resumeProducing(self) -> None:
+        self._resumeClient()
+
+    def stopProducing(self) -> None:
+        # The upstream request was cancelled; the response path reports it.
+        self._consumer = None
+        self._done = None
+        self.discard()
+
+    def _pauseClient(self) -> None:
+        if not self._clientPaused:
+            self._clientPaused = True
+            self._client.pauseProducing()
+
+    def _resumeClient(self) -> None:
+        if self._clientPaused:
+            self._clientPaused = False
+            self._client.resumeProducing()
+
+
+class StreamingRequest(Request):
+    """
+    A request whose body is handed over as it arrives instead of being
+    written to a temporary file first.
+
+    twisted.web only calls C{process} once the whole body is in; for
+    C{/v2/} requests with a body (blob uploads) we dispatch as soon as the
+    headers are in, feed L{RequestBodyStream} from C{handleContentChunk}, and
+    take the channel's end-of-body call as the end of the stream.
+    """
+
+    bodyStream: RequestBodyStream | None = None
+    upstreamStatus: int | None = None
+    _dispatchedEarly = False
+    _finishWhenBodyDone = False
+
+    def gotLength(self, length: int | None) -> None:
+        channel = self.channel
+        path = getattr(channel, "_path", b"")
+        if length == 0 or not path.startswith(b"/v2/"):
+            super().gotLength(length)
+            return
+        self.content = BytesIO()
+        self.bodyStream = RequestBodyStream(
+            UNKNOWN_LENGTH if length is None else length, channel.transport
+        )
+        self._dispatchedEarly = True
+        Request.requestReceived(self, channel._command, path, channel._version)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.bodyStream is not None:
+            self.bodyStream.dataReceived(data)
+        else:
+            super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._dispatchedEarly:
+            super().requestReceived(command, path, version)
+            return
+        assert self.bodyStream is not None
+        self.bodyStream.allDataReceived()
+        if self._finishWhenBodyDone:
+            self._finishWhenBodyDone = False
+            super().finish()
+
+    def finish(self) -> None:
+        if self.bodyStream is not None and not self.bodyStream.complete:
+            # The channel must read the rest of this body before it can
+            # parse another request; finish once it has.
+            self._finishWhenBodyDone = True
+            self.bodyStream.discard()
+            return
+        super().finish()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.bodyStream is not None:
+            self.bodyStream.connectionLost(reason)
+        super().connectionLost(reason)
+
+
+class _BodyRelay(Protocol):
+    """
+    Writes an upstream response body to the client, with the upstream
+    transport registered as the client request's producer: when the client
+    reads slowly, the upstream socket is paused.
+    """
+
+    def __init__(self, request: Request, done: Deferred[bool]) -> None:
+        self._request = request
+        self._done = done
+        self._clientGone = False
+
+    def connectionMade(self) -> None:
+        self._request.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._clientGone:
+            self._request.write(data)
+
+    def clientGone(self) -> None:
+        """
+        The client disconnected: stop reading from the upstream, which
+        closes that connection instead of returning it to the pool.
+        """
+        if not self._clientGone:
+            self._clientGone = True
+            if self.transport is not None:
+                self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure) -> None:
+        complete = bool(reason.check(ResponseDone, PotentialDataLoss))
+        if not self._clientGone:
+            self._request.unregisterProducer()
+        self._done.callback(complete)
+
+
+@attrs.define
+class Forwarder:
+    """
+    Sends requests upstream and streams the responses back.
+
+    @ivar agent: Speaks HTTP to the upstream; a pooled L{Agent} in
+        production, a L{RequestTraversalAgent} or similar in tests.
+    @ivar clock: For the response timeout.
+    @ivar responseTimeout: Seconds to wait for response headers.
+    """
+
+    agent: IAgent
+    clock: IReactorTime
+    responseTimeout: float = 60.0
+
+    _log = Logger()
+
+    async def send(
+        self,
+        request: Request,
+        method: bytes,
+        url: bytes,
+        headers: Headers,
+        body: IBodyProducer | None,
+    ) -> IResponse:
+        """
+        Send one request upstream and wait for its response headers.
+
+        The upstream request is cancelled when the client disconnects
+        first.
+
+        @raise UpstreamTimeout: When no response headers came in time.
+        @raise CancelledError: When the client went away.
+        """
+        sending = self.agent.request(method, url, headers, body)
+        timedOut = []
+
+        def onTimeout() -> None:
+            timedOut.append(True)
+            sending.cancel()
+
+        timer = self.clock.callLater(self.responseTimeout, onTimeout)
+        gone = request.notifyFinish()
+        gone.addErrback(lambda _: sending.cancel())
+        try:
+            return await sending
+        except CancelledError:
+            if timedOut:
+                raise UpstreamTimeout() from None
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    async def relayBody(self, request: Request, response: IResponse) -> bool:
+        """
+        Stream C{response}'s body to the client and finish the request.
+
+        @return: Whether the whole body was relayed; when it was not (the
+            upstream or the client broke off), the client connection is
+            closed so the client sees a truncated response, never a short
+            one that looks complete.
+        """
+        if request.method == b"HEAD" or response.length == 0:
+            request.finish()
+            return True
+        done: Deferred[bool] = Deferred()
+        relay = _BodyRelay(request, done)
+        clientGone = []
+
+        def onClientGone(reason: Failure) -> None:
+            clientGone.append(True)
+            relay.clientGone()
+
+        request.notifyFinish().addErrback(onClientGone)
+        response.deliverBody(relay)
+        complete = await done
+        if clientGone:
+            return False
+        if complete:
+            request.finish()
+        else:
+            request.loseConnection()
+        return complete

@@ -1,0 +1,150 @@
+# -*- test-case-name: tests.test_passthrough -*-
+"""
+Upstream authentication passed through: the client authenticates to the
+upstream itself, through us.
+
+Basic credentials travel unchanged.  An upstream Bearer challenge is
+relayed with its realm pointed at our C{/token}, which forwards to the
+upstream's real token service; clients that only talk to one host (a LAN
+device that lists regproxy as an insecure registry) then never need to
+reach the upstream's token host themselves.
+
+This is one piece so that the broker (our own tokens) can replace it.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web.client import FileBodyProducer
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from regproxy.challenge import ChallengeParseError, parseChallenges, serializeChallenges
+from regproxy.errors import RegistryError, writeError
+from regproxy.forward import Forwarder, forwardedRequestHeaders, relayHeaders
+from regproxy.urls import Origin
+
+
+def rewriteRealms(values: list[bytes], tokenURL: bytes) -> tuple[list[bytes], str | None]:
+    """
+    Point every Bearer challenge's realm at C{tokenURL}.
+
+    @return: The new header values and the upstream realm that was
+        replaced (the last one seen), if any.  A value we cannot parse is
+        passed on unchanged.
+    """
+    rewritten = []
+    seen = None
+    for value in values:
+        try:
+            challenges = parseChallenges(value.decode("latin-1"))
+        except ChallengeParseError:
+            rewritten.append(value)
+            continue
+        for index, challenge in enumerate(challenges):
+            if challenge.scheme.lower() == "bearer" and challenge.get("realm"):
+                seen = challenge.get("realm")
+                challenges[index] = challenge.replace("realm", tokenURL.decode("latin-1"))
+        rewritten.append(serializeChallenges(challenges).encode("latin-1"))
+    return rewritten, seen
+
+
+@attrs.define
+class UpstreamRealm:
+    """
+    The upstream's token service URL, learnt from its challenges.
+
+    Relayed challenges teach it for free; when a client comes to C{/token}
+    before we have seen one, we ask the upstream's C{/v2/} once.
+    """
+
+    forwarder: Forwarder
+    upstream: Origin
+    realm: str | None = None
+
+    _log = Logger()
+
+    def learn(self, realm: str | None) -> None:
+        if realm and realm.startswith(("https://", "http://")):
+            self.realm = realm
+
+    async def discover(self, request: Request) -> str | None:
+        if self.realm is not None:
+            return self.realm
+        response = await self.forwarder.send(
+            request, b"GET", self.upstream.base + b"/v2/", Headers(), None
+        )
+        values = response.headers.getRawHeaders(b"www-authenticate", [])
+        _, realm = rewriteRealms(values, b"")
+        self.learn(realm)
+        # The body is a small JSON error; read it so the connection is reused.
+        response.deliverBody(_Discard())
+        return self.realm
+
+
+class _Discard(Protocol):
+    """
+    Reads a response body and drops it.
+    """
+
+
+class TokenPassthroughResource(Resource):
+    """
+    C{/token}: forwards GET and POST to the upstream's token service with
+    the query string byte for byte and the client's C{Authorization}.
+    """
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, forwarder: Forwarder, realm: UpstreamRealm) -> None:
+        super().__init__()
+        self._forwarder = forwarder
+        self._realm = realm
+
+    def render_GET(self, request: Request) -> object:
+        return self._start(request)
+
+    def render_POST(self, request: Request) -> object:
+        return self._start(request)
+
+    def _start(self, request: Request) -> object:
+        d = Deferred.fromCoroutine(self._forward(request))
+        d.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    def _failed(self, failure, request: Request) -> None:
+        from regproxy.site import errorForFailure
+
+        error = errorForFailure(failure, "the upstream token service")
+        if error is not None:
+            writeError(request, error)
+
+    async def _forward(self, request: Request) -> None:
+        realm = await self._realm.discover(request)
+        if realm is None:
+            raise RegistryError(
+                404, "UNSUPPORTED", "the upstream registry has no token service"
+            )
+        url = realm.encode("utf-8")
+        _, question, query = request.uri.partition(b"?")
+        if question and query:
+            url += (b"&" if b"?" in url else b"?") + query
+        body = None
+        if request.method == b"POST":
+            request.content.seek(0)
+            body = FileBodyProducer(request.content)
+        response = await self._forwarder.send(
+            request,
+            request.method,
+            url,
+            forwardedRequestHeaders(request.requestHeaders),
+            body,
+        )
+        request.upstreamStatus = response.code
+        relayHeaders(request, response)
+        await self._forwarder.relayBody(request, response)

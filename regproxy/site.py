@@ -1,0 +1,249 @@
+# -*- test-case-name: tests.test_site -*-
+"""
+The resource tree and the HTTP server around it.
+
+C{/v2/...} is relayed to the upstream, C{/token} is the token endpoint,
+C{/_health} answers without touching the upstream; anything else is a
+registry-format 404.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import error as netError
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.iweb import IAgent
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from regproxy.config import Config
+from regproxy.errors import (
+    API_VERSION,
+    API_VERSION_HEADER,
+    RegistryError,
+    errorBody,
+    notFound,
+    unavailable,
+    writeError,
+)
+from regproxy.forward import (
+    Forwarder,
+    StreamingRequest,
+    UpstreamTimeout,
+    forwardedRequestHeaders,
+    relayHeaders,
+)
+from regproxy.passthrough import TokenPassthroughResource, UpstreamRealm, rewriteRealms
+from regproxy.upstream import makeUpstreamAgent
+from regproxy.urls import Origin, publicBase, rewriteLocation
+
+_log = Logger()
+
+
+def errorForFailure(failure: Failure, what: str) -> RegistryError | None:
+    """
+    What to tell the client when reaching C{what} failed; L{None} when the
+    client is gone and there is nobody to tell.
+    """
+    if failure.check(RegistryError):
+        return failure.value
+    if failure.check(CancelledError):
+        return None
+    if failure.check(UpstreamTimeout, netError.TimeoutError):
+        return unavailable(f"{what} did not answer in time", status=504)
+    if failure.check(netError.DNSLookupError):
+        return unavailable(f"cannot resolve the host name of {what}")
+    if failure.check(netError.ConnectError):
+        return unavailable(f"cannot connect to {what}")
+    if failure.check(ResponseNeverReceived, ResponseFailed):
+        reasons = getattr(failure.value, "reasons", [])
+        detail = "; ".join(r.getErrorMessage() for r in reasons) or None
+        return unavailable(f"{what} closed the connection without an answer", detail=detail)
+    _log.failure("Unexpected error while talking to {what}", failure=failure, what=what)
+    return RegistryError(500, "UNKNOWN", "internal error")
+
+
+class RegistryResource(Resource):
+    """
+    Everything under C{/v2}: relayed to the upstream byte for byte.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        upstream: Origin,
+        publicURL: str | None,
+        realm: UpstreamRealm,
+    ) -> None:
+        super().__init__()
+        self._forwarder = forwarder
+        self._upstream = upstream
+        self._publicURL = publicURL
+        self._realm = realm
+
+    def render(self, request: Request) -> object:
+        request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
+        d = Deferred.fromCoroutine(self._forward(request))
+        d.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    def _failed(self, failure: Failure, request: Request) -> None:
+        error = errorForFailure(failure, "the upstream registry")
+        if error is not None:
+            writeError(request, error)
+
+    async def _forward(self, request: Request) -> None:
+        public = publicBase(request, self._publicURL)
+        response = await self._forwarder.send(
+            request,
+            request.method,
+            self._upstream.base + request.uri,
+            forwardedRequestHeaders(request.requestHeaders),
+            getattr(request, "bodyStream", None),
+        )
+        request.upstreamStatus = response.code
+
+        def rewrite(name: bytes, values: list[bytes]) -> list[bytes]:
+            if name == b"location":
+                return [rewriteLocation(v, self._upstream, public) for v in values]
+            if name == b"www-authenticate":
+                values, realm = rewriteRealms(values, public + b"/token")
+                self._realm.learn(realm)
+            return values
+
+        relayHeaders(request, response, rewrite)
+        request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
+        await self._forwarder.relayBody(request, response)
+
+
+class JSONResource(Resource):
+    """
+    A fixed JSON answer.
+    """
+
+    isLeaf = True
+
+    def __init__(self, code: int, body: bytes) -> None:
+        super().__init__()
+        self._code = code
+        self._body = body
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(self._code)
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        return self._body
+
+
+def healthResource() -> IResource:
+    return JSONResource(200, json.dumps({"status": "ok"}).encode() + b"\n")
+
+
+class RootResource(Resource):
+    """
+    The top of the tree: named children, and a registry-format 404 for
+    everything else.
+    """
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        error = notFound(f"no such path: {request.path.decode('latin-1')[:200]}")
+        return JSONResource(error.status, error.body())
+
+    def render(self, request: Request) -> bytes:
+        return self.getChild(b"", request).render(request)
+
+
+class RegproxyChannel(http.HTTPChannel):
+    """
+    Our HTTP/1.1 connection: malformed requests (huge headers, bad
+    chunking) get a registry-format error instead of a bare status line.
+
+    A TLS handshake sent to a plain listener is refused at once: clients
+    told that a registry is insecure try HTTPS first and fall back to HTTP
+    only when that fails, and without this they wait for their handshake
+    timeout (ten seconds for docker and skopeo) on every command.
+    """
+
+    _firstBytesSeen = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._firstBytesSeen and data:
+            self._firstBytesSeen = True
+            if data[:1] == b"\x16":
+                self._respondToBadRequestAndDisconnect(
+                    "this port speaks plain HTTP, not TLS"
+                )
+                return
+        super().dataReceived(data)
+
+    def _respondToBadRequestAndDisconnect(
+        self, message: str = "malformed HTTP request"
+    ) -> None:
+        body = errorBody("BAD_REQUEST", message)
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\n"
+            b"Content-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (len(body),) + body
+        )
+        self.loseConnection()
+
+
+class LoggingRequest(StreamingRequest):
+    """
+    Notes when the request started, for the one log line per request.
+    """
+
+    def __init__(self, channel, *args, **kwargs) -> None:
+        super().__init__(channel, *args, **kwargs)
+        reactor = getattr(getattr(channel, "site", None), "reactor", None)
+        self.startedAt = reactor.seconds() if reactor is not None else None
+
+
+class RegproxySite(Site):
+    """
+    A L{Site} that streams request bodies, never shows tracebacks and logs
+    one line per request without query strings (which may carry secrets).
+    """
+
+    protocol = RegproxyChannel
+    requestFactory = LoggingRequest
+    displayTracebacks = False
+    _log = Logger()
+
+    def log(self, request: Request) -> None:
+        started = getattr(request, "startedAt", None)
+        duration = self.reactor.seconds() - started if started is not None else 0.0
+        self._log.info(
+            "{method} {path} -> {code} {bytes}B {duration:.3f}s upstream={upstream}",
+            method=request.method.decode("latin-1"),
+            path=request.path.decode("latin-1")[:300],
+            code=request.code,
+            bytes=request.sentLength,
+            duration=duration,
+            upstream=getattr(request, "upstreamStatus", None) or "-",
+        )
+
+
+def makeSite(config: Config, reactor, agent: IAgent | None = None) -> Site:
+    """
+    Build the server for C{config}.
+
+    @param agent: Speaks HTTP to the upstream; by default a pooled
+        L{Agent} made from the configuration.
+    """
+    if agent is None:
+        agent = makeUpstreamAgent(reactor, config)
+    upstream = Origin.fromURL(config.upstream)
+    forwarder = Forwarder(agent, reactor, config.response_timeout)
+    realm = UpstreamRealm(forwarder, upstream)
+    root = RootResource()
+    root.putChild(b"v2", RegistryResource(forwarder, upstream, config.public_url, realm))
+    root.putChild(b"token", TokenPassthroughResource(forwarder, realm))
+    root.putChild(b"_health", healthResource())
+    return RegproxySite(root, reactor=reactor)

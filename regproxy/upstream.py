@@ -1,0 +1,64 @@
+# -*- test-case-name: tests.test_upstream -*-
+"""
+The HTTP client that reaches the upstream registry: pooled, kept alive,
+verifying TLS against the system's roots or a CA file we are given.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import ssl
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
+from twisted.web.iweb import IAgent
+
+from regproxy.config import Config
+
+# Clients pull layers in parallel (docker: 3 at once per image, more with
+# several pulls); keep enough idle connections to reuse them.
+MAX_PERSISTENT_PER_HOST = 32
+IDLE_CONNECTION_SECONDS = 90
+
+
+def loadTrustRoot(path: str) -> ssl.IOpenSSLTrustRoot:
+    """
+    Trust the certificates in the PEM file at C{path} (one or several).
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    marker = b"-----END CERTIFICATE-----"
+    blocks = [block + marker for block in data.split(marker) if b"-----BEGIN" in block]
+    if not blocks:
+        raise ValueError(f"no PEM certificate in {path}")
+    return ssl.trustRootFromCertificates(
+        [ssl.Certificate.loadPEM(block) for block in blocks]
+    )
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # One "Starting factory" line per upstream connection drowns the
+    # one-line-per-request log.
+    noisy = False
+
+
+def makeUpstreamAgent(reactor, config: Config) -> IAgent:
+    """
+    An L{Agent} for the upstream, with a persistent connection pool.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietClientFactory
+    pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
+    pool.cachedConnectionTimeout = IDLE_CONNECTION_SECONDS
+    if config.upstream_ca:
+        policy = BrowserLikePolicyForHTTPS(trustRoot=loadTrustRoot(config.upstream_ca))
+    else:
+        policy = BrowserLikePolicyForHTTPS()
+    return Agent(
+        reactor,
+        contextFactory=policy,
+        connectTimeout=config.connect_timeout,
+        pool=pool,
+    )
