@@ -54,6 +54,33 @@ _NOT_FORWARDED_DOWN = HOP_BY_HOP | {b"content-length", b"date", b"server"}
 _UPLOAD_BUFFER = 256 * 1024
 
 
+@implementer(IBodyProducer)
+@attrs.frozen
+class BytesProducer:
+    """
+    A small body already in memory (a token request's form).
+    """
+
+    body: bytes
+
+    @property
+    def length(self) -> int:
+        return len(self.body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
 class UpstreamTimeout(Exception):
     """
     The upstream did not send response headers in time.

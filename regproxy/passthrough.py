@@ -18,15 +18,23 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from regproxy.challenge import ChallengeParseError, parseChallenges, serializeChallenges
 from regproxy.errors import RegistryError, writeError
-from regproxy.forward import Forwarder, forwardedRequestHeaders, relayHeaders
+from regproxy.forward import (
+    BytesProducer,
+    Forwarder,
+    forwardedRequestHeaders,
+    relayHeaders,
+)
 from regproxy.urls import Origin
+
+
+# An OAuth2 token form is a few hundred bytes; refuse to read more.
+MAX_TOKEN_FORM = 64 * 1024
 
 
 def rewriteRealms(values: list[bytes], tokenURL: bytes) -> tuple[list[bytes], str | None]:
@@ -137,7 +145,10 @@ class TokenPassthroughResource(Resource):
         body = None
         if request.method == b"POST":
             request.content.seek(0)
-            body = FileBodyProducer(request.content)
+            form = request.content.read(MAX_TOKEN_FORM + 1)
+            if len(form) > MAX_TOKEN_FORM:
+                raise RegistryError(413, "SIZE_INVALID", "token request too large")
+            body = BytesProducer(form)
         response = await self._forwarder.send(
             request,
             request.method,

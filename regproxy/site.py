@@ -182,14 +182,24 @@ class RegproxyChannel(http.HTTPChannel):
                 return
         super().dataReceived(data)
 
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._respondToBadRequestAndDisconnect(
+            "request line or header too long", 431, b"Request Header Fields Too Large"
+        )
+
     def _respondToBadRequestAndDisconnect(
-        self, message: str = "malformed HTTP request"
+        self,
+        message: str = "malformed HTTP request",
+        status: int = 400,
+        phrase: bytes = b"Bad Request",
     ) -> None:
         body = errorBody("BAD_REQUEST", message)
         self.transport.write(
-            b"HTTP/1.1 400 Bad Request\r\n"
+            b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: application/json; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (len(body),) + body
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+            % (status, phrase, len(body))
+            + body
         )
         self.loseConnection()
 
