@@ -116,6 +116,8 @@ def _privateEnvironment(home: str) -> dict[str, str]:
     registriesConf = os.path.join(home, "registries.conf")
     with open(registriesConf, "w") as f:
         f.write('unqualified-search-registries = []\n')
+    with open(os.path.join(home, "auth.json"), "w") as f:
+        f.write('{"auths": {}}\n')
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": home,
