@@ -299,7 +299,10 @@ class StreamingRequest(Request):
     def finish(self) -> None:
         if self.bodyStream is not None and not self.bodyStream.complete:
             # The channel must read the rest of this body before it can
-            # parse another request; finish once it has.
+            # parse another request; finish once it has, but send the
+            # response now.
+            if not self.startedWriting:
+                self.write(b"")
             self._finishWhenBodyDone = True
             self.bodyStream.discard()
             return
