@@ -13,13 +13,17 @@ import os
 import shutil
 import tempfile
 
-from twisted.internet import defer
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
-from .clients import ClientFailed, Skopeo, httpClient
+from .clients import ClientFailed, Skopeo, httpClient, runProcess
 from .oci import blobPath, sha256File, writeImage, writeIndex
 from .registry import startRegistry
-from .tokenserver import parseScope
+from .tokenserver import SigningKey, parseScope
 
 
 def _tempdir(testCase) -> str:
@@ -144,3 +148,78 @@ class DirectRegistryTests(TestCase):
         )
         self.assertEqual(bad.code, 401)
         await bad.content()
+
+
+class TokenServerUnitTests(TestCase):
+    """
+    The token server's pieces, without a registry.
+    """
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        kind=st.text(st.characters(blacklist_characters=":"), min_size=1),
+        name=st.text(min_size=1).filter(lambda n: not n.endswith(":")),
+        actions=st.lists(st.sampled_from(["pull", "push", "delete", "*"]), min_size=1),
+    )
+    def test_scopeRoundTrip(self, kind: str, name: str, actions: list[str]) -> None:
+        """
+        A scope put together from its parts parses back into them.
+        """
+        self.assertEqual(
+            parseScope(f"{kind}:{name}:{','.join(actions)}"), (kind, name, tuple(actions))
+        )
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text())
+    def test_scopeNeverCrashes(self, text: str) -> None:
+        result = parseScope(text)
+        self.assertTrue(result is None or len(result) == 3)
+
+    def test_signatureVerifies(self) -> None:
+        """
+        The JWT's raw r||s signature verifies with the certificate's key
+        once turned back into DER, and the header names the key both ways.
+        """
+        key = SigningKey.generate()
+        token = key.sign({"aud": "svc", "access": []})
+        header, claims, signature = token.split(".")
+
+        def decode(part: str) -> bytes:
+            return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+        raw = decode(signature)
+        self.assertEqual(len(raw), 64)
+        der = encode_dss_signature(
+            int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+        )
+        key.certificate.public_key().verify(
+            der, f"{header}.{claims}".encode(), ec.ECDSA(hashes.SHA256())
+        )
+        fields = json.loads(decode(header))
+        self.assertEqual(fields["alg"], "ES256")
+        self.assertEqual(fields["kid"], key.kid)
+        self.assertEqual(len(key.kid), 59)  # 12 groups of 4 and 11 colons
+        self.assertEqual(json.loads(decode(claims))["aud"], "svc")
+
+
+class RunProcessTests(TestCase):
+    async def test_timeout(self) -> None:
+        """
+        A command that runs longer than its bound is killed and reported.
+        """
+        with self.assertRaises(ClientFailed) as caught:
+            await runProcess(["/bin/sleep", "30"], {}, timeout=0.2)
+        self.assertIn("timed out", str(caught.exception))
+
+    async def test_failureCarriesStderr(self) -> None:
+        with self.assertRaises(ClientFailed) as caught:
+            await runProcess(["/bin/sh", "-c", "echo oops >&2; exit 3"], {})
+        self.assertIn("exited with 3", str(caught.exception))
+        self.assertIn("oops", str(caught.exception))
+
+
+class RegistryStartupTests(TestCase):
+    def test_unknownMode(self) -> None:
+        self.assertRaises(
+            ValueError, lambda: startRegistry(self, mode="nope").send(None)
+        )
