@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 from twisted.application import service, strports
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from regproxy.config import Config, ConfigError, loadConfig, optionName, settings
@@ -86,6 +87,31 @@ for _field, _spec in settings():
         Options.optParameters.append([_name, None, None, _doc])
 
 
+class RegproxyService(service.MultiService):
+    """
+    All of regproxy's services; a listener that cannot bind stops start-up
+    with one line saying which, instead of a traceback.
+    """
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise SystemExit(f"regproxy: --listen: {_describeBindFailure(e)}") from None
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except CannotListenError as e:
+            raise SystemExit(f"regproxy: --listen: {_describeBindFailure(e)}") from None
+
+
+def _describeBindFailure(e: CannotListenError) -> str:
+    reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+    where = f"{e.interface or '*'}:{e.port}"
+    return f"cannot listen on {where}: {reason}"
+
+
 def makeService(options: Options) -> service.IService:
     """
     Build the listeners and the resource tree from the options.
@@ -95,8 +121,11 @@ def makeService(options: Options) -> service.IService:
     from regproxy.site import makeSite
 
     config: Config = options.config
-    top = service.MultiService()
-    site = makeSite(config, reactor)
+    top = RegproxyService()
+    try:
+        site = makeSite(config, reactor)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"regproxy: {e}") from None
     for description in config.listen:
         listener = strports.service(description, site)
         listener.setServiceParent(top)

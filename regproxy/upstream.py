@@ -27,15 +27,20 @@ def loadTrustRoot(path: str) -> ssl.IOpenSSLTrustRoot:
     """
     Trust the certificates in the PEM file at C{path} (one or several).
     """
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"--upstream-ca: cannot read {path}: {e.strerror}") from None
     marker = b"-----END CERTIFICATE-----"
     blocks = [block + marker for block in data.split(marker) if b"-----BEGIN" in block]
-    if not blocks:
-        raise ValueError(f"no PEM certificate in {path}")
-    return ssl.trustRootFromCertificates(
-        [ssl.Certificate.loadPEM(block) for block in blocks]
-    )
+    try:
+        certificates = [ssl.Certificate.loadPEM(block) for block in blocks]
+    except Exception:
+        certificates = []
+    if not certificates:
+        raise ValueError(f"--upstream-ca: no PEM certificate in {path}")
+    return ssl.trustRootFromCertificates(certificates)
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
