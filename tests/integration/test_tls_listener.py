@@ -1,0 +1,340 @@
+"""
+Real TLS handshakes on loopback with the C{regproxy-tls} listener: curl,
+openssl and skopeo as child processes check what a client sees (names,
+verification, refused old protocols), and certificate files are swapped
+while a download is in flight.
+
+Each test skips when the program it needs is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+from cryptography import x509
+from OpenSSL import SSL
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import ProcessProtocol
+from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.static import Data
+
+from regproxy.caresource import CACertificateResource
+from regproxy.tls import (
+    SelfSignedPaths,
+    SubjectNames,
+    fingerprint,
+    generateSelfSigned,
+)
+from regproxy.tlscontext import makeContext
+
+import ipaddress
+
+LOOPBACK = [ipaddress.ip_address("127.0.0.1")]
+CHUNK = b"x" * 65536
+
+
+def need(program: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        raise SkipTest(f"{program} is not installed")
+    return path
+
+
+class _Collect(ProcessProtocol):
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.err = bytearray()
+        self.done: Deferred = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.closeStdin()  # openssl s_client waits for stdin's end
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason) -> None:
+        self.done.callback((bytes(self.out), bytes(self.err), reason.value.exitCode))
+
+
+def run(*argv: str) -> Deferred:
+    """
+    Run a program without blocking the reactor (which serves it meanwhile).
+
+    @return: A L{Deferred} firing with C{(stdout, stderr, exitCode)}.
+    """
+    protocol = _Collect()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    reactor.spawnProcess(protocol, need(argv[0]), list(argv), env=env)
+    return protocol.done
+
+
+class SlowResource(Resource):
+    """
+    Sends one chunk, then holds the response open until L{release}: a
+    download in flight.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: Deferred = Deferred()
+        self._request = None
+
+    def render_GET(self, request):
+        request.setHeader(b"content-length", str(len(CHUNK) * 2).encode())
+        request.write(CHUNK)
+        self._request = request
+        self.started.callback(None)
+        return NOT_DONE_YET
+
+    def release(self) -> None:
+        self._request.write(CHUNK)
+        self._request.finish()
+
+
+class V2Resource(Resource):
+    """
+    Enough of a registry for a client to get past C{/v2/} and ask for a
+    manifest (which is unknown).
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"docker-distribution-api-version", b"registry/2.0")
+        request.setHeader(b"content-type", b"application/json")
+        if request.path in (b"/v2/", b"/v2"):
+            return b"{}"
+        request.setResponseCode(404)
+        return (
+            b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown",'
+            b'"detail":"from the TLS test site"}]}'
+        )
+
+    render_HEAD = render_GET
+
+
+def makeTestSite(stateDir: str) -> tuple[Site, SlowResource]:
+    root = Resource()
+    root.putChild(b"", Data(b"hello over TLS\n", "text/plain"))
+    slow = SlowResource()
+    root.putChild(b"slow", slow)
+    root.putChild(b"_ca.crt", CACertificateResource.inStateDir(stateDir))
+    root.putChild(b"v2", V2Resource())
+    return Site(root), slow
+
+
+def certificateSeen(output: bytes) -> x509.Certificate:
+    """
+    The first certificate in C{openssl s_client} output.
+    """
+    match = re.search(
+        rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", output, re.S
+    )
+    assert match is not None, output
+    return x509.load_pem_x509_certificate(match.group(0))
+
+
+class TLSListenerTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.stateDir = os.path.join(self.dir, "state")
+        self.site, self.slow = makeTestSite(self.stateDir)
+
+    @inlineCallbacks
+    def listen(self, description: str):
+        endpoint = serverFromString(reactor, description)
+        port = yield endpoint.listen(self.site)
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def selfSignedListener(self) -> Deferred:
+        return self.listen(
+            f"regproxy-tls:0:interface=127.0.0.1:stateDir={self.stateDir}:name=reg.example"
+        )
+
+    @property
+    def caFile(self) -> str:
+        return SelfSignedPaths.inStateDir(self.stateDir).certificate
+
+    @inlineCallbacks
+    def test_curlVerifies(self):
+        """
+        curl, trusting only the generated C{ca.crt}, reaches us by address
+        and by an extra name; C{/_ca.crt} serves that same file.
+        """
+        port = yield self.selfSignedListener()
+        out, err, code = yield run(
+            "curl", "--silent", "--show-error", "--cacert", self.caFile,
+            f"https://127.0.0.1:{port}/",
+        )
+        self.assertEqual((out, code), (b"hello over TLS\n", 0), err)
+        out, err, code = yield run(
+            "curl", "--silent", "--show-error", "--cacert", self.caFile,
+            "--resolve", f"reg.example:{port}:127.0.0.1",
+            f"https://reg.example:{port}/_ca.crt",
+        )
+        self.assertEqual(code, 0, err)
+        with open(self.caFile, "rb") as f:
+            self.assertEqual(out, f.read())
+
+    @inlineCallbacks
+    def test_curlRefusesUntrusted(self):
+        """
+        Without our C{ca.crt}, curl refuses the certificate: verification
+        is really on in the test above.
+        """
+        port = yield self.selfSignedListener()
+        out, err, code = yield run(
+            "curl", "--silent", "--show-error", f"https://127.0.0.1:{port}/"
+        )
+        self.assertEqual(code, 60, err)  # "Peer certificate cannot be authenticated"
+
+    @inlineCallbacks
+    def test_opensslSeesNames(self):
+        """
+        openssl sees the host name, C{<host>.local}, the loopback addresses
+        and the C{name=} values, verifies the chain against C{ca.crt}, and
+        negotiates TLS 1.2 or later with an ECDHE AEAD suite.
+        """
+        import socket
+
+        port = yield self.selfSignedListener()
+        out, err, code = yield run(
+            "openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+            "-servername", "reg.example", "-verify_hostname", "reg.example",
+            "-CAfile", self.caFile, "-verify_return_error",
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"Verify return code: 0 (ok)", out)
+        self.assertRegex(out.decode(), r"Protocol\s*: TLSv1\.[23]")
+        names = SubjectNames.fromCertificate(certificateSeen(out))
+        short = socket.gethostname().split(".")[0].lower()
+        for name in ("reg.example", short + ".local"):
+            self.assertIn(name, names.dnsNames)
+        self.assertIn(ipaddress.ip_address("127.0.0.1"), names.ipAddresses)
+        self.assertIn(ipaddress.ip_address("::1"), names.ipAddresses)
+
+    @inlineCallbacks
+    def test_oldProtocolsRefused(self):
+        """
+        C{openssl s_client -tls1} and C{-tls1_1} are refused by the server
+        (a protocol-version alert), while the same commands work against a
+        listener that allows those versions: the local OpenSSL really tries.
+        """
+        port = yield self.selfSignedListener()
+        permissive = makeContext(generateSelfSigned(SubjectNames([], LOOPBACK)))
+        permissive.set_min_proto_version(SSL.TLS1_VERSION)
+        permissive.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+        from twisted.internet.ssl import ContextFactory
+
+        class Permissive(ContextFactory):
+            def getContext(self):
+                return permissive
+
+        control = reactor.listenSSL(0, self.site, Permissive(), interface="127.0.0.1")
+        self.addCleanup(control.stopListening)
+        for flag, version in (("-tls1", b"TLSv1"), ("-tls1_1", b"TLSv1.1")):
+            command = ["openssl", "s_client", flag, "-cipher", "DEFAULT:@SECLEVEL=0"]
+            out, err, code = yield run(*command, "-connect", f"127.0.0.1:{control.getHost().port}")
+            self.assertEqual(code, 0, err)
+            self.assertRegex(out.decode(), rf"Protocol\s*: {re.escape(version.decode())}\n")
+            out, err, code = yield run(*command, "-connect", f"127.0.0.1:{port}")
+            self.assertNotEqual(code, 0)
+            self.assertIn(b"alert protocol version", err)
+
+    @inlineCallbacks
+    def test_reloadDuringDownload(self):
+        """
+        Certificate files replaced while a download is in flight: the next
+        connection gets the new certificate, with no restart, and the
+        download started before completes.
+        """
+        cert, key = os.path.join(self.dir, "server.crt"), os.path.join(self.dir, "server.key")
+
+        def install(names: list[str]) -> str:
+            made = generateSelfSigned(SubjectNames(names, LOOPBACK))
+            for path, data in ((key, made.keyPEM()), (cert, made.certificatePEM())):
+                with open(path + ".new", "wb") as f:
+                    f.write(data)
+                os.replace(path + ".new", path)
+            ca = os.path.join(self.dir, names[0] + ".crt")
+            shutil.copy(cert, ca)
+            return ca
+
+        firstCA = install(["first.example"])
+        port = yield self.listen(f"regproxy-tls:0:interface=127.0.0.1:cert={cert}:key={key}")
+        output = os.path.join(self.dir, "download")
+        download = run(
+            "curl", "--silent", "--show-error", "--cacert", firstCA,
+            "--output", output, f"https://127.0.0.1:{port}/slow",
+        )
+        yield self.slow.started
+        secondCA = install(["second.example"])
+        out, err, code = yield run(
+            "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", secondCA,
+            "-verify_return_error",
+        )
+        self.assertEqual(code, 0, err)
+        with open(secondCA, "rb") as f:
+            self.assertEqual(
+                fingerprint(certificateSeen(out)),
+                fingerprint(x509.load_pem_x509_certificate(f.read())),
+            )
+        self.assertFalse(download.called)
+        self.slow.release()
+        out, err, code = yield download
+        self.assertEqual(code, 0, err)
+        with open(output, "rb") as f:
+            self.assertEqual(f.read(), CHUNK * 2)
+
+    @inlineCallbacks
+    def test_plainAndTLS(self):
+        """
+        One process serves the same site over plain HTTP and TLS at once.
+        """
+        tlsPort = yield self.selfSignedListener()
+        plainPort = yield self.listen("tcp:0:interface=127.0.0.1")
+        for url, extra in (
+            (f"http://127.0.0.1:{plainPort}/", []),
+            (f"https://127.0.0.1:{tlsPort}/", ["--cacert", self.caFile]),
+        ):
+            out, err, code = yield run("curl", "--silent", "--show-error", *extra, url)
+            self.assertEqual((out, code), (b"hello over TLS\n", 0), err)
+
+    @inlineCallbacks
+    def test_skopeoTrustsCertDir(self):
+        """
+        skopeo (Go's TLS stack, as docker and podman use) accepts the
+        generated certificate from a C{--cert-dir} holding our C{ca.crt}:
+        it gets past TLS to the registry's answer.  Without it, it refuses.
+        """
+        port = yield self.selfSignedListener()
+        certDir = os.path.join(self.dir, "certs.d")
+        os.makedirs(certDir)
+        shutil.copy(self.caFile, os.path.join(certDir, "ca.crt"))
+        image = f"docker://127.0.0.1:{port}/some/image:latest"
+        out, err, code = yield run(
+            "skopeo", "inspect", "--no-creds", "--tls-verify=true", "--cert-dir", certDir, image
+        )
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"manifest unknown", err)
+        self.assertNotIn(b"x509", err)
+        out, err, code = yield run(
+            "skopeo", "inspect", "--no-creds", "--tls-verify=true", image
+        )
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"x509", err)
