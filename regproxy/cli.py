@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "gen-token-auth-cert": ("regproxy.tokencert", "make the key, certificate and kid for a token-mode registry"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
