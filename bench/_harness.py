@@ -1,0 +1,1020 @@
+"""
+Process helpers for regproxy's benchmarks: start a distribution registry,
+regproxy and nginx on loopback, put content into the registry, fetch with
+curl, load with wrk, and watch a process's memory.
+
+Everything a benchmark starts belongs to one L{Harness}, which stops every
+process and removes its temporary directory on exit, on error and on Ctrl-C
+(or SIGTERM/SIGHUP).  Every wait has a time limit, and readiness is taken
+from a process's own log line ("listening on", "starting on", "start worker
+processes"), never from a sleep.
+
+Only the standard library and attrs are used, so the benchmarks run in the
+same environment as regproxy itself.  Names are camelCase, as in the rest of
+the project.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import hashlib
+import http.client
+import json
+import os
+import pwd
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import attrs
+
+LOOPBACK = "127.0.0.1"
+
+# The media types docker and skopeo ask for when they HEAD a manifest.
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+
+MiB = 1024 * 1024
+
+
+class BenchError(Exception):
+    """
+    A benchmark step failed or ran out of time; the message says which.
+    """
+
+
+def freePort(host: str = LOOPBACK) -> int:
+    """
+    A TCP port that was free a moment ago, for programs (the registry,
+    nginx) that cannot listen on port 0 and tell us which port they got.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def median(values: Sequence[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+# Processes.
+
+
+def _dieWithParent() -> None:
+    """
+    Run in the child before exec: its own session (so the whole group can be
+    stopped) and SIGKILL when the benchmark dies, even by SIGKILL.
+    """
+    os.setsid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except Exception:
+        pass
+
+
+class ManagedProcess:
+    """
+    A child process whose output (stdout and stderr together) is kept: the
+    last lines in memory, all of it in a log file, and waited on line by line.
+
+    @ivar name: What the reports call it ("registry", "regproxy").
+    @ivar logPath: Where its whole output goes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        logPath: str,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.logPath = logPath
+        self._lines: collections.deque[str] = collections.deque(maxlen=200)
+        self._lineCount = 0
+        self._changed = threading.Condition()
+        self._log = open(logPath, "w", encoding="utf-8", errors="replace")
+        try:
+            self._popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                preexec_fn=_dieWithParent,
+            )
+        except OSError as e:
+            self._log.close()
+            raise BenchError(f"{name}: cannot run {self.argv[0]}: {e}") from None
+        self._reader = threading.Thread(
+            target=self._readOutput, name=f"{name}-output", daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    def _readOutput(self) -> None:
+        assert self._popen.stdout is not None
+        for raw in self._popen.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self._log.write(line + "\n")
+            with self._changed:
+                self._lines.append(line)
+                self._lineCount += 1
+                self._changed.notify_all()
+        self._popen.wait()
+        self._log.flush()
+        with self._changed:
+            self._changed.notify_all()
+
+    def running(self) -> bool:
+        return self._popen.poll() is None
+
+    def tail(self, count: int = 20) -> str:
+        with self._changed:
+            return "\n".join(list(self._lines)[-count:])
+
+    def waitForLine(self, pattern: str, timeout: float) -> re.Match[str]:
+        """
+        Wait until a line of output matches C{pattern}, looking at every line
+        since the process started.
+
+        @raise BenchError: If the process exits first or C{timeout} seconds
+            pass; the message carries the process's last lines.
+        """
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                lines = list(self._lines)
+                fresh = lines[max(0, len(lines) - (self._lineCount - seen)) :]
+                seen = self._lineCount
+                for line in fresh:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                if not self._reader.is_alive():
+                    raise BenchError(
+                        f"{self.name} exited (status {self._popen.poll()}) "
+                        f"before printing /{pattern}/; its last lines:\n" + self.tail()
+                    )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BenchError(
+                        f"{self.name} did not print /{pattern}/ within "
+                        f"{timeout:g} s; its last lines:\n" + self.tail()
+                    )
+                self._changed.wait(left)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """
+        SIGTERM the process's group, then SIGKILL it if it is still there
+        after C{timeout} seconds.
+        """
+        if self._popen.poll() is None:
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(self._popen.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self._popen.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        else:
+            # The leader is gone; take any workers it left in its group.
+            try:
+                os.killpg(self._popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._reader.join(5.0)
+        self._log.close()
+
+    # Memory, from /proc.
+
+    def _status(self, field: str) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise BenchError(f"{self.name}: no {field} in /proc/{self.pid}/status")
+
+    def rss(self) -> int:
+        """
+        Resident set size now, in bytes.
+        """
+        return self._status("VmRSS")
+
+    def peakRss(self) -> int:
+        """
+        The highest resident set size since start or since L{resetPeakRss}.
+        """
+        return self._status("VmHWM")
+
+    def resetPeakRss(self) -> bool:
+        """
+        Reset the kernel's peak-RSS mark (Linux 4.0+), so L{peakRss} covers
+        only what happens next; C{False} if the kernel would not.
+        """
+        try:
+            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+    def cpuSeconds(self) -> float:
+        """
+        User plus system CPU time the process has used so far.
+        """
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+
+class MemoryWatch:
+    """
+    The peak RSS of a process while a block runs: VmRSS sampled every few
+    milliseconds in a thread, and the kernel's VmHWM reset on entry and read
+    on exit (which catches peaks shorter than the sampling interval).
+
+        with MemoryWatch(process) as watch:
+            fetch(...)
+        watch.peak
+    """
+
+    def __init__(self, process: ManagedProcess, interval: float = 0.005) -> None:
+        self.process = process
+        self.interval = interval
+        self.sampledPeak = 0
+        self.kernelPeak: int | None = None
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @property
+    def peak(self) -> int:
+        return max(self.sampledPeak, self.kernelPeak or 0)
+
+    def _sample(self) -> None:
+        while True:
+            try:
+                self.sampledPeak = max(self.sampledPeak, self.process.rss())
+                self.samples += 1
+            except (OSError, BenchError):
+                return
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> MemoryWatch:
+        self._hwmReset = self.process.resetPeakRss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+        if self._hwmReset:
+            try:
+                self.kernelPeak = self.process.peakRss()
+            except (OSError, BenchError):
+                pass
+
+
+# Deterministic content.
+
+
+@attrs.frozen
+class Blob:
+    """
+    Deterministic content of a given size: the same C{seed} and C{size} give
+    the same bytes every time, so the digest can be computed in one pass and
+    the body streamed in another, and neither holds the whole blob.
+    """
+
+    size: int
+    seed: int = 0
+    chunkSize: int = MiB
+
+    def chunks(self) -> Iterator[bytes]:
+        """
+        The content, chunk by chunk: a random block made from the seed, with
+        each chunk's number written over its first 8 bytes so that no two
+        chunks are the same.
+        """
+        block = random.Random(self.seed).randbytes(self.chunkSize)
+        left = self.size
+        number = 0
+        while left > 0:
+            chunk = struct.pack(">Q", number) + block[8:]
+            if left < len(chunk):
+                chunk = chunk[:left]
+            yield chunk
+            left -= len(chunk)
+            number += 1
+
+    def digest(self) -> str:
+        hasher = hashlib.sha256()
+        for chunk in self.chunks():
+            hasher.update(chunk)
+        return "sha256:" + hasher.hexdigest()
+
+
+# Talking to a registry.
+
+
+class RegistryClient:
+    """
+    Puts content into a registry through its HTTP API (no auth), streaming
+    bodies from generators.
+    """
+
+    def __init__(self, url: str, timeout: float = 60.0) -> None:
+        parts = urlsplit(url)
+        self.url = url.rstrip("/")
+        self.host = parts.hostname or LOOPBACK
+        self.port = parts.port or 80
+        self.timeout = timeout
+
+    def _connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        expect: Iterable[int] = (200,),
+    ) -> http.client.HTTPResponse:
+        conn = self._connection()
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            content = response.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise BenchError(f"{method} {self.url}{path}: {e}") from None
+        finally:
+            conn.close()
+        if response.status not in expect:
+            raise BenchError(
+                f"{method} {self.url}{path}: {response.status} "
+                f"{content[:300].decode('utf-8', 'replace')}"
+            )
+        response.content = content  # type: ignore[attr-defined]
+        return response
+
+    def _pathOf(self, location: str) -> str:
+        parts = urlsplit(location)
+        return parts.path + ("?" + parts.query if parts.query else "")
+
+    def pushBlob(
+        self,
+        repository: str,
+        chunks: Iterable[bytes],
+        size: int,
+        digest: str,
+        deadline: float | None = None,
+    ) -> str:
+        """
+        A monolithic upload: C{POST} for an upload session, then one C{PUT}
+        of the whole body with its digest, streamed from C{chunks}.
+
+        @param deadline: A C{time.monotonic()} value after which the upload
+            is abandoned.
+        @return: The digest the registry stored it under.
+        """
+        started = self._call(
+            "POST", f"/v2/{repository}/blobs/uploads/", body=b"", expect=(202,)
+        )
+        location = started.getheader("Location")
+        if not location:
+            raise BenchError(f"{self.url}: upload session without a Location")
+        path = self._pathOf(location)
+        path += ("&" if "?" in path else "?") + "digest=" + quote(digest, safe="")
+
+        def timed() -> Iterator[bytes]:
+            for chunk in chunks:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise BenchError(f"uploading {digest} took too long")
+                yield chunk
+
+        done = self._call(
+            "PUT",
+            path,
+            body=timed(),
+            headers={
+                "Content-Length": str(size),
+                "Content-Type": "application/octet-stream",
+            },
+            expect=(201,),
+        )
+        stored = done.getheader("Docker-Content-Digest") or digest
+        if stored != digest:
+            raise BenchError(f"registry stored {stored}, we sent {digest}")
+        return stored
+
+    def pushBytes(self, repository: str, content: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(content).hexdigest()
+        return self.pushBlob(repository, [content], len(content), digest)
+
+    def pushManifest(
+        self, repository: str, reference: str, manifest: bytes, mediaType: str
+    ) -> str:
+        done = self._call(
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            body=manifest,
+            headers={"Content-Type": mediaType},
+            expect=(201,),
+        )
+        return done.getheader("Docker-Content-Digest") or (
+            "sha256:" + hashlib.sha256(manifest).hexdigest()
+        )
+
+    def pushImage(self, repository: str, tag: str, layers: Sequence[tuple[str, int]]):
+        """
+        A small Docker image manifest: a config blob made here, and layers
+        already pushed, given as (digest, size).
+
+        @return: The manifest's digest.
+        """
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": [d for d, _ in layers]},
+            },
+            sort_keys=True,
+        ).encode()
+        configDigest = self.pushBytes(repository, config)
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": DOCKER_MANIFEST,
+                "config": {
+                    "mediaType": DOCKER_CONFIG,
+                    "size": len(config),
+                    "digest": configDigest,
+                },
+                "layers": [
+                    {"mediaType": DOCKER_LAYER, "size": size, "digest": digest}
+                    for digest, size in layers
+                ],
+            },
+            indent=3,
+        ).encode()
+        return self.pushManifest(repository, tag, manifest, DOCKER_MANIFEST)
+
+
+# Clients that measure.
+
+
+@attrs.frozen
+class Fetch:
+    """
+    What curl saw fetching one URL.
+
+    @ivar speed: Bytes per second, as curl's C{%{speed_download}}.
+    """
+
+    status: int
+    size: int
+    speed: float
+    seconds: float
+
+
+def curlFetch(
+    url: str,
+    timeout: float,
+    headers: Sequence[str] = (),
+    expectSize: int | None = None,
+    output: str = "/dev/null",
+) -> Fetch:
+    """
+    Fetch C{url} with curl, throw the body away, and return its figures.
+
+    @raise BenchError: On a status other than 200, a short body, or timeout.
+    """
+    argv = ["curl", "-s", "-S", "-o", output, "--max-time", f"{timeout:g}"]
+    for header in headers:
+        argv += ["-H", header]
+    argv += ["-w", "%{http_code} %{size_download} %{speed_download} %{time_total}"]
+    argv.append(url)
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout + 10
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"curl {url}: no answer within {timeout:g} s") from None
+    if done.returncode != 0:
+        raise BenchError(f"curl {url}: {done.stderr.strip() or done.returncode}")
+    status, size, speed, seconds = done.stdout.split()
+    fetch = Fetch(int(status), int(size), float(speed), float(seconds))
+    if fetch.status != 200:
+        raise BenchError(f"curl {url}: status {fetch.status}")
+    if expectSize is not None and fetch.size != expectSize:
+        raise BenchError(f"curl {url}: {fetch.size} bytes, expected {expectSize}")
+    return fetch
+
+
+def sha256Of(url: str, timeout: float, headers: Sequence[str] = ()) -> str:
+    """
+    The digest of what C{url} returns, read in chunks.
+    """
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(
+        parts.hostname or LOOPBACK, parts.port or 80, timeout=timeout
+    )
+    try:
+        conn.request(
+            "GET",
+            parts.path + ("?" + parts.query if parts.query else ""),
+            headers=dict(h.split(": ", 1) for h in headers),
+        )
+        response = conn.getresponse()
+        if response.status != 200:
+            raise BenchError(f"GET {url}: status {response.status}")
+        hasher = hashlib.sha256()
+        while chunk := response.read(MiB):
+            hasher.update(chunk)
+    except (OSError, http.client.HTTPException) as e:
+        raise BenchError(f"GET {url}: {e}") from None
+    finally:
+        conn.close()
+    return "sha256:" + hasher.hexdigest()
+
+
+_WRK_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK-RESULT {"requests": %d, "duration_us": %d, "bytes": %d, '
+    .. '"connect_errors": %d, "read_errors": %d, "write_errors": %d, '
+    .. '"status_errors": %d, "timeouts": %d, "p50_us": %d, "p99_us": %d, '
+    .. '"mean_us": %.1f, "max_us": %d}\\n',
+    summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.mean, latency.max))
+end
+"""
+
+
+def wrkScript(
+    path: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> str:
+    """
+    Write a wrk Lua script that sends C{method} with C{headers} and prints
+    its figures as one JSON line; return its path.
+    """
+    lines = [f"wrk.method = {json.dumps(method)}"]
+    for name, value in (headers or {}).items():
+        lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n" + _WRK_DONE)
+    return path
+
+
+@attrs.frozen
+class Load:
+    """
+    What wrk saw: requests per second and latencies in seconds.
+    """
+
+    requests: int
+    rps: float
+    p50: float
+    p99: float
+    mean: float
+    errors: int
+    raw: dict[str, Any]
+
+
+def runWrk(
+    url: str,
+    script: str,
+    duration: float = 10.0,
+    connections: int = 16,
+    threads: int = 2,
+) -> Load:
+    """
+    Load C{url} with wrk for C{duration} seconds over C{connections}
+    keep-alive connections.
+
+    @raise BenchError: If wrk fails, runs over time or completes nothing.
+    """
+    argv = [
+        "wrk",
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "5s",
+        "-s",
+        script,
+        url,
+    ]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration + 30
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(
+            f"wrk {url}: still running after {duration + 30:g} s"
+        ) from None
+    match = re.search(r"^WRK-RESULT (.*)$", done.stdout, re.M)
+    if done.returncode != 0 or not match:
+        raise BenchError(f"wrk {url}: {done.stderr.strip() or done.stdout[-500:]}")
+    raw = json.loads(match.group(1))
+    if raw["requests"] == 0:
+        raise BenchError(f"wrk {url}: no request completed")
+    errors = sum(
+        raw[k]
+        for k in (
+            "connect_errors",
+            "read_errors",
+            "write_errors",
+            "status_errors",
+            "timeouts",
+        )
+    )
+    return Load(
+        requests=raw["requests"],
+        rps=raw["requests"] / (raw["duration_us"] / 1e6),
+        p50=raw["p50_us"] / 1e6,
+        p99=raw["p99_us"] / 1e6,
+        mean=raw["mean_us"] / 1e6,
+        errors=errors,
+        raw=raw,
+    )
+
+
+def runHey(
+    url: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    duration: float = 10.0,
+    connections: int = 16,
+) -> Load:
+    """
+    Load C{url} with hey (keep-alive, no compression) for C{duration}
+    seconds with C{connections} workers.  wrk 4.1 (Debian 12) never finishes
+    a C{HEAD} whose answer has a C{Content-Length}: it waits for the body.
+    hey knows HEAD has none.
+
+    @raise BenchError: If hey fails, runs over time or completes nothing.
+    """
+    argv = [
+        "hey",
+        "-z",
+        f"{duration:g}s",
+        "-c",
+        str(connections),
+        "-m",
+        method,
+        "-t",
+        "5",
+        "-disable-compression",
+        "-disable-redirects",
+    ]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(url)
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration + 30
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(
+            f"hey {url}: still running after {duration + 30:g} s"
+        ) from None
+    out = done.stdout
+
+    def figure(pattern: str) -> float:
+        match = re.search(pattern, out)
+        if not match:
+            raise BenchError(f"hey {url}: no /{pattern}/ in its output:\n{out}")
+        return float(match.group(1))
+
+    if done.returncode != 0:
+        raise BenchError(f"hey {url}: {done.stderr.strip() or out[-500:]}")
+    statuses = {
+        int(code): int(count)
+        for code, count in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)
+    }
+    failures = 0
+    if "Error distribution:" in out:
+        tail = out.split("Error distribution:", 1)[1]
+        failures = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s", tail, re.M))
+    requests = sum(statuses.values())
+    if requests == 0:
+        raise BenchError(f"hey {url}: no request completed:\n{out[-800:]}")
+    errors = failures + sum(n for code, n in statuses.items() if code >= 400)
+    return Load(
+        requests=requests,
+        rps=figure(r"Requests/sec:\s+([\d.]+)"),
+        p50=figure(r"50% in ([\d.]+) secs"),
+        p99=figure(r"99% in ([\d.]+) secs"),
+        mean=figure(r"Average:\s+([\d.]+) secs"),
+        errors=errors,
+        raw={"statuses": statuses, "failures": failures, "tool": "hey"},
+    )
+
+
+def cpuBusy(window: float = 1.0) -> float:
+    """
+    The fraction of all CPUs' time spent busy over the next C{window}
+    seconds, from C{/proc/stat}.
+    """
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + values[4]
+        return sum(values), idle
+
+    total0, idle0 = sample()
+    threading.Event().wait(window)
+    total1, idle1 = sample()
+    spent = total1 - total0
+    return 1.0 - (idle1 - idle0) / spent if spent else 0.0
+
+
+def waitForQuiet(maxBusy: float = 0.15, timeout: float = 60.0) -> float:
+    """
+    Wait until the machine is mostly idle (other people's tests share it),
+    at most C{timeout} seconds; return the last busy fraction seen, which
+    the caller reports when it is still above C{maxBusy}.
+    """
+    deadline = time.monotonic() + timeout
+    busy = cpuBusy()
+    while busy > maxBusy and time.monotonic() < deadline:
+        busy = cpuBusy()
+    return busy
+
+
+# The things a benchmark starts.
+
+
+@attrs.frozen
+class Server:
+    """
+    A started server: its name, base URL and process.
+    """
+
+    name: str
+    url: str
+    process: ManagedProcess
+
+
+def _twistd() -> list[str]:
+    """
+    This interpreter's twistd (so the process we watch is regproxy itself,
+    not a wrapper such as a pyenv shim).
+    """
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.access(script, os.X_OK):
+        return [sys.executable, script]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; sys.argv[0] = 'twistd'; "
+        "from twisted.scripts.twistd import run; run()",
+    ]
+
+
+def _sourceRoot() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Harness:
+    """
+    Owns a temporary directory and every process started through it, and
+    removes them all on exit, on error and on Ctrl-C, SIGTERM or SIGHUP.
+
+        with Harness() as harness:
+            registry = harness.startRegistry()
+            proxy = harness.startRegproxy(registry.url)
+    """
+
+    def __init__(
+        self,
+        tmpRoot: str | None = None,
+        keep: bool = False,
+        startTimeout: float = 30.0,
+    ) -> None:
+        self.tmpRoot = tmpRoot
+        self.keep = keep
+        self.startTimeout = startTimeout
+        self.processes: list[ManagedProcess] = []
+        self._started: dict[str, int] = {}
+        self.dir = ""
+        self._savedHandlers: dict[int, Any] = {}
+
+    def __enter__(self) -> Harness:
+        self.dir = tempfile.mkdtemp(prefix="regproxy-bench-", dir=self.tmpRoot)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            self._savedHandlers[sig] = signal.signal(sig, self._interrupted)
+        return self
+
+    def _interrupted(self, signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def __exit__(self, *exc: object) -> None:
+        # A second Ctrl-C must not cut the clean-up short; it is bounded.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for process in reversed(self.processes):
+                process.stop()
+            self.processes.clear()
+            if self.keep:
+                print(f"kept {self.dir}", file=sys.stderr)
+            else:
+                shutil.rmtree(self.dir, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            for sig, handler in self._savedHandlers.items():
+                signal.signal(sig, handler)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+    def spawn(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> ManagedProcess:
+        index = self._started[name] = self._started.get(name, 0) + 1
+        logPath = self.path(f"{name}-{index}.log")
+        process = ManagedProcess(name, argv, logPath, env=env, cwd=cwd)
+        self.processes.append(process)
+        return process
+
+    def stop(self, server: Server) -> None:
+        server.process.stop()
+        if server.process in self.processes:
+            self.processes.remove(server.process)
+
+    def startRegistry(self, name: str = "registry") -> Server:
+        """
+        A distribution registry in open mode, with filesystem storage in the
+        temporary directory and no access log (so it is not the bottleneck).
+        """
+        port = freePort()
+        storage = self.path(f"{name}-storage")
+        os.makedirs(storage, exist_ok=True)
+        config = self.path(f"{name}.yml")
+        with open(config, "w") as f:
+            f.write(
+                "version: 0.1\n"
+                "log:\n"
+                "  level: info\n"
+                "  accesslog:\n"
+                "    disabled: true\n"
+                "storage:\n"
+                "  filesystem:\n"
+                f"    rootdirectory: {storage}\n"
+                "  cache:\n"
+                "    blobdescriptor: inmemory\n"
+                "  delete:\n"
+                "    enabled: true\n"
+                "http:\n"
+                f"  addr: {LOOPBACK}:{port}\n"
+                "  secret: regproxy-bench-not-a-secret\n"
+            )
+        process = self.spawn(name, ["docker-registry", "serve", config])
+        process.waitForLine(r"listening on", self.startTimeout)
+        return Server(name, f"http://{LOOPBACK}:{port}", process)
+
+    def startRegproxy(
+        self,
+        upstream: str,
+        name: str = "regproxy",
+        extraArgs: Sequence[str] = (),
+        sourceRoot: str | None = None,
+    ) -> Server:
+        """
+        C{twistd -n --pidfile= regproxy} from the source tree, listening on a
+        loopback port the kernel picks (read back from its "starting on"
+        line), with its own state directory, run by this interpreter so
+        the PID is regproxy's own.
+        """
+        root = sourceRoot or _sourceRoot()
+        stateDir = self.path(f"{name}-state")
+        os.makedirs(stateDir, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGPROXY_")}
+        env["PYTHONPATH"] = os.pathsep.join(
+            [root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
+        argv = [
+            *_twistd(),
+            "-n",
+            "--pidfile=",
+            "--logfile=-",
+            "regproxy",
+            "--listen",
+            f"tcp:0:interface={LOOPBACK}",
+            "--upstream",
+            upstream,
+            "--state-dir",
+            stateDir,
+            *extraArgs,
+        ]
+        process = self.spawn(name, argv, env=env, cwd=self.dir)
+        match = process.waitForLine(r"starting on (\d+)", self.startTimeout)
+        return Server(name, f"http://{LOOPBACK}:{match.group(1)}", process)
+
+    def startNginx(
+        self,
+        upstream: str,
+        name: str = "nginx",
+        buffering: bool = True,
+        workers: int = 1,
+    ) -> Server:
+        """
+        nginx as a keep-alive HTTP/1.1 reverse proxy to C{upstream}, with
+        C{proxy_buffering off} or nginx's default buffers, everything it
+        writes under its own prefix in the temporary directory.
+        """
+        port = freePort()
+        prefix = self.path(name)
+        os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
+        target = urlsplit(upstream)
+        # As root, nginx would hand its workers to "nobody", who cannot
+        # enter our private temporary directory.
+        user = (
+            f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
+        )
+        temps = "".join(
+            f"    {kind}_temp_path {prefix}/{kind}_temp;\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        conf = os.path.join(prefix, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(
+                "daemon off;\n"
+                f"{user}"
+                f"worker_processes {workers};\n"
+                f"pid {prefix}/nginx.pid;\n"
+                f"error_log {prefix}/logs/error.log notice;\n"
+                "error_log stderr notice;\n"
+                "events { worker_connections 1024; }\n"
+                "http {\n"
+                "    access_log off;\n"
+                f"{temps}"
+                "    upstream registry {\n"
+                f"        server {target.hostname}:{target.port or 80};\n"
+                "        keepalive 32;\n"
+                "    }\n"
+                "    server {\n"
+                f"        listen {LOOPBACK}:{port};\n"
+                "        client_max_body_size 0;\n"
+                "        location / {\n"
+                "            proxy_pass http://registry;\n"
+                "            proxy_http_version 1.1;\n"
+                '            proxy_set_header Connection "";\n'
+                "            proxy_set_header Host $http_host;\n"
+                + ("" if buffering else "            proxy_buffering off;\n")
+                + "        }\n"
+                "    }\n"
+                "}\n"
+            )
+        process = self.spawn(
+            name, ["nginx", "-e", "stderr", "-p", prefix + "/", "-c", conf]
+        )
+        process.waitForLine(r"start worker process", self.startTimeout)
+        return Server(name, f"http://{LOOPBACK}:{port}", process)
