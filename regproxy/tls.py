@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import shlex
 import socket
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -464,25 +465,26 @@ def clientSetup(host: str, port: int | str, fingerprintText: str) -> str:
     where = f"{host}:{port}"
     if ":" in host and not host.startswith("["):
         where = f"[{host}]:{port}"
+    url = f"https://{where}"
+    docker = f"/etc/docker/certs.d/{where}"
+    podman = f"/etc/containers/certs.d/{where}"
+    containerd = f"/etc/containerd/certs.d/{where}"
+    hostsToml = [f'server = "{url}"', f'[host."{url}"]', f'  ca = "{containerd}/ca.crt"']
+    q = shlex.quote
     return "\n".join(
         [
-            f"# 1. Fetch the certificate and check it is ours",
-            f"curl --insecure --fail --output ca.crt https://{where}/_ca.crt",
-            f"openssl x509 -in ca.crt -noout -fingerprint -sha256",
+            "# 1. Fetch the certificate and check it is ours",
+            f"curl --insecure --fail --globoff --output ca.crt {q(url + '/_ca.crt')}",
+            "openssl x509 -in ca.crt -noout -fingerprint -sha256",
             f"#    must print: SHA256 Fingerprint={fingerprintText}",
-            f"# 2. docker (no restart needed)",
-            f"sudo mkdir -p /etc/docker/certs.d/{where}",
-            f"sudo cp ca.crt /etc/docker/certs.d/{where}/ca.crt",
-            f"# 3. podman, skopeo, buildah",
-            f"sudo mkdir -p /etc/containers/certs.d/{where}",
-            f"sudo cp ca.crt /etc/containers/certs.d/{where}/ca.crt",
-            f"# 4. containerd (config_path = \"/etc/containerd/certs.d\" in its registry config)",
-            f"sudo mkdir -p /etc/containerd/certs.d/{where}",
-            f"sudo cp ca.crt /etc/containerd/certs.d/{where}/ca.crt",
-            f"printf '%s\\n' 'server = \"https://{where}\"' "
-            f"'[host.\"https://{where}\"]' "
-            f"'  ca = \"/etc/containerd/certs.d/{where}/ca.crt\"' "
-            f"| sudo tee /etc/containerd/certs.d/{where}/hosts.toml",
+            "# 2. docker (no restart needed)",
+            f"sudo mkdir -p {q(docker)} && sudo cp ca.crt {q(docker + '/ca.crt')}",
+            "# 3. podman, skopeo, buildah",
+            f"sudo mkdir -p {q(podman)} && sudo cp ca.crt {q(podman + '/ca.crt')}",
+            "# 4. containerd (with config_path = \"/etc/containerd/certs.d\" in its registry config)",
+            f"sudo mkdir -p {q(containerd)} && sudo cp ca.crt {q(containerd + '/ca.crt')}",
+            f"printf '%s\\n' {' '.join(map(q, hostsToml))} "
+            f"| sudo tee {q(containerd + '/hosts.toml')}",
         ]
     )
 

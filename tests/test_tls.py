@@ -317,7 +317,7 @@ class ClientSetupTests(SynchronousTestCase):
         """
         text = clientSetup("box.local", 5000, "AB:CD")
         for expected in [
-            "curl --insecure --fail --output ca.crt https://box.local:5000/_ca.crt",
+            "curl --insecure --fail --globoff --output ca.crt https://box.local:5000/_ca.crt",
             "SHA256 Fingerprint=AB:CD",
             "/etc/docker/certs.d/box.local:5000/ca.crt",
             "/etc/containers/certs.d/box.local:5000/ca.crt",
@@ -329,7 +329,7 @@ class ClientSetupTests(SynchronousTestCase):
         """
         An IPv6 address is bracketed, as clients write it.
         """
-        self.assertIn("/etc/docker/certs.d/[fd00::2]:5000/ca.crt", clientSetup("fd00::2", 5000, "AB"))
+        self.assertIn("'/etc/docker/certs.d/[fd00::2]:5000/ca.crt'", clientSetup("fd00::2", 5000, "AB"))
 
 
 class CACertificateResourceTests(SynchronousTestCase):
