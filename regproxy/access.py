@@ -115,7 +115,9 @@ class Rule:
         return ANY_USER in self.users or user in self.users
 
     def allowedActions(self, user: str | None, name: str) -> frozenset[str]:
-        if not self.appliesTo(user) or not any(globMatches(g, name) for g in self.repositories):
+        if not self.appliesTo(user) or not any(
+            globMatches(g, name) for g in self.repositories
+        ):
             return frozenset()
         if ALL in self.actions:
             return ACTIONS | {ALL}
@@ -179,7 +181,9 @@ def _strings(value: Any, where: str, key: str) -> list[str]:
     return value
 
 
-def parseAccessRules(document: Mapping[str, Any], source: str = "access rules") -> AccessRules:
+def parseAccessRules(
+    document: Mapping[str, Any], source: str = "access rules"
+) -> AccessRules:
     """
     Rules from a parsed TOML document.
 
@@ -216,7 +220,9 @@ def parseAccessRules(document: Mapping[str, Any], source: str = "access rules") 
                 raise AccessRulesError(f"{where}: '{key}' is missing")
         users = _strings(entry["users"], where, "users")
         if not users:
-            raise AccessRulesError(f"{where}: 'users' is empty, so the rule does nothing")
+            raise AccessRulesError(
+                f"{where}: 'users' is empty, so the rule does nothing"
+            )
         for user in users:
             if user.startswith("<") and user != ANONYMOUS:
                 raise AccessRulesError(
@@ -230,7 +236,9 @@ def parseAccessRules(document: Mapping[str, Any], source: str = "access rules") 
                 raise AccessRulesError(
                     f"{where}: unknown action {action!r} (expected pull, push, delete or *)"
                 )
-        rules.append(Rule(frozenset(users), tuple(repositories), frozenset(actions), catalog))
+        rules.append(
+            Rule(frozenset(users), tuple(repositories), frozenset(actions), catalog)
+        )
     return AccessRules(tuple(rules))
 
 

@@ -57,7 +57,11 @@ class Sealer:
         """
         nonce = os.urandom(_NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, plaintext, _associated(purpose))
-        return base64.urlsafe_b64encode(_VERSION + nonce + sealed).rstrip(b"=").decode("ascii")
+        return (
+            base64.urlsafe_b64encode(_VERSION + nonce + sealed)
+            .rstrip(b"=")
+            .decode("ascii")
+        )
 
     def open(self, sealed: str, purpose: str) -> bytes:
         """
@@ -85,7 +89,9 @@ class Sealer:
         """
         L{seal} a JSON-serializable value.
         """
-        return self.seal(json.dumps(value, separators=(",", ":")).encode("utf-8"), purpose)
+        return self.seal(
+            json.dumps(value, separators=(",", ":")).encode("utf-8"), purpose
+        )
 
     def openJSON(self, sealed: str, purpose: str) -> Any:
         """

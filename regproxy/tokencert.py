@@ -19,7 +19,11 @@ import os
 import sys
 
 from regproxy.libtrust import keyID
-from regproxy.tokens import certificatePEM, generateIssuerKeyAndCertificate, privateKeyPEM
+from regproxy.tokens import (
+    certificatePEM,
+    generateIssuerKeyAndCertificate,
+    privateKeyPEM,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,8 +32,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Make the ES256 key, self-signed certificate and libtrust kid "
         "that a distribution registry in token mode needs to trust regproxy's tokens.",
     )
-    parser.add_argument("issuer", metavar="ISSUER", help="the token issuer name (iss, and the certificate's CN)")
-    parser.add_argument("--out", metavar="DIR", default=".", help="where to write the files (default: .)")
+    parser.add_argument(
+        "issuer",
+        metavar="ISSUER",
+        help="the token issuer name (iss, and the certificate's CN)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        default=".",
+        help="where to write the files (default: .)",
+    )
     parser.add_argument("--force", action="store_true", help="replace existing files")
     parser.add_argument(
         "--realm",
@@ -66,7 +79,9 @@ def main(argv: list[str]) -> int:
         )
         return 2
     directory = os.path.abspath(options.out)
-    paths = {ext: os.path.join(directory, f"{issuer}.{ext}") for ext in ("crt", "pem", "kid")}
+    paths = {
+        ext: os.path.join(directory, f"{issuer}.{ext}") for ext in ("crt", "pem", "kid")
+    }
     existing = [p for p in paths.values() if os.path.lexists(p)]
     if existing and not options.force:
         print(

@@ -146,8 +146,13 @@ class TokenIssuer:
         ours = self.key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        leaf = self.chain[0].public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        leaf = (
+            self.chain[0]
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.DER,
+                serialization.PublicFormat.SubjectPublicKeyInfo,
+            )
         )
         if ours != leaf:
             raise ValueError("the certificate is not for this private key")

@@ -93,7 +93,9 @@ def parseHtpasswd(data: bytes, source: str = "htpasswd") -> dict[str, bytes]:
         try:
             user = rawUser.decode("utf-8")
         except UnicodeDecodeError:
-            raise HtpasswdError(f"{source}, line {number}: user name is not UTF-8") from None
+            raise HtpasswdError(
+                f"{source}, line {number}: user name is not UTF-8"
+            ) from None
         if not _BCRYPT.match(hashed):
             raise HtpasswdError(
                 f"{source}, line {number}: user {user!r} has a password hashed with "
@@ -161,13 +163,17 @@ class ThreadPoolRunner:
     ) -> None:
         self._reactor = reactor
         self._limit = threads + maxWaiting
-        self._pool = pool or ThreadPool(minthreads=0, maxthreads=threads, name="regproxy-bcrypt")
+        self._pool = pool or ThreadPool(
+            minthreads=0, maxthreads=threads, name="regproxy-bcrypt"
+        )
         self._started = False
         self.pending = 0
 
     def __call__(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
         if self.pending >= self._limit:
-            return fail(TooManyChecks(f"{self.pending} password checks already waiting"))
+            return fail(
+                TooManyChecks(f"{self.pending} password checks already waiting")
+            )
         if not self._started:
             self._started = True
             self._pool.start()
@@ -257,7 +263,9 @@ class HtpasswdUsers:
             return
         self._users = users
         self._log.info(
-            "Reloaded the htpasswd file {path}: {count} users", path=self.path, count=len(users)
+            "Reloaded the htpasswd file {path}: {count} users",
+            path=self.path,
+            count=len(users),
         )
 
     def knows(self, user: str) -> bool:
@@ -292,7 +300,9 @@ class HtpasswdUsers:
             d: Deferred[bool] = Deferred()
             waiters.append(d)
             return d
-        against = stored if stored is not None else next(iter(self._users.values()), None)
+        against = (
+            stored if stored is not None else next(iter(self._users.values()), None)
+        )
         if against is None:
             return succeed(False)
         first: Deferred[bool] = Deferred()
@@ -303,7 +313,9 @@ class HtpasswdUsers:
             waiters = self._waiting.pop(key)
             if isinstance(result, Failure):
                 if not result.check(TooManyChecks):
-                    self._log.failure("Password check for {user} failed", result, user=user)
+                    self._log.failure(
+                        "Password check for {user} failed", result, user=user
+                    )
                     result = False
             else:
                 result = bool(result) and stored is not None

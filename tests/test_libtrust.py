@@ -87,7 +87,9 @@ class ThumbprintTests(SynchronousTestCase):
                 "y": "lVjs6SuXq1GzEUdDvKaXPNEQdBJ2RiMfcONGugGYjFg",
             },
         )
-        self.assertEqual(jwkThumbprint(key), "Advdp8SY7anV6paF7nlhtvFo_Jthryu8jkNXNuueh7o")
+        self.assertEqual(
+            jwkThumbprint(key), "Advdp8SY7anV6paF7nlhtvFo_Jthryu8jkNXNuueh7o"
+        )
 
     def test_rsa(self) -> None:
         """

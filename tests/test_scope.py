@@ -16,7 +16,9 @@ names = st.text(
     max_size=40,
 )
 actions = st.lists(
-    st.one_of(st.just("*"), st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)),
+    st.one_of(
+        st.just("*"), st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
+    ),
     max_size=4,
     unique=True,
 )
@@ -85,7 +87,9 @@ class ParseScopeTests(SynchronousTestCase):
         """
         An empty action list is allowed by the grammar.
         """
-        self.assertEqual(parseScope("repository:a:"), Scope("repository", None, "a", ()))
+        self.assertEqual(
+            parseScope("repository:a:"), Scope("repository", None, "a", ())
+        )
 
     def test_malformed(self) -> None:
         """
@@ -108,7 +112,7 @@ class ParseScopeTests(SynchronousTestCase):
         ]:
             self.assertIsNone(parseScope(text), text)
 
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=100, deadline=None)
     @given(scopes)
     def test_roundTrip(self, scope: Scope) -> None:
         """
@@ -139,7 +143,9 @@ class ParseScopesTests(SynchronousTestCase):
         malformed ones are dropped.
         """
         self.assertEqual(
-            parseScopes(["repository:a:pull", "repository:b:push registry:catalog:* junk"]),
+            parseScopes(
+                ["repository:a:pull", "repository:b:push registry:catalog:* junk"]
+            ),
             (
                 Scope("repository", None, "a", ("pull",)),
                 Scope("repository", None, "b", ("push",)),
@@ -152,7 +158,9 @@ class ParseScopesTests(SynchronousTestCase):
         Two scopes for the same repository become one with both actions.
         """
         self.assertEqual(
-            parseScopes(["repository:a:pull", "repository:b:pull", "repository:a:push,pull"]),
+            parseScopes(
+                ["repository:a:pull", "repository:b:pull", "repository:a:push,pull"]
+            ),
             (
                 Scope("repository", None, "a", ("pull", "push")),
                 Scope("repository", None, "b", ("pull",)),
@@ -175,8 +183,14 @@ class ParseScopesTests(SynchronousTestCase):
         for scope in parseScopes(values):
             self.assertEqual(parseScope(str(scope)), scope)
 
-    @settings(max_examples=200, deadline=None)
-    @given(st.lists(scopes, max_size=5, unique_by=lambda s: (s.resourceType, s.resourceClass, s.name)))
+    @settings(max_examples=100, deadline=None)
+    @given(
+        st.lists(
+            scopes,
+            max_size=5,
+            unique_by=lambda s: (s.resourceType, s.resourceClass, s.name),
+        )
+    )
     def test_roundTripMany(self, many: list[Scope]) -> None:
         """
         Distinct scopes joined by spaces come back in order.

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from regproxy.sealing import SealError, Sealer, loadOrCreateKey
+from regproxy.sealing import Sealer, SealError, loadOrCreateKey
 
 KEY = bytes(range(32))
 
@@ -26,7 +26,9 @@ class SealTests(SynchronousTestCase):
         """
         sealed = Sealer(KEY).seal(b"alice:secret", "upstream-credentials")
         self.assertNotIn("secret", sealed)
-        self.assertEqual(Sealer(KEY).open(sealed, "upstream-credentials"), b"alice:secret")
+        self.assertEqual(
+            Sealer(KEY).open(sealed, "upstream-credentials"), b"alice:secret"
+        )
 
     def test_fresh(self) -> None:
         """
@@ -90,7 +92,9 @@ class SealTests(SynchronousTestCase):
         Any bytes for any purpose round-trip.
         """
         sealer = Sealer(KEY)
-        self.assertEqual(sealer.open(sealer.seal(plaintext, purpose), purpose), plaintext)
+        self.assertEqual(
+            sealer.open(sealer.seal(plaintext, purpose), purpose), plaintext
+        )
 
     @settings(max_examples=300, deadline=None)
     @given(st.one_of(st.text(max_size=100), st.text("AB_-xyz09", max_size=100)))

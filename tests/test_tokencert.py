@@ -60,9 +60,15 @@ class GenTokenAuthCertTests(SynchronousTestCase):
         """
         main(["api.example.com", "--out", self.out])
         clock = Clock()
-        issuer = loadIssuer("api.example.com", self.path("pem"), self.path("crt"), clock)
-        verifier = TokenVerifier.forKeys("api.example.com", "registry", [issuer.chain[0].public_key()], clock)
-        self.assertEqual(verifier.verify(issuer.issue("a", "registry").token)["sub"], "a")
+        issuer = loadIssuer(
+            "api.example.com", self.path("pem"), self.path("crt"), clock
+        )
+        verifier = TokenVerifier.forKeys(
+            "api.example.com", "registry", [issuer.chain[0].public_key()], clock
+        )
+        self.assertEqual(
+            verifier.verify(issuer.issue("a", "registry").token)["sub"], "a"
+        )
 
     def test_kidMatchesOpenSSL(self) -> None:
         """
@@ -78,20 +84,35 @@ class GenTokenAuthCertTests(SynchronousTestCase):
             capture_output=True,
         ).stdout
         digest = subprocess.run(
-            ["openssl", "dgst", "-sha256", "-binary"], input=der, check=True, capture_output=True
+            ["openssl", "dgst", "-sha256", "-binary"],
+            input=der,
+            check=True,
+            capture_output=True,
         ).stdout
         import base64
 
         text = base64.b32encode(digest[:30]).decode()
         with open(self.path("kid")) as f:
-            self.assertEqual(f.read(), ":".join(text[i : i + 4] for i in range(0, 48, 4)))
+            self.assertEqual(
+                f.read(), ":".join(text[i : i + 4] for i in range(0, 48, 4))
+            )
 
     def test_settings(self) -> None:
         """
         The registry's and regproxy's settings are printed with the absolute
         file paths.
         """
-        main(["api.example.com", "--out", self.out, "--realm", "https://proxy.local/token", "--service", "reg.local"])
+        main(
+            [
+                "api.example.com",
+                "--out",
+                self.out,
+                "--realm",
+                "https://proxy.local/token",
+                "--service",
+                "reg.local",
+            ]
+        )
         output = self.stdout.getvalue()
         for line in [
             "REGISTRY_AUTH=token",
@@ -109,7 +130,10 @@ class GenTokenAuthCertTests(SynchronousTestCase):
         Without --realm, the realm is the issuer's /token over https.
         """
         main(["api.example.com", "--out", self.out])
-        self.assertIn("REGISTRY_AUTH_TOKEN_REALM=https://api.example.com/token", self.stdout.getvalue())
+        self.assertIn(
+            "REGISTRY_AUTH_TOKEN_REALM=https://api.example.com/token",
+            self.stdout.getvalue(),
+        )
 
     def test_refusesOverwrite(self) -> None:
         """

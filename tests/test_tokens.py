@@ -10,7 +10,10 @@ import os
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -65,11 +68,13 @@ def _resign(token: str, header: dict, claims: dict, key=_KEY) -> str:
     would.
     """
     signingInput = (
-        base64url(json.dumps(header).encode()) + "." + base64url(json.dumps(claims).encode())
+        base64url(json.dumps(header).encode())
+        + "."
+        + base64url(json.dumps(claims).encode())
     )
-    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
-    r, s = decode_dss_signature(key.sign(signingInput.encode(), ec.ECDSA(hashes.SHA256())))
+    r, s = decode_dss_signature(
+        key.sign(signingInput.encode(), ec.ECDSA(hashes.SHA256()))
+    )
     return signingInput + "." + base64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
 
 
@@ -120,8 +125,17 @@ class IssueTests(SynchronousTestCase):
                 "nbf": NOW,
                 "iat": NOW,
                 "access": [
-                    {"type": "repository", "name": "foo/bar", "actions": ["pull", "push"]},
-                    {"type": "repository", "class": "plugin", "name": "p", "actions": ["pull"]},
+                    {
+                        "type": "repository",
+                        "name": "foo/bar",
+                        "actions": ["pull", "push"],
+                    },
+                    {
+                        "type": "repository",
+                        "class": "plugin",
+                        "name": "p",
+                        "actions": ["pull"],
+                    },
                 ],
             },
         )
@@ -174,14 +188,18 @@ class IssueTests(SynchronousTestCase):
         Extra claims may not replace a registered claim.
         """
         issuer = _issuer(_clock())
-        self.assertRaises(ValueError, issuer.issue, "a", "r", extraClaims={"access": []})
+        self.assertRaises(
+            ValueError, issuer.issue, "a", "r", extraClaims={"access": []}
+        )
 
     def test_certificateMustMatchKey(self) -> None:
         """
         A certificate for another key is refused at construction.
         """
         _, otherCert = generateIssuerKeyAndCertificate("other")
-        error = self.assertRaises(ValueError, TokenIssuer, "i", _KEY, [otherCert], _clock())
+        error = self.assertRaises(
+            ValueError, TokenIssuer, "i", _KEY, [otherCert], _clock()
+        )
         self.assertIn("not for this private key", str(error))
 
     def test_needsP256(self) -> None:
@@ -213,7 +231,9 @@ class VerifyTests(SynchronousTestCase):
         )
         claims = self.verifier.verify(issued.token)
         self.assertEqual(claims["sub"], "alice")
-        self.assertEqual(claims["access"], [{"type": "repository", "name": "a", "actions": ["pull"]}])
+        self.assertEqual(
+            claims["access"], [{"type": "repository", "name": "a", "actions": ["pull"]}]
+        )
 
     def test_expired(self) -> None:
         """
@@ -285,7 +305,9 @@ class VerifyTests(SynchronousTestCase):
         token = self.issuer.issue("a", "registry.test").token
         header, claims, _ = _parts(token)
         header["alg"] = "none"
-        unsigned = base64url(json.dumps(header).encode()) + "." + token.split(".")[1] + "."
+        unsigned = (
+            base64url(json.dumps(header).encode()) + "." + token.split(".")[1] + "."
+        )
         self.assertRaises(BadToken, self.verifier.verify, unsigned)
 
     def test_noExpiry(self) -> None:
@@ -295,7 +317,9 @@ class VerifyTests(SynchronousTestCase):
         token = self.issuer.issue("a", "registry.test").token
         header, claims, _ = _parts(token)
         del claims["exp"]
-        self.assertRaises(BadToken, self.verifier.verify, _resign(token, header, claims))
+        self.assertRaises(
+            BadToken, self.verifier.verify, _resign(token, header, claims)
+        )
 
     def test_nonFiniteExpiry(self) -> None:
         """
@@ -308,12 +332,18 @@ class VerifyTests(SynchronousTestCase):
             signingInput = (
                 base64url(json.dumps(header).encode())
                 + "."
-                + base64url(json.dumps(claims).replace(str(claims["exp"]), value).encode())
+                + base64url(
+                    json.dumps(claims).replace(str(claims["exp"]), value).encode()
+                )
             )
-            from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
-            r, s = decode_dss_signature(_KEY.sign(signingInput.encode(), ec.ECDSA(hashes.SHA256())))
-            forged = signingInput + "." + base64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+            r, s = decode_dss_signature(
+                _KEY.sign(signingInput.encode(), ec.ECDSA(hashes.SHA256()))
+            )
+            forged = (
+                signingInput
+                + "."
+                + base64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+            )
             self.assertRaises(BadToken, self.verifier.verify, forged)
 
     def test_deeplyNested(self) -> None:
@@ -398,7 +428,8 @@ class KeyFileTests(SynchronousTestCase):
         key, cert = generateIssuerKeyAndCertificate("auth.example", now)
         self.assertIsInstance(key.curve, ec.SECP256R1)
         self.assertEqual(
-            cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value, "auth.example"
+            cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value,
+            "auth.example",
         )
         self.assertEqual(cert.subject, cert.issuer)
         self.assertEqual(cert.public_key(), key.public_key())
@@ -412,7 +443,10 @@ class KeyFileTests(SynchronousTestCase):
         """
         directory = self.mktemp()
         os.mkdir(directory)
-        keyPath, certPath = os.path.join(directory, "k.pem"), os.path.join(directory, "c.crt")
+        keyPath, certPath = (
+            os.path.join(directory, "k.pem"),
+            os.path.join(directory, "c.crt"),
+        )
         with open(keyPath, "wb") as f:
             f.write(privateKeyPEM(_KEY))
         with open(certPath, "wb") as f:
@@ -421,7 +455,10 @@ class KeyFileTests(SynchronousTestCase):
         issuer = loadIssuer("issuer.test", keyPath, certPath, clock)
         token = issuer.issue("a", "r").token
         verifier = TokenVerifier.forKeys(
-            "issuer.test", "r", [c.public_key() for c in parseCertificates(certificatePEM(_CERT))], clock
+            "issuer.test",
+            "r",
+            [c.public_key() for c in parseCertificates(certificatePEM(_CERT))],
+            clock,
         )
         self.assertEqual(verifier.verify(token)["sub"], "a")
 
@@ -444,7 +481,12 @@ class KeyFileTests(SynchronousTestCase):
         A missing file is named in the error.
         """
         error = self.assertRaises(
-            ValueError, loadIssuer, "i", "/nonexistent/k.pem", "/nonexistent/c.crt", _clock()
+            ValueError,
+            loadIssuer,
+            "i",
+            "/nonexistent/k.pem",
+            "/nonexistent/c.crt",
+            _clock(),
         )
         self.assertIn("/nonexistent/k.pem", str(error))
 

@@ -73,9 +73,15 @@ class ParseTests(SynchronousTestCase):
         """
         text = (
             b"# users\r\nalice:" + _hash("a", b"$2y$") + b"\r\n\r\n"
-            b"bob:" + _hash("b", b"$2b$") + b"\ncarol@example.com:" + _hash("c", b"$2a$") + b"\n"
+            b"bob:"
+            + _hash("b", b"$2b$")
+            + b"\ncarol@example.com:"
+            + _hash("c", b"$2a$")
+            + b"\n"
         )
-        self.assertEqual(sorted(parseHtpasswd(text)), ["alice", "bob", "carol@example.com"])
+        self.assertEqual(
+            sorted(parseHtpasswd(text)), ["alice", "bob", "carol@example.com"]
+        )
 
     def test_refusedSchemes(self) -> None:
         """
@@ -86,14 +92,19 @@ class ParseTests(SynchronousTestCase):
             (b"{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "{SHA} (SHA-1)"),
             (b"$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/", "$apr1$ (Apache MD5)"),
             (b"$1$salt$qJH7.N4xYta3aEG/dfqo/0", "$1$ (MD5-crypt)"),
-            (b"$6$salt$IxDD3jeSOb5eB1CX5LBsqZFVkJdido3OUILO5Ifz5iwMuTS4XMS130MTSuDDl3aCI6WouIL9AjRbLCelDCy.g.", "$6$ (SHA-512-crypt)"),
+            (
+                b"$6$salt$IxDD3jeSOb5eB1CX5LBsqZFVkJdido3OUILO5Ifz5iwMuTS4XMS130MTSuDDl3aCI6WouIL9AjRbLCelDCy.g.",
+                "$6$ (SHA-512-crypt)",
+            ),
             (b"rl.3StKT.4T8M", "crypt (DES)"),
             (b"hunter2", "plain text"),
             (b"$2y$05$short", "malformed bcrypt"),
         ]
         for hashed, scheme in cases:
             text = b"alice:" + _hash("a") + b"\n# c\nbob:" + hashed + b"\n"
-            error = self.assertRaises(HtpasswdError, parseHtpasswd, text, "/etc/regproxy/htpasswd")
+            error = self.assertRaises(
+                HtpasswdError, parseHtpasswd, text, "/etc/regproxy/htpasswd"
+            )
             message = str(error)
             self.assertIn("/etc/regproxy/htpasswd, line 3", message)
             self.assertIn("'bob'", message)
@@ -139,7 +150,9 @@ class UsersTests(SynchronousTestCase):
         self.clock = Clock()
         self.runner = CountingRunner()
         self.events: list[dict] = []
-        self.users = HtpasswdUsers(self.path, self.clock, self.runner, recheckInterval=5, rememberFor=60)
+        self.users = HtpasswdUsers(
+            self.path, self.clock, self.runner, recheckInterval=5, rememberFor=60
+        )
         self.users._log = Logger(observer=self.events.append)
 
     def write(self, users: dict[str, str], extra: bytes = b"") -> None:
@@ -226,7 +239,9 @@ class UsersTests(SynchronousTestCase):
         self.assertTrue(self.check("alice", "looking-glass"))
         self.assertTrue(self.check("carol", "c"))
         self.assertFalse(self.users.knows("bob"))
-        self.assertIn("2 users", self.events[-1]["log_format"].format(**self.events[-1]))
+        self.assertIn(
+            "2 users", self.events[-1]["log_format"].format(**self.events[-1])
+        )
 
     def test_brokenReloadKeepsUsers(self) -> None:
         """
@@ -262,7 +277,9 @@ class UsersTests(SynchronousTestCase):
         with open(self.path, "wb") as f:
             f.write(b"alice:plain\n")
         self.assertRaises(HtpasswdError, HtpasswdUsers, self.path, self.clock, runNow)
-        self.assertRaises(HtpasswdError, HtpasswdUsers, self.path + ".missing", self.clock, runNow)
+        self.assertRaises(
+            HtpasswdError, HtpasswdUsers, self.path + ".missing", self.clock, runNow
+        )
 
     def test_concurrentChecksShareOne(self) -> None:
         """
@@ -285,6 +302,7 @@ class UsersTests(SynchronousTestCase):
         When the runner refuses (too many waiting), the check fails with
         L{TooManyChecks} and is not remembered as a result.
         """
+
         def refuse(f, *args):
             from twisted.internet.defer import fail
 

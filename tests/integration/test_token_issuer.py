@@ -6,21 +6,29 @@ L{regproxy.tokens.generateIssuerKeyAndCertificate} made.
 
 This is the proof that the header (C{kid}, C{x5c}), the claims (string
 C{aud}, C{exp}, C{access}) and the raw signature are what the registry
-accepts, and that it refuses what it should.
+accepts, and that it refuses what it should; and, with skopeo, that a
+token endpoint made of our users, access rules and issuer holds: good
+credentials push and pull, a bad password gets 401, a repository outside
+the rules is denied, the anonymous rule is honoured.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import tempfile
+import tomllib
 
+import bcrypt
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
+from regproxy.access import AccessRules, parseAccessRules
 from regproxy.scope import Scope, parseScopes
 from regproxy.tokens import (
     TokenIssuer,
@@ -28,8 +36,10 @@ from regproxy.tokens import (
     generateIssuerKeyAndCertificate,
     tokenResponseBody,
 )
+from regproxy.users import HtpasswdUsers, ThreadPoolRunner
 
-from .clients import httpClient
+from .clients import ClientFailed, Skopeo, httpClient
+from .oci import blobPath, writeImage
 from .registry import STARTUP_TIMEOUT, RegistryFailed, RegistryProcess, freePort
 
 ISSUER = "regproxy-issuer.test"
@@ -80,22 +90,88 @@ class IssuerTokenResource(Resource):
         return tokenResponseBody(issued)
 
 
-async def startTokenRegistry(testCase, issuer: TokenIssuer, certificatePEMBytes: bytes, reactor):
+class UsersTokenResource(Resource):
     """
-    Start a token endpoint backed by C{issuer} and a registry that trusts
+    A token endpoint built only from regproxy's modules: Basic credentials
+    checked by L{HtpasswdUsers} (bcrypt on a capped pool), the grant
+    decided by L{AccessRules}, the token signed by L{TokenIssuer}.  It is
+    the shape regproxy's C{/token} takes, without the site around it.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self, issuer: TokenIssuer, users: HtpasswdUsers, rules: AccessRules
+    ) -> None:
+        super().__init__()
+        self.issuer = issuer
+        self.users = users
+        self.rules = rules
+        self.answers: list[tuple[str | None, int, tuple[str, ...]]] = []
+
+    def render_GET(self, request) -> int:
+        Deferred.fromCoroutine(self._answer(request))
+        return NOT_DONE_YET
+
+    async def _answer(self, request) -> None:
+        user: str | None = None
+        header = request.getHeader(b"authorization")
+        if header is not None:
+            scheme, _, value = header.partition(b" ")
+            try:
+                user, _, password = (
+                    base64.b64decode(value).decode("utf-8").partition(":")
+                )
+            except (ValueError, UnicodeDecodeError):
+                user, password = "", ""
+            if scheme.lower() != b"basic" or not await self.users.checkPassword(
+                user, password
+            ):
+                self.answers.append((user, 401, ()))
+                request.setResponseCode(401)
+                request.setHeader(b"content-type", b"application/json")
+                request.write(
+                    json.dumps(
+                        {
+                            "errors": [
+                                {
+                                    "code": "UNAUTHORIZED",
+                                    "message": "authentication required",
+                                }
+                            ]
+                        }
+                    ).encode()
+                )
+                request.finish()
+                return
+        scopes = parseScopes(v.decode() for v in request.args.get(b"scope", []))
+        granted = self.rules.grant(user, scopes)
+        service = request.args.get(b"service", [SERVICE.encode()])[0].decode()
+        self.answers.append((user, 200, tuple(map(str, granted))))
+        request.setHeader(b"content-type", b"application/json")
+        request.write(tokenResponseBody(self.issuer.issue(user, service, granted)))
+        request.finish()
+
+
+async def startTokenRegistry(
+    testCase, tokens: Resource, certificatePEMBytes: bytes, reactor
+):
+    """
+    Serve C{tokens} as the token endpoint and start a registry that trusts
     C{certificatePEMBytes}; both live until C{testCase} ends.
 
-    @return: The registry's base URL and the token resource.
+    @return: The registry's base URL, C{tokens} and the registry process.
     """
     if shutil.which("docker-registry") is None:
-        raise SkipTest("docker-registry is not installed (apt-get install docker-registry)")
+        raise SkipTest(
+            "docker-registry is not installed (apt-get install docker-registry)"
+        )
     directory = tempfile.mkdtemp(prefix="registry-issuer-")
     testCase.addCleanup(shutil.rmtree, directory, True)
     bundle = os.path.join(directory, f"{ISSUER}.crt")
     with open(bundle, "wb") as f:
         f.write(certificatePEMBytes)
 
-    tokens = IssuerTokenResource(issuer)
     root = Resource()
     root.putChild(b"token", tokens)
     site = Site(root)
@@ -108,7 +184,11 @@ async def startTokenRegistry(testCase, issuer: TokenIssuer, certificatePEMBytes:
         port = freePort()
         config = {
             "version": 0.1,
-            "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": True}},
+            "log": {
+                "level": "info",
+                "formatter": "text",
+                "accesslog": {"disabled": True},
+            },
             "storage": {
                 "filesystem": {"rootdirectory": os.path.join(directory, "storage")},
                 "maintenance": {"uploadpurging": {"enabled": False}},
@@ -136,8 +216,12 @@ async def startTokenRegistry(testCase, issuer: TokenIssuer, certificatePEMBytes:
         )
         timeout = reactor.callLater(
             STARTUP_TIMEOUT,
-            lambda p=process: p.listening.called
-            or p.listening.errback(RegistryFailed("registry did not listen:\n" + p.output())),
+            lambda p=process: (
+                p.listening.called
+                or p.listening.errback(
+                    RegistryFailed("registry did not listen:\n" + p.output())
+                )
+            ),
         )
         try:
             await process.listening
@@ -168,17 +252,24 @@ class TokenIssuerRegistryTests(TestCase):
         self.key, self.certificate = generateIssuerKeyAndCertificate(ISSUER)
         self.issuer = TokenIssuer(ISSUER, self.key, [self.certificate], reactor)
         self.url, self.tokens, self.process = await startTokenRegistry(
-            self, self.issuer, certificatePEM(self.certificate), reactor
+            self,
+            IssuerTokenResource(self.issuer),
+            certificatePEM(self.certificate),
+            reactor,
         )
         self.http = httpClient(self)
 
     async def _tagsList(self, token: str | None, name: str = "foo"):
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-        response = await self.http.get(f"{self.url}/v2/{name}/tags/list", headers=headers)
+        response = await self.http.get(
+            f"{self.url}/v2/{name}/tags/list", headers=headers
+        )
         body = await response.content()
         return response, body
 
-    def _token(self, *scopes: Scope, issuer: TokenIssuer | None = None, audience: str = SERVICE) -> str:
+    def _token(
+        self, *scopes: Scope, issuer: TokenIssuer | None = None, audience: str = SERVICE
+    ) -> str:
         return (issuer or self.issuer).issue("alice", audience, scopes).token
 
     def _pullPush(self, name: str) -> Scope:
@@ -201,7 +292,8 @@ class TokenIssuerRegistryTests(TestCase):
         """
         token = self._token(self._pullPush("foo"))
         response = await self.http.post(
-            f"{self.url}/v2/foo/blobs/uploads/", headers={"Authorization": f"Bearer {token}"}
+            f"{self.url}/v2/foo/blobs/uploads/",
+            headers={"Authorization": f"Bearer {token}"},
         )
         await response.content()
         self.assertEqual(response.code, 202)
@@ -220,7 +312,9 @@ class TokenIssuerRegistryTests(TestCase):
             realm, params={"service": SERVICE, "scope": "repository:foo:pull"}
         )
         body = json.loads(await answer.content())
-        self.assertEqual(set(body), {"token", "access_token", "expires_in", "issued_at"})
+        self.assertEqual(
+            set(body), {"token", "access_token", "expires_in", "issued_at"}
+        )
         self.assertRegex(body["issued_at"], r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")
         response, body = await self._tagsList(body["token"])
         self.assertEqual(response.code, 404, body)
@@ -231,7 +325,9 @@ class TokenIssuerRegistryTests(TestCase):
         among the keys of its C{rootcertbundle}: the kid is right.
         """
         issuer = KidOnlyIssuer(ISSUER, self.key, [self.certificate], self.reactor)
-        response, body = await self._tagsList(self._token(self._pullPush("foo"), issuer=issuer))
+        response, body = await self._tagsList(
+            self._token(self._pullPush("foo"), issuer=issuer)
+        )
         self.assertEqual(response.code, 404, (body, self.process.output()))
 
     async def test_wrongKid(self) -> None:
@@ -240,7 +336,9 @@ class TokenIssuerRegistryTests(TestCase):
         (so L{test_kidAlone} shows the kid is checked).
         """
         issuer = WrongKidIssuer(ISSUER, self.key, [self.certificate], self.reactor)
-        response, body = await self._tagsList(self._token(self._pullPush("foo"), issuer=issuer))
+        response, body = await self._tagsList(
+            self._token(self._pullPush("foo"), issuer=issuer)
+        )
         self.assertEqual(response.code, 401, body)
 
     async def test_otherRepository(self) -> None:
@@ -265,7 +363,9 @@ class TokenIssuerRegistryTests(TestCase):
         """
         key, certificate = generateIssuerKeyAndCertificate(ISSUER)
         stranger = TokenIssuer(ISSUER, key, [certificate], self.reactor)
-        response, body = await self._tagsList(self._token(self._pullPush("foo"), issuer=stranger))
+        response, body = await self._tagsList(
+            self._token(self._pullPush("foo"), issuer=stranger)
+        )
         self.assertEqual(response.code, 401, body)
 
     async def test_otherAudience(self) -> None:
@@ -285,5 +385,122 @@ class TokenIssuerRegistryTests(TestCase):
         past = Clock()
         past.advance(self.reactor.seconds() - 3600)
         old = TokenIssuer(ISSUER, self.key, [self.certificate], past)
-        response, body = await self._tagsList(self._token(self._pullPush("foo"), issuer=old))
+        response, body = await self._tagsList(
+            self._token(self._pullPush("foo"), issuer=old)
+        )
         self.assertEqual(response.code, 401, body)
+
+
+RULES = """
+[[rule]]
+users = ["alice"]
+repositories = ["team/**", "public/*"]
+actions = ["pull", "push"]
+
+[[rule]]
+users = ["<anonymous>"]
+repositories = ["public/*"]
+actions = ["pull"]
+"""
+
+
+class UsersAndRulesTests(TestCase):
+    """
+    skopeo against the registry in token mode, with tokens from an endpoint
+    made of our users, access rules and issuer.
+    """
+
+    timeout = 120
+
+    async def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        key, certificate = generateIssuerKeyAndCertificate(ISSUER)
+        directory = tempfile.mkdtemp(prefix="issuer-users-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        htpasswd = os.path.join(directory, "htpasswd")
+        with open(htpasswd, "wb") as f:
+            f.write(
+                b"alice:"
+                + bcrypt.hashpw(b"wonderland", bcrypt.gensalt(rounds=4))
+                + b"\n"
+            )
+        runner = ThreadPoolRunner(reactor, threads=2)
+        self.addCleanup(runner.stop)
+        self.tokens = UsersTokenResource(
+            TokenIssuer(ISSUER, key, [certificate], reactor),
+            HtpasswdUsers(htpasswd, reactor, runner),
+            parseAccessRules(tomllib.loads(RULES)),
+        )
+        url, _, self.process = await startTokenRegistry(
+            self, self.tokens, certificatePEM(certificate), reactor
+        )
+        self.host = url.removeprefix("http://")
+        self.skopeo = Skopeo(self)
+        self.layout = tempfile.mkdtemp(prefix="oci-")
+        self.addCleanup(shutil.rmtree, self.layout, True)
+        self.image = writeImage(self.layout, "v1", [1000, 20000], seed="issuer")
+
+    async def push(self, repository: str, creds=("alice", "wonderland")):
+        return await self.skopeo.copy(
+            self.image.reference,
+            f"docker://{self.host}/{repository}:v1",
+            destTLSVerify=False,
+            destCreds=creds,
+        )
+
+    async def inspectRaw(self, repository: str, creds=("alice", "wonderland")) -> bytes:
+        return await self.skopeo.inspect(
+            f"docker://{self.host}/{repository}:v1",
+            raw=True,
+            tlsVerify=False,
+            creds=creds,
+        )
+
+    def manifestBytes(self) -> bytes:
+        with open(blobPath(self.layout, self.image.digest), "rb") as f:
+            return f.read()
+
+    async def test_pushAndPull(self) -> None:
+        """
+        alice pushes to and pulls from a repository her rule covers; the
+        manifest comes back byte for byte.
+        """
+        await self.push("team/app")
+        self.assertEqual(await self.inspectRaw("team/app"), self.manifestBytes())
+        self.assertIn(
+            ("alice", 200, ("repository:team/app:pull,push",)), self.tokens.answers
+        )
+
+    async def test_badPassword(self) -> None:
+        """
+        A wrong password gets 401 from our endpoint, and skopeo fails.
+        """
+        with self.assertRaises(ClientFailed) as e:
+            await self.push("team/app", creds=("alice", "looking-glass"))
+        self.assertIn("invalid username/password", str(e.exception))
+        self.assertEqual({code for _, code, _ in self.tokens.answers}, {401})
+
+    async def test_outsideRules(self) -> None:
+        """
+        A repository outside alice's rules gets an empty grant, which the
+        registry refuses.
+        """
+        with self.assertRaises(ClientFailed) as e:
+            await self.push("other/app")
+        self.assertIn("requested access to the resource is denied", str(e.exception))
+        self.assertIn(("alice", 200, ()), self.tokens.answers)
+
+    async def test_anonymousRule(self) -> None:
+        """
+        Anonymous clients may pull what the anonymous rule allows, and not
+        the rest.
+        """
+        await self.push("public/tool")
+        await self.push("team/secret")
+        self.assertEqual(
+            await self.inspectRaw("public/tool", creds=None), self.manifestBytes()
+        )
+        with self.assertRaises(ClientFailed) as e:
+            await self.inspectRaw("team/secret", creds=None)
+        self.assertIn("unauthorized", str(e.exception).lower())
