@@ -22,6 +22,7 @@ from hyperlink import URL
 
 ENV_PREFIX = "REGPROXY_"
 DEFAULT_UPSTREAM = "https://registry2.balena-cloud.com"
+DEFAULT_BALENA_API = "https://api.balena-cloud.com"
 
 
 class ConfigError(ValueError):
@@ -50,6 +51,7 @@ class Setting:
     switch: bool = False
     secret: bool = False
     metavar: str | None = None
+    aliases: tuple[str, ...] = ()
 
 
 def setting(
@@ -61,14 +63,21 @@ def setting(
     switch: bool = False,
     secret: bool = False,
     metavar: str | None = None,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
     """
     Declare a field of L{Config} that users can set.
+
+    @param aliases: Further environment variables read when the
+        C{REGPROXY_} one is not set (names other tools already use).
     """
     return attrs.field(
         default=default,
+        repr=not secret,
         metadata={
-            "setting": Setting(parse, help, repeatable, switch, secret, metavar)
+            "setting": Setting(
+                parse, help, repeatable, switch, secret, metavar, aliases
+            )
         },
     )
 
@@ -151,6 +160,20 @@ def parseEndpoint(value: Any) -> str:
     return text
 
 
+def parseResolver(value: Any) -> str | None:
+    """
+    C{balena}, C{identity} or C{static:FILE}.
+    """
+    if value is None or value == "":
+        return None
+    text = parseText(value)
+    if text in ("balena", "identity"):
+        return text
+    if text.startswith("static:") and len(text) > len("static:"):
+        return text
+    raise ValueError(f"expected balena, identity or static:FILE, got {text!r}")
+
+
 def defaultStateDir() -> str:
     """
     Where keys and generated files live when C{--state-dir} is not given:
@@ -229,6 +252,37 @@ class Config:
         parseOptionalText,
         "Advertise NAME.local and the registry's services with mDNS "
         "(off by default).",
+        metavar="NAME",
+    )
+    resolver: str | None = setting(
+        None,
+        parseResolver,
+        "How client names map to upstream repositories: balena (through "
+        "the balena API), identity (unchanged) or static:FILE (a TOML map); "
+        "by default balena for balenaCloud's registry or when --balena-api "
+        "is given, identity otherwise.",
+        metavar="KIND",
+    )
+    balena_api: str | None = setting(
+        None,
+        parseOptionalHTTPURL,
+        "The balena API that resolves fleet names "
+        f"[default: {DEFAULT_BALENA_API} with the balena resolver].",
+        metavar="URL",
+    )
+    api_token: str | None = setting(
+        None,
+        parseOptionalText,
+        "regproxy's own balena API key (also API_TOKEN), used only to "
+        "resolve names; it never grants a client anything.",
+        secret=True,
+        aliases=("API_TOKEN",),
+        metavar="KEY",
+    )
+    service_name: str = setting(
+        "regproxy",
+        parseText,
+        "The service name in our challenges and the audience of our tokens.",
         metavar="NAME",
     )
 
@@ -326,8 +380,13 @@ def loadConfig(
     for field, spec in settings():
         if field.name in flags:
             raw, source = flags[field.name], "flag"
-        elif environmentName(field) in environ:
-            raw, source = environ[environmentName(field)], environmentName(field)
+        elif any(name in environ for name in (environmentName(field), *spec.aliases)):
+            source = next(
+                name
+                for name in (environmentName(field), *spec.aliases)
+                if name in environ
+            )
+            raw = environ[source]
         elif field.name in fromFile:
             raw, source = fromFile[field.name], "config file"
         else:
