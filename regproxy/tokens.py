@@ -21,6 +21,7 @@ import binascii
 import datetime
 import json
 import math
+import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -425,9 +426,22 @@ def generateIssuerKeyAndCertificate(
     A new P-256 key and a self-signed certificate for it with C{CN=issuer},
     valid for ten years: what a registry's C{rootcertbundle} holds.
     """
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key, selfSignedCertificate(key, issuer, now, days)
+
+
+def selfSignedCertificate(
+    key: ec.EllipticCurvePrivateKey,
+    issuer: str,
+    now: datetime.datetime | None = None,
+    days: int = 3650,
+) -> x509.Certificate:
+    """
+    A self-signed certificate for C{key} with C{CN=issuer}, valid from a
+    day ago (clock skew) for C{days} days.
+    """
     if now is None:
         now = datetime.datetime.now(datetime.timezone.utc)
-    key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
     certificate = (
         x509.CertificateBuilder()
@@ -457,7 +471,7 @@ def generateIssuerKeyAndCertificate(
         )
         .sign(key, hashes.SHA256())
     )
-    return key, certificate
+    return certificate
 
 
 def privateKeyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -470,3 +484,130 @@ def privateKeyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def certificatePEM(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _createExclusive(path: str, data: bytes, mode: int) -> bool:
+    """
+    Write a new file; L{False} if it already exists (someone else won).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return True
+
+
+def loadOrCreateIssuer(
+    directory: str,
+    issuer: str,
+    clock: IReactorTime,
+    lifetime: int = 300,
+    basename: str = "token-signing",
+) -> TokenIssuer:
+    """
+    The issuer of regproxy's own tokens when no key is given: a key and
+    certificate kept in the state directory (C{token-signing.pem}, mode
+    0600, and C{token-signing.crt}), made on first use.  Instances sharing
+    the directory (or a copy of the two files) verify each other's tokens.
+
+    @raise ValueError: A file exists but cannot be used.
+    """
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    keyPath = os.path.join(directory, basename + ".pem")
+    certificatePath = os.path.join(directory, basename + ".crt")
+    if not os.path.exists(keyPath):
+        _createExclusive(
+            keyPath, privateKeyPEM(ec.generate_private_key(ec.SECP256R1())), 0o600
+        )
+    key = loadPrivateKey(keyPath)
+    if not os.path.exists(certificatePath):
+        _createExclusive(
+            certificatePath, certificatePEM(selfSignedCertificate(key, issuer)), 0o644
+        )
+    return TokenIssuer(issuer, key, loadCertificates(certificatePath), clock, lifetime)
+
+
+OPENBALENA_VARIABLES = (
+    "REGISTRY_TOKEN_AUTH_CERT",
+    "REGISTRY_TOKEN_AUTH_CERT_KEY",
+    "REGISTRY_TOKEN_AUTH_CERT_KID",
+    "REGISTRY_TOKEN_AUTH_CERT_ISSUER",
+    "REGISTRY_TOKEN_AUTH_JWT_ALGO",
+)
+
+
+def _base64Variable(environ: Mapping[str, str], name: str) -> bytes:
+    try:
+        return base64.b64decode("".join(environ[name].split()), validate=True)
+    except (binascii.Error, ValueError):
+        # Never echo the value: it may be the private key.
+        raise ValueError(f"{name} is not base64 (use base64 -w0 FILE)") from None
+
+
+def issuerFromOpenBalenaEnvironment(
+    environ: Mapping[str, str],
+    clock: IReactorTime,
+    lifetime: int = 300,
+) -> TokenIssuer | None:
+    """
+    A L{TokenIssuer} from openBalena's registry variables, or L{None} when
+    none of them is set.
+
+    C{REGISTRY_TOKEN_AUTH_CERT} and C{_CERT_KEY} hold the base64 of the
+    C{.crt} and C{.pem} files, C{_CERT_KID} the base64 of the C{.kid} file
+    (checked against the key when given), C{_CERT_ISSUER} the issuer name,
+    C{_JWT_ALGO} the algorithm (only C{ES256}).
+
+    @raise ValueError: A variable is missing or unusable; the message names
+        it and never shows its value.
+    """
+    if not any(environ.get(name) for name in OPENBALENA_VARIABLES):
+        return None
+    for name in (
+        "REGISTRY_TOKEN_AUTH_CERT",
+        "REGISTRY_TOKEN_AUTH_CERT_KEY",
+        "REGISTRY_TOKEN_AUTH_CERT_ISSUER",
+    ):
+        if not environ.get(name):
+            raise ValueError(
+                f"{name} is not set (the REGISTRY_TOKEN_AUTH_* variables go together)"
+            )
+    algorithm = environ.get("REGISTRY_TOKEN_AUTH_JWT_ALGO") or ALGORITHM
+    if algorithm != ALGORITHM:
+        raise ValueError(f"REGISTRY_TOKEN_AUTH_JWT_ALGO: only {ALGORITHM} is supported")
+    try:
+        key = parsePrivateKey(_base64Variable(environ, "REGISTRY_TOKEN_AUTH_CERT_KEY"))
+    except ValueError as e:
+        raise ValueError(f"REGISTRY_TOKEN_AUTH_CERT_KEY: {e}") from None
+    try:
+        certificates = parseCertificates(
+            _base64Variable(environ, "REGISTRY_TOKEN_AUTH_CERT")
+        )
+    except ValueError as e:
+        raise ValueError(f"REGISTRY_TOKEN_AUTH_CERT: {e}") from None
+    if environ.get("REGISTRY_TOKEN_AUTH_CERT_KID"):
+        expected = (
+            _base64Variable(environ, "REGISTRY_TOKEN_AUTH_CERT_KID")
+            .decode("ascii", "replace")
+            .strip()
+        )
+        actual = keyID(key.public_key())
+        if expected != actual:
+            raise ValueError(
+                f"REGISTRY_TOKEN_AUTH_CERT_KID is {expected!r} but the key's kid is "
+                f"{actual!r}"
+            )
+    try:
+        return TokenIssuer(
+            environ["REGISTRY_TOKEN_AUTH_CERT_ISSUER"],
+            key,
+            certificates,
+            clock,
+            lifetime,
+        )
+    except ValueError as e:
+        raise ValueError(f"REGISTRY_TOKEN_AUTH_CERT and _CERT_KEY: {e}") from None

@@ -32,7 +32,9 @@ from regproxy.tokens import (
     TokenVerifier,
     certificatePEM,
     generateIssuerKeyAndCertificate,
+    issuerFromOpenBalenaEnvironment,
     loadIssuer,
+    loadOrCreateIssuer,
     parseCertificates,
     parsePrivateKey,
     privateKeyPEM,
@@ -496,3 +498,138 @@ class KeyFileTests(SynchronousTestCase):
         """
         self.assertRaises(ValueError, parsePrivateKey, certificatePEM(_CERT))
         self.assertRaises(ValueError, parseCertificates, b"nothing here")
+
+
+class StateDirectoryIssuerTests(SynchronousTestCase):
+    """
+    The key kept in the state directory when none is given.
+    """
+
+    def test_createdThenReused(self) -> None:
+        """
+        The first call makes a 0600 key and a certificate; the next (another
+        instance sharing the directory) uses the same key, so each verifies
+        the other's tokens.
+        """
+        directory = self.mktemp()
+        clock = _clock()
+        first = loadOrCreateIssuer(directory, "regproxy", clock)
+        self.assertEqual(
+            os.stat(os.path.join(directory, "token-signing.pem")).st_mode & 0o777, 0o600
+        )
+        second = loadOrCreateIssuer(directory, "regproxy", clock)
+        self.assertEqual(first.keyID, second.keyID)
+        verifier = TokenVerifier.forKeys(
+            "regproxy", "proxy", [second.chain[0].public_key()], clock
+        )
+        self.assertEqual(verifier.verify(first.issue("a", "proxy").token)["sub"], "a")
+
+    def test_certificateRemade(self) -> None:
+        """
+        A missing certificate is made again for the existing key.
+        """
+        directory = self.mktemp()
+        first = loadOrCreateIssuer(directory, "regproxy", _clock())
+        os.remove(os.path.join(directory, "token-signing.crt"))
+        second = loadOrCreateIssuer(directory, "regproxy", _clock())
+        self.assertEqual(first.keyID, second.keyID)
+
+    def test_brokenKey(self) -> None:
+        """
+        A key file that is not a key is an error naming it, not replaced.
+        """
+        directory = self.mktemp()
+        os.mkdir(directory)
+        path = os.path.join(directory, "token-signing.pem")
+        with open(path, "w") as f:
+            f.write("junk")
+        error = self.assertRaises(
+            ValueError, loadOrCreateIssuer, directory, "r", _clock()
+        )
+        self.assertIn(path, str(error))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class OpenBalenaEnvironmentTests(SynchronousTestCase):
+    """
+    openBalena's REGISTRY_TOKEN_AUTH_* variables.
+    """
+
+    def environ(self, **changes: str) -> dict[str, str]:
+        environ = {
+            "REGISTRY_TOKEN_AUTH_CERT": _b64(certificatePEM(_CERT)),
+            "REGISTRY_TOKEN_AUTH_CERT_KEY": _b64(privateKeyPEM(_KEY)),
+            "REGISTRY_TOKEN_AUTH_CERT_KID": _b64(keyID(_KEY.public_key()).encode()),
+            "REGISTRY_TOKEN_AUTH_CERT_ISSUER": "api.example.com",
+            "REGISTRY_TOKEN_AUTH_JWT_ALGO": "ES256",
+        }
+        environ.update(changes)
+        return {k: v for k, v in environ.items() if v is not None}
+
+    def test_none(self) -> None:
+        """
+        Without the variables there is no issuer.
+        """
+        self.assertIsNone(issuerFromOpenBalenaEnvironment({"PATH": "/bin"}, _clock()))
+
+    def test_issuer(self) -> None:
+        """
+        The variables give an issuer with that name and key.
+        """
+        issuer = issuerFromOpenBalenaEnvironment(self.environ(), _clock())
+        assert issuer is not None
+        self.assertEqual(issuer.issuer, "api.example.com")
+        self.assertEqual(issuer.keyID, keyID(_KEY.public_key()))
+
+    def test_kidFileWithNewline(self) -> None:
+        """
+        A kid file that ends with a newline is fine.
+        """
+        kid = _b64(keyID(_KEY.public_key()).encode() + b"\n")
+        self.assertIsNotNone(
+            issuerFromOpenBalenaEnvironment(
+                self.environ(REGISTRY_TOKEN_AUTH_CERT_KID=kid), _clock()
+            )
+        )
+
+    def test_errors(self) -> None:
+        """
+        Mistakes name the variable and never show the key.
+        """
+        secret = self.environ()["REGISTRY_TOKEN_AUTH_CERT_KEY"]
+        otherKey, _ = generateIssuerKeyAndCertificate("x")
+        cases = [
+            (
+                {"REGISTRY_TOKEN_AUTH_CERT_KEY": ""},
+                "REGISTRY_TOKEN_AUTH_CERT_KEY is not set",
+            ),
+            (
+                {"REGISTRY_TOKEN_AUTH_CERT_KEY": "%%%"},
+                "REGISTRY_TOKEN_AUTH_CERT_KEY is not base64",
+            ),
+            ({"REGISTRY_TOKEN_AUTH_JWT_ALGO": "RS256"}, "only ES256"),
+            (
+                {"REGISTRY_TOKEN_AUTH_CERT_KID": _b64(b"AAAA:BBBB")},
+                "REGISTRY_TOKEN_AUTH_CERT_KID is 'AAAA:BBBB'",
+            ),
+            (
+                {
+                    "REGISTRY_TOKEN_AUTH_CERT_KEY": _b64(privateKeyPEM(otherKey)),
+                    "REGISTRY_TOKEN_AUTH_CERT_KID": "",
+                },
+                "not for this private key",
+            ),
+            ({"REGISTRY_TOKEN_AUTH_CERT": _b64(b"junk")}, "REGISTRY_TOKEN_AUTH_CERT: "),
+        ]
+        for changes, expected in cases:
+            error = self.assertRaises(
+                ValueError,
+                issuerFromOpenBalenaEnvironment,
+                self.environ(**changes),
+                _clock(),
+            )
+            self.assertIn(expected, str(error))
+            self.assertNotIn(secret[20:60], str(error))
