@@ -135,7 +135,7 @@ class TokenIssuer:
     """
 
     issuer: str
-    key: ec.EllipticCurvePrivateKey
+    key: ec.EllipticCurvePrivateKey = attrs.field(repr=False)
     chain: tuple[x509.Certificate, ...] = attrs.field(converter=tuple)
     clock: IReactorTime
     lifetime: int = 300
