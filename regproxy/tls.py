@@ -476,7 +476,7 @@ def clientSetup(host: str, port: int | str, fingerprintText: str) -> str:
             "# 1. Fetch the certificate and check it is ours",
             f"curl --insecure --fail --globoff --output ca.crt {q(url + '/_ca.crt')}",
             "openssl x509 -in ca.crt -noout -fingerprint -sha256",
-            f"#    must print: SHA256 Fingerprint={fingerprintText}",
+            f"#    the fingerprint it prints must be {fingerprintText}",
             "# 2. docker (no restart needed)",
             f"sudo mkdir -p {q(docker)} && sudo cp ca.crt {q(docker + '/ca.crt')}",
             "# 3. podman, skopeo, buildah",

@@ -87,7 +87,7 @@ class CertCommandTests(SynchronousTestCase):
         self.assertIn("/etc/docker/certs.d/box.local:5000/ca.crt", out)
         self.assertIn("/etc/containers/certs.d/box.local:5000/ca.crt", out)
         self.assertIn("/etc/containerd/certs.d/box.local:5000/hosts.toml", out)
-        self.assertIn(f"SHA256 Fingerprint={self.fingerprint}", out)
+        self.assertIn(f"the fingerprint it prints must be {self.fingerprint}", out)
 
     def test_clientSetupUnknownName(self) -> None:
         """

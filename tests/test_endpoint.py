@@ -154,7 +154,7 @@ class ServerFromStringTests(SynchronousTestCase):
         fingerprint = endpoint.creator.certificates.default.fingerprint
         self.assertEqual(event["fingerprint"], fingerprint)
         self.assertIn("/etc/docker/certs.d/", event["setup"])
-        self.assertIn(f"SHA256 Fingerprint={fingerprint}", event["setup"])
+        self.assertIn(f"the fingerprint it prints must be {fingerprint}", event["setup"])
 
     def test_ipv6Interface(self) -> None:
         serverFromString(

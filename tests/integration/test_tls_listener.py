@@ -28,8 +28,10 @@ from regproxy.caresource import CACertificateResource
 from regproxy.tls import (
     SelfSignedPaths,
     SubjectNames,
+    clientSetup,
     fingerprint,
     generateSelfSigned,
+    loadCertifiedKey,
 )
 from regproxy.tlscontext import makeContext
 
@@ -65,7 +67,7 @@ class _Collect(ProcessProtocol):
         self.done.callback((bytes(self.out), bytes(self.err), reason.value.exitCode))
 
 
-def run(*argv: str) -> Deferred:
+def run(*argv: str, path: str | None = None) -> Deferred:
     """
     Run a program without blocking the reactor (which serves it meanwhile).
 
@@ -73,7 +75,7 @@ def run(*argv: str) -> Deferred:
     """
     protocol = _Collect()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
-    reactor.spawnProcess(protocol, need(argv[0]), list(argv), env=env)
+    reactor.spawnProcess(protocol, need(argv[0]), list(argv), env=env, path=path)
     return protocol.done
 
 
@@ -220,7 +222,7 @@ class TLSListenerTests(TestCase):
         )
         self.assertEqual(code, 0, err)
         self.assertIn(b"Verify return code: 0 (ok)", out)
-        self.assertRegex(out.decode(), r"Protocol\s*: TLSv1\.[23]")
+        self.assertRegex(out.decode(), r"New, TLSv1\.[23], Cipher is (TLS_|ECDHE-)")
         names = SubjectNames.fromCertificate(certificateSeen(out))
         short = socket.gethostname().split(".")[0].lower()
         for name in ("reg.example", short + ".local"):
@@ -338,3 +340,46 @@ class TLSListenerTests(TestCase):
         )
         self.assertNotEqual(code, 0)
         self.assertIn(b"x509", err)
+
+    @inlineCallbacks
+    def test_clientSetupWorks(self):
+        """
+        The client steps we log and print really work: run with C{sudo}
+        dropped and C{/etc} moved under a temporary root, they fetch our
+        certificate, print the fingerprint we announced, and leave docker,
+        podman and containerd trust files that a real client (skopeo, given
+        the podman directory) verifies our listener with.
+        """
+        import tomllib
+
+        port = yield self.selfSignedListener()
+        paths = SelfSignedPaths.inStateDir(self.stateDir)
+        announced = loadCertifiedKey(paths.certificate, paths.key).fingerprint
+        root = os.path.join(self.dir, "client-root")
+        work = os.path.join(self.dir, "client-work")
+        os.makedirs(work)
+        script = clientSetup("127.0.0.1", port, announced)
+        script = script.replace("sudo ", "").replace("/etc/", root + "/etc/")
+        out, err, code = yield run("sh", "-e", "-c", script, path=work)
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out.decode(), rf"(?i)sha256 Fingerprint={announced}\n")
+        where = f"127.0.0.1:{port}"
+        with open(paths.certificate, "rb") as f:
+            ours = f.read()
+        for client in ("docker", "containers", "containerd"):
+            with open(os.path.join(root, "etc", client, "certs.d", where, "ca.crt"), "rb") as f:
+                self.assertEqual(f.read(), ours)
+        with open(os.path.join(root, "etc/containerd/certs.d", where, "hosts.toml"), "rb") as f:
+            hosts = tomllib.load(f)
+        self.assertEqual(hosts["server"], f"https://{where}")
+        self.assertEqual(
+            hosts["host"][f"https://{where}"]["ca"],
+            f"{root}/etc/containerd/certs.d/{where}/ca.crt",
+        )
+        out, err, code = yield run(
+            "skopeo", "inspect", "--no-creds", "--tls-verify=true",
+            "--cert-dir", os.path.join(root, "etc/containers/certs.d", where),
+            f"docker://{where}/some/image:latest",
+        )
+        self.assertIn(b"manifest unknown", err)
+        self.assertNotIn(b"x509", err)
