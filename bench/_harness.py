@@ -1,13 +1,13 @@
 """
-Process helpers for regproxy's benchmarks: start a distribution registry,
-regproxy and nginx on loopback, put content into the registry, fetch with
-curl, load with wrk, and watch a process's memory.
+Start and stop the processes of regproxy's benchmarks: a distribution
+registry, regproxy and nginx on loopback, and watch their memory and CPU.
 
 Everything a benchmark starts belongs to one L{Harness}, which stops every
 process and removes its temporary directory on exit, on error and on Ctrl-C
 (or SIGTERM/SIGHUP).  Every wait has a time limit, and readiness is taken
 from a process's own log line ("listening on", "starting on", "start worker
-processes"), never from a sleep.
+processes"), never from a sleep.  L{_registry} puts content into the
+registry; L{_clients} measures (curl, wrk, hey).
 
 Only the standard library and attrs are used, so the benchmarks run in the
 same environment as regproxy itself.  Names are camelCase, as in the rest of
@@ -18,43 +18,24 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import hashlib
-import http.client
-import json
 import os
 import pwd
-import random
 import re
 import shutil
 import signal
 import socket
-import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import attrs
 
 LOOPBACK = "127.0.0.1"
-
-# The media types docker and skopeo ask for when they HEAD a manifest.
-MANIFEST_TYPES = (
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-)
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
-
-MiB = 1024 * 1024
 
 
 class BenchError(Exception):
@@ -73,24 +54,20 @@ def freePort(host: str = LOOPBACK) -> int:
         return s.getsockname()[1]
 
 
-def median(values: Sequence[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
 # Processes.
 
 
 def _dieWithParent() -> None:
     """
     Run in the child before exec: its own session (so the whole group can be
-    stopped) and SIGKILL when the benchmark dies, even by SIGKILL.
+    stopped) and SIGTERM when the benchmark dies, even by SIGKILL (so an
+    nginx master still stops its workers).
     """
     os.setsid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except Exception:
         pass
 
@@ -310,447 +287,6 @@ class MemoryWatch:
                 self.kernelPeak = self.process.peakRss()
             except (OSError, BenchError):
                 pass
-
-
-# Deterministic content.
-
-
-@attrs.frozen
-class Blob:
-    """
-    Deterministic content of a given size: the same C{seed} and C{size} give
-    the same bytes every time, so the digest can be computed in one pass and
-    the body streamed in another, and neither holds the whole blob.
-    """
-
-    size: int
-    seed: int = 0
-    chunkSize: int = MiB
-
-    def chunks(self) -> Iterator[bytes]:
-        """
-        The content, chunk by chunk: a random block made from the seed, with
-        each chunk's number written over its first 8 bytes so that no two
-        chunks are the same.
-        """
-        block = random.Random(self.seed).randbytes(self.chunkSize)
-        left = self.size
-        number = 0
-        while left > 0:
-            chunk = struct.pack(">Q", number) + block[8:]
-            if left < len(chunk):
-                chunk = chunk[:left]
-            yield chunk
-            left -= len(chunk)
-            number += 1
-
-    def digest(self) -> str:
-        hasher = hashlib.sha256()
-        for chunk in self.chunks():
-            hasher.update(chunk)
-        return "sha256:" + hasher.hexdigest()
-
-
-# Talking to a registry.
-
-
-class RegistryClient:
-    """
-    Puts content into a registry through its HTTP API (no auth), streaming
-    bodies from generators.
-    """
-
-    def __init__(self, url: str, timeout: float = 60.0) -> None:
-        parts = urlsplit(url)
-        self.url = url.rstrip("/")
-        self.host = parts.hostname or LOOPBACK
-        self.port = parts.port or 80
-        self.timeout = timeout
-
-    def _connection(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-        expect: Iterable[int] = (200,),
-    ) -> http.client.HTTPResponse:
-        conn = self._connection()
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            content = response.read()
-        except (OSError, http.client.HTTPException) as e:
-            raise BenchError(f"{method} {self.url}{path}: {e}") from None
-        finally:
-            conn.close()
-        if response.status not in expect:
-            raise BenchError(
-                f"{method} {self.url}{path}: {response.status} "
-                f"{content[:300].decode('utf-8', 'replace')}"
-            )
-        response.content = content  # type: ignore[attr-defined]
-        return response
-
-    def _pathOf(self, location: str) -> str:
-        parts = urlsplit(location)
-        return parts.path + ("?" + parts.query if parts.query else "")
-
-    def pushBlob(
-        self,
-        repository: str,
-        chunks: Iterable[bytes],
-        size: int,
-        digest: str,
-        deadline: float | None = None,
-    ) -> str:
-        """
-        A monolithic upload: C{POST} for an upload session, then one C{PUT}
-        of the whole body with its digest, streamed from C{chunks}.
-
-        @param deadline: A C{time.monotonic()} value after which the upload
-            is abandoned.
-        @return: The digest the registry stored it under.
-        """
-        started = self._call(
-            "POST", f"/v2/{repository}/blobs/uploads/", body=b"", expect=(202,)
-        )
-        location = started.getheader("Location")
-        if not location:
-            raise BenchError(f"{self.url}: upload session without a Location")
-        path = self._pathOf(location)
-        path += ("&" if "?" in path else "?") + "digest=" + quote(digest, safe="")
-
-        def timed() -> Iterator[bytes]:
-            for chunk in chunks:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise BenchError(f"uploading {digest} took too long")
-                yield chunk
-
-        done = self._call(
-            "PUT",
-            path,
-            body=timed(),
-            headers={
-                "Content-Length": str(size),
-                "Content-Type": "application/octet-stream",
-            },
-            expect=(201,),
-        )
-        stored = done.getheader("Docker-Content-Digest") or digest
-        if stored != digest:
-            raise BenchError(f"registry stored {stored}, we sent {digest}")
-        return stored
-
-    def pushBytes(self, repository: str, content: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(content).hexdigest()
-        return self.pushBlob(repository, [content], len(content), digest)
-
-    def pushManifest(
-        self, repository: str, reference: str, manifest: bytes, mediaType: str
-    ) -> str:
-        done = self._call(
-            "PUT",
-            f"/v2/{repository}/manifests/{reference}",
-            body=manifest,
-            headers={"Content-Type": mediaType},
-            expect=(201,),
-        )
-        return done.getheader("Docker-Content-Digest") or (
-            "sha256:" + hashlib.sha256(manifest).hexdigest()
-        )
-
-    def pushImage(self, repository: str, tag: str, layers: Sequence[tuple[str, int]]):
-        """
-        A small Docker image manifest: a config blob made here, and layers
-        already pushed, given as (digest, size).
-
-        @return: The manifest's digest.
-        """
-        config = json.dumps(
-            {
-                "architecture": "amd64",
-                "os": "linux",
-                "config": {},
-                "rootfs": {"type": "layers", "diff_ids": [d for d, _ in layers]},
-            },
-            sort_keys=True,
-        ).encode()
-        configDigest = self.pushBytes(repository, config)
-        manifest = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": DOCKER_MANIFEST,
-                "config": {
-                    "mediaType": DOCKER_CONFIG,
-                    "size": len(config),
-                    "digest": configDigest,
-                },
-                "layers": [
-                    {"mediaType": DOCKER_LAYER, "size": size, "digest": digest}
-                    for digest, size in layers
-                ],
-            },
-            indent=3,
-        ).encode()
-        return self.pushManifest(repository, tag, manifest, DOCKER_MANIFEST)
-
-
-# Clients that measure.
-
-
-@attrs.frozen
-class Fetch:
-    """
-    What curl saw fetching one URL.
-
-    @ivar speed: Bytes per second, as curl's C{%{speed_download}}.
-    """
-
-    status: int
-    size: int
-    speed: float
-    seconds: float
-
-
-def curlFetch(
-    url: str,
-    timeout: float,
-    headers: Sequence[str] = (),
-    expectSize: int | None = None,
-    output: str = "/dev/null",
-) -> Fetch:
-    """
-    Fetch C{url} with curl, throw the body away, and return its figures.
-
-    @raise BenchError: On a status other than 200, a short body, or timeout.
-    """
-    argv = ["curl", "-s", "-S", "-o", output, "--max-time", f"{timeout:g}"]
-    for header in headers:
-        argv += ["-H", header]
-    argv += ["-w", "%{http_code} %{size_download} %{speed_download} %{time_total}"]
-    argv.append(url)
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout + 10
-        )
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"curl {url}: no answer within {timeout:g} s") from None
-    if done.returncode != 0:
-        raise BenchError(f"curl {url}: {done.stderr.strip() or done.returncode}")
-    status, size, speed, seconds = done.stdout.split()
-    fetch = Fetch(int(status), int(size), float(speed), float(seconds))
-    if fetch.status != 200:
-        raise BenchError(f"curl {url}: status {fetch.status}")
-    if expectSize is not None and fetch.size != expectSize:
-        raise BenchError(f"curl {url}: {fetch.size} bytes, expected {expectSize}")
-    return fetch
-
-
-def sha256Of(url: str, timeout: float, headers: Sequence[str] = ()) -> str:
-    """
-    The digest of what C{url} returns, read in chunks.
-    """
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(
-        parts.hostname or LOOPBACK, parts.port or 80, timeout=timeout
-    )
-    try:
-        conn.request(
-            "GET",
-            parts.path + ("?" + parts.query if parts.query else ""),
-            headers=dict(h.split(": ", 1) for h in headers),
-        )
-        response = conn.getresponse()
-        if response.status != 200:
-            raise BenchError(f"GET {url}: status {response.status}")
-        hasher = hashlib.sha256()
-        while chunk := response.read(MiB):
-            hasher.update(chunk)
-    except (OSError, http.client.HTTPException) as e:
-        raise BenchError(f"GET {url}: {e}") from None
-    finally:
-        conn.close()
-    return "sha256:" + hasher.hexdigest()
-
-
-_WRK_DONE = """
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK-RESULT {"requests": %d, "duration_us": %d, "bytes": %d, '
-    .. '"connect_errors": %d, "read_errors": %d, "write_errors": %d, '
-    .. '"status_errors": %d, "timeouts": %d, "p50_us": %d, "p99_us": %d, '
-    .. '"mean_us": %.1f, "max_us": %d}\\n',
-    summary.requests, summary.duration, summary.bytes,
-    e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(99), latency.mean, latency.max))
-end
-"""
-
-
-def wrkScript(
-    path: str, method: str = "GET", headers: dict[str, str] | None = None
-) -> str:
-    """
-    Write a wrk Lua script that sends C{method} with C{headers} and prints
-    its figures as one JSON line; return its path.
-    """
-    lines = [f"wrk.method = {json.dumps(method)}"]
-    for name, value in (headers or {}).items():
-        lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n" + _WRK_DONE)
-    return path
-
-
-@attrs.frozen
-class Load:
-    """
-    What wrk saw: requests per second and latencies in seconds.
-    """
-
-    requests: int
-    rps: float
-    p50: float
-    p99: float
-    mean: float
-    errors: int
-    raw: dict[str, Any]
-
-
-def runWrk(
-    url: str,
-    script: str,
-    duration: float = 10.0,
-    connections: int = 16,
-    threads: int = 2,
-) -> Load:
-    """
-    Load C{url} with wrk for C{duration} seconds over C{connections}
-    keep-alive connections.
-
-    @raise BenchError: If wrk fails, runs over time or completes nothing.
-    """
-    argv = [
-        "wrk",
-        f"-t{min(threads, connections)}",
-        f"-c{connections}",
-        f"-d{duration:g}s",
-        "--timeout",
-        "5s",
-        "-s",
-        script,
-        url,
-    ]
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=duration + 30
-        )
-    except subprocess.TimeoutExpired:
-        raise BenchError(
-            f"wrk {url}: still running after {duration + 30:g} s"
-        ) from None
-    match = re.search(r"^WRK-RESULT (.*)$", done.stdout, re.M)
-    if done.returncode != 0 or not match:
-        raise BenchError(f"wrk {url}: {done.stderr.strip() or done.stdout[-500:]}")
-    raw = json.loads(match.group(1))
-    if raw["requests"] == 0:
-        raise BenchError(f"wrk {url}: no request completed")
-    errors = sum(
-        raw[k]
-        for k in (
-            "connect_errors",
-            "read_errors",
-            "write_errors",
-            "status_errors",
-            "timeouts",
-        )
-    )
-    return Load(
-        requests=raw["requests"],
-        rps=raw["requests"] / (raw["duration_us"] / 1e6),
-        p50=raw["p50_us"] / 1e6,
-        p99=raw["p99_us"] / 1e6,
-        mean=raw["mean_us"] / 1e6,
-        errors=errors,
-        raw=raw,
-    )
-
-
-def runHey(
-    url: str,
-    method: str = "GET",
-    headers: dict[str, str] | None = None,
-    duration: float = 10.0,
-    connections: int = 16,
-) -> Load:
-    """
-    Load C{url} with hey (keep-alive, no compression) for C{duration}
-    seconds with C{connections} workers.  wrk 4.1 (Debian 12) never finishes
-    a C{HEAD} whose answer has a C{Content-Length}: it waits for the body.
-    hey knows HEAD has none.
-
-    @raise BenchError: If hey fails, runs over time or completes nothing.
-    """
-    argv = [
-        "hey",
-        "-z",
-        f"{duration:g}s",
-        "-c",
-        str(connections),
-        "-m",
-        method,
-        "-t",
-        "5",
-        "-disable-compression",
-        "-disable-redirects",
-    ]
-    for name, value in (headers or {}).items():
-        argv += ["-H", f"{name}: {value}"]
-    argv.append(url)
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=duration + 30
-        )
-    except subprocess.TimeoutExpired:
-        raise BenchError(
-            f"hey {url}: still running after {duration + 30:g} s"
-        ) from None
-    out = done.stdout
-
-    def figure(pattern: str) -> float:
-        match = re.search(pattern, out)
-        if not match:
-            raise BenchError(f"hey {url}: no /{pattern}/ in its output:\n{out}")
-        return float(match.group(1))
-
-    if done.returncode != 0:
-        raise BenchError(f"hey {url}: {done.stderr.strip() or out[-500:]}")
-    statuses = {
-        int(code): int(count)
-        for code, count in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)
-    }
-    failures = 0
-    if "Error distribution:" in out:
-        tail = out.split("Error distribution:", 1)[1]
-        failures = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s", tail, re.M))
-    requests = sum(statuses.values())
-    if requests == 0:
-        raise BenchError(f"hey {url}: no request completed:\n{out[-800:]}")
-    errors = failures + sum(n for code, n in statuses.items() if code >= 400)
-    return Load(
-        requests=requests,
-        rps=figure(r"Requests/sec:\s+([\d.]+)"),
-        p50=figure(r"50% in ([\d.]+) secs"),
-        p99=figure(r"99% in ([\d.]+) secs"),
-        mean=figure(r"Average:\s+([\d.]+) secs"),
-        errors=errors,
-        raw={"statuses": statuses, "failures": failures, "tool": "hey"},
-    )
 
 
 def cpuBusy(window: float = 1.0) -> float:

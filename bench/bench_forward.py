@@ -28,24 +28,9 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from _harness import (
-    MANIFEST_TYPES,
-    BenchError,
-    Blob,
-    Harness,
-    Load,
-    MemoryWatch,
-    MiB,
-    RegistryClient,
-    Server,
-    curlFetch,
-    median,
-    runHey,
-    runWrk,
-    sha256Of,
-    waitForQuiet,
-    wrkScript,
-)
+from _clients import Load, curlFetch, median, runHey, runWrk, sha256Of, wrkScript
+from _harness import BenchError, Harness, MemoryWatch, Server, waitForQuiet
+from _registry import MANIFEST_TYPES, Blob, MiB, RegistryClient
 
 REPOSITORY = "bench/forward"
 TAG = "latest"
@@ -63,6 +48,7 @@ TITLES = {
     "nginx-off": "nginx(buf off)",
     "nginx-default": "nginx(default)",
 }
+SHORT = {"direct": "direct", "nginx-off": "ngx-off", "nginx-default": "ngx-def"}
 
 
 def parseArgs(argv: list[str]) -> argparse.Namespace:
@@ -384,9 +370,9 @@ def table(
     names = list(summary["speed"])
     rp = "regproxy" in names
     others = [n for n in ("direct", "nginx-off", "nginx-default") if n in names]
-    head = f"{'':28}" + "".join(f"{TITLES[n]:>16}" for n in names)
+    head = f"{'':24}" + "".join(f"{TITLES[n]:>15}" for n in names)
     if rp:
-        head += "".join(f"{'rp/' + TITLES[n]:>20}" for n in others)
+        head += "".join(f"{'rp/' + SHORT[n]:>12}" for n in others)
     lines = [
         f"regproxy forwarding benchmark: medians of {runs} run(s); big blob "
         f"{args.blob_mib} MiB; HEAD manifest at concurrency {args.concurrency} "
@@ -396,13 +382,13 @@ def table(
     ]
 
     def row(label: str, values: dict[str, float | None], fmt: str) -> str:
-        text = f"{label:28}" + "".join(
-            f"{(fmt.format(values[n]) if values.get(n) is not None else '-'):>16}"
+        text = f"{label:24}" + "".join(
+            f"{(fmt.format(values[n]) if values.get(n) is not None else '-'):>15}"
             for n in names
         )
         if rp:
             text += "".join(
-                f"{ratio(values.get('regproxy'), values.get(n)):>20}" for n in others
+                f"{ratio(values.get('regproxy'), values.get(n)):>12}" for n in others
             )
         return text
 

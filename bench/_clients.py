@@ -1,0 +1,279 @@
+"""
+The clients that measure: curl for one download, wrk and hey for many small
+requests, each returning its figures as a value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import re
+import statistics
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+from _harness import LOOPBACK, BenchError
+from _registry import MiB
+
+
+def median(values: Sequence[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+# Clients that measure.
+
+
+@attrs.frozen
+class Fetch:
+    """
+    What curl saw fetching one URL.
+
+    @ivar speed: Bytes per second, as curl's C{%{speed_download}}.
+    """
+
+    status: int
+    size: int
+    speed: float
+    seconds: float
+
+
+def curlFetch(
+    url: str,
+    timeout: float,
+    headers: Sequence[str] = (),
+    expectSize: int | None = None,
+    output: str = "/dev/null",
+) -> Fetch:
+    """
+    Fetch C{url} with curl, throw the body away, and return its figures.
+
+    @raise BenchError: On a status other than 200, a short body, or timeout.
+    """
+    argv = ["curl", "-s", "-S", "-o", output, "--max-time", f"{timeout:g}"]
+    for header in headers:
+        argv += ["-H", header]
+    argv += ["-w", "%{http_code} %{size_download} %{speed_download} %{time_total}"]
+    argv.append(url)
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout + 10
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"curl {url}: no answer within {timeout:g} s") from None
+    if done.returncode != 0:
+        raise BenchError(f"curl {url}: {done.stderr.strip() or done.returncode}")
+    status, size, speed, seconds = done.stdout.split()
+    fetch = Fetch(int(status), int(size), float(speed), float(seconds))
+    if fetch.status != 200:
+        raise BenchError(f"curl {url}: status {fetch.status}")
+    if expectSize is not None and fetch.size != expectSize:
+        raise BenchError(f"curl {url}: {fetch.size} bytes, expected {expectSize}")
+    return fetch
+
+
+def sha256Of(url: str, timeout: float, headers: Sequence[str] = ()) -> str:
+    """
+    The digest of what C{url} returns, read in chunks.
+    """
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(
+        parts.hostname or LOOPBACK, parts.port or 80, timeout=timeout
+    )
+    try:
+        conn.request(
+            "GET",
+            parts.path + ("?" + parts.query if parts.query else ""),
+            headers=dict(h.split(": ", 1) for h in headers),
+        )
+        response = conn.getresponse()
+        if response.status != 200:
+            raise BenchError(f"GET {url}: status {response.status}")
+        hasher = hashlib.sha256()
+        while chunk := response.read(MiB):
+            hasher.update(chunk)
+    except (OSError, http.client.HTTPException) as e:
+        raise BenchError(f"GET {url}: {e}") from None
+    finally:
+        conn.close()
+    return "sha256:" + hasher.hexdigest()
+
+
+_WRK_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK-RESULT {"requests": %d, "duration_us": %d, "bytes": %d, '
+    .. '"connect_errors": %d, "read_errors": %d, "write_errors": %d, '
+    .. '"status_errors": %d, "timeouts": %d, "p50_us": %d, "p99_us": %d, '
+    .. '"mean_us": %.1f, "max_us": %d}\\n',
+    summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.mean, latency.max))
+end
+"""
+
+
+def wrkScript(
+    path: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> str:
+    """
+    Write a wrk Lua script that sends C{method} with C{headers} and prints
+    its figures as one JSON line; return its path.
+    """
+    lines = [f"wrk.method = {json.dumps(method)}"]
+    for name, value in (headers or {}).items():
+        lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n" + _WRK_DONE)
+    return path
+
+
+@attrs.frozen
+class Load:
+    """
+    What wrk saw: requests per second and latencies in seconds.
+    """
+
+    requests: int
+    rps: float
+    p50: float
+    p99: float
+    mean: float
+    errors: int
+    raw: dict[str, Any]
+
+
+def runWrk(
+    url: str,
+    script: str,
+    duration: float = 10.0,
+    connections: int = 16,
+    threads: int = 2,
+) -> Load:
+    """
+    Load C{url} with wrk for C{duration} seconds over C{connections}
+    keep-alive connections.
+
+    @raise BenchError: If wrk fails, runs over time or completes nothing.
+    """
+    argv = [
+        "wrk",
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "5s",
+        "-s",
+        script,
+        url,
+    ]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration + 30
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(
+            f"wrk {url}: still running after {duration + 30:g} s"
+        ) from None
+    match = re.search(r"^WRK-RESULT (.*)$", done.stdout, re.M)
+    if done.returncode != 0 or not match:
+        raise BenchError(f"wrk {url}: {done.stderr.strip() or done.stdout[-500:]}")
+    raw = json.loads(match.group(1))
+    if raw["requests"] == 0:
+        raise BenchError(f"wrk {url}: no request completed")
+    errors = sum(
+        raw[k]
+        for k in (
+            "connect_errors",
+            "read_errors",
+            "write_errors",
+            "status_errors",
+            "timeouts",
+        )
+    )
+    return Load(
+        requests=raw["requests"],
+        rps=raw["requests"] / (raw["duration_us"] / 1e6),
+        p50=raw["p50_us"] / 1e6,
+        p99=raw["p99_us"] / 1e6,
+        mean=raw["mean_us"] / 1e6,
+        errors=errors,
+        raw=raw,
+    )
+
+
+def runHey(
+    url: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    duration: float = 10.0,
+    connections: int = 16,
+) -> Load:
+    """
+    Load C{url} with hey (keep-alive, no compression) for C{duration}
+    seconds with C{connections} workers.  wrk 4.1 (Debian 12) never finishes
+    a C{HEAD} whose answer has a C{Content-Length}: it waits for the body.
+    hey knows HEAD has none.
+
+    @raise BenchError: If hey fails, runs over time or completes nothing.
+    """
+    argv = [
+        "hey",
+        "-z",
+        f"{duration:g}s",
+        "-c",
+        str(connections),
+        "-m",
+        method,
+        "-t",
+        "5",
+        "-disable-compression",
+        "-disable-redirects",
+    ]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(url)
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration + 30
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(
+            f"hey {url}: still running after {duration + 30:g} s"
+        ) from None
+    out = done.stdout
+
+    def figure(pattern: str) -> float:
+        match = re.search(pattern, out)
+        if not match:
+            raise BenchError(f"hey {url}: no /{pattern}/ in its output:\n{out}")
+        return float(match.group(1))
+
+    if done.returncode != 0:
+        raise BenchError(f"hey {url}: {done.stderr.strip() or out[-500:]}")
+    statuses = {
+        int(code): int(count)
+        for code, count in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)
+    }
+    failures = 0
+    if "Error distribution:" in out:
+        tail = out.split("Error distribution:", 1)[1]
+        failures = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s", tail, re.M))
+    requests = sum(statuses.values())
+    if requests == 0:
+        raise BenchError(f"hey {url}: no request completed:\n{out[-800:]}")
+    errors = failures + sum(n for code, n in statuses.items() if code >= 400)
+    return Load(
+        requests=requests,
+        rps=figure(r"Requests/sec:\s+([\d.]+)"),
+        p50=figure(r"50% in ([\d.]+) secs"),
+        p99=figure(r"99% in ([\d.]+) secs"),
+        mean=figure(r"Average:\s+([\d.]+) secs"),
+        errors=errors,
+        raw={"statuses": statuses, "failures": failures, "tool": "hey"},
+    )
