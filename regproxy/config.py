@@ -285,6 +285,19 @@ class Config:
         "The service name in our challenges and the audience of our tokens.",
         metavar="NAME",
     )
+    resolve_cache_ttl: float = setting(
+        300.0,
+        parsePositiveFloat,
+        "Seconds a resolved name is remembered (per name and per asker).",
+        metavar="SECONDS",
+    )
+    resolve_stale_age: float = setting(
+        86400.0,
+        parsePositiveFloat,
+        "While the balena API is down, serve remembered answers up to this "
+        "many seconds old.",
+        metavar="SECONDS",
+    )
 
 
 def settings() -> Iterable[tuple[attrs.Attribute, Setting]]:
