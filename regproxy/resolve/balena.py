@@ -51,7 +51,6 @@ from regproxy.resolve.interfaces import (
     ServiceRequired,
 )
 
-DEFAULT_API = "https://api.balena-cloud.com"
 SUCCESS = "success"
 
 _SEMVER = re.compile(r"\d+\.\d+\.\d+\Z")
