@@ -79,6 +79,12 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         default=1,
         help="nginx worker processes (1, like regproxy's one process)",
     )
+    parser.add_argument(
+        "--quiet-timeout",
+        type=float,
+        default=60.0,
+        help="before each run, wait at most this long for an idle machine (60)",
+    )
     parser.add_argument("--no-nginx", action="store_true", help="skip nginx")
     parser.add_argument(
         "--no-regproxy",
@@ -268,7 +274,7 @@ class Bench:
         return fetch.speed
 
     def run(self, number: int) -> dict[str, Any]:
-        busy = waitForQuiet(maxBusy=0.15, timeout=60)
+        busy = waitForQuiet(maxBusy=0.15, timeout=self.args.quiet_timeout)
         figures: dict[str, Any] = {
             "run": number,
             "busy_before": busy,
