@@ -43,9 +43,7 @@ class CACertificateResource(Resource):
                 b"self-signed TLS listener.\n"
             )
         request.setHeader(b"content-type", b"application/x-pem-file")
-        request.setHeader(
-            b"content-disposition", b'attachment; filename="ca.crt"'
-        )
+        request.setHeader(b"content-disposition", b'attachment; filename="ca.crt"')
         request.setHeader(b"cache-control", b"no-cache")
         return body
 

@@ -35,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     # The daemon's settings are accepted before or after the subcommand.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", default=argparse.SUPPRESS, help="TOML configuration file (also REGPROXY_CONFIG)"
+        "--config",
+        default=argparse.SUPPRESS,
+        help="TOML configuration file (also REGPROXY_CONFIG)",
     )
     common.add_argument(
         "--state-dir", default=argparse.SUPPRESS, help="the daemon's state directory"
@@ -61,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
         help="the commands docker, podman and containerd clients need",
         parents=[common],
     )
-    setup.add_argument("address", metavar="HOST:PORT", help="how clients reach regproxy")
+    setup.add_argument(
+        "address", metavar="HOST:PORT", help="how clients reach regproxy"
+    )
     setup.add_argument("--cert", help="use this PEM file instead of the generated one")
     return parser
 
@@ -89,7 +93,9 @@ def splitAddress(text: str) -> tuple[str, int]:
     try:
         parseName(host)
     except CertificateError:
-        raise ValueError(f"{text!r}: {host!r} is not a host name or an IP address") from None
+        raise ValueError(
+            f"{text!r}: {host!r} is not a host name or an IP address"
+        ) from None
     return host, int(port)
 
 
@@ -114,7 +120,9 @@ def _covers(names: SubjectNames, host: str) -> bool:
     )
 
 
-def show(certificate: x509.Certificate, path: str, current: SubjectNames | None, out: TextIO) -> None:
+def show(
+    certificate: x509.Certificate, path: str, current: SubjectNames | None, out: TextIO
+) -> None:
     names = SubjectNames.fromCertificate(certificate)
     notAfter = certificate.not_valid_after_utc
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -200,4 +208,3 @@ def main(
         )
     print(clientSetup(host, port, fingerprint(certificate)), file=out)
     return 0
-

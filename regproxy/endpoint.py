@@ -53,7 +53,17 @@ from regproxy.tls import (
 from regproxy.tlscontext import CertificateFiles, ReloadingServerContext
 
 PREFIX = "regproxy-tls"
-_KNOWN = ("port", "interface", "backlog", "cert", "key", "chain", "certs", "stateDir", "name")
+_KNOWN = (
+    "port",
+    "interface",
+    "backlog",
+    "cert",
+    "key",
+    "chain",
+    "certs",
+    "stateDir",
+    "name",
+)
 
 
 class EndpointError(ValueError):
@@ -64,13 +74,17 @@ class EndpointError(ValueError):
 
 def _port(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) > 65535:
-        raise EndpointError(f"{PREFIX}: port must be a number from 0 to 65535, got {text!r}")
+        raise EndpointError(
+            f"{PREFIX}: port must be a number from 0 to 65535, got {text!r}"
+        )
     return int(text)
 
 
 def _backlog(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 65535:
-        raise EndpointError(f"{PREFIX}: backlog must be a positive number, got {text!r}")
+        raise EndpointError(
+            f"{PREFIX}: backlog must be a positive number, got {text!r}"
+        )
     return int(text)
 
 
@@ -227,7 +241,9 @@ class TLSServerEndpoint:
         self.spec = spec
         self.creator = creator
         self._selfSigned = selfSigned
-        endpointType = TCP6ServerEndpoint if ":" in spec.interface else TCP4ServerEndpoint
+        endpointType = (
+            TCP6ServerEndpoint if ":" in spec.interface else TCP4ServerEndpoint
+        )
         self._tcp = endpointType(reactor, spec.port, spec.backlog, spec.interface)
 
     def listen(self, protocolFactory: interfaces.IProtocolFactory) -> Deferred:
@@ -311,5 +327,7 @@ class TLSEndpointParser:
 
     prefix = PREFIX
 
-    def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> TLSServerEndpoint:
+    def parseStreamServer(
+        self, reactor: Any, *args: Any, **kwargs: Any
+    ) -> TLSServerEndpoint:
         return makeEndpoint(reactor, parseArguments(args, kwargs))

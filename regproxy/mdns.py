@@ -60,7 +60,9 @@ def portsFromListen(descriptions: Iterable[str]) -> tuple[list[int], list[int]]:
         kind, _, rest = description.partition(":")
         port = None
         for argument in rest.split(":"):
-            value = argument[len("port=") :] if argument.startswith("port=") else argument
+            value = (
+                argument[len("port=") :] if argument.startswith("port=") else argument
+            )
             if value.isascii() and value.isdigit():
                 port = int(value)
                 break
@@ -84,13 +86,18 @@ class Advertisement:
     port: int
 
 
-def advertisements(label: str, httpPorts: Sequence[int], httpsPorts: Sequence[int]) -> list[Advertisement]:
+def advertisements(
+    label: str, httpPorts: Sequence[int], httpsPorts: Sequence[int]
+) -> list[Advertisement]:
     """
     One service per port; a second port of the same kind gets its number in
     the instance name, since instance names must be unique.
     """
     found = []
-    for serviceType, ports in (("_http._tcp.local.", httpPorts), ("_https._tcp.local.", httpsPorts)):
+    for serviceType, ports in (
+        ("_http._tcp.local.", httpPorts),
+        ("_https._tcp.local.", httpsPorts),
+    ):
         for index, port in enumerate(ports):
             instance = label if index == 0 else f"{label} ({port})"
             found.append(Advertisement(serviceType, instance, port))
@@ -167,7 +174,9 @@ class MDNSService(Service):
 
         addresses = self._addressList()
         factory = self._zeroconfFactory or Zeroconf
-        interfaces = self._interfaces if self._interfaces is not None else InterfaceChoice.All
+        interfaces = (
+            self._interfaces if self._interfaces is not None else InterfaceChoice.All
+        )
         zeroconf = factory(interfaces=interfaces)
         try:
             for info in self._serviceInfos(addresses):
@@ -186,7 +195,9 @@ class MDNSService(Service):
                 "mDNS: advertising {host} ({addresses}) with {services}",
                 host=self.hostName.rstrip("."),
                 addresses=", ".join(addresses) or "no addresses",
-                services=", ".join(f"{ad.serviceType.split('.')[0]}:{ad.port}" for ad in self._ads)
+                services=", ".join(
+                    f"{ad.serviceType.split('.')[0]}:{ad.port}" for ad in self._ads
+                )
                 or "no services",
             )
             return zeroconf
@@ -227,4 +238,3 @@ def fromConfig(reactor: Any, config: Any) -> MDNSService | None:
         return None
     http, https = portsFromListen(config.listen)
     return MDNSService(reactor, config.mdns, http, https)
-

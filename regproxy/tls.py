@@ -244,7 +244,9 @@ def _privateKey(data: bytes, path: str) -> Any:
     try:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise CertificateError(f"key {path} is encrypted; give an unencrypted key") from None
+        raise CertificateError(
+            f"key {path} is encrypted; give an unencrypted key"
+        ) from None
     except Exception as e:  # ValueError, UnsupportedAlgorithm, ...: all one story
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CertificateError(f"key {path} cannot be read: {reason}") from None
@@ -298,7 +300,9 @@ def loadCertifiedKey(
     """
     certData = _read(certPath, "certificate")
     certificates = _certificates(certData, certPath, "certificate")
-    key = _privateKey(_read(keyPath, "key") if keyPath else certData, keyPath or certPath)
+    key = _privateKey(
+        _read(keyPath, "key") if keyPath else certData, keyPath or certPath
+    )
     chain = certificates[1:]
     if chainPath:
         chain += _certificates(_read(chainPath, "chain"), chainPath, "chain")
@@ -469,7 +473,11 @@ def clientSetup(host: str, port: int | str, fingerprintText: str) -> str:
     docker = f"/etc/docker/certs.d/{where}"
     podman = f"/etc/containers/certs.d/{where}"
     containerd = f"/etc/containerd/certs.d/{where}"
-    hostsToml = [f'server = "{url}"', f'[host."{url}"]', f'  ca = "{containerd}/ca.crt"']
+    hostsToml = [
+        f'server = "{url}"',
+        f'[host."{url}"]',
+        f'  ca = "{containerd}/ca.crt"',
+    ]
     q = shlex.quote
     return "\n".join(
         [
@@ -481,7 +489,7 @@ def clientSetup(host: str, port: int | str, fingerprintText: str) -> str:
             f"sudo mkdir -p {q(docker)} && sudo cp ca.crt {q(docker + '/ca.crt')}",
             "# 3. podman, skopeo, buildah",
             f"sudo mkdir -p {q(podman)} && sudo cp ca.crt {q(podman + '/ca.crt')}",
-            "# 4. containerd (with config_path = \"/etc/containerd/certs.d\" in its registry config)",
+            '# 4. containerd (with config_path = "/etc/containerd/certs.d" in its registry config)',
             f"sudo mkdir -p {q(containerd)} && sudo cp ca.crt {q(containerd + '/ca.crt')}",
             f"printf '%s\\n' {' '.join(map(q, hostsToml))} "
             f"| sudo tee {q(containerd + '/hosts.toml')}",

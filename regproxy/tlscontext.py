@@ -258,4 +258,3 @@ class ReloadingServerContext:
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         self.reloadIfChanged()
         return SSL.Connection(self._defaultContext, None)
-

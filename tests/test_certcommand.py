@@ -6,6 +6,7 @@ user would through L{regproxy.cli}.
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
 
 from hypothesis import given, settings
@@ -13,9 +14,11 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.certcommand import main, splitAddress
-from regproxy.tls import SelfSignedPaths, SubjectNames, ensureSelfSigned, loadCertifiedKey
-
-import ipaddress
+from regproxy.tls import (
+    SubjectNames,
+    ensureSelfSigned,
+    loadCertifiedKey,
+)
 
 NAMES = SubjectNames(["box.local", "reg.example"], [ipaddress.ip_address("192.0.2.7")])
 
@@ -27,7 +30,9 @@ class CertCommandTests(SynchronousTestCase):
         self.paths = paths
         self.fingerprint = loadCertifiedKey(paths.certificate, paths.key).fingerprint
 
-    def run_(self, argv: list[str], environ: dict[str, str] | None = None) -> tuple[int, str, str]:
+    def run_(
+        self, argv: list[str], environ: dict[str, str] | None = None
+    ) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
         code = main(argv, environ if environ is not None else {}, out, err)
         return code, out.getvalue(), err.getvalue()
@@ -41,7 +46,9 @@ class CertCommandTests(SynchronousTestCase):
         self.assertIn(f"certificate: {self.paths.certificate}\n", out)
         self.assertIn("names: box.local, reg.example, 192.0.2.7\n", out)
         self.assertIn(f"SHA-256 fingerprint: {self.fingerprint}\n", out)
-        self.assertRegex(out, r"expires: \d{4}-\d\d-\d\d \d\d:\d\d UTC \(36[45] days left\)")
+        self.assertRegex(
+            out, r"expires: \d{4}-\d\d-\d\d \d\d:\d\d UTC \(36[45] days left\)"
+        )
 
     def test_showSaysNamesChanged(self) -> None:
         """
@@ -82,7 +89,9 @@ class CertCommandTests(SynchronousTestCase):
         C{client-setup HOST:PORT} prints the docker, podman and containerd
         steps for exactly that address, with the fingerprint to check.
         """
-        code, out, err = self.run_(["client-setup", "box.local:5000", "--state-dir", self.stateDir])
+        code, out, err = self.run_(
+            ["client-setup", "box.local:5000", "--state-dir", self.stateDir]
+        )
         self.assertEqual((code, err), (0, ""))
         self.assertIn("/etc/docker/certs.d/box.local:5000/ca.crt", out)
         self.assertIn("/etc/containers/certs.d/box.local:5000/ca.crt", out)
@@ -94,13 +103,17 @@ class CertCommandTests(SynchronousTestCase):
         A name the certificate does not cover gets a warning saying how to
         add it.
         """
-        code, out, err = self.run_(["--state-dir", self.stateDir, "client-setup", "10.9.9.9:5000"])
+        code, out, err = self.run_(
+            ["--state-dir", self.stateDir, "client-setup", "10.9.9.9:5000"]
+        )
         self.assertEqual(code, 0)
         self.assertIn("10.9.9.9 is not among the certificate's names", err)
         self.assertIn("--tls-name 10.9.9.9", err)
 
     def test_clientSetupBadAddress(self) -> None:
-        code, out, err = self.run_(["--state-dir", self.stateDir, "client-setup", "box:http"])
+        code, out, err = self.run_(
+            ["--state-dir", self.stateDir, "client-setup", "box:http"]
+        )
         self.assertEqual(code, 2)
         self.assertIn("port must be a number", err)
 
@@ -134,7 +147,13 @@ class SplitAddressTests(SynchronousTestCase):
             return
         self.assertTrue(0 < port < 65536)
 
-    @given(st.one_of(st.ip_addresses().map(str), st.from_regex(r"\A[a-z][a-z0-9]{0,10}(\.[a-z0-9]{1,10}){0,2}\Z")), st.integers(1, 65535))
+    @given(
+        st.one_of(
+            st.ip_addresses().map(str),
+            st.from_regex(r"\A[a-z][a-z0-9]{0,10}(\.[a-z0-9]{1,10}){0,2}\Z"),
+        ),
+        st.integers(1, 65535),
+    )
     @settings(max_examples=200, deadline=None)
     def test_roundTrip(self, host: str, port: int) -> None:
         written = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

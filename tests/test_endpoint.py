@@ -28,9 +28,16 @@ from regproxy.endpoint import (
     parseArguments,
     withConfig,
 )
-from regproxy.tls import SelfSignedPaths, SubjectNames, generateSelfSigned, loadCertifiedKey
+from regproxy.tls import (
+    SelfSignedPaths,
+    SubjectNames,
+    generateSelfSigned,
+    loadCertifiedKey,
+)
 
-labels = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12)
+labels = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12
+)
 hostNames = st.lists(labels, min_size=1, max_size=3).map(".".join)
 # Anything a file name may hold, including the characters endpoint
 # descriptions treat specially (":", "=", "\\").
@@ -71,7 +78,15 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(
             spec,
             TLSListenerSpec(
-                5000, "::1", 10, "/c", "/k", "/ch", "/d", "/s", ("a.example", "10.0.0.1")
+                5000,
+                "::1",
+                10,
+                "/c",
+                "/k",
+                "/ch",
+                "/d",
+                "/s",
+                ("a.example", "10.0.0.1"),
             ),
         )
 
@@ -87,18 +102,35 @@ class ParseTests(SynchronousTestCase):
         self.assertRefused("a port is needed", [], {})
         self.assertRefused("port must be a number", ["https"], {})
         self.assertRefused("port must be a number", ["70000"], {})
-        self.assertRefused("unknown argument 'certificate'", ["1"], {"certificate": "x"})
-        self.assertRefused("interface must be an IP address", ["1"], {"interface": "eth0"})
+        self.assertRefused(
+            "unknown argument 'certificate'", ["1"], {"certificate": "x"}
+        )
+        self.assertRefused(
+            "interface must be an IP address", ["1"], {"interface": "eth0"}
+        )
         self.assertRefused("key= and chain= need cert=", ["1"], {"key": "/k"})
         self.assertRefused("one port only", ["1", "2"], {})
         self.assertRefused("'\\:'", ["1", "2"], {})
-        self.assertRefused("neither a host name nor an IP address", ["1"], {"name": "a b!"})
+        self.assertRefused(
+            "neither a host name nor an IP address", ["1"], {"name": "a b!"}
+        )
 
     @given(
         st.lists(st.text(max_size=20), max_size=3),
         st.dictionaries(
             st.sampled_from(
-                ["port", "interface", "backlog", "cert", "key", "chain", "certs", "stateDir", "name", "other"]
+                [
+                    "port",
+                    "interface",
+                    "backlog",
+                    "cert",
+                    "key",
+                    "chain",
+                    "certs",
+                    "stateDir",
+                    "name",
+                    "other",
+                ]
             ),
             st.text(max_size=40),
         ),
@@ -143,7 +175,8 @@ class ServerFromStringTests(SynchronousTestCase):
         """
         stateDir = os.path.join(self.dir, "state")
         endpoint = serverFromString(
-            self.reactor, f"regproxy-tls:5000:interface=127.0.0.1:stateDir={stateDir}:name="
+            self.reactor,
+            f"regproxy-tls:5000:interface=127.0.0.1:stateDir={stateDir}:name=",
         )
         with capturedLogs() as events:
             self.successResultOf(endpoint.listen(Factory.forProtocol(Protocol)))
@@ -154,7 +187,9 @@ class ServerFromStringTests(SynchronousTestCase):
         fingerprint = endpoint.creator.certificates.default.fingerprint
         self.assertEqual(event["fingerprint"], fingerprint)
         self.assertIn("/etc/docker/certs.d/", event["setup"])
-        self.assertIn(f"the fingerprint it prints must be {fingerprint}", event["setup"])
+        self.assertIn(
+            f"the fingerprint it prints must be {fingerprint}", event["setup"]
+        )
 
     def test_ipv6Interface(self) -> None:
         serverFromString(
@@ -175,7 +210,9 @@ class ServerFromStringTests(SynchronousTestCase):
         self.assertEqual(self.reactor.tcpServers[0][0], 5001)
 
     def test_givenCertificate(self) -> None:
-        endpoint = serverFromString(self.reactor, f"regproxy-tls:5000:cert={self.bundle}")
+        endpoint = serverFromString(
+            self.reactor, f"regproxy-tls:5000:cert={self.bundle}"
+        )
         self.assertEqual(
             endpoint.creator.certificates.default.names.dnsNames, ("given.example",)
         )
@@ -206,10 +243,17 @@ class ServerFromStringTests(SynchronousTestCase):
         endpoint = makeEndpoint(
             self.reactor,
             TLSListenerSpec(5000),
-            environ={"REGPROXY_STATE_DIR": stateDir, "REGPROXY_TLS_NAME": "env.example"},
+            environ={
+                "REGPROXY_STATE_DIR": stateDir,
+                "REGPROXY_TLS_NAME": "env.example",
+            },
         )
-        self.assertIn("env.example", endpoint.creator.certificates.default.names.dnsNames)
-        self.assertTrue(os.path.exists(SelfSignedPaths.inStateDir(stateDir).certificate))
+        self.assertIn(
+            "env.example", endpoint.creator.certificates.default.names.dnsNames
+        )
+        self.assertTrue(
+            os.path.exists(SelfSignedPaths.inStateDir(stateDir).certificate)
+        )
 
     @given(
         port=st.integers(0, 65535),
@@ -217,10 +261,15 @@ class ServerFromStringTests(SynchronousTestCase):
         backlog=st.integers(1, 1000),
         fileName=fileNames,
         stateDir=st.one_of(st.none(), fileNames),
-        names=st.one_of(st.none(), st.lists(st.one_of(hostNames, st.ip_addresses().map(str)), max_size=3)),
+        names=st.one_of(
+            st.none(),
+            st.lists(st.one_of(hostNames, st.ip_addresses().map(str)), max_size=3),
+        ),
     )
     @settings(max_examples=100, deadline=None)
-    def test_roundTrip(self, port, interface, backlog, fileName, stateDir, names) -> None:
+    def test_roundTrip(
+        self, port, interface, backlog, fileName, stateDir, names
+    ) -> None:
         """
         L{TLSListenerSpec.describe} writes a description that
         C{serverFromString} reads back to the same value, whatever characters
@@ -254,7 +303,10 @@ class WithConfigTests(SynchronousTestCase):
         self.assertEqual(
             description, "regproxy-tls:5000:stateDir=/var/x\\:y:name=a.example,\\:\\:1"
         )
-        endpoint = serverFromString(MemoryReactor(), description.replace("/var/x\\:y", os.path.abspath(self.mktemp())))
+        endpoint = serverFromString(
+            MemoryReactor(),
+            description.replace("/var/x\\:y", os.path.abspath(self.mktemp())),
+        )
         self.assertEqual(endpoint.spec.names, ("a.example", "::1"))
 
     def test_ownSettingsWin(self) -> None:

@@ -105,7 +105,9 @@ class PureTests(SynchronousTestCase):
         self.assertIsNone(fromConfig(MemoryReactor(), loadConfig({}, {})))
 
     def test_fromConfig(self) -> None:
-        config = loadConfig({"mdns": "box", "listen": ["tcp:80", "regproxy-tls:5000"]}, {})
+        config = loadConfig(
+            {"mdns": "box", "listen": ["tcp:80", "regproxy-tls:5000"]}, {}
+        )
         service = fromConfig(MemoryReactor(), config)
         self.assertEqual(service.hostName, "box.local.")
 
@@ -123,18 +125,37 @@ class FakeZeroconfTests(SynchronousTestCase):
             return made[-1]
 
         service = MDNSService(
-            MemoryReactor(), "box", [80], [5000], addresses=["192.0.2.7", "2001:db8::7"],
-            interfaces=["192.0.2.7"], zeroconfFactory=factory, runInThread=synchronously,
+            MemoryReactor(),
+            "box",
+            [80],
+            [5000],
+            addresses=["192.0.2.7", "2001:db8::7"],
+            interfaces=["192.0.2.7"],
+            zeroconfFactory=factory,
+            runInThread=synchronously,
         )
         with capturedLogs() as events:
             service.startService()
         [zeroconf] = made
         self.assertEqual(zeroconf.interfaces, ["192.0.2.7"])
         self.assertEqual(
-            [(i.name, i.port, i.server, i.parsed_addresses()) for i in zeroconf.registered],
             [
-                ("box._http._tcp.local.", 80, "box.local.", ["192.0.2.7", "2001:db8::7"]),
-                ("box._https._tcp.local.", 5000, "box.local.", ["192.0.2.7", "2001:db8::7"]),
+                (i.name, i.port, i.server, i.parsed_addresses())
+                for i in zeroconf.registered
+            ],
+            [
+                (
+                    "box._http._tcp.local.",
+                    80,
+                    "box.local.",
+                    ["192.0.2.7", "2001:db8::7"],
+                ),
+                (
+                    "box._https._tcp.local.",
+                    5000,
+                    "box.local.",
+                    ["192.0.2.7", "2001:db8::7"],
+                ),
             ],
         )
         self.assertEqual(events[0]["host"], "box.local")
@@ -151,7 +172,12 @@ class FakeZeroconfTests(SynchronousTestCase):
             raise OSError("no multicast here")
 
         service = MDNSService(
-            MemoryReactor(), "box", [80], [], addresses=[], zeroconfFactory=factory,
+            MemoryReactor(),
+            "box",
+            [80],
+            [],
+            addresses=[],
+            zeroconfFactory=factory,
             runInThread=synchronously,
         )
         with capturedLogs() as events:
@@ -179,7 +205,9 @@ def loopbackMulticastWorks() -> bool:
             socket.IP_ADD_MEMBERSHIP,
             struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton("127.0.0.1")),
         )
-        sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        sender.setsockopt(
+            socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1")
+        )
         sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
         # Not a valid DNS message on purpose: a header with zero counts.
         probe = b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
@@ -220,8 +248,13 @@ class LoopbackTests(TestCase):
             return Zeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
 
         service = MDNSService(
-            reactor, name, [8080], [5443], addresses=["127.0.0.1"],
-            interfaces=["127.0.0.1"], zeroconfFactory=loopbackZeroconf,
+            reactor,
+            name,
+            [8080],
+            [5443],
+            addresses=["127.0.0.1"],
+            interfaces=["127.0.0.1"],
+            zeroconfFactory=loopbackZeroconf,
         )
         service.startService()
         self.addCleanup(service.stopService)

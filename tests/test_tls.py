@@ -118,9 +118,7 @@ class NamesTests(SynchronousTestCase):
         """
         The names to suggest to clients: .local names first, no loopback.
         """
-        self.assertEqual(
-            hostsFor(NAMES), ["box.local", "registry.example"]
-        )
+        self.assertEqual(hostsFor(NAMES), ["box.local", "registry.example"])
 
 
 class GenerateTests(SynchronousTestCase):
@@ -138,7 +136,9 @@ class GenerateTests(SynchronousTestCase):
         self.assertIsInstance(cert.public_key(), ec.EllipticCurvePublicKey)
         self.assertEqual(cert.public_key().curve.name, "secp256r1")
         lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-        self.assertTrue(datetime.timedelta(days=360) < lifetime < datetime.timedelta(days=731))
+        self.assertTrue(
+            datetime.timedelta(days=360) < lifetime < datetime.timedelta(days=731)
+        )
         self.assertEqual(made.names, NAMES)
         cert.verify_directly_issued_by(cert)
 
@@ -167,7 +167,9 @@ class EnsureSelfSignedTests(SynchronousTestCase):
         self.assertEqual(why, "there is none yet")
         self.assertEqual(stat.S_IMODE(os.stat(paths.key).st_mode), 0o600)
         first = loadCertifiedKey(paths.certificate, paths.key, now=NOW)
-        again, why = ensureSelfSigned(self.stateDir, NAMES, NOW + datetime.timedelta(days=10))
+        again, why = ensureSelfSigned(
+            self.stateDir, NAMES, NOW + datetime.timedelta(days=10)
+        )
         self.assertIsNone(why)
         self.assertEqual(
             loadCertifiedKey(again.certificate, again.key, now=NOW).fingerprint,
@@ -184,7 +186,9 @@ class EnsureSelfSignedTests(SynchronousTestCase):
         paths, why = ensureSelfSigned(self.stateDir, more, NOW)
         self.assertIn("names changed", why)
         self.assertIn("new.example", why)
-        self.assertEqual(loadCertifiedKey(paths.certificate, paths.key, now=NOW).names, more)
+        self.assertEqual(
+            loadCertifiedKey(paths.certificate, paths.key, now=NOW).names, more
+        )
 
     def test_expiresSoon(self) -> None:
         """
@@ -193,9 +197,13 @@ class EnsureSelfSignedTests(SynchronousTestCase):
         """
         paths, _ = ensureSelfSigned(self.stateDir, NAMES, NOW)
         notAfter = loadCertifiedKey(paths.certificate, paths.key, now=NOW).notAfter
-        _, why = ensureSelfSigned(self.stateDir, NAMES, notAfter - RENEW_BEFORE - datetime.timedelta(days=1))
+        _, why = ensureSelfSigned(
+            self.stateDir, NAMES, notAfter - RENEW_BEFORE - datetime.timedelta(days=1)
+        )
         self.assertIsNone(why)
-        _, why = ensureSelfSigned(self.stateDir, NAMES, notAfter - RENEW_BEFORE + datetime.timedelta(days=1))
+        _, why = ensureSelfSigned(
+            self.stateDir, NAMES, notAfter - RENEW_BEFORE + datetime.timedelta(days=1)
+        )
         self.assertIn("expires on", why)
 
     def test_brokenFilesReplaced(self) -> None:
@@ -214,7 +222,11 @@ class EnsureSelfSignedTests(SynchronousTestCase):
         """
         blocker = write(self.mktemp(), b"a file, not a directory")
         e = self.assertRaises(
-            CertificateError, ensureSelfSigned, os.path.join(blocker, "state"), NAMES, NOW
+            CertificateError,
+            ensureSelfSigned,
+            os.path.join(blocker, "state"),
+            NAMES,
+            NOW,
         )
         self.assertIn("cannot write the self-signed certificate", str(e))
 
@@ -228,7 +240,9 @@ class LoadTests(SynchronousTestCase):
         self.key = write(os.path.join(self.dir, "k.pem"), self.made.keyPEM())
 
     def assertRefused(self, fragment: str, *args, **kwargs) -> None:
-        e = self.assertRaises(CertificateError, loadCertifiedKey, *args, now=NOW, **kwargs)
+        e = self.assertRaises(
+            CertificateError, loadCertifiedKey, *args, now=NOW, **kwargs
+        )
         self.assertIn(fragment, str(e))
         self.assertNotIn("\n", str(e))
 
@@ -255,7 +269,9 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(loaded.chain, (other.certificate,))
 
     def test_wrongKey(self) -> None:
-        other = write(os.path.join(self.dir, "o.pem"), generateSelfSigned(NAMES, NOW).keyPEM())
+        other = write(
+            os.path.join(self.dir, "o.pem"), generateSelfSigned(NAMES, NOW).keyPEM()
+        )
         self.assertRefused("the key does not match the certificate", self.cert, other)
 
     def test_expired(self) -> None:
@@ -275,7 +291,9 @@ class LoadTests(SynchronousTestCase):
         self.assertIn("not valid before", str(e))
 
     def test_missing(self) -> None:
-        self.assertRefused("cannot read certificate", os.path.join(self.dir, "nope"), self.key)
+        self.assertRefused(
+            "cannot read certificate", os.path.join(self.dir, "nope"), self.key
+        )
 
     def test_notPEM(self) -> None:
         write(self.cert, b"hello")
@@ -328,7 +346,10 @@ class ClientSetupTests(SynchronousTestCase):
         """
         An IPv6 address is bracketed, as clients write it.
         """
-        self.assertIn("'/etc/docker/certs.d/[fd00::2]:5000/ca.crt'", clientSetup("fd00::2", 5000, "AB"))
+        self.assertIn(
+            "'/etc/docker/certs.d/[fd00::2]:5000/ca.crt'",
+            clientSetup("fd00::2", 5000, "AB"),
+        )
 
 
 class CACertificateResourceTests(SynchronousTestCase):

@@ -5,9 +5,9 @@ pyOpenSSL client and the connections L{ReloadingServerContext} makes.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
-from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import capturedLogs
@@ -16,8 +16,6 @@ from zope.interface.verify import verifyObject
 
 from regproxy.tls import CertificateError, SubjectNames, generateSelfSigned
 from regproxy.tlscontext import CertificateFiles, ReloadingServerContext
-
-import ipaddress
 
 LOOPBACK = [ipaddress.ip_address("127.0.0.1")]
 
@@ -91,9 +89,14 @@ class Files:
         self.cert = os.path.join(directory, "server.crt")
         self.key = os.path.join(directory, "server.key")
 
-    def write(self, names: SubjectNames, cert: str | None = None, key: str | None = None):
+    def write(
+        self, names: SubjectNames, cert: str | None = None, key: str | None = None
+    ):
         made = generateSelfSigned(names)
-        for path, data in ((cert or self.cert, made.certificatePEM()), (key or self.key, made.keyPEM())):
+        for path, data in (
+            (cert or self.cert, made.certificatePEM()),
+            (key or self.key, made.keyPEM()),
+        ):
             temporary = path + ".new"
             with open(temporary, "wb") as f:
                 f.write(data)
@@ -105,7 +108,9 @@ class SettingsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.files = Files(self.mktemp())
         self.files.write(SubjectNames(["default.example"], LOOPBACK))
-        self.creator = ReloadingServerContext(CertificateFiles(self.files.cert, self.files.key))
+        self.creator = ReloadingServerContext(
+            CertificateFiles(self.files.cert, self.files.key)
+        )
 
     def test_interface(self) -> None:
         verifyObject(IOpenSSLServerConnectionCreator, self.creator)
@@ -124,7 +129,10 @@ class SettingsTests(SynchronousTestCase):
         """
         for version in (SSL.TLS1_VERSION, SSL.TLS1_1_VERSION):
             e = self.assertRaises(
-                SSL.Error, handshake, self.creator, client=clientContext(version, version)
+                SSL.Error,
+                handshake,
+                self.creator,
+                client=clientContext(version, version),
             )
             self.assertIn("unsupported protocol", str(e))
 
@@ -133,8 +141,8 @@ class SettingsTests(SynchronousTestCase):
         The test client really can speak TLS 1.0 and 1.1 (to a server that
         allows them), so the refusal above is the server's.
         """
-        from regproxy.tlscontext import makeContext
         from regproxy.tls import loadCertifiedKey
+        from regproxy.tlscontext import makeContext
 
         permissive = makeContext(loadCertifiedKey(self.files.cert, self.files.key))
         permissive.set_min_proto_version(SSL.TLS1_VERSION)
@@ -144,7 +152,10 @@ class SettingsTests(SynchronousTestCase):
             def serverConnectionForTLS(self, protocol):
                 return SSL.Connection(permissive, None)
 
-        for version, name in ((SSL.TLS1_VERSION, "TLSv1"), (SSL.TLS1_1_VERSION, "TLSv1.1")):
+        for version, name in (
+            (SSL.TLS1_VERSION, "TLSv1"),
+            (SSL.TLS1_1_VERSION, "TLSv1.1"),
+        ):
             client = handshake(Permissive(), client=clientContext(version, version))
             self.assertEqual(client.get_protocol_version_name(), name)
 
@@ -153,8 +164,12 @@ class SettingsTests(SynchronousTestCase):
         Over TLS 1.2 the suite is ECDHE with an AEAD cipher, even when the
         client offers weak ones too.
         """
-        client = handshake(self.creator, client=clientContext(SSL.TLS1_2_VERSION, SSL.TLS1_2_VERSION))
-        self.assertTrue(client.get_cipher_name().startswith("ECDHE-"), client.get_cipher_name())
+        client = handshake(
+            self.creator, client=clientContext(SSL.TLS1_2_VERSION, SSL.TLS1_2_VERSION)
+        )
+        self.assertTrue(
+            client.get_cipher_name().startswith("ECDHE-"), client.get_cipher_name()
+        )
         self.assertTrue(
             "GCM" in client.get_cipher_name() or "CHACHA20" in client.get_cipher_name()
         )
@@ -172,7 +187,9 @@ class SettingsTests(SynchronousTestCase):
         A client offering h2 and http/1.1 gets http/1.1: we speak HTTP/1.1
         only.
         """
-        client = handshake(self.creator, client=clientContext(alpn=[b"h2", b"http/1.1"]))
+        client = handshake(
+            self.creator, client=clientContext(alpn=[b"h2", b"http/1.1"])
+        )
         self.assertEqual(client.get_alpn_proto_negotiated(), b"http/1.1")
 
 
@@ -182,7 +199,10 @@ class SNITests(SynchronousTestCase):
         self.files.write(SubjectNames(["default.example"], LOOPBACK))
         self.bundles = os.path.join(self.files.directory, "certs")
         os.makedirs(self.bundles)
-        for fileName, names in [("a.pem", ["a.example"]), ("wild.pem", ["*.b.example"])]:
+        for fileName, names in [
+            ("a.pem", ["a.example"]),
+            ("wild.pem", ["*.b.example"]),
+        ]:
             made = generateSelfSigned(SubjectNames(names, []))
             with open(os.path.join(self.bundles, fileName), "wb") as f:
                 f.write(made.certificatePEM() + made.keyPEM())
@@ -195,9 +215,12 @@ class SNITests(SynchronousTestCase):
         The certificate whose names cover the SNI server name is served,
         wildcards included, whatever the case.
         """
-        self.assertEqual(peerNames(handshake(self.creator, b"a.example")).dnsNames, ("a.example",))
         self.assertEqual(
-            peerNames(handshake(self.creator, b"X.B.Example")).dnsNames, ("*.b.example",)
+            peerNames(handshake(self.creator, b"a.example")).dnsNames, ("a.example",)
+        )
+        self.assertEqual(
+            peerNames(handshake(self.creator, b"X.B.Example")).dnsNames,
+            ("*.b.example",),
         )
 
     def test_default(self) -> None:
@@ -217,7 +240,9 @@ class SNITests(SynchronousTestCase):
         made = generateSelfSigned(SubjectNames(["c.example"], []))
         with open(os.path.join(self.bundles, "c.pem"), "wb") as f:
             f.write(made.certificatePEM() + made.keyPEM())
-        self.assertEqual(peerNames(handshake(self.creator, b"c.example")).dnsNames, ("c.example",))
+        self.assertEqual(
+            peerNames(handshake(self.creator, b"c.example")).dnsNames, ("c.example",)
+        )
 
     def test_badBundleAtStart(self) -> None:
         """
@@ -237,12 +262,16 @@ class ReloadTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.files = Files(self.mktemp())
         self.first = self.files.write(SubjectNames(["first.example"], LOOPBACK))
-        self.creator = ReloadingServerContext(CertificateFiles(self.files.cert, self.files.key))
+        self.creator = ReloadingServerContext(
+            CertificateFiles(self.files.cert, self.files.key)
+        )
 
     def fingerprintSeen(self) -> str:
         from regproxy.tls import fingerprint
 
-        return fingerprint(handshake(self.creator).get_peer_certificate().to_cryptography())
+        return fingerprint(
+            handshake(self.creator).get_peer_certificate().to_cryptography()
+        )
 
     def test_unchanged(self) -> None:
         self.assertFalse(self.creator.reloadIfChanged())
@@ -289,9 +318,7 @@ class ReloadTests(SynchronousTestCase):
         before = handshake(self.creator)
         self.files.write(SubjectNames(["second.example"], LOOPBACK))
         handshake(self.creator)
-        self.assertEqual(
-            peerNames(before).dnsNames, ("first.example",)
-        )
+        self.assertEqual(peerNames(before).dnsNames, ("first.example",))
 
     def test_startRefusesBadFiles(self) -> None:
         os.unlink(self.files.key)

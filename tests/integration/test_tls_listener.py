@@ -9,6 +9,7 @@ Each test skips when the program it needs is missing.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -34,8 +35,6 @@ from regproxy.tls import (
     loadCertifiedKey,
 )
 from regproxy.tlscontext import makeContext
-
-import ipaddress
 
 LOOPBACK = [ipaddress.ip_address("127.0.0.1")]
 CHUNK = b"x" * 65536
@@ -74,7 +73,10 @@ def run(*argv: str, path: str | None = None) -> Deferred:
     @return: A L{Deferred} firing with C{(stdout, stderr, exitCode)}.
     """
     protocol = _Collect()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/"),
+    }
     reactor.spawnProcess(protocol, need(argv[0]), list(argv), env=env, path=path)
     return protocol.done
 
@@ -180,13 +182,22 @@ class TLSListenerTests(TestCase):
         """
         port = yield self.selfSignedListener()
         out, err, code = yield run(
-            "curl", "--silent", "--show-error", "--cacert", self.caFile,
+            "curl",
+            "--silent",
+            "--show-error",
+            "--cacert",
+            self.caFile,
             f"https://127.0.0.1:{port}/",
         )
         self.assertEqual((out, code), (b"hello over TLS\n", 0), err)
         out, err, code = yield run(
-            "curl", "--silent", "--show-error", "--cacert", self.caFile,
-            "--resolve", f"reg.example:{port}:127.0.0.1",
+            "curl",
+            "--silent",
+            "--show-error",
+            "--cacert",
+            self.caFile,
+            "--resolve",
+            f"reg.example:{port}:127.0.0.1",
             f"https://reg.example:{port}/_ca.crt",
         )
         self.assertEqual(code, 0, err)
@@ -216,9 +227,17 @@ class TLSListenerTests(TestCase):
 
         port = yield self.selfSignedListener()
         out, err, code = yield run(
-            "openssl", "s_client", "-connect", f"127.0.0.1:{port}",
-            "-servername", "reg.example", "-verify_hostname", "reg.example",
-            "-CAfile", self.caFile, "-verify_return_error",
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-servername",
+            "reg.example",
+            "-verify_hostname",
+            "reg.example",
+            "-CAfile",
+            self.caFile,
+            "-verify_return_error",
         )
         self.assertEqual(code, 0, err)
         self.assertIn(b"Verify return code: 0 (ok)", out)
@@ -251,9 +270,13 @@ class TLSListenerTests(TestCase):
         self.addCleanup(control.stopListening)
         for flag, version in (("-tls1", b"TLSv1"), ("-tls1_1", b"TLSv1.1")):
             command = ["openssl", "s_client", flag, "-cipher", "DEFAULT:@SECLEVEL=0"]
-            out, err, code = yield run(*command, "-connect", f"127.0.0.1:{control.getHost().port}")
+            out, err, code = yield run(
+                *command, "-connect", f"127.0.0.1:{control.getHost().port}"
+            )
             self.assertEqual(code, 0, err)
-            self.assertRegex(out.decode(), rf"Protocol\s*: {re.escape(version.decode())}\n")
+            self.assertRegex(
+                out.decode(), rf"Protocol\s*: {re.escape(version.decode())}\n"
+            )
             out, err, code = yield run(*command, "-connect", f"127.0.0.1:{port}")
             self.assertNotEqual(code, 0)
             self.assertIn(b"alert protocol version", err)
@@ -265,7 +288,10 @@ class TLSListenerTests(TestCase):
         connection gets the new certificate, with no restart, and the
         download started before completes.
         """
-        cert, key = os.path.join(self.dir, "server.crt"), os.path.join(self.dir, "server.key")
+        cert, key = (
+            os.path.join(self.dir, "server.crt"),
+            os.path.join(self.dir, "server.key"),
+        )
 
         def install(names: list[str]) -> str:
             made = generateSelfSigned(SubjectNames(names, LOOPBACK))
@@ -278,16 +304,29 @@ class TLSListenerTests(TestCase):
             return ca
 
         firstCA = install(["first.example"])
-        port = yield self.listen(f"regproxy-tls:0:interface=127.0.0.1:cert={cert}:key={key}")
+        port = yield self.listen(
+            f"regproxy-tls:0:interface=127.0.0.1:cert={cert}:key={key}"
+        )
         output = os.path.join(self.dir, "download")
         download = run(
-            "curl", "--silent", "--show-error", "--cacert", firstCA,
-            "--output", output, f"https://127.0.0.1:{port}/slow",
+            "curl",
+            "--silent",
+            "--show-error",
+            "--cacert",
+            firstCA,
+            "--output",
+            output,
+            f"https://127.0.0.1:{port}/slow",
         )
         yield self.slow.started
         secondCA = install(["second.example"])
         out, err, code = yield run(
-            "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", secondCA,
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-CAfile",
+            secondCA,
             "-verify_return_error",
         )
         self.assertEqual(code, 0, err)
@@ -330,7 +369,13 @@ class TLSListenerTests(TestCase):
         shutil.copy(self.caFile, os.path.join(certDir, "ca.crt"))
         image = f"docker://127.0.0.1:{port}/some/image:latest"
         out, err, code = yield run(
-            "skopeo", "inspect", "--no-creds", "--tls-verify=true", "--cert-dir", certDir, image
+            "skopeo",
+            "inspect",
+            "--no-creds",
+            "--tls-verify=true",
+            "--cert-dir",
+            certDir,
+            image,
         )
         self.assertNotEqual(code, 0)
         self.assertIn(b"manifest unknown", err)
@@ -367,9 +412,13 @@ class TLSListenerTests(TestCase):
         with open(paths.certificate, "rb") as f:
             ours = f.read()
         for client in ("docker", "containers", "containerd"):
-            with open(os.path.join(root, "etc", client, "certs.d", where, "ca.crt"), "rb") as f:
+            with open(
+                os.path.join(root, "etc", client, "certs.d", where, "ca.crt"), "rb"
+            ) as f:
                 self.assertEqual(f.read(), ours)
-        with open(os.path.join(root, "etc/containerd/certs.d", where, "hosts.toml"), "rb") as f:
+        with open(
+            os.path.join(root, "etc/containerd/certs.d", where, "hosts.toml"), "rb"
+        ) as f:
             hosts = tomllib.load(f)
         self.assertEqual(hosts["server"], f"https://{where}")
         self.assertEqual(
@@ -377,8 +426,12 @@ class TLSListenerTests(TestCase):
             f"{root}/etc/containerd/certs.d/{where}/ca.crt",
         )
         out, err, code = yield run(
-            "skopeo", "inspect", "--no-creds", "--tls-verify=true",
-            "--cert-dir", os.path.join(root, "etc/containers/certs.d", where),
+            "skopeo",
+            "inspect",
+            "--no-creds",
+            "--tls-verify=true",
+            "--cert-dir",
+            os.path.join(root, "etc/containers/certs.d", where),
             f"docker://{where}/some/image:latest",
         )
         self.assertIn(b"manifest unknown", err)
