@@ -23,21 +23,25 @@ from regproxy.reference import (
 
 DIGEST = "sha256:" + "ab" * 32
 
-_alnum = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)
+_LOWER = "abcdefghijklmnopqrstuvwxyz0123456789"
+_TAG_FIRST = _LOWER + "ABCDEFGHIJKLMNOPQRSTUVWXYZ_"
+_alnum = st.text(_LOWER, min_size=1, max_size=8)
 components = st.builds(
     lambda parts, seps: parts[0] + "".join(s + p for s, p in zip(seps, parts[1:])),
     st.lists(_alnum, min_size=1, max_size=3),
     st.lists(st.sampled_from([".", "_", "__", "-", "--"]), min_size=2, max_size=2),
 )
-names = st.lists(components, min_size=1, max_size=5).map("/".join).filter(
-    lambda n: len(n) <= 255
+names = st.lists(components, min_size=1, max_size=5).map("/".join)
+tags = st.builds(
+    str.__add__,
+    st.sampled_from(_TAG_FIRST),
+    st.text(_TAG_FIRST + ".-", max_size=20),
 )
-tags = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True)
 digests = st.text("0123456789abcdef", min_size=64, max_size=64).map(
     lambda h: Digest("sha256", h)
 )
-slugs = st.from_regex(r"[a-z0-9_-]{1,10}", fullmatch=True)
-releases = st.from_regex(r"[a-z0-9_.-]{1,12}", fullmatch=True)
+slugs = st.text(_LOWER + "_-", min_size=1, max_size=10)
+releases = st.text(_LOWER + "_.-", min_size=1, max_size=12)
 fleetNames = st.builds(
     lambda org, fleet, release, service: FleetName(
         org, fleet, release, service if release is not None else None
