@@ -19,6 +19,7 @@ from regproxy.odata import quoteString
 from regproxy.testing.fakebalena import (
     ALICE_KEY,
     BOB_KEY,
+    BUILDER_KEY,
     FakeBalenaAPI,
     ODataError,
     _decodeOutsideLiterals,
@@ -216,6 +217,16 @@ class TokenTests(SynchronousTestCase):
         self.assertEqual(
             self.access(scopes, "alice:alice-password"),
             {self.private: ["pull"], self.public: ["pull"]},
+        )
+
+    def test_builderPushes(self) -> None:
+        """
+        The builder may push and pull every fixture image, and nothing else.
+        """
+        scopes = [f"repository:{self.private}:push,pull", "repository:v2/nothing:pull,push"]
+        self.assertEqual(
+            self.access(scopes, f"builder:{BUILDER_KEY}"),
+            {self.private: ["push", "pull"], "v2/nothing": []},
         )
 
     def test_aliasGetsNothing(self) -> None:

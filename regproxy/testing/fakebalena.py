@@ -43,6 +43,7 @@ DEFAULT_REGISTRY = "registry2.balena-cloud.com"
 # The default fixture, named so tests can refer to it.
 ALICE_KEY = "alice-api-key"  # alice is a member of acme
 BOB_KEY = "bob-api-key"  # bob is a member of another organization
+BUILDER_KEY = "builder-api-key"  # pushes and pulls every image
 DRAFT_VERSION = "1.3.0-1648554962021"
 
 
@@ -102,6 +103,7 @@ class Fixture:
     apiKeys: dict[str, str] = attrs.Factory(dict)
     memberships: dict[str, set[str]] = attrs.Factory(dict)
     passwords: dict[str, str] = attrs.Factory(dict)
+    builders: set[str] = attrs.Factory(set)
     _nextID: int = 1
 
     def _insert(self, table: str, **fields: Any) -> int:
@@ -116,11 +118,19 @@ class Fixture:
         apiKey: str,
         orgs: Iterable[str] = (),
         password: str | None = None,
+        builder: bool = False,
     ) -> None:
+        """
+        @param builder: The user may push and pull every image, as balena's
+            builder does; tests use it to put the fixture's images into a
+            real registry.
+        """
         self.apiKeys[apiKey] = username
         self.memberships[username] = set(orgs)
         if password is not None:
             self.passwords[username] = password
+        if builder:
+            self.builders.add(username)
 
     def organizationID(self, handle: str) -> int:
         for row in self.tables["organization"].values():
@@ -272,9 +282,11 @@ def defaultFixture(registryHost: str = DEFAULT_REGISTRY) -> Fixture:
       - C{acme/empty} (public): no releases.
 
     Users: C{alice} (key L{ALICE_KEY}, password C{alice-password}) is a
-    member of acme; C{bob} (key L{BOB_KEY}) is not.
+    member of acme; C{bob} (key L{BOB_KEY}) is not; C{builder} (key
+    L{BUILDER_KEY}) may push and pull every image.
     """
     f = Fixture(registryHost=registryHost)
+    f.addUser("builder", BUILDER_KEY, builder=True)
     f.addUser("alice", ALICE_KEY, ["acme"], password="alice-password")
     f.addUser("bob", BOB_KEY, ["other"], password="bob-password")
     f.organizationID("other")
@@ -824,11 +836,22 @@ class FakeBalenaAPI(Resource):
         granted = []
         for scope in parseScopes(args.get("scope", [])):
             actions: tuple[str, ...] = ()
-            if scope.resourceType == "repository" and self._canPull(scope.name, user):
+            if scope.resourceType != "repository":
+                pass
+            elif user in self.fixture.builders and self._isImage(scope.name):
+                actions = tuple(a for a in scope.actions if a in ("pull", "push"))
+            elif self._canPull(scope.name, user):
                 actions = tuple(a for a in scope.actions if a == "pull")
             granted.append(Scope(scope.resourceType, scope.resourceClass, scope.name, actions))
         issued = self.issuer.issue(user, self.fixture.registryHost, granted)
         return self._json(request, 200, {"token": issued.token})
+
+    def _isImage(self, repository: str) -> bool:
+        location = f"{self.fixture.registryHost}/{repository}"
+        return any(
+            image["is_stored_at__image_location"] == location
+            for image in self.fixture.tables["image"].values()
+        )
 
     def _canPull(self, repository: str, user: str | None) -> bool:
         location = f"{self.fixture.registryHost}/{repository}"
