@@ -113,6 +113,7 @@ def _covers(names: SubjectNames, host: str) -> bool:
     dnsName, address = parseName(host)
     if address is not None:
         return address in names.ipAddresses
+    assert dnsName is not None
     return any(
         pattern == dnsName
         or (pattern.startswith("*.") and dnsName.partition(".")[2] == pattern[2:])

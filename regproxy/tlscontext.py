@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 from OpenSSL import SSL, crypto
@@ -21,6 +22,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from regproxy.tls import CertificateError, CertifiedKey, loadCertifiedKey
+
+if TYPE_CHECKING:
+    from OpenSSL.SSL import _NoOverlappingProtocols
 
 #: TLS 1.2 suites: ECDHE key exchange and AEAD ciphers only (TLS 1.3 suites
 #: are all of that kind already and keep OpenSSL's defaults).
@@ -36,7 +40,9 @@ TLS12_CIPHERS = b":".join(
 )
 
 
-def _selectHTTP11(connection: SSL.Connection, offered: list[bytes]) -> bytes:
+def _selectHTTP11(
+    connection: SSL.Connection, offered: list[bytes]
+) -> bytes | _NoOverlappingProtocols:
     # We speak HTTP/1.1 only; a client offering only h2 gets no ALPN answer
     # and falls back or gives up, as RFC 7301 lets it.
     if b"http/1.1" in offered:
