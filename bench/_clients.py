@@ -13,7 +13,7 @@ import statistics
 import subprocess
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import attrs
 from _harness import LOOPBACK, BenchError
@@ -101,6 +101,46 @@ def sha256Of(url: str, timeout: float, headers: Sequence[str] = ()) -> str:
     finally:
         conn.close()
     return "sha256:" + hasher.hexdigest()
+
+
+def _get(url: str, timeout: float) -> http.client.HTTPResponse:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(
+        parts.hostname or LOOPBACK, parts.port or 80, timeout=timeout
+    )
+    try:
+        conn.request("GET", parts.path + ("?" + parts.query if parts.query else ""))
+        response = conn.getresponse()
+        response.content = response.read()  # type: ignore[attr-defined]
+    except (OSError, http.client.HTTPException) as e:
+        raise BenchError(f"GET {url}: {e}") from None
+    finally:
+        conn.close()
+    return response
+
+
+def bearerToken(baseURL: str, repository: str, timeout: float = 30.0) -> str:
+    """
+    An anonymous pull token, got as docker does: from the realm and service
+    of the C{Bearer} challenge that C{/v2/} answers with.
+    """
+    challenge = _get(baseURL + "/v2/", timeout).getheader("WWW-Authenticate") or ""
+    if not challenge.lower().startswith("bearer "):
+        raise BenchError(f"{baseURL}/v2/: no Bearer challenge ({challenge!r})")
+    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    if "realm" not in params:
+        raise BenchError(f"{baseURL}/v2/: a challenge without a realm")
+    query = urlencode(
+        {"service": params.get("service", ""), "scope": f"repository:{repository}:pull"}
+    )
+    response = _get(f"{params['realm']}?{query}", timeout)
+    if response.status != 200:
+        raise BenchError(f"{params['realm']}: status {response.status}")
+    try:
+        answer = json.loads(response.content)  # type: ignore[attr-defined]
+        return answer.get("token") or answer["access_token"]
+    except (ValueError, KeyError, AttributeError):
+        raise BenchError(f"{params['realm']}: no token in the answer") from None
 
 
 _WRK_DONE = """

@@ -28,7 +28,16 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from _clients import Load, curlFetch, median, runHey, runWrk, sha256Of, wrkScript
+from _clients import (
+    Load,
+    bearerToken,
+    curlFetch,
+    median,
+    runHey,
+    runWrk,
+    sha256Of,
+    wrkScript,
+)
 from _harness import BenchError, Harness, MemoryWatch, Server, waitForQuiet
 from _registry import MANIFEST_TYPES, Blob, MiB, RegistryClient
 
@@ -92,6 +101,14 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         help="skip regproxy (to try the harness on its own)",
     )
     parser.add_argument(
+        "--auth",
+        choices=("passthrough", "broker"),
+        default="passthrough",
+        help="regproxy's --auth: passthrough (the bare forwarder, default) or "
+        "broker (clients fetch an anonymous token from regproxy first and "
+        "send it on every request)",
+    )
+    parser.add_argument(
         "--regproxy-arg",
         action="append",
         default=[],
@@ -126,6 +143,7 @@ class Bench:
         self.digests: dict[Blob, str] = {}
         self.manifestDigest = ""
         self.headHeaders = {"Accept": ", ".join(MANIFEST_TYPES)}
+        self.auth: dict[str, str] = {}
         self.loader = "hey"
         # Generous: a path slower than 20 MB/s is broken, not slow.
         self.fetchTimeout = max(60.0, self.big.size / 20e6)
@@ -186,10 +204,24 @@ class Bench:
 
     def regproxy(self) -> Server:
         server = self.harness.startRegproxy(
-            self.servers["direct"].url, extraArgs=self.args.regproxy_arg
+            self.servers["direct"].url,
+            extraArgs=["--auth", self.args.auth, *self.args.regproxy_arg],
         )
         self.servers["regproxy"] = server
+        self.auth = {}
+        if self.args.auth == "broker":
+            token = bearerToken(server.url, REPOSITORY, timeout=30)
+            self.auth = {"Authorization": f"Bearer {token}"}
         return server
+
+    def headers(self, name: str, extra: dict[str, str] | None = None) -> dict:
+        """
+        What a client sends to C{name}: C{extra}, and our token for regproxy.
+        """
+        return {**(extra or {}), **(self.auth if name == "regproxy" else {})}
+
+    def headerLines(self, name: str) -> list[str]:
+        return [f"{k}: {v}" for k, v in self.headers(name).items()]
 
     def stopRegproxy(self) -> None:
         server = self.servers.pop("regproxy", None)
@@ -215,13 +247,17 @@ class Bench:
             self.regproxy()
         try:
             for name in self.paths():
-                got = sha256Of(self.blobURL(name, self.small), timeout=30)
+                got = sha256Of(
+                    self.blobURL(name, self.small), 30, self.headerLines(name)
+                )
                 if got != self.digests[self.small]:
                     raise BenchError(f"{name}: small blob came back as {got}")
                 self.checkHead(name)
             if started:
                 got = sha256Of(
-                    self.blobURL("regproxy", self.big), timeout=self.fetchTimeout
+                    self.blobURL("regproxy", self.big),
+                    self.fetchTimeout,
+                    self.headerLines("regproxy"),
                 )
                 if got != self.digests[self.big]:
                     raise BenchError(f"regproxy: big blob came back as {got}")
@@ -233,7 +269,7 @@ class Bench:
         url = urlsplit(self.manifestURL(name))
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
         try:
-            conn.request("HEAD", url.path, headers=self.headHeaders)
+            conn.request("HEAD", url.path, headers=self.headers(name, self.headHeaders))
             response = conn.getresponse()
             response.read()
         except (OSError, http.client.HTTPException) as e:
@@ -263,13 +299,26 @@ class Bench:
         duration = duration or self.args.duration
         url = self.manifestURL(name)
         if loader == "wrk":
-            script = wrkScript(self.harness.path("head.lua"), "HEAD", self.headHeaders)
+            script = wrkScript(
+                self.harness.path(f"head-{name}.lua"),
+                "HEAD",
+                self.headers(name, self.headHeaders),
+            )
             return runWrk(url, script, duration, self.args.concurrency)
-        return runHey(url, "HEAD", self.headHeaders, duration, self.args.concurrency)
+        return runHey(
+            url,
+            "HEAD",
+            self.headers(name, self.headHeaders),
+            duration,
+            self.args.concurrency,
+        )
 
     def fetchBig(self, name: str) -> float:
         fetch = curlFetch(
-            self.blobURL(name, self.big), self.fetchTimeout, expectSize=self.big.size
+            self.blobURL(name, self.big),
+            self.fetchTimeout,
+            self.headerLines(name),
+            expectSize=self.big.size,
         )
         return fetch.speed
 
@@ -306,7 +355,12 @@ class Bench:
         try:
             rss["idle"] = server.process.rss()
             with MemoryWatch(server.process) as watch:
-                curlFetch(self.blobURL("regproxy", self.small), 60, expectSize=MiB)
+                curlFetch(
+                    self.blobURL("regproxy", self.small),
+                    60,
+                    self.headerLines("regproxy"),
+                    expectSize=MiB,
+                )
             rss["small_peak"] = watch.peak
         finally:
             self.stopRegproxy()
@@ -382,7 +436,8 @@ def table(
     lines = [
         f"regproxy forwarding benchmark: medians of {runs} run(s); big blob "
         f"{args.blob_mib} MiB; HEAD manifest at concurrency {args.concurrency} "
-        f"for {args.duration:g} s ({loader}); loopback, {os.cpu_count()} CPUs",
+        f"for {args.duration:g} s ({loader}); regproxy --auth {args.auth}; "
+        f"loopback, {os.cpu_count()} CPUs",
         "",
         head,
     ]
