@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -83,7 +84,8 @@ def serve(
     Send one request through a real L{Site} over a L{StringTransport}.
     """
     resource = _Answer(respond)
-    site = Site(resource)
+    # A Clock, so the channel's idle timeout is not left on the reactor.
+    site = Site(resource, reactor=Clock())
     protocol = site.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
