@@ -19,9 +19,7 @@ from hypothesis import strategies as st
 from regproxy.challenge import Challenge
 
 # RFC 9110 section 5.6.2 and 11.2.
-TCHARS = (
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
+TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 TOKEN68_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~+/"
 
 # Challenges ---------------------------------------------------------------
@@ -62,9 +60,13 @@ challengeLikeText = st.text(' \t,="\\=/+.aBzZ09', max_size=60)
 # URLs ---------------------------------------------------------------------
 
 _label = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12)
-dnsNames = st.lists(_label, min_size=1, max_size=4).map(".".join).filter(
-    # A name of digits and dots only would read as an IPv4 address.
-    lambda name: not name.replace(".", "").isdigit()
+dnsNames = (
+    st.lists(_label, min_size=1, max_size=4)
+    .map(".".join)
+    .filter(
+        # A name of digits and dots only would read as an IPv4 address.
+        lambda name: not name.replace(".", "").isdigit()
+    )
 )
 ipv4Hosts = st.ip_addresses(v=4).map(str)
 ipv6Hosts = st.ip_addresses(v=6).map(str)

@@ -240,7 +240,10 @@ class ChallengeValueTests(SynchronousTestCase):
         """
         self.assertEqual(
             serializeChallenges(
-                [Challenge("Basic", (("realm", "r"),)), Challenge("Negotiate", (), "a=")]
+                [
+                    Challenge("Basic", (("realm", "r"),)),
+                    Challenge("Negotiate", (), "a="),
+                ]
             ),
             'Basic realm="r", Negotiate a=',
         )

@@ -122,7 +122,10 @@ class PrecedenceTests(ConfigTestCase):
         A text setting (C{--state-dir}).
         """
         self.assertPrecedence(
-            "state_dir", '"/srv/file"', "/srv/env", "/srv/flag",
+            "state_dir",
+            '"/srv/file"',
+            "/srv/env",
+            "/srv/flag",
             ("/srv/flag", "/srv/env", "/srv/file"),
         )
 
@@ -136,7 +139,11 @@ class PrecedenceTests(ConfigTestCase):
             '"http://file.example:5000/"',
             "https://env.example/",
             "http://127.0.0.1:5000/",
-            ("http://127.0.0.1:5000", "https://env.example", "http://file.example:5000"),
+            (
+                "http://127.0.0.1:5000",
+                "https://env.example",
+                "http://file.example:5000",
+            ),
         )
 
     def test_optionalURL(self) -> None:
@@ -156,9 +163,7 @@ class PrecedenceTests(ConfigTestCase):
         A number of seconds (C{--connect-timeout}), from text or a TOML
         number.
         """
-        self.assertPrecedence(
-            "connect_timeout", "2.5", "3", "0.25", (0.25, 3.0, 2.5)
-        )
+        self.assertPrecedence("connect_timeout", "2.5", "3", "0.25", (0.25, 3.0, 2.5))
 
     def test_floatFromTOMLInteger(self) -> None:
         """
@@ -177,7 +182,11 @@ class PrecedenceTests(ConfigTestCase):
             '["tcp:1001", "tcp:1002"]',
             "tcp:2001",
             ["tcp:3001", "tcp:3002", "tcp:3003"],
-            (("tcp:3001", "tcp:3002", "tcp:3003"), ("tcp:2001",), ("tcp:1001", "tcp:1002")),
+            (
+                ("tcp:3001", "tcp:3002", "tcp:3003"),
+                ("tcp:2001",),
+                ("tcp:1001", "tcp:1002"),
+            ),
         )
 
     def test_switches(self) -> None:
@@ -191,7 +200,9 @@ class PrecedenceTests(ConfigTestCase):
             key = name.replace("_", "-")
             envName = "REGPROXY_" + name.upper()
             path = self.writeConfig(f"{key} = false\n")
-            self.assertIs(getattr(loadConfig({name: True}, {envName: "no"}, path), name), True)
+            self.assertIs(
+                getattr(loadConfig({name: True}, {envName: "no"}, path), name), True
+            )
             self.assertIs(getattr(loadConfig({}, {envName: "yes"}, path), name), True)
             self.assertIs(getattr(loadConfig({}, {}, path), name), False)
 
@@ -431,7 +442,9 @@ class BadValueTests(ConfigTestCase):
         An upstream that is not http or https.
         """
         self.assertRefusedEverywhere(
-            "upstream", "ftp://registry.example", '"ftp://registry.example"',
+            "upstream",
+            "ftp://registry.example",
+            '"ftp://registry.example"',
             "--upstream",
         )
 
@@ -446,7 +459,9 @@ class BadValueTests(ConfigTestCase):
         An upstream that is a bare host name, as users often type.
         """
         self.assertRefusedEverywhere(
-            "upstream", "registry.example:5000", '"registry.example:5000"',
+            "upstream",
+            "registry.example:5000",
+            '"registry.example:5000"',
             "--upstream",
         )
 
@@ -455,7 +470,9 @@ class BadValueTests(ConfigTestCase):
         An upstream whose port is not a number.
         """
         self.assertRefusedEverywhere(
-            "upstream", "http://registry.example:five", '"http://registry.example:five"',
+            "upstream",
+            "http://registry.example:five",
+            '"http://registry.example:five"',
             "--upstream",
         )
 
@@ -464,7 +481,9 @@ class BadValueTests(ConfigTestCase):
         An upstream with a query string.
         """
         self.assertRefusedEverywhere(
-            "upstream", "https://r.example/?x=1", '"https://r.example/?x=1"',
+            "upstream",
+            "https://r.example/?x=1",
+            '"https://r.example/?x=1"',
             "--upstream",
         )
 

@@ -267,7 +267,11 @@ class ErrorBodyTests(SynchronousTestCase):
             json.loads(body),
             {
                 "errors": [
-                    {"code": "NAME_INVALID", "message": "invalid name", "detail": "org//app"}
+                    {
+                        "code": "NAME_INVALID",
+                        "message": "invalid name",
+                        "detail": "org//app",
+                    }
                 ]
             },
         )

@@ -48,7 +48,9 @@ _CANNOT_BUILD = [
 
 def _childEnvironment(**extra: str) -> dict[str, str]:
     environ = {
-        key: value for key, value in os.environ.items() if not key.startswith("REGPROXY_")
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("REGPROXY_")
     }
     environ["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     environ.update(extra)
@@ -77,9 +79,14 @@ class PackagingTests(TestCase):
         stdout, stderr, code = await getProcessOutputAndValue(
             sys.executable,
             [
-                "-m", "pip", "wheel",
-                "--no-deps", "--no-build-isolation", "--no-index",
-                "-w", out.path,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-index",
+                "-w",
+                out.path,
                 source.path,
             ],
             env=_childEnvironment(),
@@ -96,7 +103,9 @@ class PackagingTests(TestCase):
                         "(pip install wheel) to run this test"
                     )
             self.fail(f"pip wheel exited {code}:\n{output.decode(errors='replace')}")
-        wheels = [child for child in out.children() if child.basename().endswith(".whl")]
+        wheels = [
+            child for child in out.children() if child.basename().endswith(".whl")
+        ]
         self.assertEqual(len(wheels), 1, wheels)
         archive = zipfile.ZipFile(wheels[0].path)
         self.addCleanup(archive.close)
@@ -127,8 +136,13 @@ class PackagingTests(TestCase):
         stdout, stderr, code = await getProcessOutputAndValue(
             sys.executable,
             [
-                "-m", "pip", "install",
-                "--no-deps", "--no-index", "--target", target.path,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--no-index",
+                "--target",
+                target.path,
                 archive.filename,
             ],
             env=_childEnvironment(),
@@ -161,16 +175,22 @@ class PackagingTests(TestCase):
         twistd = ["-c", "from twisted.scripts.twistd import run; run()"]
 
         stdout, stderr, code = await getProcessOutputAndValue(
-            sys.executable, twistd + ["--help"],
-            env=environ, path=elsewhere.path, reactor=reactor,
+            sys.executable,
+            twistd + ["--help"],
+            env=environ,
+            path=elsewhere.path,
+            reactor=reactor,
         )
         self.assertEqual(code, 0, stderr.decode(errors="replace"))
         commands = stdout.split(b"Commands:", 1)[-1]
         self.assertIn(b"regproxy", commands.split())
 
         stdout, stderr, code = await getProcessOutputAndValue(
-            sys.executable, twistd + ["regproxy", "--help"],
-            env=environ, path=elsewhere.path, reactor=reactor,
+            sys.executable,
+            twistd + ["regproxy", "--help"],
+            env=environ,
+            path=elsewhere.path,
+            reactor=reactor,
         )
         self.assertEqual(code, 0, stderr.decode(errors="replace"))
         for option in [b"--listen=", b"--upstream=", b"--public-url=", b"--config="]:

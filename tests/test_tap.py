@@ -65,12 +65,18 @@ class OptionsTests(TapTestCase):
         Each flag sets its setting.
         """
         config = self.parse(
-            "--upstream", "http://127.0.0.1:5000/",
-            "--public-url", "https://proxy.local:5000",
-            "--state-dir", "/srv/regproxy",
-            "--connect-timeout", "2.5",
-            "--response-timeout", "30",
-            "--listen", "tcp:8080:interface=127.0.0.1",
+            "--upstream",
+            "http://127.0.0.1:5000/",
+            "--public-url",
+            "https://proxy.local:5000",
+            "--state-dir",
+            "/srv/regproxy",
+            "--connect-timeout",
+            "2.5",
+            "--response-timeout",
+            "30",
+            "--listen",
+            "tcp:8080:interface=127.0.0.1",
         ).config
         self.assertEqual(config.upstream, "http://127.0.0.1:5000")
         self.assertEqual(config.public_url, "https://proxy.local:5000")
@@ -123,9 +129,7 @@ class OptionsTests(TapTestCase):
                 "connect-timeout = 4\n"
             )
         self.environ["REGPROXY_PUBLIC_URL"] = "http://env-public.example"
-        config = self.parse(
-            "--config", path, "--connect-timeout", "1"
-        ).config
+        config = self.parse("--config", path, "--connect-timeout", "1").config
         self.assertEqual(config.upstream, "http://file.example")
         self.assertEqual(config.public_url, "http://env-public.example")
         self.assertEqual(config.connect_timeout, 1.0)
@@ -144,7 +148,9 @@ class OptionsTests(TapTestCase):
         """
         A bad value exits with one line naming the option.
         """
-        message = self.assertExitsNaming("--connect-timeout", "--connect-timeout", "soon")
+        message = self.assertExitsNaming(
+            "--connect-timeout", "--connect-timeout", "soon"
+        )
         self.assertIn("soon", message)
         self.assertExitsNaming("--upstream", "--upstream", "registry.example:5000")
         self.assertExitsNaming("--public-url", "--public-url", "ftp://proxy")
@@ -217,8 +223,10 @@ class MakeServiceTests(TapTestCase):
         addresses given.
         """
         first, second = self.listeners(
-            "--listen", "tcp:0:interface=127.0.0.1",
-            "--listen", r"tcp6:0:interface=\:\:1",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--listen",
+            r"tcp6:0:interface=\:\:1",
         )
         self.assertIsInstance(first.endpoint, TCP4ServerEndpoint)
         self.assertEqual(first.endpoint._interface, "127.0.0.1")

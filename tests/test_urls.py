@@ -146,8 +146,7 @@ class RewriteLocationTests(SynchronousTestCase):
         )
         self.assertEqual(
             rewriteLocation(location, self.upstream, PUBLIC),
-            PUBLIC
-            + b"/v2/org/app/blobs/uploads/0d1c6e3e-4b5a?_state="
+            PUBLIC + b"/v2/org/app/blobs/uploads/0d1c6e3e-4b5a?_state="
             b"eyJOYW1lIjoib3JnL2FwcCJ9%3D%3D&digest=sha256%3Aabc&x=%2F%2f%7E",
         )
 
@@ -170,9 +169,7 @@ class RewriteLocationTests(SynchronousTestCase):
             b"https://registry.example:5000/v2/a/blobs/uploads/1",
             b"http://registry.example/v2/a/blobs/uploads/1",
         ]:
-            self.assertEqual(
-                rewriteLocation(location, self.upstream, PUBLIC), location
-            )
+            self.assertEqual(rewriteLocation(location, self.upstream, PUBLIC), location)
 
     def test_hostInPath(self) -> None:
         """
@@ -199,9 +196,7 @@ class RewriteLocationTests(SynchronousTestCase):
         A scheme-relative or path-relative reference is left as it is.
         """
         for location in [b"//other.example/v2/", b"uploads/1"]:
-            self.assertEqual(
-                rewriteLocation(location, self.upstream, PUBLIC), location
-            )
+            self.assertEqual(rewriteLocation(location, self.upstream, PUBLIC), location)
 
     def test_prefixStripped(self) -> None:
         """
@@ -237,7 +232,9 @@ class RewriteLocationTests(SynchronousTestCase):
         C{host} and C{host:443} are the same https origin, both ways round.
         """
         self.assertEqual(
-            rewriteLocation(b"https://registry.example:443/v2/x", self.upstream, PUBLIC),
+            rewriteLocation(
+                b"https://registry.example:443/v2/x", self.upstream, PUBLIC
+            ),
             PUBLIC + b"/v2/x",
         )
         explicit = Origin.fromURL("https://registry.example:443")
@@ -271,7 +268,9 @@ class RewriteLocationTests(SynchronousTestCase):
         it pass as another host.
         """
         self.assertEqual(
-            rewriteLocation(b"https://u:p@registry.example/v2/x", self.upstream, PUBLIC),
+            rewriteLocation(
+                b"https://u:p@registry.example/v2/x", self.upstream, PUBLIC
+            ),
             PUBLIC + b"/v2/x",
         )
         self.assertEqual(
@@ -330,7 +329,9 @@ class RewriteLocationTests(SynchronousTestCase):
         """
         location = b"https://storage.example" + path + query
         self.assertEqual(
-            rewriteLocation(location, Origin.fromURL("https://registry.example"), PUBLIC),
+            rewriteLocation(
+                location, Origin.fromURL("https://registry.example"), PUBLIC
+            ),
             location,
         )
 
@@ -355,7 +356,8 @@ class PublicBaseTests(SynchronousTestCase):
         Without C{--public-url}, the C{Host} header gives the authority.
         """
         self.assertEqual(
-            publicBase(makeRequest(b"proxy.local:8080"), None), b"http://proxy.local:8080"
+            publicBase(makeRequest(b"proxy.local:8080"), None),
+            b"http://proxy.local:8080",
         )
         self.assertEqual(
             publicBase(makeRequest(b"[fd00::2]:8080"), None), b"http://[fd00::2]:8080"
