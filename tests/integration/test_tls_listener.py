@@ -436,3 +436,88 @@ class TLSListenerTests(TestCase):
         )
         self.assertIn(b"manifest unknown", err)
         self.assertNotIn(b"x509", err)
+
+
+class WalkthroughTests(TestCase):
+    """
+    The issue's self-signed walkthrough with regproxy's own site in front of
+    a real registry: one process serves plain HTTP and C{regproxy-tls}; a
+    client pulls over TLS with verification on, trusting only the
+    generated C{ca.crt}, and over plain HTTP as an insecure registry.
+    """
+
+    timeout = 300
+
+    async def test_pullThroughTLSAndPlain(self) -> None:
+        import tempfile
+
+        from regproxy.config import Config
+        from regproxy.endpoint import withConfig
+        from regproxy.site import makeSite
+        from regproxy.upstream import makeUpstreamAgent
+
+        from .clients import Skopeo
+        from .oci import writeImage
+        from .proxy import _TrackingFactory, _whenIdle
+        from .registry import startRegistry
+
+        registry = await startRegistry(self, mode="open")
+        skopeo = Skopeo(self)
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        layout = tempfile.mkdtemp(dir=work)
+        image = writeImage(layout, "v1", [4096, 300_000], seed="tls-walkthrough")
+        await skopeo.copy(
+            image.reference,
+            f"docker://{registry.host}/acme/app:v1",
+            destTLSVerify=False,
+        )
+
+        stateDir = os.path.join(work, "state")
+        config = Config(upstream=registry.url, listen=(), state_dir=stateDir)
+        agent = makeUpstreamAgent(reactor, config)
+        factory = _TrackingFactory(makeSite(config, reactor, agent=agent))
+        description = withConfig("regproxy-tls:0:interface=127.0.0.1", config)
+        tlsPort = await serverFromString(reactor, description).listen(factory)
+        plainPort = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+            factory
+        )
+
+        async def stop() -> None:
+            await _whenIdle(factory)
+            await agent._pool.closeCachedConnections()
+            await tlsPort.stopListening()
+            await plainPort.stopListening()
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+
+        certDir = os.path.join(work, "certs.d", f"127.0.0.1:{tlsPort.getHost().port}")
+        os.makedirs(certDir)
+        shutil.copy(
+            SelfSignedPaths.inStateDir(stateDir).certificate, certDir + "/ca.crt"
+        )
+        with open(os.path.join(layout, "blobs", *image.digest.split(":")), "rb") as f:
+            manifest = f.read()
+
+        tlsReference = f"docker://127.0.0.1:{tlsPort.getHost().port}/acme/app:v1"
+        viaTLS = os.path.join(work, "via-tls")
+        await skopeo.copy(
+            tlsReference, f"dir:{viaTLS}", srcTLSVerify=True, srcCertDir=certDir
+        )
+        viaPlain = os.path.join(work, "via-plain")
+        await skopeo.copy(
+            f"docker://127.0.0.1:{plainPort.getHost().port}/acme/app:v1",
+            f"dir:{viaPlain}",
+            srcTLSVerify=False,
+        )
+        for copied in (viaTLS, viaPlain):
+            with open(os.path.join(copied, "manifest.json"), "rb") as f:
+                self.assertEqual(f.read(), manifest)
+            for blob in image.layers:
+                self.assertTrue(os.path.exists(os.path.join(copied, blob.hex)))
+
+        refused = await skopeo.run(
+            "inspect", "--tls-verify=true", tlsReference, check=False
+        )
+        self.assertNotEqual(refused.code, 0)
+        self.assertIn(b"x509", refused.stderr)
