@@ -566,6 +566,70 @@ class BadValueTests(ConfigTestCase):
         self.assertRefusedEverywhere("listen", "80", '["80"]', "--listen")
 
 
+class SecretTests(ConfigTestCase):
+    """
+    Settings marked secret (the balena API key) never show their value.
+    """
+
+    def secrets(self) -> list[str]:
+        names = [f.name for f, spec in configModule.settings() if spec.secret]
+        if not names:
+            raise self.skipTest("Config declares no secret setting")
+        return names
+
+    def test_notInRepr(self) -> None:
+        """
+        A secret is not in the configuration's repr, which ends up in logs.
+        """
+        for name in self.secrets():
+            config = loadConfig({name: "s3cr3t-value-1234"}, {})
+            self.assertEqual(getattr(config, name), "s3cr3t-value-1234")
+            self.assertNotIn("s3cr3t-value-1234", repr(config))
+
+    def test_aliasForAPIToken(self) -> None:
+        """
+        The API key is also read from C{API_TOKEN}, the name balena's tools
+        use; C{REGPROXY_API_TOKEN} wins over it.
+        """
+        fields = {f.name for f, _ in configModule.settings()}
+        if "api_token" not in fields:
+            raise self.skipTest("Config declares no api_token")
+        self.assertEqual(loadConfig({}, {"API_TOKEN": "a"}).api_token, "a")
+        self.assertEqual(
+            loadConfig({}, {"API_TOKEN": "a", "REGPROXY_API_TOKEN": "b"}).api_token,
+            "b",
+        )
+
+    @_examples
+    @given(
+        st.data(),
+        st.text(min_size=6).filter(lambda text: text.strip() == text),
+    )
+    def test_notInErrors(self, data: st.DataObject, secret: str) -> None:
+        """
+        A secret in a value that is refused is not in the error message,
+        whatever the source and shape of the value.
+        """
+        name = data.draw(st.sampled_from(self.secrets()))
+        key = name.replace("_", "-")
+        value = data.draw(
+            st.sampled_from(
+                [
+                    [secret],
+                    {"key": secret},
+                    [[secret]],
+                    secret,
+                ]
+            )
+        )
+        path = self.writeConfig(f"{key} = {toTOML(value)}\n")
+        try:
+            loadConfig({}, {}, path)
+        except ConfigError as e:
+            self.assertNotIn(secret, str(e))
+            self.assertNotIn(repr(secret)[1:-1], str(e))
+
+
 class ParserPropertyTests(ConfigTestCase):
     """
     The value parsers on generated and arbitrary input.
