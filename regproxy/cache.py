@@ -76,7 +76,9 @@ class CoalescingCache:
         isMiss: Callable[[Failure], bool] = isDefiniteMiss,
     ) -> None:
         if not 0 <= missTTL <= MAX_MISS_TTL:
-            raise ValueError(f"misses may be cached for at most {MAX_MISS_TTL:g} seconds")
+            raise ValueError(
+                f"misses may be cached for at most {MAX_MISS_TTL:g} seconds"
+            )
         self._clock = clock
         self._ttl = ttl
         self._missTTL = missTTL
@@ -119,7 +121,11 @@ class CoalescingCache:
             self._entries[key] = _Entry(result, now, self._missTTL)
         else:
             stale = self._entries.get(key)
-            if stale is not None and stale.isAnswer and now - stale.storedAt <= self._staleAge:
+            if (
+                stale is not None
+                and stale.isAnswer
+                and now - stale.storedAt <= self._staleAge
+            ):
                 self._log.warn(
                     "serving a {age:.0f}s old answer for {label}: {why}",
                     age=now - stale.storedAt,
@@ -185,7 +191,10 @@ class CachingResolver:
         return d.addCallback(self._withRecent, reference, credentials)
 
     def _withRecent(
-        self, resolution: Resolution, reference: ImageReference, credentials: Credentials
+        self,
+        resolution: Resolution,
+        reference: ImageReference,
+        credentials: Credentials,
     ) -> Resolution:
         key = (reference.name, credentials.cacheKey)
         now = self._clock.seconds()
@@ -203,7 +212,9 @@ class CachingResolver:
             return resolution
         return attrs.evolve(resolution, alternatives=tuple(r for r, _ in recent))
 
-    def listReleases(self, reference: ImageReference, credentials: Credentials) -> Deferred:
+    def listReleases(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred:
         return self.cache.get(
             ("tags", reference.name, credentials.cacheKey),
             lambda: self.resolver.listReleases(reference, credentials),

@@ -68,7 +68,9 @@ def isTag(text: str) -> bool:
     return _TAG.match(text) is not None
 
 
-def _checkRepositoryName(instance: object, attribute: attrs.Attribute, value: str) -> None:
+def _checkRepositoryName(
+    instance: object, attribute: attrs.Attribute, value: str
+) -> None:
     if not isinstance(value, str) or not isRepositoryName(value):
         raise InvalidReference("NAME_INVALID", f"invalid repository name {value!r}")
 

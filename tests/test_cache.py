@@ -72,7 +72,9 @@ class CoalescingCacheTests(SynchronousTestCase):
         self.cache.get("k", self.calls)
         self.calls.pending[0].callback("answer")
         self.clock.advance(299)
-        self.assertEqual(self.successResultOf(self.cache.get("k", self.calls)), "answer")
+        self.assertEqual(
+            self.successResultOf(self.cache.get("k", self.calls)), "answer"
+        )
         self.assertEqual(len(self.calls.pending), 1)
         self.clock.advance(1)
         d = self.cache.get("k", self.calls)
@@ -124,7 +126,7 @@ class CoalescingCacheTests(SynchronousTestCase):
     def test_lru(self) -> None:
         cache = CoalescingCache(self.clock, maxSize=2)
         for key in "abc":
-            cache.get(key, lambda: Deferred.fromCoroutine(_value(key)))
+            cache.get(key, lambda key=key: Deferred.fromCoroutine(_value(key)))
         self.assertEqual(len(cache), 2)
 
 
@@ -161,21 +163,27 @@ class CachingResolverTests(SynchronousTestCase):
         """
         self.api.stop("hang")
         waiters = [
-            self.resolver.resolve(ImageReference.parse("acme/public-app:1.2.3"), ANONYMOUS)
+            self.resolver.resolve(
+                ImageReference.parse("acme/public-app:1.2.3"), ANONYMOUS
+            )
             for _ in range(100)
         ]
         self.stub.flush()
         self.assertEqual(len(self.api.apiCalls), 1)
         self.clock.advance(30)
         for waiter in waiters:
-            self.assertEqual(self.failureResultOf(waiter, ResolverUnavailable).value.status, 504)
+            self.assertEqual(
+                self.failureResultOf(waiter, ResolverUnavailable).value.status, 504
+            )
         self.api.start()
         self.successResultOf(self.resolve("acme/public-app:1.2.3"))
         self.assertEqual(len(self.api.apiCalls), 2)
 
     def test_hundredConcurrentLookupsAnswered(self) -> None:
         waiters = [
-            self.resolver.resolve(ImageReference.parse("acme/public-app:1.2.3"), ANONYMOUS)
+            self.resolver.resolve(
+                ImageReference.parse("acme/public-app:1.2.3"), ANONYMOUS
+            )
             for _ in range(100)
         ]
         self.stub.flush()
@@ -201,13 +209,19 @@ class CachingResolverTests(SynchronousTestCase):
         before = self.successResultOf(self.resolve("acme/public-app/1.2.3"))
         self.clock.advance(600)
         self.api.stop("503")
-        self.assertEqual(self.successResultOf(self.resolve("acme/public-app/1.2.3")), before)
+        self.assertEqual(
+            self.successResultOf(self.resolve("acme/public-app/1.2.3")), before
+        )
         self.api.stop("drop")
-        self.assertEqual(self.successResultOf(self.resolve("acme/public-app/1.2.3")), before)
+        self.assertEqual(
+            self.successResultOf(self.resolve("acme/public-app/1.2.3")), before
+        )
 
     def test_apiDownColdCache(self) -> None:
         self.api.stop("503")
-        error = self.failureResultOf(self.resolve("acme/public-app/1.2.3"), ResolverUnavailable)
+        error = self.failureResultOf(
+            self.resolve("acme/public-app/1.2.3"), ResolverUnavailable
+        )
         self.assertEqual(error.value.status, 503)
         self.api.start()
         self.successResultOf(self.resolve("acme/public-app/1.2.3"))
@@ -232,8 +246,12 @@ class CachingResolverTests(SynchronousTestCase):
         other = self.successResultOf(self.resolve("acme/public-app", ALICE))
         self.assertEqual(other.alternatives, ())
         self.clock.advance(3601)
-        self.assertEqual(self.successResultOf(self.resolve("acme/public-app")).alternatives, ())
+        self.assertEqual(
+            self.successResultOf(self.resolve("acme/public-app")).alternatives, ()
+        )
 
     def test_targetNotItsOwnAlternative(self) -> None:
         self.successResultOf(self.resolve("acme/public-app:latest"))
-        self.assertEqual(self.successResultOf(self.resolve("acme/public-app")).alternatives, ())
+        self.assertEqual(
+            self.successResultOf(self.resolve("acme/public-app")).alternatives, ()
+        )

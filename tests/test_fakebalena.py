@@ -37,12 +37,16 @@ class FakeAPITests(SynchronousTestCase):
         self.api = FakeBalenaAPI()
         self.stub = StubTreq(self.api)
 
-    def get(self, path: str, key: str | None = None, basic: str | None = None) -> tuple[int, Any]:
+    def get(
+        self, path: str, key: str | None = None, basic: str | None = None
+    ) -> tuple[int, Any]:
         headers = {}
         if key is not None:
             headers["Authorization"] = "Bearer " + key
         if basic is not None:
-            headers["Authorization"] = "Basic " + base64.b64encode(basic.encode()).decode()
+            headers["Authorization"] = (
+                "Basic " + base64.b64encode(basic.encode()).decode()
+            )
         d = self.stub.get(BASE + path, headers=headers)
         self.stub.flush()
         response = self.successResultOf(d)
@@ -66,18 +70,26 @@ class FakeAPITests(SynchronousTestCase):
         [release] = body["d"]
         self.assertEqual(release["semver"], "1.2.3")
         self.assertEqual(set(release["belongs_to__application"]), {"__id"})
-        self.assertEqual(release["contains__image"][0]["image"], [{"status": "success"}])
+        self.assertEqual(
+            release["contains__image"][0]["image"], [{"status": "success"}]
+        )
 
     def test_privateLooksMissing(self) -> None:
         """
         A private fleet without a member's key is C{200 {"d": []}}, like a
         fleet that does not exist; with the key, it is there.
         """
-        missing = self.get("v6/application?$select=id&$filter=slug%20eq%20'acme%2Fnope'")
+        missing = self.get(
+            "v6/application?$select=id&$filter=slug%20eq%20'acme%2Fnope'"
+        )
         self.assertEqual(missing, (200, {"d": []}))
         for key in (None, BOB_KEY, "wrong-key"):
-            self.assertEqual(self.get(f"v6/application?$select=id&$filter={PRIVATE}", key), missing)
-        code, body = self.get(f"v6/application?$select=slug&$filter={PRIVATE}", ALICE_KEY)
+            self.assertEqual(
+                self.get(f"v6/application?$select=id&$filter={PRIVATE}", key), missing
+            )
+        code, body = self.get(
+            f"v6/application?$select=slug&$filter={PRIVATE}", ALICE_KEY
+        )
         self.assertEqual(body, {"d": [{"slug": "acme/private-app"}]})
 
     def test_privateHiddenEverywhere(self) -> None:
@@ -127,7 +139,10 @@ class FakeAPITests(SynchronousTestCase):
     def test_callsCounted(self) -> None:
         self.get("ping")
         self.get(f"v6/application?$filter={PRIVATE}", ALICE_KEY)
-        self.assertEqual([(c.path, c.user) for c in self.api.calls][1:], [("/v6/application", "alice")])
+        self.assertEqual(
+            [(c.path, c.user) for c in self.api.calls][1:],
+            [("/v6/application", "alice")],
+        )
         self.assertEqual(len(self.api.apiCalls), 1)
 
     def test_stopped(self) -> None:
@@ -152,7 +167,9 @@ class FakeAPITests(SynchronousTestCase):
         """
         text = _decodeOutsideLiterals(f"$filter=slug%20eq%20{quoteString(value)}")
         query = parseOptions(text)
-        self.assertEqual(query.filter, ("cmp", "eq", ("path", ("slug",)), ("lit", value)))
+        self.assertEqual(
+            query.filter, ("cmp", "eq", ("path", ("slug",)), ("lit", value))
+        )
 
     @settings(max_examples=200, deadline=None)
     @given(st.text(max_size=60))
@@ -185,7 +202,9 @@ class TokenTests(SynchronousTestCase):
     def token(self, scopes: list[str], basic: str | None = None) -> tuple[int, Any]:
         headers = {}
         if basic is not None:
-            headers["Authorization"] = "Basic " + base64.b64encode(basic.encode()).decode()
+            headers["Authorization"] = (
+                "Basic " + base64.b64encode(basic.encode()).decode()
+            )
         query = "&".join(["service=whatever"] + [f"scope={s}" for s in scopes])
         d = self.stub.get(BASE + "auth/v1/token?" + query, headers=headers)
         self.stub.flush()
@@ -193,7 +212,9 @@ class TokenTests(SynchronousTestCase):
         body = self.successResultOf(response.content())
         return response.code, json.loads(body) if response.code == 200 else body
 
-    def access(self, scopes: list[str], basic: str | None = None) -> dict[str, list[str]]:
+    def access(
+        self, scopes: list[str], basic: str | None = None
+    ) -> dict[str, list[str]]:
         code, body = self.token(scopes, basic)
         self.assertEqual((code, list(body)), (200, ["token"]))
         claims = self.verifier.verify(body["token"])
@@ -205,13 +226,17 @@ class TokenTests(SynchronousTestCase):
         Members pull their private fleet's images; others, and anonymous
         clients, get C{actions: []} for them.  Nobody gets push.
         """
-        scopes = [f"repository:{self.private}:pull,push", f"repository:{self.public}:pull"]
+        scopes = [
+            f"repository:{self.private}:pull,push",
+            f"repository:{self.public}:pull",
+        ]
         self.assertEqual(
             self.access(scopes, f"alice:{ALICE_KEY}"),
             {self.private: ["pull"], self.public: ["pull"]},
         )
         self.assertEqual(
-            self.access(scopes, f"bob:{BOB_KEY}"), {self.private: [], self.public: ["pull"]}
+            self.access(scopes, f"bob:{BOB_KEY}"),
+            {self.private: [], self.public: ["pull"]},
         )
         self.assertEqual(self.access(scopes), {self.private: [], self.public: ["pull"]})
         self.assertEqual(
@@ -223,14 +248,19 @@ class TokenTests(SynchronousTestCase):
         """
         The builder may push and pull every fixture image, and nothing else.
         """
-        scopes = [f"repository:{self.private}:push,pull", "repository:v2/nothing:pull,push"]
+        scopes = [
+            f"repository:{self.private}:push,pull",
+            "repository:v2/nothing:pull,push",
+        ]
         self.assertEqual(
             self.access(scopes, f"builder:{BUILDER_KEY}"),
             {self.private: ["push", "pull"], "v2/nothing": []},
         )
 
     def test_aliasGetsNothing(self) -> None:
-        self.assertEqual(self.access(["repository:acme/multi:pull"]), {"acme/multi": []})
+        self.assertEqual(
+            self.access(["repository:acme/multi:pull"]), {"acme/multi": []}
+        )
 
     def test_wrongKey(self) -> None:
         self.assertEqual(self.token([], "alice:wrong")[0], 401)

@@ -34,7 +34,8 @@ class QuoteTests(SynchronousTestCase):
 
     def test_literals(self) -> None:
         self.assertEqual(
-            [literal(v) for v in (None, True, False, 42)], ["null", "true", "false", "42"]
+            [literal(v) for v in (None, True, False, 42)],
+            ["null", "true", "false", "42"],
         )
         self.assertRaises(TypeError, literal, 1.5)
 

@@ -15,9 +15,8 @@ from regproxy.cache import CachingResolver
 from regproxy.config import Config
 from regproxy.reference import ImageReference
 from regproxy.resolve import makeResolver
-from regproxy.resolve.identity import IdentityResolver
-from regproxy.resolve.static import StaticResolver
 from regproxy.resolve.balena import BalenaResolver
+from regproxy.resolve.identity import IdentityResolver
 from regproxy.resolve.interfaces import (
     Credentials,
     IResolver,
@@ -28,6 +27,7 @@ from regproxy.resolve.interfaces import (
     ResolverUnavailable,
     ServiceRequired,
 )
+from regproxy.resolve.static import StaticResolver
 from regproxy.testing.fakebalena import (
     ALICE_KEY,
     BOB_KEY,
@@ -66,7 +66,11 @@ class Harness:
         return d
 
     def expected(
-        self, slug: str, version: str, service: str = "main", reference: str | None = "latest"
+        self,
+        slug: str,
+        version: str,
+        service: str = "main",
+        reference: str | None = "latest",
     ) -> Resolution:
         release = self.fixture.release(slug, version)
         image = self.fixture.images(slug, version)[service]
@@ -92,7 +96,9 @@ class SelectorTests(SynchronousTestCase):
     def assertResolves(
         self, text: str, slug: str, version: str, service: str = "main", **kw: Any
     ) -> Resolution:
-        result = self.successResultOf(self.h.resolve(text, kw.pop("credentials", ANONYMOUS)))
+        result = self.successResultOf(
+            self.h.resolve(text, kw.pop("credentials", ANONYMOUS))
+        )
         # A tag is asked upstream as latest; no reference stays none.
         kw.setdefault("reference", "latest" if ":" in text else None)
         self.assertEqual(result, self.h.expected(slug, version, service, **kw))
@@ -124,7 +130,9 @@ class SelectorTests(SynchronousTestCase):
             self.assertResolves(text, "acme/public-app", "1.2.3+rev2")
 
     def test_draftByFullVersion(self) -> None:
-        self.assertResolves(f"acme/public-app:{DRAFT_VERSION}", "acme/public-app", DRAFT_VERSION)
+        self.assertResolves(
+            f"acme/public-app:{DRAFT_VERSION}", "acme/public-app", DRAFT_VERSION
+        )
 
     def test_commit(self) -> None:
         """
@@ -136,13 +144,17 @@ class SelectorTests(SynchronousTestCase):
         self.assertEqual(len(draft), 40)
         for selector in (draft, draft[:7], target, target[:12]):
             version = DRAFT_VERSION if selector in draft else "2.0.0"
-            self.assertResolves(f"acme/public-app/{selector}", "acme/public-app", version)
+            self.assertResolves(
+                f"acme/public-app/{selector}", "acme/public-app", version
+            )
 
     def test_ambiguousCommitPrefix(self) -> None:
         """
         A prefix two commits share is refused, naming both.
         """
-        failure = self.failureResultOf(self.h.resolve("acme/public-app/abcdef1"), ManifestUnknown)
+        failure = self.failureResultOf(
+            self.h.resolve("acme/public-app/abcdef1"), ManifestUnknown
+        )
         self.assertIn("ambiguous", failure.value.message)
         self.assertIn("abcdef1" + "0" * 25, failure.value.message)
 
@@ -160,7 +172,10 @@ class SelectorTests(SynchronousTestCase):
                 f"acme/multi/1.0.0/{service}", "acme/multi", "1.0.0", service=service
             )
             self.assertResolves(
-                f"acme/multi/latest/{service}:latest", "acme/multi", "1.0.0", service=service
+                f"acme/multi/latest/{service}:latest",
+                "acme/multi",
+                "1.0.0",
+                service=service,
             )
 
     def test_digestKept(self) -> None:
@@ -174,7 +189,10 @@ class SelectorTests(SynchronousTestCase):
             f"acme/public-app@{digest}", "acme/public-app", "1.2.3", reference=digest
         )
         self.assertResolves(
-            f"acme/public-app/1.2.3@{DIGEST}", "acme/public-app", "1.2.3+rev2", reference=DIGEST
+            f"acme/public-app/1.2.3@{DIGEST}",
+            "acme/public-app",
+            "1.2.3+rev2",
+            reference=DIGEST,
         )
 
     def test_unknownDigestUsesTarget(self) -> None:
@@ -188,7 +206,11 @@ class SelectorTests(SynchronousTestCase):
         """
         digest = self.h.fixture.images("acme/multi", "1.0.0")["backend"]["content_hash"]
         self.assertResolves(
-            f"acme/multi@{digest}", "acme/multi", "1.0.0", service="backend", reference=digest
+            f"acme/multi@{digest}",
+            "acme/multi",
+            "1.0.0",
+            service="backend",
+            reference=digest,
         )
 
     def test_oneAPICall(self) -> None:
@@ -208,7 +230,9 @@ class ErrorTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.h = Harness()
 
-    def assertFails(self, text: str, kind: type, credentials: Credentials = ANONYMOUS) -> Any:
+    def assertFails(
+        self, text: str, kind: type, credentials: Credentials = ANONYMOUS
+    ) -> Any:
         return self.failureResultOf(self.h.resolve(text, credentials), kind).value
 
     def test_unknownFleet(self) -> None:
@@ -229,12 +253,16 @@ class ErrorTests(SynchronousTestCase):
             error = self.assertFails("acme/private-app:1.0.0", NameUnknown, credentials)
             self.assertEqual(
                 error.toRegistryError().body(),
-                missing.toRegistryError().body().replace(b"private-nope", b"private-app"),
+                missing.toRegistryError()
+                .body()
+                .replace(b"private-nope", b"private-app"),
             )
 
     def test_privateWithKey(self) -> None:
         self.successResultOf(self.h.resolve("acme/private-app/1.0.0", ALICE))
-        self.successResultOf(self.h.resolve("acme/private-app", Credentials.fromServer(ALICE_KEY)))
+        self.successResultOf(
+            self.h.resolve("acme/private-app", Credentials.fromServer(ALICE_KEY))
+        )
 
     def test_unknownRelease(self) -> None:
         error = self.assertFails("acme/public-app/9.9.9", ManifestUnknown)
@@ -251,7 +279,9 @@ class ErrorTests(SynchronousTestCase):
         version, with an example.
         """
         error = self.assertFails("acme/public-app/1.3.0", ManifestUnknown)
-        self.assertIn(f"drafts need their full version, e.g. {DRAFT_VERSION}", error.message)
+        self.assertIn(
+            f"drafts need their full version, e.g. {DRAFT_VERSION}", error.message
+        )
 
     def test_failedRelease(self) -> None:
         error = self.assertFails("acme/public-app/1.2.4", ManifestUnknown)
@@ -312,7 +342,9 @@ class ErrorTests(SynchronousTestCase):
         No error message holds the API key used.
         """
         for text in ("acme/nope", "acme/multi", "acme/public-app/9.9.9"):
-            error = self.failureResultOf(self.h.resolve(text, ALICE), ResolveError).value
+            error = self.failureResultOf(
+                self.h.resolve(text, ALICE), ResolveError
+            ).value
             self.assertNotIn(ALICE_KEY, repr(error) + error.message)
         self.assertNotIn(ALICE_KEY, repr(ALICE))
 
@@ -334,12 +366,14 @@ class ListReleasesTests(SynchronousTestCase):
     def test_private(self) -> None:
         self.failureResultOf(self.h.listReleases("acme/private-app"), NameUnknown)
         self.assertEqual(
-            self.successResultOf(self.h.listReleases("acme/private-app", ALICE)), ["1.0.0"]
+            self.successResultOf(self.h.listReleases("acme/private-app", ALICE)),
+            ["1.0.0"],
         )
 
     def test_releaseRepository(self) -> None:
         self.assertEqual(
-            self.successResultOf(self.h.listReleases("acme/multi/1.0.0/frontend")), ["latest"]
+            self.successResultOf(self.h.listReleases("acme/multi/1.0.0/frontend")),
+            ["latest"],
         )
 
     def test_notFleet(self) -> None:
@@ -378,5 +412,6 @@ class MakeResolverTests(SynchronousTestCase):
             f.write('[names]\n"a" = "b"\n')
         self.assertIsInstance(self.make(resolver="static:" + path), StaticResolver)
         self.assertIsInstance(
-            self.make(upstream="http://127.0.0.1:5000", resolver="balena"), CachingResolver
+            self.make(upstream="http://127.0.0.1:5000", resolver="balena"),
+            CachingResolver,
         )

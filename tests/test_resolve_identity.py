@@ -39,5 +39,7 @@ class IdentityResolverTests(SynchronousTestCase):
         )
 
     def test_tagsAreUpstreams(self) -> None:
-        d = IdentityResolver().listReleases(ImageReference("a"), Credentials.anonymous())
+        d = IdentityResolver().listReleases(
+            ImageReference("a"), Credentials.anonymous()
+        )
         self.assertIsNone(self.successResultOf(d))

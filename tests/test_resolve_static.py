@@ -43,7 +43,8 @@ class StaticResolverTests(SynchronousTestCase):
 
     def test_name(self) -> None:
         self.assertEqual(
-            self.resolve("acme/app"), Resolution("v2/9eaad9d708658bcdfc5b32c4e80074ad", None)
+            self.resolve("acme/app"),
+            Resolution("v2/9eaad9d708658bcdfc5b32c4e80074ad", None),
         )
         self.assertEqual(
             self.resolve("acme/app:latest"),
@@ -60,7 +61,8 @@ class StaticResolverTests(SynchronousTestCase):
 
     def test_otherTagPassesThrough(self) -> None:
         self.assertEqual(
-            self.resolve("acme/app:9.9"), Resolution("v2/9eaad9d708658bcdfc5b32c4e80074ad", "9.9")
+            self.resolve("acme/app:9.9"),
+            Resolution("v2/9eaad9d708658bcdfc5b32c4e80074ad", "9.9"),
         )
 
     def test_pinnedTag(self) -> None:
@@ -79,7 +81,9 @@ class StaticResolverTests(SynchronousTestCase):
 
     def test_passthrough(self) -> None:
         resolver = StaticResolver({}, passthrough=True)
-        d = resolver.resolve(ImageReference("library/alpine", tag="3"), Credentials.anonymous())
+        d = resolver.resolve(
+            ImageReference("library/alpine", tag="3"), Credentials.anonymous()
+        )
         self.assertEqual(self.successResultOf(d), Resolution("library/alpine", "3"))
 
     def test_badFiles(self) -> None:
@@ -122,7 +126,9 @@ class StaticResolverTests(SynchronousTestCase):
             if isinstance(value, str):
                 self.assertEqual(entries[name], Entry(value))
             else:
-                self.assertEqual(entries[name], Entry(value["repository"], value["tag"]))
+                self.assertEqual(
+                    entries[name], Entry(value["repository"], value["tag"])
+                )
 
     @settings(max_examples=100, deadline=None)
     @given(
@@ -130,8 +136,10 @@ class StaticResolverTests(SynchronousTestCase):
             st.sampled_from(["names", "passthrough", "x"]),
             st.recursive(
                 st.none() | st.booleans() | st.text(max_size=10),
-                lambda c: st.dictionaries(st.text(max_size=10), c, max_size=3)
-                | st.lists(c, max_size=3),
+                lambda c: (
+                    st.dictionaries(st.text(max_size=10), c, max_size=3)
+                    | st.lists(c, max_size=3)
+                ),
                 max_leaves=8,
             ),
         )

@@ -35,7 +35,9 @@ def resolverKind(config: Config) -> str:
     if config.resolver is not None:
         return config.resolver.partition(":")[0]
     host = URL.from_text(config.upstream).host
-    balenaCloud = host == BALENA_REGISTRY_SUFFIX or host.endswith("." + BALENA_REGISTRY_SUFFIX)
+    balenaCloud = host == BALENA_REGISTRY_SUFFIX or host.endswith(
+        "." + BALENA_REGISTRY_SUFFIX
+    )
     if config.balena_api is not None or balenaCloud:
         return BALENA
     return IDENTITY

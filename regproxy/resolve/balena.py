@@ -57,7 +57,15 @@ _SEMVER = re.compile(r"\d+\.\d+\.\d+\Z")
 _COMMIT = re.compile(r"[0-9a-f]{7,40}\Z")
 _V_PREFIX = re.compile(r"v(\d+\.\d+\.\d+(?:[-+.][0-9a-z.+-]*)?)\Z")
 
-_RELEASE_FIELDS = ("id", "commit", "raw_version", "semver", "revision", "is_final", "status")
+_RELEASE_FIELDS = (
+    "id",
+    "commit",
+    "raw_version",
+    "semver",
+    "revision",
+    "is_final",
+    "status",
+)
 _IMAGES = Query(
     select=("id",),
     expand=(
@@ -162,7 +170,9 @@ class BalenaResolver:
     def resolve(self, reference: ImageReference, credentials: Credentials) -> Deferred:
         return Deferred.fromCoroutine(self._resolve(reference, credentials))
 
-    def listReleases(self, reference: ImageReference, credentials: Credentials) -> Deferred:
+    def listReleases(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred:
         return Deferred.fromCoroutine(self._listReleases(reference, credentials))
 
     # Resolution
@@ -196,7 +206,9 @@ class BalenaResolver:
                 )
         else:
             assert selector is not None
-            expand.append(("owns__release", _releaseQuery(self._selectorFilter(selector))))
+            expand.append(
+                ("owns__release", _releaseQuery(self._selectorFilter(selector)))
+            )
         app = await self._fleet(fleet, credentials, tuple(expand))
 
         if byAlias:
@@ -221,7 +233,9 @@ class BalenaResolver:
                     )
         else:
             assert selector is not None
-            release = self._chooseRelease(fleet, selector, _many(app.get("owns__release")))
+            release = self._chooseRelease(
+                fleet, selector, _many(app.get("owns__release"))
+            )
 
         image = self._chooseImage(fleet, release, digest)
         registry, _, repository = image.location.partition("/")
@@ -357,7 +371,9 @@ class BalenaResolver:
             ) from None
         if fleet.release is not None:
             # One release's repository holds one image, known as latest.
-            await self._resolve(ImageReference(reference.name, tag="latest"), credentials)
+            await self._resolve(
+                ImageReference(reference.name, tag="latest"), credentials
+            )
             return ["latest"]
         releases = Query(
             select=_RELEASE_FIELDS,
@@ -365,7 +381,9 @@ class BalenaResolver:
             expand=(
                 (
                     "contains__image",
-                    Query(select=("id",), expand=(("image", Query(select=("status",))),)),
+                    Query(
+                        select=("id",), expand=(("image", Query(select=("status",))),)
+                    ),
                 ),
             ),
             orderby="id asc",
@@ -373,13 +391,22 @@ class BalenaResolver:
         app = await self._fleet(fleet, credentials, (("owns__release", releases),))
         tags: dict[str, None] = {}
         for release in _many(app.get("owns__release")):
-            images = [_one(link.get("image")) for link in _many(release.get("contains__image"))]
-            if release.get("status") != SUCCESS or not images or any(
-                image is None or image.get("status") != SUCCESS for image in images
+            images = [
+                _one(link.get("image"))
+                for link in _many(release.get("contains__image"))
+            ]
+            if (
+                release.get("status") != SUCCESS
+                or not images
+                or any(
+                    image is None or image.get("status") != SUCCESS for image in images
+                )
             ):
                 continue
-            tag = release.get("semver") if release.get("is_final") else release.get(
-                "raw_version"
+            tag = (
+                release.get("semver")
+                if release.get("is_final")
+                else release.get("raw_version")
             )
             if isinstance(tag, str) and tag:
                 tags[tag] = None
@@ -395,7 +422,11 @@ class BalenaResolver:
     ) -> dict[str, Any]:
         rows = await self._get(
             "v6/application",
-            Query(select=("id", "slug"), filter=odata.eq("slug", fleet.slug), expand=expand),
+            Query(
+                select=("id", "slug"),
+                filter=odata.eq("slug", fleet.slug),
+                expand=expand,
+            ),
             credentials,
         )
         if not rows:
@@ -423,14 +454,17 @@ class BalenaResolver:
             raise
         except Exception as e:
             self._log.warn("balena API unreachable: {error}", error=type(e).__name__)
-            raise ResolverUnavailable("the balena API could not be reached", 502) from None
+            raise ResolverUnavailable(
+                "the balena API could not be reached", 502
+            ) from None
         code = response.code
         if code in (401, 403):
             raise NotAuthorized("the balena API refused the API key")
         if code >= 500:
             self._log.warn("balena API answered {code}", code=code)
             raise ResolverUnavailable(
-                f"the balena API is unavailable ({code})", code if code in (503, 504) else 502
+                f"the balena API is unavailable ({code})",
+                code if code in (503, 504) else 502,
             )
         if code != 200:
             self._log.error(
@@ -443,5 +477,7 @@ class BalenaResolver:
         try:
             rows = json.loads(content)["d"]
         except (ValueError, KeyError, TypeError):
-            raise ResolverUnavailable("the balena API answered in an unexpected shape") from None
+            raise ResolverUnavailable(
+                "the balena API answered in an unexpected shape"
+            ) from None
         return _many(rows)

@@ -23,5 +23,7 @@ class IdentityResolver:
     def resolve(self, reference: ImageReference, credentials: Credentials) -> Deferred:
         return succeed(Resolution(reference.name, reference.manifestReference))
 
-    def listReleases(self, reference: ImageReference, credentials: Credentials) -> Deferred:
+    def listReleases(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred:
         return succeed(None)

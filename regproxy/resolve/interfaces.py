@@ -243,4 +243,3 @@ class IResolver(Interface):
             list for the resolved repository should be relayed), or
             failing with a L{ResolveError}.
         """
-

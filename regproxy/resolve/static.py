@@ -54,7 +54,9 @@ class Entry:
     tag: str | None = None
 
 
-def parseMap(document: Mapping[str, Any], source: str = "map") -> tuple[dict[str, Entry], bool]:
+def parseMap(
+    document: Mapping[str, Any], source: str = "map"
+) -> tuple[dict[str, Entry], bool]:
     """
     The entries and the C{passthrough} flag of a parsed map document.
 
@@ -82,7 +84,9 @@ def parseMap(document: Mapping[str, Any], source: str = "map") -> tuple[dict[str
             )
         repository, tag = value.get("repository"), value.get("tag")
         if not isinstance(repository, str) or not isRepositoryName(repository):
-            raise StaticMapError(f"{source}: {name!r}: {repository!r} is not a repository name")
+            raise StaticMapError(
+                f"{source}: {name!r}: {repository!r} is not a repository name"
+            )
         if tag is not None and not (isinstance(tag, str) and isTag(tag)):
             raise StaticMapError(f"{source}: {name!r}: {tag!r} is not a tag")
         entries[name] = Entry(repository, tag)
@@ -119,7 +123,9 @@ class StaticResolver:
         if tag is not None and tag != DEFAULT_TAG:
             release = self.entries.get(f"{reference.name}/{tag.lower()}")
             if release is not None:
-                return succeed(Resolution(release.repository, release.tag or DEFAULT_TAG))
+                return succeed(
+                    Resolution(release.repository, release.tag or DEFAULT_TAG)
+                )
         entry = self.entries.get(reference.name)
         if entry is None:
             if self.passthrough:
@@ -130,5 +136,7 @@ class StaticResolver:
             upstream = entry.tag
         return succeed(Resolution(entry.repository, upstream))
 
-    def listReleases(self, reference: ImageReference, credentials: Credentials) -> Deferred:
+    def listReleases(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred:
         return succeed(None)

@@ -181,7 +181,9 @@ class Fixture:
         C{version} is its full raw version.
         """
         app = self.fleet(slug)
-        rawVersion = version if (not final or not revision) else f"{version}+rev{revision}"
+        rawVersion = (
+            version if (not final or not revision) else f"{version}+rev{revision}"
+        )
         semver = version
         commit = commit or commitFor(slug, rawVersion)
         releaseID = self._insert(
@@ -212,7 +214,10 @@ class Fixture:
     def release(self, slug: str, rawVersion: str) -> dict[str, Any]:
         appID = self.fleet(slug)["id"]
         for row in self.tables["release"].values():
-            if row["belongs_to__application"] == appID and row["raw_version"] == rawVersion:
+            if (
+                row["belongs_to__application"] == appID
+                and row["raw_version"] == rawVersion
+            ):
                 return row
         raise KeyError(rawVersion)
 
@@ -233,7 +238,9 @@ class Fixture:
         """
         The upstream repository (C{v2/<hash>}) of one image.
         """
-        location = self.images(slug, rawVersion)[service]["is_stored_at__image_location"]
+        location = self.images(slug, rawVersion)[service][
+            "is_stored_at__image_location"
+        ]
         return location.split("/", 1)[1]
 
     # Visibility
@@ -398,7 +405,11 @@ def parseOptions(text: str, separators: str = "&") -> ParsedQuery:
             order = []
             for item in value.split(","):
                 words = item.split()
-                if not words or len(words) > 2 or words[1:] not in ([], ["asc"], ["desc"]):
+                if (
+                    not words
+                    or len(words) > 2
+                    or words[1:] not in ([], ["asc"], ["desc"])
+                ):
                     raise ODataError(f"bad $orderby {item!r}")
                 order.append((words[0], words[1:] == ["desc"]))
             options["orderby"] = tuple(order)
@@ -416,8 +427,12 @@ _TOKEN = re.compile(
     r"|(?P<punct>[()/,:]))"
 )
 _FUNCTIONS = {
-    "startswith": lambda a, b: isinstance(a, str) and isinstance(b, str) and a.startswith(b),
-    "endswith": lambda a, b: isinstance(a, str) and isinstance(b, str) and a.endswith(b),
+    "startswith": lambda a, b: (
+        isinstance(a, str) and isinstance(b, str) and a.startswith(b)
+    ),
+    "endswith": lambda a, b: (
+        isinstance(a, str) and isinstance(b, str) and a.endswith(b)
+    ),
     "contains": lambda a, b: isinstance(a, str) and isinstance(b, str) and b in a,
     "substringof": lambda a, b: isinstance(a, str) and isinstance(b, str) and a in b,
     "tolower": lambda a: a.lower() if isinstance(a, str) else a,
@@ -440,7 +455,7 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
             break
         match = _TOKEN.match(text, pos)
         if match is None:
-            raise ODataError(f"unexpected {text[pos:pos + 10]!r}")
+            raise ODataError(f"unexpected {text[pos : pos + 10]!r}")
         kind = match.lastgroup
         assert kind is not None
         tokens.append((kind, match.group(kind)))
@@ -606,7 +621,9 @@ class FakeBalenaAPI(Resource):
         if scheme.lower() == b"basic":
             try:
                 username, _, secret = (
-                    base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+                    base64.b64decode(value, validate=True)
+                    .decode("utf-8")
+                    .partition(":")
                 )
             except ValueError:
                 return None
@@ -643,7 +660,9 @@ class FakeBalenaAPI(Resource):
             parsed = parseOptions(_decodeOutsideLiterals(query))
             rows = self._query(match.group(1), parsed, user)
         except ODataError as e:
-            self._log.info("fake balena API: 400 for {query}: {why}", query=query, why=e)
+            self._log.info(
+                "fake balena API: 400 for {query}: {why}", query=query, why=e
+            )
             request.setResponseCode(400)
             request.setHeader(b"content-type", b"text/plain")
             return b"Malformed url"
@@ -672,7 +691,9 @@ class FakeBalenaAPI(Resource):
         ]
         if query.filter is not None:
             candidates = [
-                row for row in candidates if self._eval(query.filter, table, row, {}, user) is True
+                row
+                for row in candidates
+                if self._eval(query.filter, table, row, {}, user) is True
             ]
         for field, descending in reversed(query.orderby):
             self._checkField(table, field)
@@ -706,9 +727,16 @@ class FakeBalenaAPI(Resource):
     def _render(
         self, table: str, row: Mapping[str, Any], query: ParsedQuery, user: str | None
     ) -> dict[str, Any]:
-        fields = query.select if query.select is not None else tuple(
-            name for name in row if name not in NAVIGATIONS[table]
-        ) + tuple(name for name, (_, kind, _) in NAVIGATIONS[table].items() if kind == "one")
+        fields = (
+            query.select
+            if query.select is not None
+            else tuple(name for name in row if name not in NAVIGATIONS[table])
+            + tuple(
+                name
+                for name, (_, kind, _) in NAVIGATIONS[table].items()
+                if kind == "one"
+            )
+        )
         out: dict[str, Any] = {}
         for name in fields:
             if name in NAVIGATIONS[table]:
@@ -772,7 +800,8 @@ class FakeBalenaAPI(Resource):
                 raise ODataError("any() and all() need a collection")
             target, related = found[0], found[1]
             results = (
-                self._eval(body, target, r, {**scope, variable: (target, r)}, user) is True
+                self._eval(body, target, r, {**scope, variable: (target, r)}, user)
+                is True
                 for r in related
             )
             return any(results) if quantifier == "any" else all(results)
@@ -842,7 +871,9 @@ class FakeBalenaAPI(Resource):
                 actions = tuple(a for a in scope.actions if a in ("pull", "push"))
             elif self._canPull(scope.name, user):
                 actions = tuple(a for a in scope.actions if a == "pull")
-            granted.append(Scope(scope.resourceType, scope.resourceClass, scope.name, actions))
+            granted.append(
+                Scope(scope.resourceType, scope.resourceClass, scope.name, actions)
+            )
         issued = self.issuer.issue(user, self.fixture.registryHost, granted)
         return self._json(request, 200, {"token": issued.token})
 
