@@ -340,10 +340,10 @@ def parsePath(path: str | bytes) -> RegistryPath:
         name = match.group("name")
         if not isRepositoryName(name):
             raise InvalidReference("NAME_INVALID", f"invalid repository name {name!r}")
-        ref = match.groupdict().get("ref")
+        ref: str | None = match.groupdict().get("ref")
         if kind == MANIFESTS:
-            ImageReference.fromManifestPath(name, ref)  # checks the reference
+            ImageReference.fromManifestPath(name, ref or "")  # checks it
         elif kind in (BLOBS, REFERRERS):
-            Digest.parse(ref)
+            Digest.parse(ref or "")
         return RegistryPath(kind, name, ref)
     raise InvalidReference("NAME_INVALID", "not a registry API path")

@@ -426,7 +426,7 @@ _TOKEN = re.compile(
     r"\s*(?:(?P<string>'(?:[^']|'')*')|(?P<number>-?\d+)|(?P<name>[A-Za-z_]\w*)"
     r"|(?P<punct>[()/,:]))"
 )
-_FUNCTIONS = {
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "startswith": lambda a, b: (
         isinstance(a, str) and isinstance(b, str) and a.startswith(b)
     ),
