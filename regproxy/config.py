@@ -174,6 +174,13 @@ def parseResolver(value: Any) -> str | None:
     raise ValueError(f"expected balena, identity or static:FILE, got {text!r}")
 
 
+def parseAuthMode(value: Any) -> str:
+    text = parseText(value)
+    if text not in ("broker", "passthrough"):
+        raise ValueError(f"expected broker or passthrough, got {text!r}")
+    return text
+
+
 def defaultStateDir() -> str:
     """
     Where keys and generated files live when C{--state-dir} is not given:
@@ -278,6 +285,14 @@ class Config:
         secret=True,
         aliases=("API_TOKEN",),
         metavar="KEY",
+    )
+    auth: str = setting(
+        "broker",
+        parseAuthMode,
+        "broker: clients get our own tokens and we act for them upstream "
+        "(needed for fleet names); passthrough: clients authenticate to the "
+        "upstream through us.",
+        metavar="MODE",
     )
     service_name: str = setting(
         "regproxy",

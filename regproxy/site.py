@@ -10,18 +10,28 @@ registry-format 404.
 from __future__ import annotations
 
 import json
+import os
 
 from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from treq.client import HTTPClient
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from regproxy.config import Config
+from regproxy.broker import (
+    Broker,
+    BrokeredRegistryResource,
+    TokenResource,
+    UpstreamLogins,
+)
+from regproxy.cache import CachingResolver
+from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
 from regproxy.errors import (
     API_VERSION,
     API_VERSION_HEADER,
@@ -39,7 +49,14 @@ from regproxy.forward import (
     relayHeaders,
 )
 from regproxy.passthrough import TokenPassthroughResource, UpstreamRealm, rewriteRealms
-from regproxy.upstream import makeUpstreamAgent
+from regproxy.resolve.balena import BalenaResolver
+from regproxy.resolve.identity import IdentityResolver
+from regproxy.resolve.interfaces import IResolver
+from regproxy.resolve.static import StaticResolver
+from regproxy.sealing import Sealer, loadOrCreateKey
+from regproxy.tokens import TokenVerifier, loadOrCreateIssuer
+from regproxy.upstream import NoCookies, makeUpstreamAgent
+from regproxy.upstreamauth import UpstreamAuthenticator
 from regproxy.urls import Origin, publicBase, rewriteLocation
 
 _log = Logger()
@@ -54,7 +71,7 @@ def errorForFailure(failure: Failure, what: str) -> RegistryError | None:
         return failure.value
     if failure.check(CancelledError):
         return None
-    if failure.check(UpstreamTimeout, netError.TimeoutError):
+    if failure.check(UpstreamTimeout, netError.TimeoutError, DeferredTimeoutError):
         return unavailable(f"{what} did not answer in time", status=504)
     if failure.check(netError.DNSLookupError):
         return unavailable(f"cannot resolve the host name of {what}")
@@ -240,20 +257,94 @@ class RegproxySite(Site):
         )
 
 
-def makeSite(config: Config, reactor, agent: IAgent | None = None) -> Site:
+def resolverKind(config: Config) -> str:
+    """
+    The resolver asked for, or the one that fits the upstream.
+    """
+    if config.resolver is not None:
+        return config.resolver
+    if config.upstream.rstrip("/") == DEFAULT_UPSTREAM or config.balena_api:
+        return "balena"
+    return "identity"
+
+
+def makeResolver(config: Config, reactor, apiClient=None) -> IResolver:
+    """
+    The L{IResolver} for C{config}, cached where it asks an API.
+
+    @param apiClient: A treq-like client for the balena API; by default
+        one with its own connection pool and no cookie jar.
+    """
+    kind = resolverKind(config)
+    if kind == "identity":
+        return IdentityResolver()
+    if kind.startswith("static:"):
+        return StaticResolver.fromFile(kind[len("static:") :])
+    if apiClient is None:
+        apiClient = HTTPClient(makeUpstreamAgent(reactor, config), cookiejar=NoCookies())
+    balena = BalenaResolver(config.balena_api or DEFAULT_BALENA_API, apiClient, reactor)
+    return CachingResolver(balena, reactor)
+
+
+def _stateDir(config: Config) -> str:
+    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+    return config.state_dir
+
+
+def makeBroker(config: Config, reactor, authenticator: UpstreamAuthenticator) -> Broker:
+    """
+    Our token issuer, verifier and sealer, with keys kept in the state dir
+    so tokens survive restarts and instances sharing the dir share tokens.
+    """
+    stateDir = _stateDir(config)
+    issuer = loadOrCreateIssuer(stateDir, "regproxy", reactor)
+    verifier = TokenVerifier.forKeys(
+        issuer.issuer, config.service_name, [issuer.key.public_key()], reactor
+    )
+    sealer = Sealer(loadOrCreateKey(os.path.join(stateDir, "sealing.key")))
+    backend = UpstreamLogins(authenticator, reactor)
+    return Broker(issuer, verifier, sealer, backend, config.service_name, config.public_url)
+
+
+def makeSite(
+    config: Config,
+    reactor,
+    agent: IAgent | None = None,
+    apiClient=None,
+) -> Site:
     """
     Build the server for C{config}.
 
     @param agent: Speaks HTTP to the upstream; by default a pooled
         L{Agent} made from the configuration.
+    @param apiClient: A treq-like client for the balena API.
     """
     if agent is None:
         agent = makeUpstreamAgent(reactor, config)
     upstream = Origin.fromURL(config.upstream)
     forwarder = Forwarder(agent, reactor, config.response_timeout)
-    realm = UpstreamRealm(forwarder, upstream)
     root = RootResource()
-    root.putChild(b"v2", RegistryResource(forwarder, upstream, config.public_url, realm))
-    root.putChild(b"token", TokenPassthroughResource(forwarder, realm))
+    if config.auth == "passthrough":
+        realm = UpstreamRealm(forwarder, upstream)
+        root.putChild(b"v2", RegistryResource(forwarder, upstream, config.public_url, realm))
+        root.putChild(b"token", TokenPassthroughResource(forwarder, realm))
+    else:
+        authenticator = UpstreamAuthenticator(agent, upstream, reactor)
+        broker = makeBroker(config, reactor, authenticator)
+        resolver = makeResolver(config, reactor, apiClient)
+        root.putChild(
+            b"v2",
+            BrokeredRegistryResource(
+                broker,
+                resolver,
+                authenticator,
+                forwarder,
+                upstream,
+                config.public_url,
+                config.api_token,
+                fleetNames=resolverKind(config) != "identity",
+            ),
+        )
+        root.putChild(b"token", TokenResource(broker))
     root.putChild(b"_health", healthResource())
     return RegproxySite(root, reactor=reactor)

@@ -6,6 +6,8 @@ verifying TLS against the system's roots or a CA file we are given.
 
 from __future__ import annotations
 
+from http.cookiejar import CookieJar
+
 from twisted.internet import ssl
 from twisted.web.client import (
     Agent,
@@ -41,6 +43,19 @@ def loadTrustRoot(path: str) -> ssl.IOpenSSLTrustRoot:
     if not certificates:
         raise ValueError(f"--upstream-ca: no PEM certificate in {path}")
     return ssl.trustRootFromCertificates(certificates)
+
+
+class NoCookies(CookieJar):
+    """
+    A cookie jar that keeps nothing: one client's upstream cookie must never
+    be replayed for another.
+    """
+
+    def set_cookie(self, cookie) -> None:  # noqa: D102
+        pass
+
+    def extract_cookies(self, response, request) -> None:  # noqa: D102
+        pass
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):

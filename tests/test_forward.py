@@ -100,7 +100,7 @@ class RelayTests(SynchronousTestCase):
         self.agent = RequestTraversalAgent(self.registry)
         self.reactor = MemoryReactorClock()
         self.site = makeSite(
-            Config(upstream=UPSTREAM, listen=()), self.reactor, agent=self.agent
+            Config(upstream=UPSTREAM, listen=(), auth="passthrough"), self.reactor, agent=self.agent
         )
 
     def exchange(self, method, path, headers=(), body=None):
@@ -215,7 +215,7 @@ class RelayTests(SynchronousTestCase):
         With --public-url, rewritten URLs use it whatever the Host header.
         """
         self.site = makeSite(
-            Config(upstream=UPSTREAM, public_url="https://regproxy.lan:5000", listen=()),
+            Config(upstream=UPSTREAM, public_url="https://regproxy.lan:5000", listen=(), auth="passthrough"),
             self.reactor,
             agent=self.agent,
         )
@@ -300,7 +300,7 @@ class LocalAnswersTests(SynchronousTestCase):
         self.registry = FakeRegistry()
         self.agent = RequestTraversalAgent(self.registry)
         self.site = makeSite(
-            Config(upstream=UPSTREAM, listen=()), MemoryReactorClock(), agent=self.agent
+            Config(upstream=UPSTREAM, listen=(), auth="passthrough"), MemoryReactorClock(), agent=self.agent
         )
 
     def test_health(self) -> None:

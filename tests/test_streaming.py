@@ -100,7 +100,7 @@ class StreamingTests(SynchronousTestCase):
         self.agent = FakeAgent()
         self.reactor = MemoryReactorClock()
         self.site = makeSite(
-            Config(upstream="http://upstream.example", listen=(), response_timeout=30),
+            Config(upstream="http://upstream.example", listen=(), response_timeout=30, auth="passthrough"),
             self.reactor,
             agent=self.agent,
         )
