@@ -26,6 +26,9 @@ class TapTestCase(SynchronousTestCase):
             if not key.startswith("REGPROXY_")
         }
         self.patch(os, "environ", self.environ)
+        # Making the service writes keys into the state directory: never
+        # the real one.
+        self.environ["REGPROXY_STATE_DIR"] = os.path.abspath(self.mktemp())
 
     def parse(self, *argv: str) -> Options:
         options = Options()
