@@ -260,9 +260,25 @@ class ErrorTests(SynchronousTestCase):
 
     def test_privateWithKey(self) -> None:
         self.successResultOf(self.h.resolve("acme/private-app/1.0.0", ALICE))
-        self.successResultOf(
-            self.h.resolve("acme/private-app", Credentials.fromServer(ALICE_KEY))
+
+    def test_serverKeyHidesPrivate(self) -> None:
+        """
+        The server's own key resolves public fleets for anonymous clients,
+        but a private fleet stays as unknown to them as a missing one, even
+        when the key could see it: its releases, services and existence are
+        not theirs to learn.
+        """
+        server = Credentials.fromServer(ALICE_KEY)
+        self.successResultOf(self.h.resolve("acme/public-app/1.2.3", server))
+        missing = self.assertFails("acme/private-nope", NameUnknown, server)
+        error = self.assertFails("acme/private-app/9.9.9", NameUnknown, server)
+        self.assertEqual(
+            error.message, missing.message.replace("private-nope", "private-app")
         )
+        d = self.h.resolver.listReleases(ImageReference("acme/private-app"), server)
+        self.h.stub.flush()
+        self.failureResultOf(d, NameUnknown)
+        self.assertEqual({c.user for c in self.h.api.apiCalls}, {"alice"})
 
     def test_unknownRelease(self) -> None:
         error = self.assertFails("acme/public-app/9.9.9", ManifestUnknown)

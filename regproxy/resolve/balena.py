@@ -41,6 +41,7 @@ from regproxy import odata
 from regproxy.odata import Query
 from regproxy.reference import ALIASES, FleetName, ImageReference, InvalidReference
 from regproxy.resolve.interfaces import (
+    SERVER,
     Credentials,
     IResolver,
     ManifestUnknown,
@@ -423,14 +424,19 @@ class BalenaResolver:
         rows = await self._get(
             "v6/application",
             Query(
-                select=("id", "slug"),
+                select=("id", "slug", "is_public"),
                 filter=odata.eq("slug", fleet.slug),
                 expand=expand,
             ),
             credentials,
         )
-        if not rows:
-            # Missing, or private and not ours to see: the same answer.
+        # Missing, or private and not the client's to see: the same answer.
+        # The server's own key asks for anonymous clients, which could not
+        # pull a private fleet's images anyway; its releases, services and
+        # very existence are not theirs to learn either.
+        if not rows or (
+            credentials.source == SERVER and rows[0].get("is_public") is not True
+        ):
             raise NameUnknown(f"no fleet {fleet.slug}")
         return rows[0]
 
