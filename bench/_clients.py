@@ -119,6 +119,14 @@ def _get(url: str, timeout: float) -> http.client.HTTPResponse:
     return response
 
 
+def parseChallenge(challenge: str) -> dict[str, str]:
+    """
+    The quoted parameters of a C{WWW-Authenticate} challenge, enough for
+    the challenges registries send (C{Bearer realm="...",service="..."}).
+    """
+    return dict(re.findall(r'(\w+)="([^"\\]*)"', challenge))
+
+
 def bearerToken(baseURL: str, repository: str, timeout: float = 30.0) -> str:
     """
     An anonymous pull token, got as docker does: from the realm and service
@@ -127,7 +135,7 @@ def bearerToken(baseURL: str, repository: str, timeout: float = 30.0) -> str:
     challenge = _get(baseURL + "/v2/", timeout).getheader("WWW-Authenticate") or ""
     if not challenge.lower().startswith("bearer "):
         raise BenchError(f"{baseURL}/v2/: no Bearer challenge ({challenge!r})")
-    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    params = parseChallenge(challenge)
     if "realm" not in params:
         raise BenchError(f"{baseURL}/v2/: a challenge without a realm")
     query = urlencode(
@@ -220,28 +228,48 @@ def runWrk(
         raise BenchError(
             f"wrk {url}: still running after {duration + 30:g} s"
         ) from None
-    match = re.search(r"^WRK-RESULT (.*)$", done.stdout, re.M)
-    if done.returncode != 0 or not match:
+    if done.returncode != 0:
         raise BenchError(f"wrk {url}: {done.stderr.strip() or done.stdout[-500:]}")
-    raw = json.loads(match.group(1))
-    if raw["requests"] == 0:
-        raise BenchError(f"wrk {url}: no request completed")
-    errors = sum(
-        raw[k]
-        for k in (
-            "connect_errors",
-            "read_errors",
-            "write_errors",
-            "status_errors",
-            "timeouts",
+    try:
+        return parseWrk(done.stdout)
+    except BenchError as e:
+        raise BenchError(f"wrk {url}: {e}") from None
+
+
+def parseWrk(out: str) -> Load:
+    """
+    The figures that L{wrkScript}'s C{done} function prints as one JSON line.
+
+    @raise BenchError: If the line is missing or no request completed.
+    """
+    match = re.search(r"^WRK-RESULT (\{.*\})$", out, re.M)
+    try:
+        raw = json.loads(match.group(1)) if match else None
+        if not isinstance(raw, dict):
+            raise ValueError("not an object")
+        requests = int(raw["requests"])
+        seconds = int(raw["duration_us"]) / 1e6
+        errors = sum(
+            int(raw[k])
+            for k in (
+                "connect_errors",
+                "read_errors",
+                "write_errors",
+                "status_errors",
+                "timeouts",
+            )
         )
-    )
+        p50, p99, mean = (float(raw[k]) / 1e6 for k in ("p50_us", "p99_us", "mean_us"))
+    except (ValueError, KeyError, TypeError, OverflowError):
+        raise BenchError(f"no figures in its output:\n{out[-800:]}") from None
+    if requests <= 0 or seconds <= 0:
+        raise BenchError("no request completed")
     return Load(
-        requests=raw["requests"],
-        rps=raw["requests"] / (raw["duration_us"] / 1e6),
-        p50=raw["p50_us"] / 1e6,
-        p99=raw["p99_us"] / 1e6,
-        mean=raw["mean_us"] / 1e6,
+        requests=requests,
+        rps=requests / seconds,
+        p50=p50,
+        p99=p99,
+        mean=mean,
         errors=errors,
         raw=raw,
     )
@@ -286,34 +314,45 @@ def runHey(
         raise BenchError(
             f"hey {url}: still running after {duration + 30:g} s"
         ) from None
-    out = done.stdout
+    if done.returncode != 0:
+        raise BenchError(f"hey {url}: {done.stderr.strip() or done.stdout[-500:]}")
+    try:
+        return parseHey(done.stdout)
+    except BenchError as e:
+        raise BenchError(f"hey {url}: {e}") from None
+
+
+def parseHey(out: str) -> Load:
+    """
+    The figures in hey's summary: requests per second, the 50% and 99%
+    latencies, and as errors every answer of 400 or more plus every request
+    that got no answer ("Error distribution").
+
+    @raise BenchError: If a figure is missing or no request completed.
+    """
 
     def figure(pattern: str) -> float:
         match = re.search(pattern, out)
         if not match:
-            raise BenchError(f"hey {url}: no /{pattern}/ in its output:\n{out}")
+            raise BenchError(f"no /{pattern}/ in its output:\n{out[-800:]}")
         return float(match.group(1))
 
-    if done.returncode != 0:
-        raise BenchError(f"hey {url}: {done.stderr.strip() or out[-500:]}")
-    statuses = {
-        int(code): int(count)
-        for code, count in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)
-    }
+    statuses: dict[int, int] = {}
+    for code, count in re.findall(r"\[(\d+)\]\s+(\d+) responses", out):
+        statuses[int(code)] = statuses.get(int(code), 0) + int(count)
     failures = 0
     if "Error distribution:" in out:
         tail = out.split("Error distribution:", 1)[1]
         failures = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s", tail, re.M))
     requests = sum(statuses.values())
     if requests == 0:
-        raise BenchError(f"hey {url}: no request completed:\n{out[-800:]}")
-    errors = failures + sum(n for code, n in statuses.items() if code >= 400)
+        raise BenchError(f"no request completed:\n{out[-800:]}")
     return Load(
         requests=requests,
-        rps=figure(r"Requests/sec:\s+([\d.]+)"),
-        p50=figure(r"50% in ([\d.]+) secs"),
-        p99=figure(r"99% in ([\d.]+) secs"),
-        mean=figure(r"Average:\s+([\d.]+) secs"),
-        errors=errors,
+        rps=figure(r"Requests/sec:\s+(\d+(?:\.\d+)?)"),
+        p50=figure(r"50% in (\d+(?:\.\d+)?) secs"),
+        p99=figure(r"99% in (\d+(?:\.\d+)?) secs"),
+        mean=figure(r"Average:\s+(\d+(?:\.\d+)?) secs"),
+        errors=failures + sum(n for code, n in statuses.items() if code >= 400),
         raw={"statuses": statuses, "failures": failures, "tool": "hey"},
     )
