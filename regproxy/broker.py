@@ -224,7 +224,19 @@ class Broker:
 
     # Issuing
 
-    def issue(self, account: Account, scopes: tuple[Scope, ...]) -> Any:
+    def issue(
+        self, account: Account, scopes: tuple[Scope, ...], service: str | None = None
+    ) -> Any:
+        """
+        Sign a token for C{account} with what it may have of C{scopes}.
+
+        @param service: The service the client asked for.  Only a backend
+            whose grants hold anywhere (our own users and rules) signs for
+            another service than ours, acting as a registry's token server.
+        """
+        audience = self.serviceName
+        if service and getattr(self.backend, "issuesForOtherServices", False):
+            audience = service
         extra = {}
         if account.upstream is not None:
             extra[_SEALED_CLAIM] = self.sealer.sealJSON(
@@ -232,7 +244,7 @@ class Broker:
                 _UPSTREAM_CREDENTIALS,
             )
         granted = self.backend.grant(account, scopes)
-        return self.issuer.issue(account.name, self.serviceName, granted, extra)
+        return self.issuer.issue(account.name, audience, granted, extra)
 
     def refreshToken(self, credentials: BasicCredentials) -> str:
         expires = int(self.issuer.clock.seconds()) + REFRESH_LIFETIME
@@ -415,7 +427,9 @@ class TokenResource(Resource):
         self._answer(request, account, refresh)
 
     def _answer(self, request: Request, account: Account, refresh: str | None) -> None:
-        issued = self._broker.issue(account, self._scopes(request))
+        issued = self._broker.issue(
+            account, self._scopes(request), _first(request, b"service")
+        )
         body = tokenResponseBody(issued, refresh)
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")

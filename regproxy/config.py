@@ -313,6 +313,77 @@ class Config:
         "many seconds old.",
         metavar="SECONDS",
     )
+    htpasswd: str | None = setting(
+        None,
+        parseOptionalText,
+        "bcrypt htpasswd file of the users regproxy lets in; with it, users "
+        "are enforced on every request and the upstream is reached with "
+        "--upstream-user or anonymously. Re-read when it changes.",
+        metavar="FILE",
+    )
+    access: str | None = setting(
+        None,
+        parseOptionalText,
+        "TOML rules of which users may pull, push or delete which "
+        "repositories [default with --htpasswd: every user pulls and "
+        "pushes everything, anonymous clients nothing].",
+        metavar="FILE",
+    )
+    upstream_user: str | None = setting(
+        None,
+        parseOptionalText,
+        "User name regproxy uses towards the upstream when it enforces its "
+        "own users.",
+        metavar="NAME",
+    )
+    upstream_password: str | None = setting(
+        None,
+        parseOptionalText,
+        "Password for --upstream-user (better from the environment or "
+        "--upstream-password-file).",
+        secret=True,
+        metavar="PASSWORD",
+    )
+    upstream_password_file: str | None = setting(
+        None,
+        parseOptionalText,
+        "File holding the password for --upstream-user.",
+        metavar="FILE",
+    )
+    token_issuer: str = setting(
+        "regproxy",
+        parseText,
+        "The iss of our tokens; a distribution registry's auth.token.issuer.",
+        aliases=("REGISTRY_TOKEN_AUTH_CERT_ISSUER",),
+        metavar="ISSUER",
+    )
+    token_key: str | None = setting(
+        None,
+        parseOptionalText,
+        "PEM private key (P-256) that signs our tokens, e.g. ISSUER.pem from "
+        "'regproxy gen-token-auth-cert' [default: one kept in --state-dir].",
+        metavar="FILE",
+    )
+    token_cert: str | None = setting(
+        None,
+        parseOptionalText,
+        "The certificate of --token-key (ISSUER.crt), put in the tokens' x5c.",
+        metavar="FILE",
+    )
+    token_lifetime: float = setting(
+        300.0,
+        parsePositiveFloat,
+        "Seconds our tokens are valid for.",
+        metavar="SECONDS",
+    )
+    cors_origin: tuple[str, ...] = setting(
+        (),
+        parseText,
+        "A browser origin (https://ui.example) allowed to use the registry "
+        "API from JavaScript (repeatable; * for any).",
+        repeatable=True,
+        metavar="ORIGIN",
+    )
 
 
 def settings() -> Iterable[tuple[attrs.Attribute, Setting]]:

@@ -54,9 +54,19 @@ from regproxy.resolve.identity import IdentityResolver
 from regproxy.resolve.interfaces import IResolver
 from regproxy.resolve.static import StaticResolver
 from regproxy.sealing import Sealer, loadOrCreateKey
-from regproxy.tokens import TokenVerifier, loadOrCreateIssuer
+from regproxy.tokens import (
+    TokenIssuer,
+    TokenVerifier,
+    issuerFromOpenBalenaEnvironment,
+    loadIssuer,
+    loadOrCreateIssuer,
+)
+from regproxy.access import AccessRules, AccessRulesError, loadAccessRules
+from regproxy.cors import CORSPolicy
+from regproxy.userauth import HtpasswdLogins
+from regproxy.users import HtpasswdError, HtpasswdUsers, ThreadPoolRunner
 from regproxy.upstream import NoCookies, makeUpstreamAgent
-from regproxy.upstreamauth import UpstreamAuthenticator
+from regproxy.upstreamauth import BasicCredentials, UpstreamAuthenticator
 from regproxy.urls import Origin, publicBase, rewriteLocation
 
 _log = Logger()
@@ -231,6 +241,12 @@ class LoggingRequest(StreamingRequest):
         reactor = getattr(getattr(channel, "site", None), "reactor", None)
         self.startedAt = reactor.seconds() if reactor is not None else None
 
+    def process(self) -> None:
+        policy = getattr(self.channel.site, "cors", None)
+        if policy is not None and policy.apply(self):
+            return
+        super().process()
+
 
 class RegproxySite(Site):
     """
@@ -283,7 +299,12 @@ def makeResolver(config: Config, reactor, apiClient=None) -> IResolver:
     if apiClient is None:
         apiClient = HTTPClient(makeUpstreamAgent(reactor, config), cookiejar=NoCookies())
     balena = BalenaResolver(config.balena_api or DEFAULT_BALENA_API, apiClient, reactor)
-    return CachingResolver(balena, reactor)
+    return CachingResolver(
+        balena,
+        reactor,
+        ttl=config.resolve_cache_ttl,
+        staleAge=config.resolve_stale_age,
+    )
 
 
 def _stateDir(config: Config) -> str:
@@ -291,18 +312,73 @@ def _stateDir(config: Config) -> str:
     return config.state_dir
 
 
+def makeIssuer(config: Config, reactor, environ=os.environ) -> TokenIssuer:
+    """
+    The key that signs our tokens: the one given (C{--token-key} and
+    C{--token-cert}, or openBalena's C{REGISTRY_TOKEN_AUTH_*} variables), or
+    one made once and kept in the state dir, so tokens survive restarts and
+    instances sharing the dir honour each other's tokens.
+    """
+    lifetime = int(config.token_lifetime)
+    if config.token_key or config.token_cert:
+        if not (config.token_key and config.token_cert):
+            raise ValueError("--token-key and --token-cert go together")
+        return loadIssuer(
+            config.token_issuer, config.token_key, config.token_cert, reactor, lifetime
+        )
+    fromEnvironment = issuerFromOpenBalenaEnvironment(environ, reactor, lifetime)
+    if fromEnvironment is not None:
+        return fromEnvironment
+    return loadOrCreateIssuer(_stateDir(config), config.token_issuer, reactor, lifetime)
+
+
+def serviceCredentials(config: Config) -> BasicCredentials | None:
+    """
+    What regproxy authenticates to the upstream with when it enforces its
+    own users.
+    """
+    if config.upstream_user is None:
+        return None
+    password = config.upstream_password
+    if password is None and config.upstream_password_file:
+        try:
+            with open(config.upstream_password_file, encoding="utf-8") as f:
+                password = f.read().rstrip("\r\n")
+        except OSError as e:
+            raise ValueError(
+                f"--upstream-password-file: cannot read "
+                f"{config.upstream_password_file}: {e.strerror}"
+            ) from None
+    return BasicCredentials(config.upstream_user, password or "")
+
+
+def makeBackend(config: Config, reactor, authenticator: UpstreamAuthenticator):
+    """
+    Who judges logins: our own htpasswd users and rules when configured,
+    else the upstream.
+    """
+    if config.htpasswd is None:
+        if config.access is not None:
+            raise ValueError("--access needs --htpasswd")
+        return UpstreamLogins(authenticator, reactor)
+    try:
+        users = HtpasswdUsers(config.htpasswd, reactor, ThreadPoolRunner(reactor))
+        rules = loadAccessRules(config.access) if config.access else AccessRules.default()
+    except (HtpasswdError, AccessRulesError) as e:
+        raise ValueError(str(e)) from None
+    return HtpasswdLogins(users, rules, serviceCredentials(config))
+
+
 def makeBroker(config: Config, reactor, authenticator: UpstreamAuthenticator) -> Broker:
     """
-    Our token issuer, verifier and sealer, with keys kept in the state dir
-    so tokens survive restarts and instances sharing the dir share tokens.
+    Our token issuer, verifier, sealer and auth backend.
     """
-    stateDir = _stateDir(config)
-    issuer = loadOrCreateIssuer(stateDir, "regproxy", reactor)
+    issuer = makeIssuer(config, reactor)
     verifier = TokenVerifier.forKeys(
         issuer.issuer, config.service_name, [issuer.key.public_key()], reactor
     )
-    sealer = Sealer(loadOrCreateKey(os.path.join(stateDir, "sealing.key")))
-    backend = UpstreamLogins(authenticator, reactor)
+    sealer = Sealer(loadOrCreateKey(os.path.join(_stateDir(config), "sealing.key")))
+    backend = makeBackend(config, reactor, authenticator)
     return Broker(issuer, verifier, sealer, backend, config.service_name, config.public_url)
 
 
@@ -347,4 +423,6 @@ def makeSite(
         )
         root.putChild(b"token", TokenResource(broker))
     root.putChild(b"_health", healthResource())
-    return RegproxySite(root, reactor=reactor)
+    site = RegproxySite(root, reactor=reactor)
+    site.cors = CORSPolicy(config.cors_origin)
+    return site
