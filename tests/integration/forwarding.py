@@ -18,6 +18,8 @@ import os
 import shutil
 import tempfile
 
+import attrs
+from twisted.trial.unittest import SkipTest
 from regproxy.challenge import parseChallenges
 
 from .clients import Podman, Skopeo, httpClient
@@ -46,6 +48,22 @@ def readBlob(layout: str, digest: str) -> bytes:
         return f.read()
 
 
+def authSettings(auth: str) -> dict[str, str]:
+    """
+    The L{Config} fields that choose how regproxy handles auth.  Issue 2's
+    behaviour (credentials and challenges passed through) is
+    C{auth="passthrough"} since the broker arrived; a regproxy without the
+    C{auth} setting only has that behaviour.
+    """
+    from regproxy.config import Config
+
+    if "auth" not in attrs.fields_dict(Config):
+        if auth != "passthrough":
+            raise SkipTest(f"this regproxy has no auth setting, so no {auth!r} mode")
+        return {}
+    return {"auth": auth}
+
+
 class ForwardingTests:
     """
     Push and pull through regproxy, for a L{twisted.trial.unittest.TestCase}
@@ -53,6 +71,7 @@ class ForwardingTests:
     """
 
     mode: str
+    auth = "passthrough"
     timeout = 300
     credentials: tuple[str, str] | None = ("alice", "wonderland")
 
@@ -64,7 +83,7 @@ class ForwardingTests:
         self.registry = await startRegistry(
             self, mode=self.mode, users=dict([self.credentials or ("alice", "wonderland")])
         )
-        self.proxy = startProxy(self, self.registry)
+        self.proxy = startProxy(self, self.registry, **authSettings(self.auth))
         self.skopeo = Skopeo(self)
         self.layout = temporaryDirectory(self, "oci-src-")
         if self.mode == "open":
@@ -101,28 +120,36 @@ class ForwardingTests:
     async def authorization(self, http, repository: str) -> dict[str, list[str]]:
         """
         The C{Authorization} header a plain HTTP client needs to read
-        C{repository} through regproxy: none, Basic, or a Bearer token got
-        from the realm regproxy's challenge names.
+        C{repository} through regproxy, found as a client finds it: ping
+        C{/v2/}, then answer the challenge (none, Basic, or a Bearer token
+        from the realm the challenge names, with our credentials if any).
         """
-        if self.credentials is None:
-            return {}
-        basic = "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
-        if self.mode != "token":
-            return {"Authorization": [basic]}
         ping = await http.get(self.proxy.url + "/v2/")
         await ping.content()
+        if ping.code == 200:
+            return {}
         self.assertEqual(ping.code, 401)
-        (challenge,) = parseChallenges(
-            ping.headers.getRawHeaders("www-authenticate")[0]
-        )
+        (challenge,) = parseChallenges(ping.headers.getRawHeaders("www-authenticate")[0])
+        basic = {}
+        if self.credentials is not None:
+            basic = {
+                "Authorization": [
+                    "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
+                ]
+            }
+        if challenge.scheme.lower() == "basic":
+            return basic
         response = await http.get(
             challenge.get("realm"),
-            params={"service": challenge.get("service"), "scope": f"repository:{repository}:pull"},
-            headers={"Authorization": [basic]},
+            params={
+                "service": challenge.get("service"),
+                "scope": f"repository:{repository}:pull",
+            },
+            headers=basic,
         )
-        self.assertEqual(response.code, 200)
-        token = json.loads(await response.content())["token"]
-        return {"Authorization": ["Bearer " + token]}
+        body = await response.content()
+        self.assertEqual(response.code, 200, body)
+        return {"Authorization": ["Bearer " + json.loads(body)["token"]]}
 
     def assertDirHolds(self, directory: str, image: Image, manifest: bytes | None = None) -> None:
         """
