@@ -34,6 +34,7 @@ from zope.interface import Interface, implementer
 from regproxy.challenge import bearer
 from regproxy.errors import API_VERSION, API_VERSION_HEADER, RegistryError, writeError
 from regproxy.forward import Forwarder, forwardedRequestHeaders, relayHeaders
+from regproxy.manifestcache import CachedManifest, ManifestCache, acceptable
 from regproxy.reference import (
     BASE,
     BLOBS,
@@ -189,6 +190,9 @@ class Broker:
     backend: IAuthBackend
     serviceName: str
     publicURL: str | None = None
+    _verified: OrderedDict[str, tuple[dict[str, Any], float]] = attrs.field(
+        factory=OrderedDict
+    )
 
     _log = Logger()
 
@@ -285,7 +289,7 @@ class Broker:
         header = request.getHeader(b"authorization") or b""
         if header[:7].lower() == b"bearer ":
             try:
-                claims = self.verifier.verify(header[7:].strip().decode("latin-1"))
+                claims = self._verify(header[7:].strip().decode("latin-1"))
             except TokenError:
                 raise self.unauthorized(
                     request, "the token is invalid or expired", needed, "invalid_token"
@@ -312,6 +316,24 @@ class Broker:
                 "insufficient_scope",
             )
         return account
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        """
+        Check a token, remembering good ones until they expire: a client
+        sends the same token on every request, and an ECDSA check per
+        request would cost more than the rest of the request.
+        """
+        now = self.issuer.clock.seconds()
+        known = self._verified.get(token)
+        if known is not None and known[1] > now:
+            return known[0]
+        claims = self.verifier.verify(token)
+        expires = claims.get("exp")
+        if isinstance(expires, (int, float)):
+            self._verified[token] = (claims, float(expires))
+            while len(self._verified) > 4096:
+                self._verified.popitem(last=False)
+        return claims
 
     def _accountFromClaims(self, claims: dict[str, Any]) -> Account:
         name = claims.get("sub") or None
@@ -514,6 +536,7 @@ class BrokeredRegistryResource(Resource):
         self._serverAPIKey = serverAPIKey
         self._fleetNames = fleetNames
         self.digests = DigestLocations()
+        self.manifests = ManifestCache(broker.issuer.clock)
 
     def render(self, request: Request) -> object:
         request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
@@ -640,8 +663,24 @@ class BrokeredRegistryResource(Resource):
     ) -> None:
         assert path.name is not None
         actions = requiredActions(request.method, path.kind)
+        upstreamCredentials = self._broker.backend.upstreamCredentials(account)
+        cacheKey = None
+        if (
+            path.kind == MANIFESTS
+            and request.method in (b"GET", b"HEAD")
+            and self._immutable(path, resolution)
+        ):
+            cacheKey = (
+                upstreamCredentials.cacheKey if upstreamCredentials else "anonymous",
+                resolution.repository,
+                resolution.reference or path.reference or "",
+            )
+            cached = self.manifests.get(cacheKey)
+            if cached is not None and acceptable(request.requestHeaders, cached.contentType):
+                self._writeManifest(request, cached)
+                return
         authorization = await self._upstreamAuth.authorization(
-            self._broker.backend.upstreamCredentials(account),
+            upstreamCredentials,
             resolution.repository,
             actions,
         )
@@ -684,17 +723,51 @@ class BrokeredRegistryResource(Resource):
             path.kind == MANIFESTS
             and request.method == b"GET"
             and response.code == 200
-            and resolution.repository != path.name
-            and response.length is not None
+            and (cacheKey is not None or resolution.repository != path.name)
             and isinstance(response.length, int)
             and response.length <= MAX_MANIFEST
         ):
             body = await readBody(response)
-            self.digests.remember(path.name, manifestDigests(body), resolution.repository)
+            if resolution.repository != path.name:
+                self.digests.remember(
+                    path.name, manifestDigests(body), resolution.repository
+                )
+            if cacheKey is not None:
+                self.manifests.put(
+                    cacheKey,
+                    CachedManifest(
+                        body,
+                        response.headers.getRawHeaders(
+                            b"content-type", [b"application/octet-stream"]
+                        )[-1],
+                        (response.headers.getRawHeaders(b"docker-content-digest") or [None])[-1],
+                    ),
+                )
             request.write(body)
             request.finish()
             return
         await self._forwarder.relayBody(request, response)
+
+    def _immutable(self, path: RegistryPath, resolution: Resolution) -> bool:
+        """
+        Whether the manifest asked for can never change: a digest, or an
+        image of a fleet release (each in a repository of its own).
+        """
+        reference = resolution.reference or path.reference or ""
+        if ":" in reference:
+            return True
+        return self._fleetNames and resolution.repository != path.name
+
+    def _writeManifest(self, request: Request, manifest: CachedManifest) -> None:
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", manifest.contentType)
+        if manifest.digest is not None:
+            request.setHeader(b"Docker-Content-Digest", manifest.digest)
+            request.setHeader(b"ETag", b'"' + manifest.digest + b'"')
+        request.setHeader(b"Content-Length", b"%d" % (len(manifest.body),))
+        if request.method != b"HEAD":
+            request.write(manifest.body)
+        request.finish()
 
     def _denied(self, request: Request, path: RegistryPath, account: Account) -> RegistryError:
         """

@@ -105,10 +105,15 @@ def parseHTTPURL(value: Any) -> str:
     An absolute http or https URL, returned without a trailing slash.
     """
     text = parseText(value)
+    if any(c.isspace() for c in text):
+        raise ValueError(f"must not contain white space: {text!r}")
     try:
         url = URL.from_text(text)
+        port = url.port
     except Exception as e:
         raise ValueError(f"not a URL: {e}") from None
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"port out of range: {text!r}")
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"not an http or https URL: {text!r}")
     if url.query or url.fragment:
@@ -127,7 +132,7 @@ def parsePositiveFloat(value: Any) -> float:
         raise ValueError("expected a number of seconds")
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"expected a number of seconds, got {value!r}") from None
     if not number > 0 or number == float("inf"):
         raise ValueError(f"must be a positive number of seconds, got {value!r}")
@@ -446,6 +451,8 @@ def readConfigFile(path: str) -> dict[str, Any]:
         raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config: {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config: {path} is not UTF-8 text") from None
     known = {field.name: field for field, _ in settings()}
     values: dict[str, Any] = {}
     for key, value in document.items():
@@ -491,4 +498,6 @@ def loadConfig(
         else:
             continue
         values[field.name] = _parseRaw(field, spec, raw, source)
+    if values.get("listen") == ():
+        raise ConfigError("--listen: at least one listener is needed")
     return Config(**values)

@@ -127,7 +127,12 @@ def makeService(options: Options) -> service.IService:
     except (OSError, ValueError) as e:
         raise SystemExit(f"regproxy: {e}") from None
     for description in config.listen:
-        listener = strports.service(description, site)
+        try:
+            listener = strports.service(description, site)
+        except (ValueError, TypeError, KeyError) as e:
+            raise SystemExit(
+                f"regproxy: --listen: cannot use {description!r}: {e}"
+            ) from None
         listener.setServiceParent(top)
     return top
 

@@ -322,10 +322,6 @@ class ConfigFileTests(ConfigTestCase):
         error = self.assertRaises(ConfigError, loadConfig, {}, {}, path)
         self.assertOneLineError(error, "--config")
 
-    test_notUTF8.todo = (  # type: ignore[attr-defined]
-        "readConfigFile lets tomllib's UnicodeDecodeError escape for a "
-        "Latin-1 file: a traceback instead of one line"
-    )
 
     def test_example(self) -> None:
         """
@@ -411,10 +407,6 @@ class RepeatableTests(ConfigTestCase):
             error = self.assertRaises(ConfigError, loadConfig, {}, environ, path)
             self.assertOneLineError(error, "--listen")
 
-    test_emptyListen.todo = (  # type: ignore[attr-defined]
-        "REGPROXY_LISTEN='' and listen = [] give Config(listen=()), "
-        "a daemon with no listener"
-    )
 
 
 class BadValueTests(ConfigTestCase):
@@ -554,10 +546,6 @@ class BadValueTests(ConfigTestCase):
         error = self.assertRaises(ConfigError, loadConfig, {}, {}, path)
         self.assertOneLineError(error, "--connect-timeout")
 
-    test_timeoutHugeIntegerInFile.todo = (  # type: ignore[attr-defined]
-        "parsePositiveFloat lets float()'s OverflowError escape: "
-        "a traceback instead of one line"
-    )
 
     def test_listen(self) -> None:
         """
@@ -688,10 +676,6 @@ class ParserPropertyTests(ConfigTestCase):
         ]:
             self.assertRaises(ValueError, parseHTTPURL, text)
 
-    test_httpURLRefusesWhitespace.todo = (  # type: ignore[attr-defined]
-        "parseHTTPURL accepts 'https://registry.example\\n' and "
-        "'https://registry example' as they are"
-    )
 
     def test_httpURLRefusesBadPort(self) -> None:
         """
@@ -700,9 +684,6 @@ class ParserPropertyTests(ConfigTestCase):
         for text in ["http://registry.example:0", "http://registry.example:99999"]:
             self.assertRaises(ValueError, parseHTTPURL, text)
 
-    test_httpURLRefusesBadPort.todo = (  # type: ignore[attr-defined]
-        "parseHTTPURL accepts http://registry.example:99999 and :0"
-    )
 
     @_examples
     @given(st.one_of(st.text(), httpURLs().map(lambda u: u + "\x00")))

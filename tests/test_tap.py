@@ -256,11 +256,6 @@ class MakeServiceTests(TapTestCase):
             self.assertIn("--listen", str(exit.code))
             self.assertNotIn("\n", str(exit.code))
 
-    test_badEndpoint.todo = (  # type: ignore[attr-defined]
-        "--listen nosuchkind:80 / tcp:notaport / tcp:80:bogus=1 pass "
-        "parseEndpoint and raise ValueError/TypeError from strports.service: "
-        "a traceback from twistd"
-    )
 
     def test_unusableCA(self) -> None:
         """
