@@ -32,7 +32,9 @@ class ClientFailed(Exception):
     A client command exited non-zero or ran out of time.
     """
 
-    def __init__(self, argv: Sequence[str], code: int | None, stdout: bytes, stderr: bytes):
+    def __init__(
+        self, argv: Sequence[str], code: int | None, stdout: bytes, stderr: bytes
+    ):
         self.argv = list(argv)
         self.code = code
         self.stdout = stdout
@@ -115,7 +117,7 @@ async def runProcess(
 def _privateEnvironment(home: str) -> dict[str, str]:
     registriesConf = os.path.join(home, "registries.conf")
     with open(registriesConf, "w") as f:
-        f.write('unqualified-search-registries = []\n')
+        f.write("unqualified-search-registries = []\n")
     with open(os.path.join(home, "auth.json"), "w") as f:
         f.write('{"auths": {}}\n')
     return {
@@ -158,7 +160,9 @@ class Skopeo:
     @param testCase: Owns the temporary directory (removed at cleanup).
     """
 
-    def __init__(self, testCase, reactor=None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, testCase, reactor=None, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self.program = shutil.which("skopeo")
         if self.program is None:
             raise SkipTest("skopeo is not installed (apt-get install skopeo)")
@@ -169,7 +173,9 @@ class Skopeo:
         self.reactor = reactor
         self.timeout = timeout
 
-    async def run(self, *args: str, check: bool = True, timeout: float | None = None) -> Result:
+    async def run(
+        self, *args: str, check: bool = True, timeout: float | None = None
+    ) -> Result:
         argv = [self.program, "--policy", self.policy, *args]  # type: ignore[list-item]
         return await runProcess(
             argv, self.env, timeout or self.timeout, self.reactor, check=check
@@ -248,7 +254,9 @@ class Podman:
     namespaces in a container, for instance).
     """
 
-    def __init__(self, testCase, reactor=None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, testCase, reactor=None, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self.program = shutil.which("podman")
         if self.program is None:
             raise SkipTest("podman is not installed")
@@ -268,7 +276,7 @@ class Podman:
         self.env["CONTAINERS_STORAGE_CONF"] = storage
         containersConf = os.path.join(self.home, "containers.conf")
         with open(containersConf, "w") as f:
-            f.write("[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"none\"\n")
+            f.write('[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "none"\n')
         self.env["CONTAINERS_CONF"] = containersConf
         self.reactor = reactor
         self.timeout = timeout
@@ -276,21 +284,38 @@ class Podman:
     def _cleanup(self) -> None:
         # vfs layers may be owned by sub-uids; ask podman itself first.
         subprocess.run(
-            [self.program, "--root", f"{self.home}/root", "--runroot", f"{self.home}/run",
-             "system", "reset", "--force"],
-            env=self.env, capture_output=True, timeout=60,
+            [
+                self.program,
+                "--root",
+                f"{self.home}/root",
+                "--runroot",
+                f"{self.home}/run",
+                "system",
+                "reset",
+                "--force",
+            ],
+            env=self.env,
+            capture_output=True,
+            timeout=60,
         )
         shutil.rmtree(self.home, True)
 
-    async def run(self, *args: str, check: bool = True, timeout: float | None = None) -> Result:
+    async def run(
+        self, *args: str, check: bool = True, timeout: float | None = None
+    ) -> Result:
         argv = [
             self.program,
-            "--root", f"{self.home}/root",
-            "--runroot", f"{self.home}/run",
-            "--storage-driver", "vfs",
+            "--root",
+            f"{self.home}/root",
+            "--runroot",
+            f"{self.home}/run",
+            "--storage-driver",
+            "vfs",
             *args,
         ]  # type: ignore[list-item]
-        return await runProcess(argv, self.env, timeout or self.timeout, self.reactor, check=check)
+        return await runProcess(
+            argv, self.env, timeout or self.timeout, self.reactor, check=check
+        )
 
     async def check(self) -> None:
         """
@@ -299,7 +324,8 @@ class Podman:
         result = await self.run("info", check=False, timeout=60)
         if result.code != 0:
             raise SkipTest(
-                "podman does not work here: " + result.stderr.decode("utf-8", "replace")[-500:]
+                "podman does not work here: "
+                + result.stderr.decode("utf-8", "replace")[-500:]
             )
 
     async def pull(
@@ -319,7 +345,9 @@ class Podman:
         return await self.run(*args, timeout=timeout)
 
     async def imageDigest(self, reference: str) -> str:
-        result = await self.run("image", "inspect", "--format", "{{.Digest}}", reference)
+        result = await self.run(
+            "image", "inspect", "--format", "{{.Digest}}", reference
+        )
         return result.stdout.decode().strip()
 
 
@@ -350,7 +378,9 @@ def httpClient(testCase, caFile: str | None = None, reactor=None):
         @implementer(IPolicyForHTTPS)
         class _Trust:
             def creatorForNetloc(self, hostname: bytes, port: int):
-                return optionsForClientTLS(hostname.decode("ascii"), trustRoot=trustRoot)
+                return optionsForClientTLS(
+                    hostname.decode("ascii"), trustRoot=trustRoot
+                )
 
         policy = _Trust()
     return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))

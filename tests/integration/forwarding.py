@@ -20,6 +20,7 @@ import tempfile
 
 import attrs
 from twisted.trial.unittest import SkipTest
+
 from regproxy.challenge import parseChallenges
 
 from .clients import Podman, Skopeo, httpClient
@@ -81,7 +82,9 @@ class ForwardingTests:
 
     async def setUp(self) -> None:
         self.registry = await startRegistry(
-            self, mode=self.mode, users=dict([self.credentials or ("alice", "wonderland")])
+            self,
+            mode=self.mode,
+            users=dict([self.credentials or ("alice", "wonderland")]),
         )
         self.proxy = startProxy(self, self.registry, **authSettings(self.auth))
         self.skopeo = Skopeo(self)
@@ -100,7 +103,9 @@ class ForwardingTests:
             all=all,
         )
 
-    async def pull(self, repository: str, tag: str, destination: str, all: bool = False):
+    async def pull(
+        self, repository: str, tag: str, destination: str, all: bool = False
+    ):
         await self.skopeo.copy(
             self.proxy.reference(repository, tag),
             destination,
@@ -129,12 +134,15 @@ class ForwardingTests:
         if ping.code == 200:
             return {}
         self.assertEqual(ping.code, 401)
-        (challenge,) = parseChallenges(ping.headers.getRawHeaders("www-authenticate")[0])
+        (challenge,) = parseChallenges(
+            ping.headers.getRawHeaders("www-authenticate")[0]
+        )
         basic = {}
         if self.credentials is not None:
             basic = {
                 "Authorization": [
-                    "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
+                    "Basic "
+                    + base64.b64encode(":".join(self.credentials).encode()).decode()
                 ]
             }
         if challenge.scheme.lower() == "basic":
@@ -151,7 +159,9 @@ class ForwardingTests:
         self.assertEqual(response.code, 200, body)
         return {"Authorization": ["Bearer " + json.loads(body)["token"]]}
 
-    def assertDirHolds(self, directory: str, image: Image, manifest: bytes | None = None) -> None:
+    def assertDirHolds(
+        self, directory: str, image: Image, manifest: bytes | None = None
+    ) -> None:
         """
         A skopeo C{dir:} copy of C{image} holds its manifest and every blob,
         byte-exact.
@@ -189,7 +199,9 @@ class ForwardingTests:
         raw = await self.inspectRaw("fleet/app", "1.0")
         self.assertEqual(raw, readBlob(self.layout, image.digest))
         info = await self.skopeo.inspect(
-            self.proxy.reference("fleet/app", "1.0"), tlsVerify=False, creds=self.credentials
+            self.proxy.reference("fleet/app", "1.0"),
+            tlsVerify=False,
+            creds=self.credentials,
         )
         self.assertEqual(info["Digest"], image.digest)
         self.assertEqual(info["Layers"], [layer.digest for layer in image.layers])
@@ -227,7 +239,12 @@ class ForwardingTests:
                 self.proxy.reference("fleet/multi", "2.0"),
                 tlsVerify=False,
                 creds=self.credentials,
-                extra=["--override-os", image.platform[0], "--override-arch", image.platform[1]],
+                extra=[
+                    "--override-os",
+                    image.platform[0],
+                    "--override-arch",
+                    image.platform[1],
+                ],
             )
             # "Digest" is the index's; the platform shows in what was chosen.
             self.assertEqual(info["Digest"], index.digest)
@@ -271,14 +288,20 @@ class ForwardingTests:
         )
         await head.content()
         self.assertEqual(head.code, 200)
-        self.assertEqual(head.headers.getRawHeaders("content-length"), [str(len(manifest))])
-        self.assertEqual(head.headers.getRawHeaders("docker-content-digest"), [image.digest])
+        self.assertEqual(
+            head.headers.getRawHeaders("content-length"), [str(len(manifest))]
+        )
+        self.assertEqual(
+            head.headers.getRawHeaders("docker-content-digest"), [image.digest]
+        )
         self.assertEqual(
             head.headers.getRawHeaders("docker-distribution-api-version"), [API_VERSION]
         )
 
-        get = await http.get(base + "/manifests/" + image.digest, headers={
-            **headers, "Accept": MANIFEST_ACCEPT})
+        get = await http.get(
+            base + "/manifests/" + image.digest,
+            headers={**headers, "Accept": MANIFEST_ACCEPT},
+        )
         self.assertEqual(await get.content(), manifest)
 
         blob = await http.get(base + "/blobs/" + layer.digest, headers=headers)
@@ -290,7 +313,8 @@ class ForwardingTests:
         )
 
         ranged = await http.get(
-            base + "/blobs/" + layer.digest, headers={**headers, "Range": ["bytes=10-19"]}
+            base + "/blobs/" + layer.digest,
+            headers={**headers, "Range": ["bytes=10-19"]},
         )
         body = await ranged.content()
         self.assertEqual(ranged.code, 206)
@@ -300,13 +324,15 @@ class ForwardingTests:
         self.assertEqual(body, layerBytes[10:20])
 
         missing = await http.get(
-            base + "/manifests/no-such-tag", headers={**headers, "Accept": MANIFEST_ACCEPT}
+            base + "/manifests/no-such-tag",
+            headers={**headers, "Accept": MANIFEST_ACCEPT},
         )
         body = json.loads(await missing.content())
         self.assertEqual(missing.code, 404)
         self.assertEqual(body["errors"][0]["code"], "MANIFEST_UNKNOWN")
         self.assertEqual(
-            missing.headers.getRawHeaders("docker-distribution-api-version"), [API_VERSION]
+            missing.headers.getRawHeaders("docker-distribution-api-version"),
+            [API_VERSION],
         )
 
     async def test_podmanPull(self) -> None:

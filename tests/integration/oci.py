@@ -40,7 +40,12 @@ class Blob:
     size: int
 
     def descriptor(self, **extra: object) -> dict:
-        return {"mediaType": self.mediaType, "digest": self.digest, "size": self.size, **extra}
+        return {
+            "mediaType": self.mediaType,
+            "digest": self.digest,
+            "size": self.size,
+            **extra,
+        }
 
     @property
     def hex(self) -> str:
@@ -122,7 +127,9 @@ def writeBytesBlob(layout: str, mediaType: str, data: bytes) -> Blob:
 
 def writeJSONBlob(layout: str, mediaType: str, document: dict) -> Blob:
     return writeBytesBlob(
-        layout, mediaType, json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        layout,
+        mediaType,
+        json.dumps(document, sort_keys=True, separators=(",", ":")).encode(),
     )
 
 
@@ -190,7 +197,8 @@ def _buildImage(
 ) -> Image:
     _ensureLayout(layout)
     layers = tuple(
-        writeLayer(layout, size, (seed, platform, i)) for i, size in enumerate(layerSizes)
+        writeLayer(layout, size, (seed, platform, i))
+        for i, size in enumerate(layerSizes)
     )
     os_, architecture = platform
     config = writeJSONBlob(
@@ -201,7 +209,10 @@ def _buildImage(
             "architecture": architecture,
             "os": os_,
             "config": {"Labels": {"regproxy.test.seed": repr(seed)}},
-            "rootfs": {"type": "layers", "diff_ids": [layer.digest for layer in layers]},
+            "rootfs": {
+                "type": "layers",
+                "diff_ids": [layer.digest for layer in layers],
+            },
             "history": [{"created": CREATED, "created_by": "tests.integration.oci"}],
         },
     )
@@ -257,7 +268,10 @@ def writeIndex(
             "mediaType": MEDIA_INDEX,
             "manifests": [
                 image.manifest.descriptor(
-                    platform={"os": image.platform[0], "architecture": image.platform[1]}
+                    platform={
+                        "os": image.platform[0],
+                        "architecture": image.platform[1],
+                    }
                 )
                 for image in images
             ],

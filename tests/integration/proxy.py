@@ -126,4 +126,6 @@ def startProxy(testCase, registry: Registry, reactor=None, **settings) -> Proxy:
 
     testCase.addCleanup(stop)
     number = port.getHost().port
-    return Proxy(f"http://127.0.0.1:{number}", f"127.0.0.1:{number}", number, site, config)
+    return Proxy(
+        f"http://127.0.0.1:{number}", f"127.0.0.1:{number}", number, site, config
+    )

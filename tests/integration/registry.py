@@ -114,6 +114,17 @@ class RegistryProcess(ProcessProtocol):
             )
         self.ended.callback(None)
 
+    def giveUp(self, seconds: float) -> None:
+        """
+        Stop waiting for the listen line.
+        """
+        if not self.listening.called:
+            self.listening.errback(
+                RegistryFailed(
+                    f"registry did not listen within {seconds}s:\n" + self.output()
+                )
+            )
+
     def stop(self) -> Deferred[None]:
         if not self.exited:
             try:
@@ -265,7 +276,9 @@ async def startRegistry(
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     program = shutil.which(REGISTRY_PROGRAM)
     if program is None:
-        raise SkipTest(f"{REGISTRY_PROGRAM} is not installed (apt-get install docker-registry)")
+        raise SkipTest(
+            f"{REGISTRY_PROGRAM} is not installed (apt-get install docker-registry)"
+        )
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -290,23 +303,22 @@ async def startRegistry(
         )
 
     lastError: Exception | None = None
-    for attempt in range(3):
+    for _attempt in range(3):
         port = freePort()
         configFile = os.path.join(directory, "config.yml")
         with open(configFile, "w") as f:
-            json.dump(registryConfig(directory, port, mode, tls, htpasswd, tokenServer), f)
+            json.dump(
+                registryConfig(directory, port, mode, tls, htpasswd, tokenServer), f
+            )
         process = RegistryProcess()
-        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": directory}
+        environment = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": directory,
+        }
         reactor.spawnProcess(
             process, program, [program, "serve", configFile], env=environment
         )
-        timeout = reactor.callLater(
-            STARTUP_TIMEOUT,
-            lambda p=process: p.listening.called
-            or p.listening.errback(
-                RegistryFailed(f"registry did not listen within {STARTUP_TIMEOUT}s:\n" + p.output())
-            ),
-        )
+        timeout = reactor.callLater(STARTUP_TIMEOUT, process.giveUp, STARTUP_TIMEOUT)
         try:
             await process.listening
         except RegistryFailed as e:

@@ -68,7 +68,10 @@ class OCILayoutTests(TestCase):
         with open(blobPath(layout, index.digest)) as f:
             document = json.load(f)
         self.assertEqual(
-            [(m["digest"], m["platform"]["architecture"]) for m in document["manifests"]],
+            [
+                (m["digest"], m["platform"]["architecture"])
+                for m in document["manifests"]
+            ],
             [(i.digest, i.platform[1]) for i in index.images],
         )
         self.assertEqual([i.platform[1] for i in index.images], ["amd64", "arm64"])
@@ -80,7 +83,9 @@ class TokenScopeTests(TestCase):
             parseScope("repository:127.0.0.1:5000/a/b:pull,push"),
             ("repository", "127.0.0.1:5000/a/b", ("pull", "push")),
         )
-        self.assertEqual(parseScope("registry:catalog:*"), ("registry", "catalog", ("*",)))
+        self.assertEqual(
+            parseScope("registry:catalog:*"), ("registry", "catalog", ("*",))
+        )
         self.assertIsNone(parseScope("garbage"))
 
 
@@ -98,11 +103,22 @@ class DirectRegistryTests(TestCase):
         image = writeImage(layout, "v1", [1000, 200000], seed=mode)
         user = next(iter(registry.users.items()))
         creds = user if mode != "open" else None
-        tls = dict(destTLSVerify=False) if mode != "htpasswd-tls" else dict(destCertDir=registry.certDir)
-        await skopeo.copy(
-            image.reference, f"docker://{registry.host}/test/image:v1", destCreds=creds, **tls
+        tls = (
+            dict(destTLSVerify=False)
+            if mode != "htpasswd-tls"
+            else dict(destCertDir=registry.certDir)
         )
-        stls = dict(tlsVerify=False) if mode != "htpasswd-tls" else dict(certDir=registry.certDir)
+        await skopeo.copy(
+            image.reference,
+            f"docker://{registry.host}/test/image:v1",
+            destCreds=creds,
+            **tls,
+        )
+        stls = (
+            dict(tlsVerify=False)
+            if mode != "htpasswd-tls"
+            else dict(certDir=registry.certDir)
+        )
         raw = await skopeo.inspect(
             f"docker://{registry.host}/test/image:v1", raw=True, creds=creds, **stls
         )
@@ -128,12 +144,18 @@ class DirectRegistryTests(TestCase):
         registry = await self._roundTrip("token")
         http = httpClient(self)
         self.assertTrue(
-            any(r.code == 200 and r.account == "alice" for r in registry.tokenServer.requests)
+            any(
+                r.code == 200 and r.account == "alice"
+                for r in registry.tokenServer.requests
+            )
         )
         # Without credentials the token server grants nothing: 401.
         response = await http.get(
             registry.tokenServer.realm,
-            params={"service": registry.tokenServer.service, "scope": "repository:test/image:pull"},
+            params={
+                "service": registry.tokenServer.service,
+                "scope": "repository:test/image:pull",
+            },
         )
         body = json.loads(await response.content())
         manifest = await http.get(
@@ -144,7 +166,9 @@ class DirectRegistryTests(TestCase):
         await manifest.content()
         bad = await http.get(
             registry.tokenServer.realm,
-            headers={"Authorization": "Basic " + base64.b64encode(b"alice:nope").decode()},
+            headers={
+                "Authorization": "Basic " + base64.b64encode(b"alice:nope").decode()
+            },
         )
         self.assertEqual(bad.code, 401)
         await bad.content()
@@ -166,7 +190,8 @@ class TokenServerUnitTests(TestCase):
         A scope put together from its parts parses back into them.
         """
         self.assertEqual(
-            parseScope(f"{kind}:{name}:{','.join(actions)}"), (kind, name, tuple(actions))
+            parseScope(f"{kind}:{name}:{','.join(actions)}"),
+            (kind, name, tuple(actions)),
         )
 
     @settings(max_examples=200, deadline=None)

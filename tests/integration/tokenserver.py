@@ -102,9 +102,13 @@ class SigningKey:
             + "."
             + _b64url(json.dumps(claims, separators=(",", ":")).encode())
         )
-        der = self.privateKey.sign(signingInput.encode("ascii"), ec.ECDSA(hashes.SHA256()))
+        der = self.privateKey.sign(
+            signingInput.encode("ascii"), ec.ECDSA(hashes.SHA256())
+        )
         r, s = decode_dss_signature(der)
-        return signingInput + "." + _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+        return (
+            signingInput + "." + _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+        )
 
 
 def parseScope(scope: str) -> tuple[str, str, tuple[str, ...]] | None:
@@ -202,10 +206,11 @@ class TokenResource(Resource):
                     (self._args(request, b"password") or [""])[0],
                 )
         if credentials is False or (
-            credentials is not None
-            and self.users.get(credentials[0]) != credentials[1]  # type: ignore[index]
+            credentials is not None and self.users.get(credentials[0]) != credentials[1]  # type: ignore[index]
         ):
-            self.requests.append(TokenRequest(method.decode(), None, scopes, service, 401))
+            self.requests.append(
+                TokenRequest(method.decode(), None, scopes, service, 401)
+            )
             request.setResponseCode(401)
             request.setHeader(b"content-type", b"application/json")
             return json.dumps(
@@ -310,4 +315,6 @@ def startTokenServer(
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     testCase.addCleanup(port.stopListening)
     url = f"http://127.0.0.1:{port.getHost().port}"
-    return TokenServer(url, url + "/token", service, issuer, bundleFile, key.kid, resource)
+    return TokenServer(
+        url, url + "/token", service, issuer, bundleFile, key.kid, resource
+    )
