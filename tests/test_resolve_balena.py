@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -261,13 +262,21 @@ class ErrorTests(SynchronousTestCase):
     def test_privateWithKey(self) -> None:
         self.successResultOf(self.h.resolve("acme/private-app/1.0.0", ALICE))
 
-    def test_serverKeyHidesPrivate(self) -> None:
+    def test_serverKeySeesPrivate(self) -> None:
         """
-        The server's own key resolves public fleets for anonymous clients,
-        but a private fleet stays as unknown to them as a missing one, even
-        when the key could see it: its releases, services and existence are
-        not theirs to learn.
+        By default the server's own key resolves what it may see.
         """
+        server = Credentials.fromServer(ALICE_KEY)
+        self.successResultOf(self.h.resolve("acme/private-app", server))
+
+    def test_serverKeyPublicOnly(self) -> None:
+        """
+        With C{publicOnlyForServerKey}, the server's own key resolves public
+        fleets, but a private fleet stays as unknown as a missing one, even
+        though the key could see it: its releases, services and existence
+        are not for anonymous clients to learn.
+        """
+        self.h.resolver = attrs.evolve(self.h.resolver, publicOnlyForServerKey=True)
         server = Credentials.fromServer(ALICE_KEY)
         self.successResultOf(self.h.resolve("acme/public-app/1.2.3", server))
         missing = self.assertFails("acme/private-nope", NameUnknown, server)

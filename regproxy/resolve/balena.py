@@ -158,6 +158,13 @@ class BalenaResolver:
     @ivar clock: Times out API requests.
     @ivar timeout: Seconds to wait for a whole API answer.
     @ivar upstreamTag: The tag the upstream knows each image by.
+    @ivar publicOnlyForServerKey: With the server's own key (L{SERVER}
+        credentials), answer for public fleets only; a private fleet is then
+        as unknown as a missing one.  Right when the server key only ever
+        asks for anonymous clients (who could not pull a private image
+        anyway, and should not learn its releases or existence); wrong when
+        the server key also resolves for local users who pull with the
+        service's own upstream credentials.
     """
 
     apiURL: str
@@ -165,6 +172,7 @@ class BalenaResolver:
     clock: IReactorTime
     timeout: float = 30.0
     upstreamTag: str = "latest"
+    publicOnlyForServerKey: bool = False
 
     _log = Logger()
 
@@ -430,12 +438,11 @@ class BalenaResolver:
             ),
             credentials,
         )
-        # Missing, or private and not the client's to see: the same answer.
-        # The server's own key asks for anonymous clients, which could not
-        # pull a private fleet's images anyway; its releases, services and
-        # very existence are not theirs to learn either.
+        # Missing, or private and not the asker's to see: the same answer.
         if not rows or (
-            credentials.source == SERVER and rows[0].get("is_public") is not True
+            self.publicOnlyForServerKey
+            and credentials.source == SERVER
+            and rows[0].get("is_public") is not True
         ):
             raise NameUnknown(f"no fleet {fleet.slug}")
         return rows[0]
