@@ -12,12 +12,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from regproxy.cache import CachingResolver
-from regproxy.config import Config
 from regproxy.reference import ImageReference
-from regproxy.resolve import makeResolver
 from regproxy.resolve.balena import BalenaResolver
-from regproxy.resolve.identity import IdentityResolver
 from regproxy.resolve.interfaces import (
     Credentials,
     IResolver,
@@ -28,7 +24,6 @@ from regproxy.resolve.interfaces import (
     ResolverUnavailable,
     ServiceRequired,
 )
-from regproxy.resolve.static import StaticResolver
 from regproxy.testing.fakebalena import (
     ALICE_KEY,
     BOB_KEY,
@@ -403,40 +398,3 @@ class ListReleasesTests(SynchronousTestCase):
 
     def test_notFleet(self) -> None:
         self.failureResultOf(self.h.listReleases("library"), NameUnknown)
-
-
-class MakeResolverTests(SynchronousTestCase):
-    """
-    L{makeResolver} picks the resolver the configuration asks for.
-    """
-
-    def make(self, **settings: Any) -> Any:
-        return makeResolver(Config(**settings), Clock(), StubTreq(FakeBalenaAPI()))
-
-    def test_balenaForBalenaCloud(self) -> None:
-        """
-        balenaCloud's registry (the default upstream) gets the cached
-        balena resolver, asking the default API.
-        """
-        resolver = self.make()
-        self.assertIsInstance(resolver, CachingResolver)
-        self.assertEqual(resolver.resolver.apiURL, "https://api.balena-cloud.com")
-
-    def test_balenaWhenAPIGiven(self) -> None:
-        resolver = self.make(upstream="http://127.0.0.1:5000", balena_api=API)
-        self.assertEqual(resolver.resolver.apiURL, API)
-
-    def test_identityOtherwise(self) -> None:
-        for upstream in ("http://127.0.0.1:5000", "https://evilbalena-cloud.com"):
-            self.assertIsInstance(self.make(upstream=upstream), IdentityResolver)
-
-    def test_asked(self) -> None:
-        self.assertIsInstance(self.make(resolver="identity"), IdentityResolver)
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write('[names]\n"a" = "b"\n')
-        self.assertIsInstance(self.make(resolver="static:" + path), StaticResolver)
-        self.assertIsInstance(
-            self.make(upstream="http://127.0.0.1:5000", resolver="balena"),
-            CachingResolver,
-        )
