@@ -230,14 +230,26 @@ class ManagedProcess:
         except OSError:
             return False
 
-    def cpuSeconds(self) -> float:
+    def cpuSeconds(self, group: bool = False) -> float:
         """
-        User plus system CPU time the process has used so far.
+        User plus system CPU time the process has used so far; with
+        C{group}, that of every live process in its process group too (an
+        nginx master and its workers).
         """
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        pids = [str(self.pid)]
+        if group:
+            pids = [p for p in os.listdir("/proc") if p.isdigit()]
+        total = 0
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if pid == str(self.pid) or int(fields[2]) == self.pid:
+                total += int(fields[11]) + int(fields[12])
+        return total / ticks
 
 
 class MemoryWatch:
