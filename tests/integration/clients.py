@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Sequence
 
@@ -261,7 +260,7 @@ class Podman:
         if self.program is None:
             raise SkipTest("podman is not installed")
         self.home = tempfile.mkdtemp(prefix="podman-")
-        testCase.addCleanup(self._cleanup)
+        testCase.addCleanup(lambda: Deferred.fromCoroutine(self._cleanup()))
         self.env = _privateEnvironment(self.home)
         self.policy = _writePolicy(self.home)
         self.env["CONTAINERS_POLICY_JSON"] = self.policy
@@ -281,23 +280,12 @@ class Podman:
         self.reactor = reactor
         self.timeout = timeout
 
-    def _cleanup(self) -> None:
-        # vfs layers may be owned by sub-uids; ask podman itself first.
-        subprocess.run(
-            [
-                self.program,
-                "--root",
-                f"{self.home}/root",
-                "--runroot",
-                f"{self.home}/run",
-                "system",
-                "reset",
-                "--force",
-            ],
-            env=self.env,
-            capture_output=True,
-            timeout=60,
-        )
+    async def _cleanup(self) -> None:
+        # Without root, vfs layers are owned by sub-uids that rmtree cannot
+        # remove: remove them inside podman's user namespace first.  (Not
+        # "podman system reset": that also touches host-wide networks.)
+        if os.geteuid() != 0:
+            await self.run("unshare", "rm", "-rf", f"{self.home}/root", check=False)
         shutil.rmtree(self.home, True)
 
     async def run(
