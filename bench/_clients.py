@@ -11,6 +11,7 @@ import json
 import re
 import statistics
 import subprocess
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -78,8 +79,10 @@ def curlFetch(
 
 def sha256Of(url: str, timeout: float, headers: Sequence[str] = ()) -> str:
     """
-    The digest of what C{url} returns, read in chunks.
+    The digest of what C{url} returns, read in chunks, within C{timeout}
+    seconds in all.
     """
+    deadline = time.monotonic() + timeout
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(
         parts.hostname or LOOPBACK, parts.port or 80, timeout=timeout
@@ -96,6 +99,8 @@ def sha256Of(url: str, timeout: float, headers: Sequence[str] = ()) -> str:
         hasher = hashlib.sha256()
         while chunk := response.read(MiB):
             hasher.update(chunk)
+            if time.monotonic() > deadline:
+                raise BenchError(f"GET {url}: slower than {timeout:g} s")
     except (OSError, http.client.HTTPException) as e:
         raise BenchError(f"GET {url}: {e}") from None
     finally:
