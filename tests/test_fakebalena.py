@@ -136,6 +136,30 @@ class FakeAPITests(SynchronousTestCase):
         )
         self.assertEqual(body["d"], [{"slug": "acme/multi"}, {"slug": "acme/empty"}])
 
+    def test_fixtureHelpers(self) -> None:
+        """
+        A test can list every image to push and record real digests, which
+        the API then serves.
+        """
+        fixture = self.api.fixture
+        images = fixture.allImages()
+        self.assertIn(
+            (
+                "acme/multi",
+                "1.0.0",
+                "backend",
+                fixture.repository("acme/multi", "1.0.0", "backend"),
+            ),
+            images,
+        )
+        self.assertEqual(len({repository for *_, repository in images}), len(images))
+        fixture.setContentHash("acme/public-app", "2.0.0", "sha256:" + "0" * 64)
+        code, body = self.get(
+            "v6/image?$select=content_hash&$filter=is_part_of__release/any(ri:"
+            "ri/is_part_of__release/raw_version%20eq%20'2.0.0')"
+        )
+        self.assertEqual(body["d"], [{"content_hash": "sha256:" + "0" * 64}])
+
     def test_callsCounted(self) -> None:
         self.get("ping")
         self.get(f"v6/application?$filter={PRIVATE}", ALICE_KEY)

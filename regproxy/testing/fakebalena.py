@@ -243,6 +243,33 @@ class Fixture:
         ]
         return location.split("/", 1)[1]
 
+    def setContentHash(
+        self, slug: str, rawVersion: str, digest: str, service: str = "main"
+    ) -> None:
+        """
+        Record the real manifest digest of an image a test pushed.
+        """
+        self.images(slug, rawVersion)[service]["content_hash"] = digest
+
+    def allImages(self) -> list[tuple[str, str, str, str]]:
+        """
+        Every image as C{(slug, raw version, service, repository)}: what a
+        test pushes to fill a real registry.
+        """
+        result = []
+        for link in self.tables["release_image"].values():
+            release = self.tables["release"][link["is_part_of__release"]]
+            image = self.tables["image"][link["image"]]
+            service = self.tables["service"][image["is_a_build_of__service"]]
+            slug = self.tables["application"][release["belongs_to__application"]][
+                "slug"
+            ]
+            repository = image["is_stored_at__image_location"].split("/", 1)[1]
+            result.append(
+                (slug, release["raw_version"], service["service_name"], repository)
+            )
+        return result
+
     # Visibility
 
     def owningFleet(self, table: str, row: Mapping[str, Any]) -> dict[str, Any] | None:
