@@ -1,0 +1,117 @@
+# -*- test-case-name: tests.integration.test_fleets -*-
+"""
+Serve a L{regproxy.testing.fakebalena.FakeBalenaAPI} on a loopback port, so
+that child processes (skopeo, podman) and the registry's clients can reach
+it as they would reach C{api.balena-cloud.com}.
+
+Every answer closes its connection: a client's pool then never holds an
+idle connection (and its idle timer) to the fake when the test ends, which
+trial would report as a dirty reactor.  Cleanup waits for the connections
+still open to close before the port stops listening.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.protocols.policies import WrappingFactory
+from twisted.web.http import HTTPChannel
+from twisted.web.server import Site
+
+from regproxy.testing.fakebalena import FakeBalenaAPI
+
+IDLE_TIMEOUT = 10.0
+
+
+class _ClosingChannel(HTTPChannel):
+    """
+    An HTTP/1.1 channel that answers one request per connection, saying
+    so with C{Connection: close}.
+    """
+
+    def checkPersistence(self, request, version) -> bool:
+        request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        return False
+
+
+class _TrackingFactory(WrappingFactory):
+    """
+    Know the open connections, to wait for the last one at cleanup.
+    """
+
+    def __init__(self, wrappedFactory) -> None:
+        super().__init__(wrappedFactory)
+        self._idle: list[Deferred[None]] = []
+
+    def unregisterProtocol(self, p) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                if not d.called:
+                    d.callback(None)
+
+    def whenIdle(self) -> Deferred[None]:
+        if not self.protocols:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
+
+
+@attrs.frozen
+class ServedAPI:
+    """
+    A fake balena API listening on loopback.
+
+    @ivar url: Its base URL, C{http://127.0.0.1:PORT}; what regproxy's
+        C{balena_api} setting takes.
+    @ivar tokenRealm: Its registry token endpoint, C{URL/auth/v1/token}: the
+        C{auth.token.realm} of a registry that trusts its tokens.
+    """
+
+    url: str
+    port: int
+    api: FakeBalenaAPI
+
+    @property
+    def tokenRealm(self) -> str:
+        return self.url + "/auth/v1/token"
+
+
+def serveFakeAPI(testCase, api: FakeBalenaAPI, reactor=None) -> ServedAPI:
+    """
+    Listen on a free loopback port until C{testCase} ends.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    site = Site(api, reactor=reactor)
+    site.protocol = _ClosingChannel
+    site.noisy = False
+    factory = _TrackingFactory(site)
+    factory.noisy = False
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+
+    def stop() -> Deferred:
+        # Requests left hanging (api.stop("hang")) never finish by
+        # themselves: end them, then wait for every connection to close.
+        for request in api.hanging:
+            request.transport.abortConnection()
+        del api.hanging[:]
+
+        def abortStragglers(failure):
+            for protocol in list(factory.protocols):
+                protocol.transport.abortConnection()
+            return factory.whenIdle()
+
+        d = factory.whenIdle()
+        d.addTimeout(IDLE_TIMEOUT, reactor)
+        d.addErrback(abortStragglers)
+        d.addCallback(lambda _: port.stopListening())
+        return d
+
+    testCase.addCleanup(stop)
+    number = port.getHost().port
+    return ServedAPI(f"http://127.0.0.1:{number}", number, api)
