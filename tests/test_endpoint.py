@@ -255,6 +255,23 @@ class ServerFromStringTests(SynchronousTestCase):
             os.path.exists(SelfSignedPaths.inStateDir(stateDir).certificate)
         )
 
+    @given(st.text(max_size=60))
+    @settings(max_examples=100, deadline=None)
+    def test_anyDescription(self, text: str) -> None:
+        """
+        Whatever follows C{regproxy-tls:}, C{serverFromString} gives an
+        endpoint or a L{ValueError} (Twisted's own for broken quoting, ours
+        otherwise), with a one-line message.
+        """
+        stateDir = os.path.join(self.dir, "state").replace(":", "\\:")
+        description = f"regproxy-tls:{text}:stateDir={stateDir}:name="
+        try:
+            endpoint = serverFromString(self.reactor, description)
+        except ValueError as e:
+            self.assertNotIn("\n", str(e))
+        else:
+            self.assertIsInstance(endpoint, TLSServerEndpoint)
+
     @given(
         port=st.integers(0, 65535),
         interface=st.one_of(st.just(""), st.ip_addresses().map(str)),
