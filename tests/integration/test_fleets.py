@@ -207,3 +207,211 @@ class SkopeoFleetPullTests(SkopeoMixin, TestCase):
                 self.assertEqual(
                     sha256File(blobPath(self.layout, blob.digest)), blob.digest
                 )
+
+
+class HTTPMixin(FleetWorldMixin):
+    """
+    Talk to regproxy as a registry client does, with treq.
+    """
+
+    async def setUp(self) -> None:
+        await super().setUp()
+        self.http = httpClient(self)
+
+    async def token(
+        self,
+        name: str | None = None,
+        creds: tuple[str, str] | None = None,
+        proxy: Proxy | None = None,
+    ) -> str:
+        """
+        Our token for pulling C{name}, got as a client gets it: the
+        challenge on C{/v2/} names the realm and service.
+        """
+        proxy = proxy or self.proxy
+        ping = await self.http.get(proxy.url + "/v2/")
+        await ping.content()
+        self.assertEqual(ping.code, 401)
+        (challenge,) = parseChallenges(ping.headers.getRawHeaders("www-authenticate")[0])
+        params = {"service": challenge.get("service")}
+        if name is not None:
+            params["scope"] = f"repository:{name}:pull"
+        headers = {"Authorization": [basic(creds)]} if creds else {}
+        response = await self.http.get(challenge.get("realm"), params=params, headers=headers)
+        body = await response.content()
+        self.assertEqual(response.code, 200, body)
+        return json.loads(body)["token"]
+
+    async def manifest(
+        self,
+        name: str,
+        reference: str = "latest",
+        creds: tuple[str, str] | None = None,
+        proxy: Proxy | None = None,
+        token: str | None = None,
+    ):
+        """
+        C{GET /v2/<name>/manifests/<reference>} with a token for C{name}:
+        the response and its body (parsed when it is JSON).
+        """
+        proxy = proxy or self.proxy
+        if token is None:
+            token = await self.token(name, creds, proxy)
+        response = await self.http.get(
+            f"{proxy.url}/v2/{name}/manifests/{reference}",
+            headers={"Authorization": ["Bearer " + token], "Accept": MANIFEST_ACCEPT},
+        )
+        body = await response.content()
+        return response, body
+
+    async def error(self, name: str, reference: str = "latest", **kwargs) -> tuple[int, dict]:
+        """
+        The registry-format error a manifest request gets: its status and
+        its one error entry.
+        """
+        response, body = await self.manifest(name, reference, **kwargs)
+        self.assertEqual(
+            response.headers.getRawHeaders("content-type", [""])[0].split(";")[0],
+            "application/json",
+            body,
+        )
+        self.assertEqual(
+            response.headers.getRawHeaders("docker-distribution-api-version"),
+            ["registry/2.0"],
+        )
+        (entry,) = json.loads(body)["errors"]
+        return response.code, entry
+
+
+class ErrorTests(HTTPMixin, TestCase):
+    """
+    Mistakes get registry-format errors that say what happened.
+    """
+
+    async def test_unknownFleet(self) -> None:
+        """
+        An unknown fleet or organization: 404 C{NAME_UNKNOWN}.
+        """
+        for name in ("acme/no-such-app", "nobody/app", f"nobody/app/1.2.3"):
+            code, entry = await self.error(name)
+            self.assertEqual((code, entry["code"]), (404, "NAME_UNKNOWN"), name)
+
+    async def test_unknownRelease(self) -> None:
+        """
+        An unknown release: 404 C{MANIFEST_UNKNOWN}, and a C{v} prefix gets
+        a hint, by path and by tag.
+        """
+        code, entry = await self.error(f"{PUBLIC}/9.9.9")
+        self.assertEqual((code, entry["code"]), (404, "MANIFEST_UNKNOWN"))
+        for name, reference in ((f"{PUBLIC}/v1.2.3", "latest"), (PUBLIC, "v1.2.3")):
+            code, entry = await self.error(name, reference)
+            self.assertEqual((code, entry["code"]), (404, "MANIFEST_UNKNOWN"))
+            self.assertIn("did you mean 1.2.3", entry["message"])
+
+    async def test_draftOnlyVersion(self) -> None:
+        """
+        A version that exists only as a draft: the hint says drafts need
+        their full version, and names one.
+        """
+        code, entry = await self.error(f"{PUBLIC}/1.3.0")
+        self.assertEqual((code, entry["code"]), (404, "MANIFEST_UNKNOWN"))
+        self.assertIn("drafts need their full version", entry["message"])
+        self.assertIn(DRAFT, entry["message"])
+
+    async def test_failedRelease(self) -> None:
+        """
+        A release that failed, or whose image failed, is not served, though
+        an image for it sits in the registry.
+        """
+        for version in ("1.2.4", "1.9.0"):
+            code, entry = await self.error(f"{PUBLIC}/{version}")
+            self.assertEqual((code, entry["code"]), (404, "MANIFEST_UNKNOWN"), version)
+            self.assertIn("did not build successfully", entry["message"])
+
+    async def test_ambiguousCommitPrefix(self) -> None:
+        """
+        A commit prefix shared by two releases is refused, naming both.
+        """
+        prefix = self.fleets.commit(PUBLIC, "1.2.3")[:7]
+        self.assertEqual(prefix, self.fleets.commit(PUBLIC, "1.2.3+rev2")[:7])
+        code, entry = await self.error(f"{PUBLIC}/{prefix}")
+        self.assertEqual((code, entry["code"]), (404, "MANIFEST_UNKNOWN"))
+        self.assertIn("ambiguous", entry["message"])
+        self.assertIn(self.fleets.commit(PUBLIC, "1.2.3+rev2"), entry["message"])
+
+    async def test_serviceRequired(self) -> None:
+        """
+        A two-service release without a service: 400, naming the services.
+        """
+        for name, reference in ((f"{MULTI}/1.0.0", "latest"), (MULTI, "latest"), (MULTI, "1.0.0")):
+            code, entry = await self.error(name, reference)
+            self.assertEqual(code, 400, (name, reference))
+            self.assertIn("frontend", entry["message"])
+            self.assertIn("backend", entry["message"])
+            self.assertEqual(entry["detail"], {"services": ["backend", "frontend"]})
+
+    async def test_skopeoShowsTheHint(self) -> None:
+        """
+        What a user of skopeo sees includes the hint.
+        """
+        skopeo = Skopeo(self)
+        with self.assertRaises(ClientFailed) as caught:
+            await skopeo.inspect(self.reference(f"{PUBLIC}/v1.2.3"), raw=True, tlsVerify=False)
+        self.assertIn("did you mean 1.2.3", caught.exception.stderr.decode())
+
+
+class LoginTests(HTTPMixin, TestCase):
+    """
+    C{docker login}: a token request without a scope.
+    """
+
+    async def test_login(self) -> None:
+        """
+        A fixture user's password gets a token response with exactly the
+        fields clients read.
+        """
+        ping = await self.http.get(self.proxy.url + "/v2/")
+        await ping.content()
+        (challenge,) = parseChallenges(ping.headers.getRawHeaders("www-authenticate")[0])
+        self.assertEqual(challenge.get("realm"), self.proxy.url + "/token")
+        response = await self.http.get(
+            challenge.get("realm"),
+            params={"service": challenge.get("service")},
+            headers={"Authorization": [basic(("alice", "alice-password"))]},
+        )
+        body = json.loads(await response.content())
+        self.assertEqual(response.code, 200)
+        self.assertEqual(set(body), {"token", "access_token", "expires_in", "issued_at"})
+        self.assertEqual(body["token"], body["access_token"])
+        self.assertIsInstance(body["expires_in"], int)
+        self.assertTrue(body["issued_at"].endswith("Z"), body["issued_at"])
+
+    async def test_wrongPassword(self) -> None:
+        """
+        A wrong password gets 401 in registry JSON.
+        """
+        response = await self.http.get(
+            self.proxy.url + "/token",
+            params={"service": "regproxy"},
+            headers={"Authorization": [basic(("alice", "not-her-password"))]},
+        )
+        body = json.loads(await response.content())
+        self.assertEqual(response.code, 401)
+        (entry,) = body["errors"]
+        self.assertEqual(entry["code"], "UNAUTHORIZED")
+        self.assertNotIn("not-her-password", json.dumps(body))
+
+    async def test_skopeoLogin(self) -> None:
+        """
+        C{skopeo login} succeeds with the right password and fails with a
+        wrong one.
+        """
+        skopeo = Skopeo(self)
+        await skopeo.run(
+            "login", "--tls-verify=false", "-u", "alice", "-p", "alice-password", self.proxy.host
+        )
+        result = await skopeo.run(
+            "login", "--tls-verify=false", "-u", "alice", "-p", "wrong", self.proxy.host,
+            check=False,
+        )
+        self.assertNotEqual(result.code, 0)
