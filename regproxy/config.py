@@ -206,10 +206,11 @@ class Config:
     """
 
     listen: tuple[str, ...] = setting(
-        ("tcp:80",),
+        ("tcp:80", "regproxy-tls:5000"),
         parseEndpoint,
         "Listen on this Twisted endpoint; repeat for several, e.g. "
-        "tcp:8080:interface=127.0.0.1.",
+        "tcp:8080:interface=127.0.0.1, or regproxy-tls:5000 for TLS with a "
+        "kept self-signed certificate (add :cert=PATH:key=PATH for your own).",
         repeatable=True,
         metavar="ENDPOINT",
     )

@@ -62,6 +62,7 @@ from regproxy.tokens import (
     loadOrCreateIssuer,
 )
 from regproxy.access import AccessRules, AccessRulesError, loadAccessRules
+from regproxy.caresource import CACertificateResource
 from regproxy.cors import CORSPolicy
 from regproxy.userauth import HtpasswdLogins
 from regproxy.users import HtpasswdError, HtpasswdUsers, ThreadPoolRunner
@@ -423,6 +424,7 @@ def makeSite(
         )
         root.putChild(b"token", TokenResource(broker))
     root.putChild(b"_health", healthResource())
+    root.putChild(b"_ca.crt", CACertificateResource.inStateDir(config.state_dir))
     site = RegproxySite(root, reactor=reactor)
     site.cors = CORSPolicy(config.cors_origin)
     return site

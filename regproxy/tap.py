@@ -118,6 +118,8 @@ def makeService(options: Options) -> service.IService:
     """
     from twisted.internet import reactor
 
+    from regproxy.endpoint import withConfig
+    from regproxy.mdns import MDNSService, portsFromListen
     from regproxy.site import makeSite
 
     config: Config = options.config
@@ -128,12 +130,15 @@ def makeService(options: Options) -> service.IService:
         raise SystemExit(f"regproxy: {e}") from None
     for description in config.listen:
         try:
-            listener = strports.service(description, site)
-        except (ValueError, TypeError, KeyError) as e:
+            listener = strports.service(withConfig(description, config), site)
+        except (ValueError, TypeError, KeyError) as e:  # includes EndpointError
             raise SystemExit(
                 f"regproxy: --listen: cannot use {description!r}: {e}"
             ) from None
         listener.setServiceParent(top)
+    if config.mdns:
+        httpPorts, httpsPorts = portsFromListen(config.listen)
+        MDNSService(reactor, config.mdns, httpPorts, httpsPorts).setServiceParent(top)
     return top
 
 

@@ -55,11 +55,11 @@ class OptionsTests(TapTestCase):
 
     def test_defaults(self) -> None:
         """
-        With no options, regproxy listens on tcp:80 and forwards to
-        balenaCloud's registry.
+        With no options, regproxy listens on tcp:80 and with TLS on 5000,
+        and forwards to balenaCloud's registry.
         """
         config = self.parse().config
-        self.assertEqual(config.listen, ("tcp:80",))
+        self.assertEqual(config.listen, ("tcp:80", "regproxy-tls:5000"))
         self.assertEqual(config.upstream, "https://registry2.balena-cloud.com")
         self.assertIsNone(config.public_url)
 
@@ -239,11 +239,16 @@ class MakeServiceTests(TapTestCase):
 
     def test_defaultListener(self) -> None:
         """
-        By default there is one listener, on TCP port 80.
+        By default there are two listeners: plain HTTP on TCP port 80 and
+        TLS on port 5000.
         """
-        [only] = self.listeners()
-        self.assertIsInstance(only.endpoint, TCP4ServerEndpoint)
-        self.assertEqual(only.endpoint._port, 80)
+        from regproxy.endpoint import TLSServerEndpoint
+
+        plain, tls = self.listeners()
+        self.assertIsInstance(plain.endpoint, TCP4ServerEndpoint)
+        self.assertEqual(plain.endpoint._port, 80)
+        self.assertIsInstance(tls.endpoint, TLSServerEndpoint)
+        self.assertIs(plain.factory, tls.factory)
 
     def test_badEndpoint(self) -> None:
         """
