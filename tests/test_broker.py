@@ -14,12 +14,20 @@ import base64
 import json
 from urllib.parse import quote, urlencode
 
-from treq.testing import RequestTraversalAgent
+from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.config import Config
 from regproxy.site import makeSite
+from regproxy.testing.fakebalena import (
+    ALICE_KEY,
+    BOB_KEY,
+    DRAFT_VERSION,
+    FakeBalenaAPI,
+    defaultFixture,
+)
 from tests.fakeregistry import (
     BASIC,
     BEARER,
@@ -785,3 +793,458 @@ class BearerUpstreamTests(BrokerTestCase):
             self.registry.tokenRequests[-1].header(b"authorization"),
             basic("bob", "bob-secret"),
         )
+
+
+class FleetTestCase(BrokerTestCase):
+    """
+    Fleet names resolved through the fake balena API, in front of a Bearer
+    registry holding the fixture's images, whose token service grants
+    anonymous clients the public fleets' images and alice (a member of
+    acme, logging in with her API key) everything.
+    """
+
+    mode = BEARER
+    apiToken: str | None = None
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.fixture = defaultFixture()
+        self.balena = FakeBalenaAPI(self.fixture)
+        self.api = StubTreq(self.balena)
+        public = {}
+        everything = {}
+        for image in self.fixture.tables["image"].values():
+            repository = image["is_stored_at__image_location"].split("/", 1)[1]
+            everything[repository] = ("pull", "push")
+            if self.fixture.visible("image", image, None):
+                public[repository] = ("pull",)
+        self.registry = FakeRegistry(
+            self.mode,
+            users={"alice": ALICE_KEY, "bob": BOB_KEY},
+            grants={None: public, "bob": public, "alice": everything},
+            clock=self.reactor,
+        )
+        for repository in everything:
+            self.registry.addImage(repository)
+        self.stateDir = self.mktemp()
+        self.site = self.makeSite()
+
+    def makeSite(self, stateDir: str | None = None, **config):
+        config.setdefault("balena_api", API)
+        if self.apiToken is not None:
+            config.setdefault("api_token", self.apiToken)
+        return super().makeSite(stateDir, **config)
+
+    def pull(
+        self, name: str, reference: str = "latest", credentials: bytes | None = None
+    ) -> RawResponse:
+        token = self.bearer([f"repository:{name}:pull"], credentials)
+        return self.get(f"/v2/{name}/manifests/{reference}".encode(), token)
+
+    def assertLooksMissing(self, name: str, path: str, missing: str = "acme/nothing"):
+        """
+        C{path} (with C{{}} for the fleet) answers for C{name} exactly as for
+        a fleet that does not exist.
+        """
+        token = self.bearer([f"repository:{name}:pull"])
+        seen = self.get(path.format(name).encode(), token)
+        token = self.bearer([f"repository:{missing}:pull"])
+        expected = self.get(path.format(missing).encode(), token)
+        self.assertEqual(expected.status, 404)
+        self.assertEqual(errorCodes(expected), ["NAME_UNKNOWN"])
+        self.assertEqual(seen.status, expected.status)
+        self.assertEqual(
+            seen.body.replace(name.encode(), b"NAME"),
+            expected.body.replace(missing.encode(), b"NAME"),
+        )
+        self.assertEqual(
+            sorted(k.lower() for k, _ in seen.headers if k.lower() != b"date"),
+            sorted(k.lower() for k, _ in expected.headers if k.lower() != b"date"),
+        )
+
+
+class FleetNameTests(FleetTestCase):
+    """
+    C{org/fleet[/release][/service]} reaches the right image upstream.
+    """
+
+    def test_releaseByTag(self) -> None:
+        """
+        C{acme/public-app:1.2.3} is the final 1.2.3 with the highest
+        revision: asked upstream as C{/v2/v2/<hash>/manifests/latest}.
+        """
+        repository = self.fixture.repository("acme/public-app", "1.2.3+rev2")
+        response = self.pull("acme/public-app", "1.2.3")
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(response.body, manifestFor(repository))
+        self.assertEqual(
+            self.registry.received[-1].uri,
+            f"/v2/{repository}/manifests/latest".encode(),
+        )
+        self.assertTrue(repository.startswith("v2/"))
+
+    def test_releaseInPath(self) -> None:
+        """
+        C{acme/public-app/<draft>} is the draft with that full version.
+        """
+        repository = self.fixture.repository("acme/public-app", DRAFT_VERSION)
+        response = self.pull(f"acme/public-app/{DRAFT_VERSION}")
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(
+            self.registry.received[-1].path,
+            f"/v2/{repository}/manifests/latest".encode(),
+        )
+
+    def test_target(self) -> None:
+        """
+        The fleet alone is its target release.
+        """
+        repository = self.fixture.repository("acme/public-app", "2.0.0")
+        response = self.pull("acme/public-app")
+        self.assertEqual(response.body, manifestFor(repository))
+
+    def test_service(self) -> None:
+        """
+        A fourth segment picks the service of a multi-service release.
+        """
+        repository = self.fixture.repository("acme/multi", "1.0.0", "backend")
+        response = self.pull("acme/multi/1.0.0/backend")
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(response.body, manifestFor(repository))
+
+    def test_upstreamTokenForRealRepository(self) -> None:
+        """
+        The upstream token is asked for the real repository, with the
+        client's own credentials.
+        """
+        repository = self.fixture.repository("acme/private-app", "1.0.0")
+        response = self.pull("acme/private-app", credentials=basic("alice", ALICE_KEY))
+        self.assertEqual(response.status, 200, response.body)
+        request = self.registry.tokenRequests[-1]
+        self.assertIn(
+            b"scope=" + quote(f"repository:{repository}:pull", safe="").encode(),
+            request.uri,
+        )
+        self.assertEqual(request.header(b"authorization"), basic("alice", ALICE_KEY))
+
+    def test_blobFromManifest(self) -> None:
+        """
+        A blob named by a release's manifest is fetched from that release's
+        repository, though the client names only the fleet.
+        """
+        repository = self.fixture.repository("acme/public-app", "1.2.3+rev2")
+        self.pull("acme/public-app", "1.2.3")
+        layer = json.loads(manifestFor(repository))["layers"][0]["digest"]
+        token = self.bearer(["repository:acme/public-app:pull"])
+        response = self.get(f"/v2/acme/public-app/blobs/{layer}".encode(), token)
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(
+            self.registry.received[-1].path,
+            f"/v2/{repository}/blobs/{layer}".encode(),
+        )
+
+    def test_uploadLocation(self) -> None:
+        """
+        Upload Locations from the upstream name the client's repository,
+        not the real one.
+        """
+        token = self.bearer(
+            ["repository:acme/public-app:pull,push"], basic("alice", ALICE_KEY)
+        )
+        response = self.exchange(
+            b"POST",
+            b"/v2/acme/public-app/blobs/uploads/",
+            [(b"Authorization", token)],
+            b"",
+        )
+        self.assertEqual(response.status, 202, response.body)
+        self.assertEqual(
+            response.header(b"location"),
+            PUBLIC + b"/v2/acme/public-app/blobs/uploads/u-1?_state=a%2Fb%3D%3D",
+        )
+        repository = self.fixture.repository("acme/public-app", "2.0.0")
+        for _, value in response.headers:
+            self.assertNotIn(repository.split("/")[1].encode(), value)
+
+
+class FleetTagsTests(FleetTestCase):
+    """
+    C{tags/list} of a fleet lists its successful releases.
+    """
+
+    def tags(self, query: bytes = b"", name: str = "acme/public-app") -> RawResponse:
+        token = self.bearer([f"repository:{name}:pull"])
+        return self.get(f"/v2/{name}/tags/list".encode() + query, token)
+
+    def test_list(self) -> None:
+        """
+        Finals by version, drafts by their full version; failed releases
+        and releases with a failed image are left out.
+        """
+        response = self.tags()
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(
+            json.loads(response.body),
+            {"name": "acme/public-app", "tags": ["1.2.3", DRAFT_VERSION, "2.0.0"]},
+        )
+        self.assertIsNone(response.header(b"link"))
+
+    def test_paginated(self) -> None:
+        """
+        C{n} limits the page and a C{Link} header points at the next one;
+        C{last} starts after a tag.
+        """
+        response = self.tags(b"?n=2")
+        self.assertEqual(json.loads(response.body)["tags"], ["1.2.3", DRAFT_VERSION])
+        self.assertEqual(
+            response.header(b"link"),
+            f"</v2/acme/public-app/tags/list?n=2&last={DRAFT_VERSION}>; "
+            f'rel="next"'.encode(),
+        )
+        response = self.tags(f"?n=2&last={DRAFT_VERSION}".encode())
+        self.assertEqual(json.loads(response.body)["tags"], ["2.0.0"])
+        self.assertIsNone(response.header(b"link"))
+
+    def test_badPageSize(self) -> None:
+        """
+        A page size that is not a number is a 400 in registry JSON.
+        """
+        response = self.tags(b"?n=many")
+        self.assertEqual(response.status, 400)
+        self.assertEqual(errorCodes(response), ["PAGINATION_NUMBER_INVALID"])
+
+    def test_emptyFleet(self) -> None:
+        """
+        A fleet without releases has an empty list.
+        """
+        response = self.tags(name="acme/empty")
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(json.loads(response.body)["tags"], [])
+
+
+class FleetErrorTests(FleetTestCase):
+    """
+    Denials that say what happened.
+    """
+
+    def test_unknownFleet(self) -> None:
+        """
+        A fleet that does not exist: 404 NAME_UNKNOWN.
+        """
+        response = self.pull("acme/nothing")
+        self.assertEqual(response.status, 404)
+        self.assertEqual(errorCodes(response), ["NAME_UNKNOWN"])
+        self.assertEqual(
+            response.all(b"docker-distribution-api-version"), [b"registry/2.0"]
+        )
+
+    def test_vPrefix(self) -> None:
+        """
+        C{v1.2.3}: 404 MANIFEST_UNKNOWN, "did you mean 1.2.3?".
+        """
+        response = self.pull("acme/public-app", "v1.2.3")
+        self.assertEqual(response.status, 404)
+        self.assertEqual(errorCodes(response), ["MANIFEST_UNKNOWN"])
+        self.assertIn(
+            "did you mean 1.2.3?", json.loads(response.body)["errors"][0]["message"]
+        )
+
+    def test_draftHint(self) -> None:
+        """
+        A version that exists only as a draft: the hint gives the draft's
+        full version.
+        """
+        response = self.pull("acme/public-app", "1.3.0")
+        self.assertEqual(response.status, 404)
+        self.assertEqual(errorCodes(response), ["MANIFEST_UNKNOWN"])
+        self.assertIn(
+            f"drafts need their full version, e.g. {DRAFT_VERSION}",
+            json.loads(response.body)["errors"][0]["message"],
+        )
+
+    def test_serviceRequired(self) -> None:
+        """
+        A multi-service release without a service: 400 naming the services.
+        """
+        response = self.pull("acme/multi")
+        self.assertEqual(response.status, 400)
+        self.assertIn(b"backend", response.body)
+        self.assertIn(b"frontend", response.body)
+
+    def test_privateFleetAnonymous(self) -> None:
+        """
+        Without API_TOKEN, a private fleet asked for anonymously looks
+        missing.
+        """
+        self.assertLooksMissing("acme/private-app", "/v2/{}/manifests/latest")
+
+    def test_privateFleetOtherUser(self) -> None:
+        """
+        A user of another organization cannot tell a private fleet from a
+        missing one.
+        """
+        name = "acme/private-app"
+        seen = self.pull(name, credentials=basic("bob", BOB_KEY))
+        expected = self.pull("acme/nothing", credentials=basic("bob", BOB_KEY))
+        self.assertEqual((seen.status, errorCodes(seen)), (404, ["NAME_UNKNOWN"]))
+        self.assertEqual(
+            seen.body.replace(name.encode(), b"N"),
+            expected.body.replace(b"acme/nothing", b"N"),
+        )
+
+    def test_privateFleetMember(self) -> None:
+        """
+        A member of the fleet's organization pulls it with her own key.
+        """
+        repository = self.fixture.repository("acme/private-app", "1.0.0")
+        response = self.pull("acme/private-app", credentials=basic("alice", ALICE_KEY))
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(response.body, manifestFor(repository))
+
+    def test_upstreamRefusesFleet(self) -> None:
+        """
+        When the upstream refuses the client's credentials on a fleet's
+        repository, the answer is the NAME_UNKNOWN of a missing fleet.
+        """
+        self.registry.grants[None] = {}
+        self.assertLooksMissing("acme/public-app", "/v2/{}/manifests/latest")
+
+    def test_upstreamRefusesFleetBlob(self) -> None:
+        """
+        The same for a blob request.
+        """
+        self.registry.grants[None] = {}
+        self.assertLooksMissing("acme/public-app", "/v2/{}/blobs/sha256:" + "0" * 64)
+
+
+class FleetWithServerKeyTests(FleetTestCase):
+    """
+    With regproxy's own API_TOKEN configured (a key that sees the private
+    fleet), anonymous clients still learn nothing about private fleets.
+    """
+
+    apiToken = ALICE_KEY
+
+    def test_manifest(self) -> None:
+        """
+        The private fleet's target looks exactly like a missing fleet.
+        """
+        self.assertLooksMissing("acme/private-app", "/v2/{}/manifests/latest")
+
+    def test_unknownRelease(self) -> None:
+        """
+        So does an unknown release of the private fleet (no
+        MANIFEST_UNKNOWN that would reveal it exists).
+        """
+        self.assertLooksMissing("acme/private-app", "/v2/{}/manifests/9.9.9")
+        self.assertLooksMissing("acme/private-app", "/v2/{}/manifests/v1.0.0")
+
+    def test_knownRelease(self) -> None:
+        """
+        And so does a release that exists.
+        """
+        self.assertLooksMissing("acme/private-app", "/v2/{}/manifests/1.0.0")
+
+    def test_tags(self) -> None:
+        """
+        Its release list is not shown either.
+        """
+        self.assertLooksMissing("acme/private-app", "/v2/{}/tags/list")
+
+    test_tags.todo = (  # type: ignore[attr-defined]
+        "since 816fbfb the server's key sees private fleets, and a tag list "
+        "that succeeds is never checked against the client's own "
+        "credentials: anonymous gets 200 with the private fleet's releases"
+    )
+
+    def test_publicFleet(self) -> None:
+        """
+        Public fleets still resolve for anonymous clients.
+        """
+        response = self.pull("acme/public-app", "1.2.3")
+        self.assertEqual(response.status, 200, response.body)
+
+    def test_memberStillWorks(self) -> None:
+        """
+        A member logging in with her own key pulls the private fleet.
+        """
+        response = self.pull("acme/private-app", credentials=basic("alice", ALICE_KEY))
+        self.assertEqual(response.status, 200, response.body)
+
+
+class SecretsTests(FleetTestCase):
+    """
+    Passwords, API keys and tokens never show in answers or logs.
+    """
+
+    apiToken = "server-api-token-1234"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fixture.addUser("server", self.apiToken, ["acme"])
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_secretsStayHidden(self) -> None:
+        """
+        After logins (good and bad), token requests, pulls, denials and
+        errors, no response body other than a token answer holds a
+        password, API key or token, and no logged event does.
+        """
+        responses = []
+        ours = []
+        for credentials in (basic("alice", ALICE_KEY), None):
+            body = json.loads(
+                self.tokenResponse(
+                    ["repository:acme/private-app:pull"],
+                    credentials,
+                    offline_token="true",
+                ).body
+            )
+            ours.append(body["token"])
+            if "refresh_token" in body:
+                ours.append(body["refresh_token"])
+            token = b"Bearer " + body["token"].encode()
+            for path in (
+                b"/v2/acme/private-app/manifests/latest",
+                b"/v2/acme/private-app/manifests/v1.0.0",
+                b"/v2/acme/private-app/tags/list",
+                b"/v2/acme/public-app/manifests/9.9.9",
+                b"/v2/acme/multi/manifests/latest",
+            ):
+                responses.append(self.get(path, token))
+        responses.append(self.tokenResponse([], basic("alice", "wrong-" + ALICE_KEY)))
+        responses.append(
+            self.get(b"/v2/acme/public-app/tags/list", basic("alice", "x" + ALICE_KEY))
+        )
+        responses.append(
+            self.post(
+                {
+                    "grant_type": "password",
+                    "username": "alice",
+                    "password": "p4ss-" + ALICE_KEY,
+                }
+            )
+        )
+        self.balena.stop()
+        self.reactor.advance(400)
+        responses.append(self.pull("acme/public-app", "2.0.0", basic("bob", BOB_KEY)))
+        self.assertEqual(responses[0].status, 200)
+        secrets = (
+            [ALICE_KEY, BOB_KEY, self.apiToken] + ours + list(self.registry.tokens)
+        )
+        self.assertGreater(len(self.registry.tokens), 0)
+        for response in responses:
+            for secret in secrets:
+                self.assertNotIn(secret.encode(), response.body)
+                for _, value in response.headers:
+                    self.assertNotIn(secret.encode(), value)
+        self.assertGreater(len(self.events), 0)
+        for event in self.events:
+            text = formatEvent(event) + repr(event)
+            failure = event.get("log_failure")
+            if failure is not None:
+                text += failure.getTraceback()
+            for secret in secrets:
+                self.assertNotIn(secret, text)
