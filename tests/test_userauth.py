@@ -322,9 +322,7 @@ class SiteTestCase(SynchronousTestCase):
         return json.loads(response.body)["token"]
 
     def manifest(self, repository: str, authorization: bytes | None) -> RawResponse:
-        return self.get(
-            f"/v2/{repository}/manifests/latest".encode(), authorization
-        )
+        return self.get(f"/v2/{repository}/manifests/latest".encode(), authorization)
 
     def assertUnauthorized(self, response: RawResponse) -> None:
         self.assertEqual(response.status, 401, response.body)
@@ -353,9 +351,7 @@ class FrontDoorTests(SiteTestCase):
         sent = [r for r in self.registry.received if r.path.startswith(b"/v2/team/")]
         self.assertTrue(sent)
         for request in sent:
-            self.assertEqual(
-                request.header(b"authorization"), basic(*SERVICE_ACCOUNT)
-            )
+            self.assertEqual(request.header(b"authorization"), basic(*SERVICE_ACCOUNT))
 
     def test_basicOnRegistryPaths(self) -> None:
         """
@@ -426,9 +422,7 @@ class FrontDoorTests(SiteTestCase):
         """
         A user who is not in the file gets 401 like a wrong password.
         """
-        self.assertUnauthorized(
-            self.tokenResponse([], basic("mallory", "wonderland"))
-        )
+        self.assertUnauthorized(self.tokenResponse([], basic("mallory", "wonderland")))
 
     def test_grantIsIntersection(self) -> None:
         """
@@ -455,7 +449,9 @@ class FrontDoorTests(SiteTestCase):
         self.assertEqual(access(token), {})
         response = self.manifest("other/app", b"Bearer " + token.encode())
         self.assertUnauthorized(response)
-        self.assertIn(b'error="insufficient_scope"', response.header(b"www-authenticate"))
+        self.assertIn(
+            b'error="insufficient_scope"', response.header(b"www-authenticate")
+        )
         self.assertEqual(
             [r for r in self.registry.received if r.path.startswith(b"/v2/other/")],
             [],
@@ -535,9 +531,7 @@ class FrontDoorTests(SiteTestCase):
         anonymous clients get nothing.
         """
         self.site = self.makeSite(access=None)
-        token = self.token(
-            ["repository:other/app:pull,push"], basic("bob", "builder")
-        )
+        token = self.token(["repository:other/app:pull,push"], basic("bob", "builder"))
         self.assertEqual(access(token), {"other/app": ["pull", "push"]})
         self.assertEqual(access(self.token(["repository:public/tool:pull"])), {})
 
@@ -574,9 +568,7 @@ class StartupTests(SynchronousTestCase):
 
     def makeSite(self, **settings):
         return makeSite(
-            Config(
-                upstream=UPSTREAM, listen=(), state_dir=self.mktemp(), **settings
-            ),
+            Config(upstream=UPSTREAM, listen=(), state_dir=self.mktemp(), **settings),
             MemoryReactorClock(),
             agent=RequestTraversalAgent(FakeRegistry()),
         )
@@ -617,7 +609,9 @@ class StartupTests(SynchronousTestCase):
         writeHtpasswd(htpasswd, PASSWORDS)
         access = self.mktemp()
         with open(access, "w") as f:
-            f.write('[[rule]]\nusers = ["alice"]\nrepositories = ["*"]\nactions = ["read"]\n')
+            f.write(
+                '[[rule]]\nusers = ["alice"]\nrepositories = ["*"]\nactions = ["read"]\n'
+            )
         with self.assertRaises(ValueError) as caught:
             self.makeSite(htpasswd=htpasswd, access=access)
         self.assertIn("'read'", str(caught.exception))
@@ -632,4 +626,3 @@ class StartupTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as caught:
             self.makeSite(access=access)
         self.assertIn("--htpasswd", str(caught.exception))
-
