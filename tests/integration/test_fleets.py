@@ -209,6 +209,38 @@ class SkopeoFleetPullTests(SkopeoMixin, TestCase):
                 )
 
 
+class SkopeoSameReleaseTests(SkopeoMixin, TestCase):
+    """
+    One release pulled under two names through one regproxy.
+    """
+
+    async def test_pathThenTag(self) -> None:
+        """
+        After C{org/fleet/1.2.3}, C{org/fleet:1.2.3} pulls too: the blobs
+        of the second pull, asked for as C{org/fleet}, reach the release's
+        repository.
+        """
+        digest = self.fleets.digest(PUBLIC, "1.2.3+rev2")
+        self.assertEqual(await self.pull(f"{PUBLIC}/1.2.3"), digest)
+        self.assertEqual(await self.pull(f"{PUBLIC}:1.2.3"), digest)
+
+    test_pathThenTag.todo = (  # type: ignore[attr-defined]
+        "broker: a manifest answered from the immutable-manifest memory "
+        "(_writeManifest) does not record its digests under the client's "
+        "name (digests.remember), so GET /v2/acme/public-app/blobs/<config> "
+        "after GET /v2/acme/public-app/manifests/1.2.3 goes to the target "
+        "release's repository and gets 404 BLOB_UNKNOWN"
+    )
+
+    async def test_tagThenPath(self) -> None:
+        """
+        The other way round.
+        """
+        digest = self.fleets.digest(PUBLIC, "1.2.3+rev2")
+        self.assertEqual(await self.pull(f"{PUBLIC}:1.2.3"), digest)
+        self.assertEqual(await self.pull(f"{PUBLIC}/1.2.3"), digest)
+
+
 class HTTPMixin(FleetWorldMixin):
     """
     Talk to regproxy as a registry client does, with treq.
@@ -415,3 +447,177 @@ class LoginTests(HTTPMixin, TestCase):
             check=False,
         )
         self.assertNotEqual(result.code, 0)
+
+
+class PrivateFleetTests(HTTPMixin, SkopeoMixin, TestCase):
+    """
+    A private fleet is pulled with a member's own credentials, and to
+    anybody else it looks exactly like a fleet that does not exist, even
+    when regproxy's own API key (here a member's) could see it.
+    """
+
+    async def setUp(self) -> None:
+        await super().setUp()
+        self.keyed = self.startProxy(api_token=ALICE[1])
+
+    async def assertLooksMissing(self, name: str, missing: str, **kwargs) -> None:
+        """
+        C{name} gets the answer that C{missing}, a fleet that does not
+        exist, gets (but for the fleet's name in the message).
+        """
+        got = await self.manifest(name, **kwargs)
+        expected = await self.manifest(missing, **kwargs)
+        self.assertEqual(got[0].code, expected[0].code)
+        self.assertIn(got[0].code, (401, 404))
+        slug, missingSlug = "/".join(name.split("/")[:2]), "/".join(missing.split("/")[:2])
+        self.assertEqual(
+            json.loads(got[1]),
+            json.loads(expected[1].replace(missingSlug.encode(), slug.encode())),
+        )
+
+    async def test_anonymous(self) -> None:
+        """
+        Anonymous clients get a missing fleet's 404, with and without
+        regproxy's API key configured, by name and by release.
+        """
+        for proxy in (self.proxy, self.keyed):
+            await self.assertLooksMissing(PRIVATE, "acme/no-such-app", proxy=proxy)
+            await self.assertLooksMissing(
+                f"{PRIVATE}/1.0.0", "acme/no-such-app/1.0.0", proxy=proxy
+            )
+            code, entry = await self.error(PRIVATE, proxy=proxy)
+            self.assertEqual((code, entry["code"]), (404, "NAME_UNKNOWN"))
+
+    async def test_outsider(self) -> None:
+        """
+        A user who is not a member of the organization is told what a
+        missing fleet gets.
+        """
+        for proxy in (self.proxy, self.keyed):
+            await self.assertLooksMissing(
+                PRIVATE, "acme/no-such-app", proxy=proxy, creds=BOB
+            )
+
+    async def test_memberPulls(self) -> None:
+        """
+        With a member's C{--creds}, skopeo pulls the private fleet; without
+        them, or with an outsider's, it cannot.
+        """
+        digest = self.fleets.digest(PRIVATE, "1.0.0")
+        for proxy in (self.proxy, self.keyed):
+            self.assertEqual(await self.pull(PRIVATE, creds=ALICE, proxy=proxy), digest)
+            for creds in (None, BOB):
+                with self.assertRaises(ClientFailed) as caught:
+                    await self.pull(PRIVATE, creds=creds, proxy=proxy)
+                self.assertIn(
+                    f"name unknown: no fleet {PRIVATE}", caught.exception.stderr.decode()
+                )
+
+    async def test_digestAfterMemberPull(self) -> None:
+        """
+        After a member pulled the private fleet through regproxy, an
+        anonymous client asking for the same manifest by digest still gets
+        a missing fleet's answer: the upstream judges its own credentials.
+        """
+        digest = self.fleets.digest(PRIVATE, "1.0.0")
+        response, body = await self.manifest(PRIVATE, creds=ALICE, proxy=self.keyed)
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(response.headers.getRawHeaders("docker-content-digest"), [digest])
+        await self.assertLooksMissing(PRIVATE, "acme/no-such-app", reference=digest, proxy=self.keyed)
+
+
+class ResolutionCacheTests(HTTPMixin, SkopeoMixin, TestCase):
+    """
+    The balena API is asked once per name, and not needed while its
+    answers are remembered.
+    """
+
+    async def test_concurrentFirstRequests(self) -> None:
+        """
+        100 concurrent first requests for one name make one API call, and
+        all get the release's manifest.
+        """
+        name = f"{PUBLIC}/1.2.3"
+        token = await self.token(name)
+        before = len(self.fleets.api.apiCalls)
+        results = await gatherResults(
+            [
+                Deferred.fromCoroutine(self.manifest(name, token=token))
+                for _ in range(100)
+            ]
+        )
+        self.assertEqual(len(self.fleets.api.apiCalls) - before, 1)
+        digest = self.fleets.digest(PUBLIC, "1.2.3+rev2")
+        self.assertEqual(
+            {(r.code, r.headers.getRawHeaders("docker-content-digest")[0]) for r, _ in results},
+            {(200, digest)},
+        )
+
+    async def assertPullsWhileDown(self, mode: str) -> None:
+        names = {
+            f"{PUBLIC}/1.2.3": self.fleets.digest(PUBLIC, "1.2.3+rev2"),
+            f"{MULTI}/1.0.0/frontend": self.fleets.digest(MULTI, "1.0.0", "frontend"),
+            PUBLIC: self.fleets.digest(PUBLIC, TARGET_VERSION),
+        }
+        for name, digest in names.items():
+            self.assertEqual(await self.pull(name), digest)
+        self.fleets.api.stop(mode)
+        for name, digest in names.items():
+            self.assertEqual(await self.pull(name), digest, name)
+        # The API really is down: a name not asked for before fails.
+        code, entry = await self.error(f"{PUBLIC}/{TARGET_VERSION}")
+        self.assertIn(code, (502, 503, 504))
+        self.assertEqual(entry["code"], "UNAVAILABLE")
+
+    async def test_apiAnswers503(self) -> None:
+        """
+        After the names were pulled once, they keep pulling while the API
+        answers 503.
+        """
+        await self.assertPullsWhileDown("503")
+
+    async def test_apiDropsConnections(self) -> None:
+        """
+        ... and while it drops every connection.
+        """
+        await self.assertPullsWhileDown("drop")
+
+
+class PodmanFleetTests(SkopeoMixin, TestCase):
+    """
+    podman pulls fleet names (skipped where podman cannot run).
+    """
+
+    async def setUp(self) -> None:
+        await super().setUp()
+        self.podman = Podman(self)
+        await self.podman.check()
+
+    async def podmanPull(self, name: str, creds: tuple[str, str] | None = None) -> str:
+        reference = f"{self.proxy.host}/{name}"
+        await self.podman.pull(reference, tlsVerify=False, creds=creds)
+        return await self.podman.imageDigest(reference)
+
+    async def test_selectors(self) -> None:
+        """
+        podman gets the right image for a version (by path and by tag), a
+        commit prefix, a draft and a service.
+        """
+        f = self.fleets
+        expected = {
+            f"{PUBLIC}:1.2.3": f.digest(PUBLIC, "1.2.3+rev2"),
+            f"{PUBLIC}/1.2.3": f.digest(PUBLIC, "1.2.3+rev2"),
+            f"{PUBLIC}/{f.commit(PUBLIC, TARGET_VERSION)[:7]}": f.digest(PUBLIC, TARGET_VERSION),
+            f"{PUBLIC}/{DRAFT}": f.digest(PUBLIC, DRAFT),
+            f"{MULTI}/1.0.0/backend": f.digest(MULTI, "1.0.0", "backend"),
+        }
+        for name, digest in expected.items():
+            self.assertEqual(await self.podmanPull(name), digest, name)
+
+    async def test_privateFleet(self) -> None:
+        """
+        podman pulls a private fleet with a member's credentials.
+        """
+        self.assertEqual(
+            await self.podmanPull(PRIVATE, creds=ALICE), self.fleets.digest(PRIVATE, "1.0.0")
+        )
