@@ -6,6 +6,8 @@ browser over loopback multicast.
 
 from __future__ import annotations
 
+import os
+import secrets
 import select
 import socket
 import struct
@@ -242,7 +244,9 @@ class LoopbackTests(TestCase):
         from twisted.internet.threads import deferToThread
         from zeroconf import AddressResolverIPv4, IPVersion, ServiceBrowser, Zeroconf
 
-        name = "regproxy-test-mdns"
+        # Unique per run: two test runs at once on one machine (CI jobs,
+        # several developers) must not claim the same name.
+        name = f"regproxy-test-{os.getpid()}-{secrets.token_hex(3)}"
 
         def loopbackZeroconf(interfaces):
             return Zeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
