@@ -1220,6 +1220,45 @@ class FleetErrorTests(FleetTestCase):
         self.assertIn(b"backend", response.body)
         self.assertIn(b"frontend", response.body)
 
+    def test_apiDown(self) -> None:
+        """
+        The balena API answering 503: the client gets a 503 UNAVAILABLE in
+        registry JSON.
+        """
+        token = self.bearer(["repository:acme/public-app:pull"])
+        self.balena.stop("503")
+        response = self.get(b"/v2/acme/public-app/manifests/1.2.3", token)
+        self.assertEqual(response.status, 503, response.body)
+        self.assertEqual(errorCodes(response), ["UNAVAILABLE"])
+
+    def test_apiHangs(self) -> None:
+        """
+        The balena API never answering: a 504 once the timeout passes.
+        """
+        token = self.bearer(["repository:acme/public-app:pull"])
+        self.balena.stop("hang")
+        client = RawClient(self.site)
+        client.request(
+            b"GET", b"/v2/acme/public-app/manifests/1.2.3", [(b"Authorization", token)]
+        )
+        self.api.flush()
+        self.assertIsNone(client.response())
+        self.reactor.advance(31)
+        self.api.flush()
+        response = client.response()
+        self.assertEqual(response.status, 504, response.body)
+        self.assertEqual(errorCodes(response), ["UNAVAILABLE"])
+
+    def test_apiDownAfterWarmCache(self) -> None:
+        """
+        While the API is down, a name resolved before still pulls.
+        """
+        self.assertEqual(self.pull("acme/public-app", "1.2.3").status, 200)
+        self.balena.stop("503")
+        self.reactor.advance(600)
+        response = self.pull("acme/public-app", "1.2.3")
+        self.assertEqual(response.status, 200, response.body)
+
     def test_privateFleetAnonymous(self) -> None:
         """
         Without API_TOKEN, a private fleet asked for anonymously looks
