@@ -836,6 +836,26 @@ class BearerUpstreamTests(BrokerTestCase):
             basic("bob", "bob-secret"),
         )
 
+    def test_tokenServiceRefuses(self) -> None:
+        """
+        When the upstream's token service refuses the credentials sealed in
+        our token (the password changed since), the client is told to log
+        in again: a 401 with our challenge, so docker asks for a new token.
+        """
+        token = self.bearer(["repository:lib/app:pull"], basic("bob", "bob-secret"))
+        self.registry.users["bob"] = "changed"
+        response = self.get(b"/v2/lib/app/manifests/latest", token)
+        self.assertEqual(response.status, 401, response.body)
+        self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
+        self.assertEqual(
+            response.header(b"www-authenticate").split(b",")[:2], CHALLENGE.split(b",")
+        )
+
+    test_tokenServiceRefuses.todo = (  # type: ignore[attr-defined]
+        "the 401 from UpstreamAuthenticator.authorization carries no "
+        "WWW-Authenticate challenge"
+    )
+
     def test_upstreamForgetsToken(self) -> None:
         """
         When the upstream stops accepting a cached token before it expires
@@ -1303,6 +1323,24 @@ class FleetErrorTests(FleetTestCase):
         """
         self.registry.grants[None] = {}
         self.assertLooksMissing("acme/public-app", "/v2/{}/manifests/latest")
+
+    def test_tokenServiceRefusesFleet(self) -> None:
+        """
+        When the upstream's token service refuses the client's credentials
+        for a fleet's repository, the answer is also that of a missing
+        fleet.
+        """
+        token = self.bearer(
+            ["repository:acme/public-app:pull"], basic("alice", ALICE_KEY)
+        )
+        self.registry.users["alice"] = "changed"
+        seen = self.get(b"/v2/acme/public-app/manifests/latest", token)
+        self.assertEqual((seen.status, errorCodes(seen)), (404, ["NAME_UNKNOWN"]))
+
+    test_tokenServiceRefusesFleet.todo = (  # type: ignore[attr-defined]
+        "a refusal by the upstream's token service is a bare 401 UNAUTHORIZED "
+        "(no challenge), not the NAME_UNKNOWN of a refusal by the registry"
+    )
 
     def test_upstreamRefusesFleetBlob(self) -> None:
         """
