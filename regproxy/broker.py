@@ -501,7 +501,8 @@ def manifestDigests(body: bytes) -> list[str]:
             if isinstance(entry, dict) and isinstance(entry.get("digest"), str):
                 found.append(entry["digest"])
         for key in ("layers", "manifests", "blobs"):
-            for entry in document.get(key) or []:
+            entries = document.get(key)
+            for entry in entries if isinstance(entries, list) else []:
                 if isinstance(entry, dict) and isinstance(entry.get("digest"), str):
                     found.append(entry["digest"])
     return found
@@ -586,11 +587,12 @@ class BrokeredRegistryResource(Resource):
     async def _listReleases(
         self, reference: ImageReference, credentials: Credentials, account: Account
     ) -> list[str] | None:
-        try:
-            return await self._resolver.listReleases(reference, credentials)
-        except ResolveError as e:
-            await self._hideFromOutsiders(e, reference, credentials, account)
-            raise
+        # A fleet's list of releases is for those who may see the fleet:
+        # asked with the client's own credentials only, never our API key.
+        own = Credentials.choose(
+            account.upstream.password if account.upstream else None, None
+        )
+        return await self._resolver.listReleases(reference, own)
 
     async def _resolve(
         self,
@@ -679,31 +681,42 @@ class BrokeredRegistryResource(Resource):
             if cached is not None and acceptable(request.requestHeaders, cached.contentType):
                 self._writeManifest(request, cached)
                 return
-        authorization = await self._upstreamAuth.authorization(
-            upstreamCredentials,
-            resolution.repository,
-            actions,
-        )
-        headers = forwardedRequestHeaders(request.requestHeaders)
-        headers.removeHeader(b"authorization")
-        if authorization is not None:
-            headers.setRawHeaders(b"authorization", [authorization])
         _, question, query = request.uri.partition(b"?")
         url = self._upstream.base + self._upstreamPath(path, resolution)
         if question:
             url += b"?" + query
-        response = await self._forwarder.send(
-            request,
-            request.method,
-            url,
-            headers,
-            getattr(request, "bodyStream", None),
-        )
-        request.upstreamStatus = response.code
-        if response.code in (401, 403):
+        body = getattr(request, "bodyStream", None)
+        # A request without a body can be sent again: once, when the
+        # upstream refuses a cached token it no longer honours (its token
+        # service got a new key), with a fresh one.
+        for attempt in (1, 2):
+            try:
+                authorization = await self._upstreamAuth.authorization(
+                    upstreamCredentials, resolution.repository, actions
+                )
+            except RegistryError as e:
+                if e.status != 401:
+                    raise
+                raise self._refused(request, path, account) from None
+            headers = forwardedRequestHeaders(request.requestHeaders)
+            headers.removeHeader(b"authorization")
+            if authorization is not None:
+                headers.setRawHeaders(b"authorization", [authorization])
+            response = await self._forwarder.send(
+                request, request.method, url, headers, body
+            )
+            request.upstreamStatus = response.code
+            if response.code not in (401, 403):
+                break
             await readBody(response)
-            self._upstreamAuth.learn(response.headers.getRawHeaders(b"www-authenticate", []))
-            raise self._denied(request, path, account)
+            self._upstreamAuth.learn(
+                response.headers.getRawHeaders(b"www-authenticate", [])
+            )
+            self._upstreamAuth.forget(
+                upstreamCredentials, resolution.repository, actions
+            )
+            if attempt == 2 or body is not None or authorization is None:
+                raise self._denied(request, path, account)
         public = publicBase(request, self._publicURL)
         realPrefix = f"/v2/{resolution.repository}/".encode("utf-8")
         clientPrefix = f"/v2/{path.name}/".encode("utf-8")
@@ -768,6 +781,26 @@ class BrokeredRegistryResource(Resource):
         if request.method != b"HEAD":
             request.write(manifest.body)
         request.finish()
+
+    def _refused(
+        self, request: Request, path: RegistryPath, account: Account
+    ) -> RegistryError:
+        """
+        The upstream's token service refused the client's credentials
+        (changed since the client logged in): for a fleet name, the same as
+        a missing fleet; otherwise a 401 with our challenge, so the client
+        logs in again.
+        """
+        assert path.name is not None
+        fleet = path.imageReference().fleetName() if self._fleetNames else None
+        if fleet is not None:
+            return NameUnknown(f"no fleet {fleet.slug}").toRegistryError()
+        needed = Scope(
+            "repository", None, path.name, requiredActions(request.method, path.kind)
+        )
+        return self._broker.unauthorized(
+            request, "the upstream registry refused these credentials", needed
+        )
 
     def _denied(self, request: Request, path: RegistryPath, account: Account) -> RegistryError:
         """

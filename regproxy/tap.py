@@ -138,7 +138,11 @@ def makeService(options: Options) -> service.IService:
         listener.setServiceParent(top)
     if config.mdns:
         httpPorts, httpsPorts = portsFromListen(config.listen)
-        MDNSService(reactor, config.mdns, httpPorts, httpsPorts).setServiceParent(top)
+        try:
+            advertiser = MDNSService(reactor, config.mdns, httpPorts, httpsPorts)
+        except ValueError as e:
+            raise SystemExit(f"regproxy: --mdns: {e}") from None
+        advertiser.setServiceParent(top)
     return top
 
 

@@ -208,6 +208,19 @@ class UpstreamAuthenticator:
             self._tokens.popitem(last=False)
         return header
 
+    def forget(
+        self,
+        credentials: BasicCredentials | None,
+        repository: str,
+        actions: tuple[str, ...],
+    ) -> None:
+        """
+        Drop the cached upstream token for this client and repository.
+        """
+        scope = f"repository:{repository}:{','.join(actions)}"
+        key = (credentials.cacheKey if credentials else "anonymous", scope)
+        self._tokens.pop(key, None)
+
     def _askTokenService(
         self,
         scheme: UpstreamScheme,

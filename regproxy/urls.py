@@ -10,11 +10,14 @@ them breaks uploads.
 
 from __future__ import annotations
 
+import re
+
 import attrs
 from hyperlink import URL
 from twisted.web.iweb import IRequest
 
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
+_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 @attrs.frozen
@@ -97,6 +100,8 @@ def rewriteLocation(location: bytes, upstream: Origin, public: bytes) -> bytes:
     leave any other origin (a blob redirect to object storage) alone.
     """
     scheme, separator, rest = location.partition(b"://")
+    if separator and not _SCHEME.fullmatch(scheme):
+        separator = b""
     if separator:
         authority, slash, pathAndQuery = rest.partition(b"/")
         if not upstream.sameOrigin(scheme, authority):

@@ -851,10 +851,6 @@ class BearerUpstreamTests(BrokerTestCase):
             response.header(b"www-authenticate").split(b",")[:2], CHALLENGE.split(b",")
         )
 
-    test_tokenServiceRefuses.todo = (  # type: ignore[attr-defined]
-        "the 401 from UpstreamAuthenticator.authorization carries no "
-        "WWW-Authenticate challenge"
-    )
 
     def test_upstreamForgetsToken(self) -> None:
         """
@@ -869,10 +865,6 @@ class BearerUpstreamTests(BrokerTestCase):
         second = self.get(b"/v2/lib/app/manifests/latest", token)
         self.assertEqual((first.status, second.status), (200, 200), second.body)
 
-    test_upstreamForgetsToken.todo = (  # type: ignore[attr-defined]
-        "a 401 from the upstream does not drop the cached upstream token: "
-        "the client is denied until it would have expired"
-    )
 
 
 class FleetTestCase(BrokerTestCase):
@@ -1058,10 +1050,6 @@ class FleetNameTests(FleetTestCase):
         self.assertEqual(response.status, 200, response.body)
         self.assertEqual(response.body, odd)
 
-    test_oddManifestRelayed.todo = (  # type: ignore[attr-defined]
-        "manifestDigests raises TypeError on a non-list 'layers': the client "
-        "gets 500 internal error instead of the manifest"
-    )
 
     def test_uploadLocation(self) -> None:
         """
@@ -1337,10 +1325,6 @@ class FleetErrorTests(FleetTestCase):
         seen = self.get(b"/v2/acme/public-app/manifests/latest", token)
         self.assertEqual((seen.status, errorCodes(seen)), (404, ["NAME_UNKNOWN"]))
 
-    test_tokenServiceRefusesFleet.todo = (  # type: ignore[attr-defined]
-        "a refusal by the upstream's token service is a bare 401 UNAUTHORIZED "
-        "(no challenge), not the NAME_UNKNOWN of a refusal by the registry"
-    )
 
     def test_upstreamRefusesFleetBlob(self) -> None:
         """
@@ -1384,11 +1368,6 @@ class FleetWithServerKeyTests(FleetTestCase):
         """
         self.assertLooksMissing("acme/private-app", "/v2/{}/tags/list")
 
-    test_tags.todo = (  # type: ignore[attr-defined]
-        "since 816fbfb the server's key sees private fleets, and a tag list "
-        "that succeeds is never checked against the client's own "
-        "credentials: anonymous gets 200 with the private fleet's releases"
-    )
 
     def test_publicFleet(self) -> None:
         """
@@ -1571,9 +1550,6 @@ class PropertyTests(BrokerTestCase):
         digests = manifestDigests(body)
         self.assertTrue(all(isinstance(d, str) for d in digests))
 
-    test_manifestDigestsNeverCrash.todo = (  # type: ignore[attr-defined]
-        "manifestDigests(b'{\"layers\": 1}') raises TypeError"
-    )
 
     def test_manifestDigests(self) -> None:
         """

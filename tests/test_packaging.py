@@ -119,6 +119,7 @@ class PackagingTests(TestCase):
         """
         names = set((await self.buildWheel()).namelist())
         self.assertIn("twisted/plugins/regproxy_plugin.py", names)
+        self.assertIn("twisted/plugins/regproxy_endpoints.py", names)
         self.assertIn("regproxy/tap.py", names)
         self.assertIn("regproxy/site.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
