@@ -21,6 +21,7 @@ import ctypes
 import os
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -331,6 +332,57 @@ def waitForQuiet(maxBusy: float = 0.15, timeout: float = 60.0) -> float:
     while busy > maxBusy and time.monotonic() < deadline:
         busy = cpuBusy()
     return busy
+
+
+def _busySeconds() -> float:
+    """
+    CPU seconds all CPUs have spent busy since boot (guest time is already
+    in user time).
+    """
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class ForeignLoad:
+    """
+    How much of the machine went to processes that are not ours while a
+    block ran: the CPUs' busy time, less this process's, its finished
+    children's (curl, hey) and that of the harness's servers.  On a machine
+    shared with other people's tests this says whether a figure is fair.
+
+        with ForeignLoad(harness) as foreign:
+            measure()
+        foreign.fraction  # 0.0 to 1.0 of all CPUs
+    """
+
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+        self.fraction = 0.0
+
+    def _ours(self) -> float:
+        spent = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            usage = resource.getrusage(who)
+            spent += usage.ru_utime + usage.ru_stime
+        for process in self.harness.processes:
+            try:
+                spent += process.cpuSeconds(group=True)
+            except (OSError, ValueError):
+                pass
+        return spent
+
+    def __enter__(self) -> ForeignLoad:
+        self._start = (time.monotonic(), _busySeconds(), self._ours())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall0, busy0, ours0 = self._start
+        wall = time.monotonic() - wall0
+        foreign = (_busySeconds() - busy0) - (self._ours() - ours0)
+        capacity = wall * (os.cpu_count() or 1)
+        self.fraction = min(1.0, max(0.0, foreign / capacity)) if capacity else 0.0
 
 
 # The things a benchmark starts.

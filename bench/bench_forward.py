@@ -38,7 +38,14 @@ from _clients import (
     sha256Of,
     wrkScript,
 )
-from _harness import BenchError, Harness, MemoryWatch, Server, waitForQuiet
+from _harness import (
+    BenchError,
+    ForeignLoad,
+    Harness,
+    MemoryWatch,
+    Server,
+    waitForQuiet,
+)
 from _registry import MANIFEST_TYPES, Blob, MiB, RegistryClient
 
 REPOSITORY = "bench/forward"
@@ -49,6 +56,7 @@ MIN_SPEED = 1.0e9  # bytes per second through regproxy
 MIN_OVER_NGINX = 1.5  # times nginx with its default buffers
 MAX_RSS = 80e6  # bytes, peak, for the small and for the big blob
 SAME_RSS = 0.10  # the big blob's peak may exceed the small one's by this much
+DISTURBED = 0.20  # other people's share of the CPUs that makes a figure unfair
 
 PATHS = ("direct", "regproxy", "nginx-off", "nginx-default")
 TITLES = {
@@ -320,15 +328,29 @@ class Bench:
         """
         process = self.servers[name].process
         before = process.cpuSeconds(group=True)
-        fetch = curlFetch(
-            self.blobURL(name, self.big),
-            self.fetchTimeout,
-            self.headerLines(name),
-            expectSize=self.big.size,
-        )
+        with ForeignLoad(self.harness) as foreign:
+            fetch = curlFetch(
+                self.blobURL(name, self.big),
+                self.fetchTimeout,
+                self.headerLines(name),
+                expectSize=self.big.size,
+            )
         if figures is not None:
             figures["speed"][name] = fetch.speed
             figures["cpu"][name] = process.cpuSeconds(group=True) - before
+            figures["foreign"][f"{name} blob"] = foreign.fraction
+
+    def measureHead(self, name: str, figures: dict[str, Any]) -> None:
+        with ForeignLoad(self.harness) as foreign:
+            load = self.loadHead(name)
+        figures["head"][name] = {
+            "rps": load.rps,
+            "p50": load.p50,
+            "p99": load.p99,
+            "requests": load.requests,
+            "errors": load.errors,
+        }
+        figures["foreign"][f"{name} HEAD"] = foreign.fraction
 
     def run(self, number: int) -> dict[str, Any]:
         busy = waitForQuiet(maxBusy=0.15, timeout=self.args.quiet_timeout)
@@ -339,6 +361,7 @@ class Bench:
             "speed": {},
             "cpu": {},
             "head": {},
+            "foreign": {},
         }
         if busy > 0.15:
             log(f"run {number}: the machine is {busy:.0%} busy with other work")
@@ -347,11 +370,12 @@ class Bench:
                 figures.update(self.measureRegproxy(figures))
                 continue
             self.fetchBig(name, figures)
-            figures["head"][name] = self.headFigures(self.loadHead(name))
+            self.measureHead(name, figures)
             log(
                 f"run {number}: {name}: {figures['speed'][name] / 1e9:.2f} GB/s "
                 f"({figures['cpu'][name]:.1f} CPU s), "
-                f"{figures['head'][name]['rps']:.0f} HEAD/s"
+                f"{figures['head'][name]['rps']:.0f} HEAD/s; "
+                f"{self.foreignNote(figures, name)}"
             )
         return figures
 
@@ -380,7 +404,7 @@ class Bench:
                 self.fetchBig("regproxy", figures)
             rss["big_peak"] = watch.peak
             rss["big_samples"] = watch.samples
-            figures["head"]["regproxy"] = self.headFigures(self.loadHead("regproxy"))
+            self.measureHead("regproxy", figures)
             rss["after_head"] = server.process.rss()
         finally:
             self.stopRegproxy()
@@ -390,18 +414,15 @@ class Bench:
             f"({figures['cpu']['regproxy']:.1f} CPU s), "
             f"{figures['head']['regproxy']['rps']:.0f} HEAD/s, peak RSS "
             f"{rss['small_peak'] / 1e6:.1f} MB (1 MiB) / "
-            f"{rss['big_peak'] / 1e6:.1f} MB (big)"
+            f"{rss['big_peak'] / 1e6:.1f} MB (big); "
+            f"{self.foreignNote(figures, 'regproxy')}"
         )
         return {"rss": rss}
 
-    def headFigures(self, load: Load) -> dict[str, Any]:
-        return {
-            "rps": load.rps,
-            "p50": load.p50,
-            "p99": load.p99,
-            "requests": load.requests,
-            "errors": load.errors,
-        }
+    def foreignNote(self, figures: dict[str, Any], name: str) -> str:
+        blob = figures["foreign"].get(f"{name} blob", 0.0)
+        head = figures["foreign"].get(f"{name} HEAD", 0.0)
+        return f"other work took {blob:.0%} / {head:.0%} of the CPUs"
 
 
 # Reporting.
@@ -425,6 +446,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         )
     for key in ("idle", "small_peak", "big_peak", "after_head"):
         out["rss"][key] = median([r["rss"][key] for r in runs if "rss" in r])
+    foreign = [f for r in runs for f in r["foreign"].values()]
+    out["foreign"] = {
+        "median": median(foreign),
+        "max": max(foreign, default=None),
+        "over": sum(1 for f in foreign if f > DISTURBED),
+        "count": len(foreign),
+    }
     return out
 
 
@@ -485,6 +513,19 @@ def table(
     errors = {n: hd[n]["errors"] for n in names if hd[n]["errors"]}
     if errors:
         lines.append(f"HEAD errors (all runs): {errors}")
+    foreign = summary["foreign"]
+    if foreign["count"]:
+        lines.append(
+            f"other people's work during the measurements: median "
+            f"{foreign['median']:.0%}, max {foreign['max']:.0%} of the CPUs"
+            + (
+                f"; {foreign['over']} of {foreign['count']} measurements above "
+                f"{DISTURBED:.0%}: the figures are disturbed, rerun on an idle "
+                f"machine"
+                if foreign["over"]
+                else ""
+            )
+        )
     if not rp:
         return "\n".join(lines)
     rss = summary["rss"]
