@@ -851,7 +851,6 @@ class BearerUpstreamTests(BrokerTestCase):
             response.header(b"www-authenticate").split(b",")[:2], CHALLENGE.split(b",")
         )
 
-
     def test_upstreamForgetsToken(self) -> None:
         """
         When the upstream stops accepting a cached token before it expires
@@ -864,7 +863,6 @@ class BearerUpstreamTests(BrokerTestCase):
         first = self.get(b"/v2/lib/app/manifests/latest", token)
         second = self.get(b"/v2/lib/app/manifests/latest", token)
         self.assertEqual((first.status, second.status), (200, 200), second.body)
-
 
 
 class FleetTestCase(BrokerTestCase):
@@ -1049,7 +1047,6 @@ class FleetNameTests(FleetTestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
         self.assertEqual(response.status, 200, response.body)
         self.assertEqual(response.body, odd)
-
 
     def test_uploadLocation(self) -> None:
         """
@@ -1325,7 +1322,6 @@ class FleetErrorTests(FleetTestCase):
         seen = self.get(b"/v2/acme/public-app/manifests/latest", token)
         self.assertEqual((seen.status, errorCodes(seen)), (404, ["NAME_UNKNOWN"]))
 
-
     def test_upstreamRefusesFleetBlob(self) -> None:
         """
         The same for a blob request.
@@ -1367,7 +1363,6 @@ class FleetWithServerKeyTests(FleetTestCase):
         Its release list is not shown either.
         """
         self.assertLooksMissing("acme/private-app", "/v2/{}/tags/list")
-
 
     def test_publicFleet(self) -> None:
         """
@@ -1549,7 +1544,6 @@ class PropertyTests(BrokerTestCase):
         """
         digests = manifestDigests(body)
         self.assertTrue(all(isinstance(d, str) for d in digests))
-
 
     def test_manifestDigests(self) -> None:
         """
