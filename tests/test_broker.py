@@ -851,6 +851,42 @@ class BearerUpstreamTests(BrokerTestCase):
             response.header(b"www-authenticate").split(b",")[:2], CHALLENGE.split(b",")
         )
 
+    def test_refusalRetriedOnce(self) -> None:
+        """
+        An upstream that keeps refusing is asked with a fresh token once,
+        not again and again, and the client is denied.
+        """
+        token = self.bearer(["repository:lib/other:pull"], basic("bob", "bob-secret"))
+        asked = len(self.registry.tokenRequests)
+        sent = len(self.registry.received)
+        response = self.get(b"/v2/lib/other/manifests/latest", token)
+        self.assertEqual(response.status, 403, response.body)
+        self.assertEqual(errorCodes(response), ["DENIED"])
+        self.assertEqual(len(self.registry.tokenRequests) - asked, 2)
+        self.assertEqual(len(self.registry.received) - sent, 2)
+
+    def test_bodyNotSentTwice(self) -> None:
+        """
+        A refused request with a body (a manifest push) is not sent again:
+        its body was streamed once.
+        """
+        token = self.bearer(
+            ["repository:lib/app:pull,push"], basic("bob", "bob-secret")
+        )
+        response = self.exchange(
+            b"PUT",
+            b"/v2/lib/app/manifests/v2",
+            [
+                (b"Authorization", token),
+                (b"Content-Type", b"application/vnd.oci.image.manifest.v1+json"),
+            ],
+            manifestFor("x"),
+        )
+        self.assertEqual(response.status, 403, response.body)
+        puts = [r for r in self.registry.received if r.method == b"PUT"]
+        self.assertEqual(len(puts), 1)
+        self.assertEqual(puts[0].body, manifestFor("x"))
+
     def test_upstreamForgetsToken(self) -> None:
         """
         When the upstream stops accepting a cached token before it expires
@@ -1363,6 +1399,28 @@ class FleetWithServerKeyTests(FleetTestCase):
         Its release list is not shown either.
         """
         self.assertLooksMissing("acme/private-app", "/v2/{}/tags/list")
+
+    def test_publicTags(self) -> None:
+        """
+        A public fleet's releases are listed for anonymous clients.
+        """
+        token = self.bearer(["repository:acme/public-app:pull"])
+        response = self.get(b"/v2/acme/public-app/tags/list", token)
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(
+            json.loads(response.body)["tags"], ["1.2.3", DRAFT_VERSION, "2.0.0"]
+        )
+
+    def test_memberTags(self) -> None:
+        """
+        A member lists the private fleet's releases with her own key.
+        """
+        token = self.bearer(
+            ["repository:acme/private-app:pull"], basic("alice", ALICE_KEY)
+        )
+        response = self.get(b"/v2/acme/private-app/tags/list", token)
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(json.loads(response.body)["tags"], ["1.0.0"])
 
     def test_publicFleet(self) -> None:
         """
