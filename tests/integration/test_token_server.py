@@ -35,8 +35,13 @@ from .tokenregistry import TokenAuth, startTokenModeRegistry
 
 ISSUER = "api.regproxy.test"
 SERVICE = "registry.regproxy.test"
-PASSWORDS = {"alice": "wonderland", "bob": "builder"}
+PASSWORDS = {"alice": "wonderland", "bob": "builder", "frontdoor": "front-secret"}
 RULES = """
+[[rule]]
+users = ["frontdoor"]
+repositories = ["**"]
+actions = ["pull", "push"]
+
 [[rule]]
 users = ["alice"]
 repositories = ["team/**", "public/*"]
@@ -147,8 +152,8 @@ class TokenServerTests:
             ext: os.path.join(self.directory, f"{ISSUER}.{ext}")
             for ext in ("crt", "pem", "kid")
         }
-        htpasswd, access = writeUsers(self.directory)
-        self.proxy = self.startIssuer(htpasswd=htpasswd, access=access)
+        self.htpasswd, self.access = writeUsers(self.directory)
+        self.proxy = self.startIssuer(htpasswd=self.htpasswd, access=self.access)
         self.registry = await startTokenModeRegistry(
             self,
             TokenAuth(
@@ -344,6 +349,50 @@ class TokenServerTests:
         self.assertEqual(
             len(base64.urlsafe_b64decode(tokens[0].split(".")[2] + "==")), 64
         )
+
+    async def test_frontDoorToTheSameRegistry(self) -> None:
+        """
+        A second regproxy, with the same users and rules, as the front door
+        of this registry: it logs in upstream as its own account (at the
+        first regproxy's C{/token}); clients log in to it.  alice pushes and
+        pulls through it, the image is in the registry, an anonymous client
+        pulls only C{public/*} through it.
+        """
+        front = startProxy(
+            self,
+            self.registry,
+            htpasswd=self.htpasswd,
+            access=self.access,
+            upstream_user="frontdoor",
+            upstream_password=PASSWORDS["frontdoor"],
+        )
+        for repository in ["team/app", "public/tool"]:
+            await self.skopeo.copy(
+                self.image.reference,
+                front.reference(repository, "v1"),
+                destTLSVerify=False,
+                destCreds=("alice", "wonderland"),
+            )
+        self.assertEqual(
+            await self.skopeo.inspect(
+                front.reference("team/app", "v1"),
+                raw=True,
+                tlsVerify=False,
+                creds=("alice", "wonderland"),
+            ),
+            self.manifestBytes(),
+        )
+        self.assertEqual(await self.inspectRaw("team/app"), self.manifestBytes())
+        self.assertEqual(
+            await self.skopeo.inspect(
+                front.reference("public/tool", "v1"), raw=True, tlsVerify=False
+            ),
+            self.manifestBytes(),
+        )
+        with self.assertRaises(ClientFailed):
+            await self.skopeo.inspect(
+                front.reference("team/app", "v1"), raw=True, tlsVerify=False
+            )
 
     async def test_refreshTokenGrant(self) -> None:
         """
