@@ -32,7 +32,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import Interface, implementer
 
 from regproxy.challenge import bearer
-from regproxy.errors import API_VERSION, API_VERSION_HEADER, RegistryError, writeError
+from regproxy.errors import methodNotAllowed, API_VERSION, API_VERSION_HEADER, RegistryError, writeError
 from regproxy.forward import Forwarder, forwardedRequestHeaders, relayHeaders
 from regproxy.manifestcache import CachedManifest, ManifestCache, acceptable
 from regproxy.reference import (
@@ -372,6 +372,12 @@ class TokenResource(Resource):
     def __init__(self, broker: Broker) -> None:
         super().__init__()
         self._broker = broker
+
+    def render(self, request: Request) -> object:
+        if request.method not in (b"GET", b"HEAD", b"POST"):
+            methodNotAllowed(request, (b"GET", b"POST"))
+            return NOT_DONE_YET
+        return super().render(request)
 
     def render_GET(self, request: Request) -> object:
         return self._start(request, self._get(request))

@@ -76,3 +76,20 @@ def writeError(request: IRequest, error: RegistryError) -> None:
     request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
     request.write(body)
     request.finish()
+
+
+def methodNotAllowed(request: IRequest, allowed: tuple[bytes, ...]) -> None:
+    """
+    Answer a method a resource does not take with a registry-format 405,
+    instead of twisted.web's HTML page.
+    """
+    writeError(
+        request,
+        RegistryError(
+            405,
+            "UNSUPPORTED",
+            f"use {' or '.join(m.decode() for m in allowed)} here",
+            None,
+            ((b"Allow", b", ".join(allowed)),),
+        ),
+    )

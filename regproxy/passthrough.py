@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from regproxy.challenge import ChallengeParseError, parseChallenges, serializeChallenges
-from regproxy.errors import RegistryError, writeError
+from regproxy.errors import methodNotAllowed, RegistryError, writeError
 from regproxy.forward import (
     BytesProducer,
     Forwarder,
@@ -113,6 +113,12 @@ class TokenPassthroughResource(Resource):
         super().__init__()
         self._forwarder = forwarder
         self._realm = realm
+
+    def render(self, request: Request) -> object:
+        if request.method not in (b"GET", b"HEAD", b"POST"):
+            methodNotAllowed(request, (b"GET", b"POST"))
+            return NOT_DONE_YET
+        return super().render(request)
 
     def render_GET(self, request: Request) -> object:
         return self._start(request)
