@@ -238,8 +238,9 @@ class DockerdUsersTests(TestCase):
         the image.
         """
         reference = f"{self.proxy.host}/team/app:v1"
-        with self.assertRaises(ClientFailed):
+        with self.assertRaises(ClientFailed) as caught:
             await self.docker.run("pull", reference, timeout=120)
+        self.assertIn("may require 'docker login'", str(caught.exception))
         with self.assertRaises(ClientFailed) as caught:
             await self.docker.run(
                 "login", "-u", "alice", "-p", "looking-glass", self.proxy.host
