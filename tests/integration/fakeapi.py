@@ -4,6 +4,9 @@ Serve a L{regproxy.testing.fakebalena.FakeBalenaAPI} on a loopback port, so
 that child processes (skopeo, podman) and the registry's clients can reach
 it as they would reach C{api.balena-cloud.com}.
 
+A L{Gate} in front of the fake can hold requests until the test lets them
+through, so a test can have many clients waiting on one API call.
+
 Every answer closes its connection: a client's pool then never holds an
 idle connection (and its idle timer) to the fake when the test ends, which
 trial would report as a dirty reactor.  Cleanup waits for the connections
@@ -16,7 +19,8 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.protocols.policies import WrappingFactory
 from twisted.web.http import HTTPChannel
-from twisted.web.server import Site
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 
 from regproxy.testing.fakebalena import FakeBalenaAPI
 
@@ -59,6 +63,60 @@ class _TrackingFactory(WrappingFactory):
         return d
 
 
+class Gate(Resource):
+    """
+    Pass requests to a resource, or, while closed, hold them until
+    L{Gate.open}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__()
+        self._resource = resource
+        self._closed = False
+        self._held: list = []
+        self._waiting: list[Deferred[None]] = []
+
+    def close(self) -> None:
+        self._closed = True
+
+    def open(self) -> None:
+        """
+        Let every held request through, and the next ones.
+        """
+        self._closed = False
+        held, self._held = self._held, []
+        for request in held:
+            if not request.finished and request.channel is not None:
+                self._pass(request)
+
+    def whenHolding(self) -> Deferred[None]:
+        """
+        Fire once a request is held.
+        """
+        if self._held:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def render(self, request):
+        if not self._closed:
+            return self._resource.render(request)
+        self._held.append(request)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+        return NOT_DONE_YET
+
+    def _pass(self, request) -> None:
+        body = self._resource.render(request)
+        if body is not NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+
 @attrs.frozen
 class ServedAPI:
     """
@@ -73,6 +131,7 @@ class ServedAPI:
     url: str
     port: int
     api: FakeBalenaAPI
+    gate: Gate
 
     @property
     def tokenRealm(self) -> str:
@@ -87,7 +146,8 @@ def serveFakeAPI(testCase, api: FakeBalenaAPI, reactor=None) -> ServedAPI:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    site = Site(api, reactor=reactor)
+    gate = Gate(api)
+    site = Site(gate, reactor=reactor)
     site.protocol = _ClosingChannel
     site.noisy = False
     factory = _TrackingFactory(site)
@@ -97,9 +157,9 @@ def serveFakeAPI(testCase, api: FakeBalenaAPI, reactor=None) -> ServedAPI:
     def stop() -> Deferred:
         # Requests left hanging (api.stop("hang")) never finish by
         # themselves: end them, then wait for every connection to close.
-        for request in api.hanging:
+        for request in api.hanging + gate._held:
             request.transport.abortConnection()
-        del api.hanging[:]
+        del api.hanging[:], gate._held[:]
 
         def abortStragglers(failure):
             for protocol in list(factory.protocols):
@@ -114,4 +174,4 @@ def serveFakeAPI(testCase, api: FakeBalenaAPI, reactor=None) -> ServedAPI:
 
     testCase.addCleanup(stop)
     number = port.getHost().port
-    return ServedAPI(f"http://127.0.0.1:{number}", number, api)
+    return ServedAPI(f"http://127.0.0.1:{number}", number, api, gate)

@@ -208,23 +208,37 @@ async def startTokenRegistry(
     """
     program = shutil.which(REGISTRY_PROGRAM)
     if program is None:
-        raise SkipTest(f"{REGISTRY_PROGRAM} is not installed (apt-get install docker-registry)")
+        raise SkipTest(
+            f"{REGISTRY_PROGRAM} is not installed (apt-get install docker-registry)"
+        )
     directory = tempfile.mkdtemp(prefix="registry-fleets-")
     testCase.addCleanup(shutil.rmtree, directory, True)
     lastError: Exception | None = None
-    for attempt in range(3):
+    for _attempt in range(3):
         port = freePort()
         configFile = os.path.join(directory, "config.yml")
         with open(configFile, "w") as f:
-            json.dump(tokenRegistryConfig(world.storage, port, realm, world.bundleFile), f)
+            json.dump(
+                tokenRegistryConfig(world.storage, port, realm, world.bundleFile), f
+            )
         process = RegistryProcess()
-        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": directory}
-        reactor.spawnProcess(process, program, [program, "serve", configFile], env=environment)
+        environment = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": directory,
+        }
+        reactor.spawnProcess(
+            process, program, [program, "serve", configFile], env=environment
+        )
         timeout = reactor.callLater(
             STARTUP_TIMEOUT,
-            lambda p=process: p.listening.called
-            or p.listening.errback(
-                RegistryFailed(f"registry did not listen within {STARTUP_TIMEOUT}s:\n" + p.output())
+            lambda p=process: (
+                p.listening.called
+                or p.listening.errback(
+                    RegistryFailed(
+                        f"registry did not listen within {STARTUP_TIMEOUT}s:\n"
+                        + p.output()
+                    )
+                )
             ),
         )
         try:
@@ -286,7 +300,10 @@ def _writeImages(layout: str, keys: list[ImageKey]) -> dict[ImageKey, Image | In
 
 
 async def _push(
-    testCase, registry: Registry, fixture: Fixture, images: Mapping[ImageKey, Image | Index]
+    testCase,
+    registry: Registry,
+    fixture: Fixture,
+    images: Mapping[ImageKey, Image | Index],
 ) -> None:
     """
     Push every image to its repository as the builder, with the tag

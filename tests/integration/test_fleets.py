@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import tempfile
 
@@ -70,7 +69,9 @@ class FleetWorldMixin:
         self.proxy = self.startProxy()
 
     def startProxy(self, **settings) -> Proxy:
-        return startProxy(self, self.fleets.registry, balena_api=self.fleets.apiURL, **settings)
+        return startProxy(
+            self, self.fleets.registry, balena_api=self.fleets.apiURL, **settings
+        )
 
     def reference(self, name: str, proxy: Proxy | None = None) -> str:
         return f"docker://{(proxy or self.proxy).host}/{name}"
@@ -134,7 +135,8 @@ class SkopeoFleetPullTests(SkopeoMixin, TestCase):
             await self.pull(f"{PUBLIC}/1.2.3"), self.fleets.digest(PUBLIC, "1.2.3+rev2")
         )
         self.assertNotEqual(
-            self.fleets.digest(PUBLIC, "1.2.3+rev2"), self.fleets.digest(PUBLIC, "1.2.3")
+            self.fleets.digest(PUBLIC, "1.2.3+rev2"),
+            self.fleets.digest(PUBLIC, "1.2.3"),
         )
 
     async def test_versionAsTag(self) -> None:
@@ -264,12 +266,16 @@ class HTTPMixin(FleetWorldMixin):
         ping = await self.http.get(proxy.url + "/v2/")
         await ping.content()
         self.assertEqual(ping.code, 401)
-        (challenge,) = parseChallenges(ping.headers.getRawHeaders("www-authenticate")[0])
+        (challenge,) = parseChallenges(
+            ping.headers.getRawHeaders("www-authenticate")[0]
+        )
         params = {"service": challenge.get("service")}
         if name is not None:
             params["scope"] = f"repository:{name}:pull"
         headers = {"Authorization": [basic(creds)]} if creds else {}
-        response = await self.http.get(challenge.get("realm"), params=params, headers=headers)
+        response = await self.http.get(
+            challenge.get("realm"), params=params, headers=headers
+        )
         body = await response.content()
         self.assertEqual(response.code, 200, body)
         return json.loads(body)["token"]
@@ -296,7 +302,9 @@ class HTTPMixin(FleetWorldMixin):
         body = await response.content()
         return response, body
 
-    async def error(self, name: str, reference: str = "latest", **kwargs) -> tuple[int, dict]:
+    async def error(
+        self, name: str, reference: str = "latest", **kwargs
+    ) -> tuple[int, dict]:
         """
         The registry-format error a manifest request gets: its status and
         its one error entry.
@@ -324,7 +332,7 @@ class ErrorTests(HTTPMixin, TestCase):
         """
         An unknown fleet or organization: 404 C{NAME_UNKNOWN}.
         """
-        for name in ("acme/no-such-app", "nobody/app", f"nobody/app/1.2.3"):
+        for name in ("acme/no-such-app", "nobody/app", "nobody/app/1.2.3"):
             code, entry = await self.error(name)
             self.assertEqual((code, entry["code"]), (404, "NAME_UNKNOWN"), name)
 
@@ -375,7 +383,11 @@ class ErrorTests(HTTPMixin, TestCase):
         """
         A two-service release without a service: 400, naming the services.
         """
-        for name, reference in ((f"{MULTI}/1.0.0", "latest"), (MULTI, "latest"), (MULTI, "1.0.0")):
+        for name, reference in (
+            (f"{MULTI}/1.0.0", "latest"),
+            (MULTI, "latest"),
+            (MULTI, "1.0.0"),
+        ):
             code, entry = await self.error(name, reference)
             self.assertEqual(code, 400, (name, reference))
             self.assertIn("frontend", entry["message"])
@@ -388,8 +400,54 @@ class ErrorTests(HTTPMixin, TestCase):
         """
         skopeo = Skopeo(self)
         with self.assertRaises(ClientFailed) as caught:
-            await skopeo.inspect(self.reference(f"{PUBLIC}/v1.2.3"), raw=True, tlsVerify=False)
+            await skopeo.inspect(
+                self.reference(f"{PUBLIC}/v1.2.3"), raw=True, tlsVerify=False
+            )
         self.assertIn("did you mean 1.2.3", caught.exception.stderr.decode())
+
+
+class TagListTests(HTTPMixin, TestCase):
+    """
+    C{GET /v2/<org>/<fleet>/tags/list} lists the releases a client can pull.
+    """
+
+    async def tags(self, name: str, creds=None, proxy: Proxy | None = None):
+        proxy = proxy or self.proxy
+        token = await self.token(name, creds, proxy)
+        response = await self.http.get(
+            f"{proxy.url}/v2/{name}/tags/list",
+            headers={"Authorization": ["Bearer " + token]},
+        )
+        return response.code, json.loads(await response.content())
+
+    async def test_releases(self) -> None:
+        """
+        Successful finals by version, drafts by full version; no failed
+        release, nor one whose image failed.
+        """
+        code, body = await self.tags(PUBLIC)
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            body,
+            {"name": PUBLIC, "tags": ["1.2.3", DRAFT, INDEX_VERSION, TARGET_VERSION]},
+        )
+
+    async def test_privateFleet(self) -> None:
+        """
+        A private fleet's list: for a member, its releases; for anonymous
+        clients and outsiders, a missing fleet's 404, even with regproxy's
+        API key configured.
+        """
+        keyed = self.startProxy(api_token=ALICE[1])
+        self.assertEqual(
+            await self.tags(PRIVATE, ALICE, keyed),
+            (200, {"name": PRIVATE, "tags": ["1.0.0"]}),
+        )
+        for proxy in (self.proxy, keyed):
+            for creds in (None, BOB):
+                code, body = await self.tags(PRIVATE, creds, proxy)
+                self.assertEqual(code, 404, body)
+                self.assertEqual(body["errors"][0]["code"], "NAME_UNKNOWN")
 
 
 class LoginTests(HTTPMixin, TestCase):
@@ -404,7 +462,9 @@ class LoginTests(HTTPMixin, TestCase):
         """
         ping = await self.http.get(self.proxy.url + "/v2/")
         await ping.content()
-        (challenge,) = parseChallenges(ping.headers.getRawHeaders("www-authenticate")[0])
+        (challenge,) = parseChallenges(
+            ping.headers.getRawHeaders("www-authenticate")[0]
+        )
         self.assertEqual(challenge.get("realm"), self.proxy.url + "/token")
         response = await self.http.get(
             challenge.get("realm"),
@@ -413,7 +473,9 @@ class LoginTests(HTTPMixin, TestCase):
         )
         body = json.loads(await response.content())
         self.assertEqual(response.code, 200)
-        self.assertEqual(set(body), {"token", "access_token", "expires_in", "issued_at"})
+        self.assertEqual(
+            set(body), {"token", "access_token", "expires_in", "issued_at"}
+        )
         self.assertEqual(body["token"], body["access_token"])
         self.assertIsInstance(body["expires_in"], int)
         self.assertTrue(body["issued_at"].endswith("Z"), body["issued_at"])
@@ -440,10 +502,22 @@ class LoginTests(HTTPMixin, TestCase):
         """
         skopeo = Skopeo(self)
         await skopeo.run(
-            "login", "--tls-verify=false", "-u", "alice", "-p", "alice-password", self.proxy.host
+            "login",
+            "--tls-verify=false",
+            "-u",
+            "alice",
+            "-p",
+            "alice-password",
+            self.proxy.host,
         )
         result = await skopeo.run(
-            "login", "--tls-verify=false", "-u", "alice", "-p", "wrong", self.proxy.host,
+            "login",
+            "--tls-verify=false",
+            "-u",
+            "alice",
+            "-p",
+            "wrong",
+            self.proxy.host,
             check=False,
         )
         self.assertNotEqual(result.code, 0)
@@ -469,7 +543,10 @@ class PrivateFleetTests(HTTPMixin, SkopeoMixin, TestCase):
         expected = await self.manifest(missing, **kwargs)
         self.assertEqual(got[0].code, expected[0].code)
         self.assertIn(got[0].code, (401, 404))
-        slug, missingSlug = "/".join(name.split("/")[:2]), "/".join(missing.split("/")[:2])
+        slug, missingSlug = (
+            "/".join(name.split("/")[:2]),
+            "/".join(missing.split("/")[:2]),
+        )
         self.assertEqual(
             json.loads(got[1]),
             json.loads(expected[1].replace(missingSlug.encode(), slug.encode())),
@@ -510,7 +587,8 @@ class PrivateFleetTests(HTTPMixin, SkopeoMixin, TestCase):
                 with self.assertRaises(ClientFailed) as caught:
                     await self.pull(PRIVATE, creds=creds, proxy=proxy)
                 self.assertIn(
-                    f"name unknown: no fleet {PRIVATE}", caught.exception.stderr.decode()
+                    f"name unknown: no fleet {PRIVATE}",
+                    caught.exception.stderr.decode(),
                 )
 
     async def test_digestAfterMemberPull(self) -> None:
@@ -522,8 +600,12 @@ class PrivateFleetTests(HTTPMixin, SkopeoMixin, TestCase):
         digest = self.fleets.digest(PRIVATE, "1.0.0")
         response, body = await self.manifest(PRIVATE, creds=ALICE, proxy=self.keyed)
         self.assertEqual(response.code, 200, body)
-        self.assertEqual(response.headers.getRawHeaders("docker-content-digest"), [digest])
-        await self.assertLooksMissing(PRIVATE, "acme/no-such-app", reference=digest, proxy=self.keyed)
+        self.assertEqual(
+            response.headers.getRawHeaders("docker-content-digest"), [digest]
+        )
+        await self.assertLooksMissing(
+            PRIVATE, "acme/no-such-app", reference=digest, proxy=self.keyed
+        )
 
 
 class ResolutionCacheTests(HTTPMixin, SkopeoMixin, TestCase):
@@ -532,24 +614,56 @@ class ResolutionCacheTests(HTTPMixin, SkopeoMixin, TestCase):
     answers are remembered.
     """
 
+    def countArrivals(self, count: int) -> Deferred[None]:
+        """
+        Fire once regproxy has started handling C{count} more manifest
+        requests (each is then either asking the API or waiting for its
+        answer).  Set up before any request: a connection opened earlier
+        keeps the request class it had.
+        """
+        arrived: Deferred[None] = Deferred()
+        seen = []
+        site = self.proxy.site
+
+        class CountingRequest(site.requestFactory):  # type: ignore[name-defined]
+            def process(self) -> None:
+                super().process()
+                if b"/manifests/" in self.path:
+                    seen.append(self)
+                if len(seen) == count:
+                    arrived.callback(None)
+
+        site.requestFactory = CountingRequest
+        return arrived
+
     async def test_concurrentFirstRequests(self) -> None:
         """
-        100 concurrent first requests for one name make one API call, and
-        all get the release's manifest.
+        100 concurrent first requests for one name, all in regproxy before
+        the API answers, make one API call, and all get the release's
+        manifest.
         """
         name = f"{PUBLIC}/1.2.3"
+        arrived = self.countArrivals(100)
         token = await self.token(name)
         before = len(self.fleets.api.apiCalls)
-        results = await gatherResults(
+        self.fleets.served.gate.close()
+        requests = gatherResults(
             [
                 Deferred.fromCoroutine(self.manifest(name, token=token))
                 for _ in range(100)
             ]
         )
+        await arrived
+        await self.fleets.served.gate.whenHolding()
+        self.fleets.served.gate.open()
+        results = await requests
         self.assertEqual(len(self.fleets.api.apiCalls) - before, 1)
         digest = self.fleets.digest(PUBLIC, "1.2.3+rev2")
         self.assertEqual(
-            {(r.code, r.headers.getRawHeaders("docker-content-digest")[0]) for r, _ in results},
+            {
+                (r.code, r.headers.getRawHeaders("docker-content-digest")[0])
+                for r, _ in results
+            },
             {(200, digest)},
         )
 
@@ -607,7 +721,9 @@ class PodmanFleetTests(SkopeoMixin, TestCase):
         expected = {
             f"{PUBLIC}:1.2.3": f.digest(PUBLIC, "1.2.3+rev2"),
             f"{PUBLIC}/1.2.3": f.digest(PUBLIC, "1.2.3+rev2"),
-            f"{PUBLIC}/{f.commit(PUBLIC, TARGET_VERSION)[:7]}": f.digest(PUBLIC, TARGET_VERSION),
+            f"{PUBLIC}/{f.commit(PUBLIC, TARGET_VERSION)[:7]}": f.digest(
+                PUBLIC, TARGET_VERSION
+            ),
             f"{PUBLIC}/{DRAFT}": f.digest(PUBLIC, DRAFT),
             f"{MULTI}/1.0.0/backend": f.digest(MULTI, "1.0.0", "backend"),
         }
@@ -619,5 +735,6 @@ class PodmanFleetTests(SkopeoMixin, TestCase):
         podman pulls a private fleet with a member's credentials.
         """
         self.assertEqual(
-            await self.podmanPull(PRIVATE, creds=ALICE), self.fleets.digest(PRIVATE, "1.0.0")
+            await self.podmanPull(PRIVATE, creds=ALICE),
+            self.fleets.digest(PRIVATE, "1.0.0"),
         )
