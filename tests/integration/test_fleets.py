@@ -714,18 +714,24 @@ class PodmanFleetTests(SkopeoMixin, TestCase):
 
     async def test_selectors(self) -> None:
         """
-        podman gets the right image for a version (by path and by tag), a
-        commit prefix, a draft and a service.
+        podman gets the right image for every selector: the fleet, a
+        version (by path and by tag), a commit in full and by prefix, a
+        draft, a service, a digest, and a two-platform index by tag.
         """
         f = self.fleets
+        commit = f.commit(PUBLIC, TARGET_VERSION)
+        rev0 = f.digest(PUBLIC, "1.2.3")
         expected = {
+            PUBLIC: f.digest(PUBLIC, TARGET_VERSION),
             f"{PUBLIC}:1.2.3": f.digest(PUBLIC, "1.2.3+rev2"),
             f"{PUBLIC}/1.2.3": f.digest(PUBLIC, "1.2.3+rev2"),
-            f"{PUBLIC}/{f.commit(PUBLIC, TARGET_VERSION)[:7]}": f.digest(
-                PUBLIC, TARGET_VERSION
-            ),
+            f"{PUBLIC}/{f.commit(PUBLIC, '1.2.3')}": rev0,
+            f"{PUBLIC}/{commit[:7]}": f.digest(PUBLIC, TARGET_VERSION),
             f"{PUBLIC}/{DRAFT}": f.digest(PUBLIC, DRAFT),
             f"{MULTI}/1.0.0/backend": f.digest(MULTI, "1.0.0", "backend"),
+            f"{MULTI}/latest/frontend": f.digest(MULTI, "1.0.0", "frontend"),
+            f"{PUBLIC}@{rev0}": rev0,
+            f"{PUBLIC}:{INDEX_VERSION}": f.digest(PUBLIC, INDEX_VERSION),
         }
         for name, digest in expected.items():
             self.assertEqual(await self.podmanPull(name), digest, name)
