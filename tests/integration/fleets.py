@@ -102,12 +102,9 @@ def imageKeys(fixture: Fixture) -> list[ImageKey]:
     image of a failed release proves that regproxy refuses it because the
     API says so, not because the registry lacks it.
     """
-    keys = []
-    for release in fixture.tables["release"].values():
-        slug = fixture.tables["application"][release["belongs_to__application"]]["slug"]
-        for service in fixture.images(slug, release["raw_version"]):
-            keys.append((slug, release["raw_version"], service))
-    return sorted(keys)
+    return sorted(
+        (slug, version, service) for slug, version, service, _ in fixture.allImages()
+    )
 
 
 @attrs.frozen
@@ -132,7 +129,7 @@ class FleetWorld:
         Set each image's C{content_hash} to the digest pushed for it.
         """
         for (slug, version, service), image in self.images.items():
-            fixture.images(slug, version)[service]["content_hash"] = image.digest
+            fixture.setContentHash(slug, version, image.digest, service)
         return fixture
 
     def fixture(self) -> Fixture:
