@@ -25,14 +25,18 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.client import readBody
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import Interface, implementer
 
 from regproxy.challenge import bearer
-from regproxy.errors import methodNotAllowed, API_VERSION, API_VERSION_HEADER, RegistryError, writeError
+from regproxy.errors import (
+    API_VERSION,
+    API_VERSION_HEADER,
+    RegistryError,
+    methodNotAllowed,
+)
 from regproxy.forward import Forwarder, forwardedRequestHeaders, relayHeaders
 from regproxy.manifestcache import CachedManifest, ManifestCache, acceptable
 from regproxy.reference import (
@@ -46,6 +50,7 @@ from regproxy.reference import (
     RegistryPath,
     parsePath,
 )
+from regproxy.rendering import renderLater
 from regproxy.resolve.interfaces import (
     SERVER,
     Credentials,
@@ -56,7 +61,7 @@ from regproxy.resolve.interfaces import (
     ResolverUnavailable,
 )
 from regproxy.scope import Scope, parseScopes
-from regproxy.sealing import SealError, Sealer
+from regproxy.sealing import Sealer, SealError
 from regproxy.tokens import TokenError, TokenIssuer, TokenVerifier, tokenResponseBody
 from regproxy.upstreamauth import BasicCredentials, UpstreamAuthenticator
 from regproxy.urls import Origin, publicBase, rewriteLocation
@@ -284,7 +289,10 @@ class Broker:
         needed = None
         if path.kind != BASE and path.name is not None:
             needed = Scope(
-                "repository", None, path.name, requiredActions(request.method, path.kind)
+                "repository",
+                None,
+                path.name,
+                requiredActions(request.method, path.kind),
             )
         header = request.getHeader(b"authorization") or b""
         if header[:7].lower() == b"bearer ":
@@ -303,7 +311,9 @@ class Broker:
             try:
                 account = await self.backend.login(credentials)
             except LoginFailed:
-                raise self.unauthorized(request, "wrong user name or password") from None
+                raise self.unauthorized(
+                    request, "wrong user name or password"
+                ) from None
             access = [
                 {"type": s.resourceType, "name": s.name, "actions": list(s.actions)}
                 for s in self.backend.grant(account, (needed,) if needed else ())
@@ -386,16 +396,7 @@ class TokenResource(Resource):
         return self._start(request, self._post(request))
 
     def _start(self, request: Request, coroutine: Any) -> object:
-        d = Deferred.fromCoroutine(coroutine)
-        d.addErrback(self._failed, request)
-        return NOT_DONE_YET
-
-    def _failed(self, failure: Failure, request: Request) -> None:
-        from regproxy.site import errorForFailure
-
-        error = errorForFailure(failure, "the upstream registry")
-        if error is not None:
-            writeError(request, error)
+        return renderLater(request, coroutine)
 
     def _scopes(self, request: Request) -> tuple[Scope, ...]:
         values = []
@@ -406,7 +407,9 @@ class TokenResource(Resource):
                 continue
         return parseScopes(values)
 
-    async def _login(self, request: Request, credentials: BasicCredentials | None) -> Account:
+    async def _login(
+        self, request: Request, credentials: BasicCredentials | None
+    ) -> Account:
         try:
             return await self._broker.backend.login(credentials)
         except LoginFailed:
@@ -547,19 +550,7 @@ class BrokeredRegistryResource(Resource):
 
     def render(self, request: Request) -> object:
         request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
-        d = Deferred.fromCoroutine(self._handle(request))
-        d.addErrback(self._failed, request)
-        return NOT_DONE_YET
-
-    def _failed(self, failure: Failure, request: Request) -> None:
-        from regproxy.site import errorForFailure
-
-        if failure.check(ResolveError):
-            error = failure.value.toRegistryError()
-        else:
-            error = errorForFailure(failure, "the upstream registry")
-        if error is not None:
-            writeError(request, error)
+        return renderLater(request, self._handle(request))
 
     async def _handle(self, request: Request) -> None:
         try:
@@ -684,7 +675,9 @@ class BrokeredRegistryResource(Resource):
                 resolution.reference or path.reference or "",
             )
             cached = self.manifests.get(cacheKey)
-            if cached is not None and acceptable(request.requestHeaders, cached.contentType):
+            if cached is not None and acceptable(
+                request.requestHeaders, cached.contentType
+            ):
                 self._writeManifest(request, cached)
                 return
         _, question, query = request.uri.partition(b"?")
@@ -759,7 +752,10 @@ class BrokeredRegistryResource(Resource):
                         response.headers.getRawHeaders(
                             b"content-type", [b"application/octet-stream"]
                         )[-1],
-                        (response.headers.getRawHeaders(b"docker-content-digest") or [None])[-1],
+                        (
+                            response.headers.getRawHeaders(b"docker-content-digest")
+                            or [None]
+                        )[-1],
                     ),
                 )
             request.write(body)
@@ -808,7 +804,9 @@ class BrokeredRegistryResource(Resource):
             request, "the upstream registry refused these credentials", needed
         )
 
-    def _denied(self, request: Request, path: RegistryPath, account: Account) -> RegistryError:
+    def _denied(
+        self, request: Request, path: RegistryPath, account: Account
+    ) -> RegistryError:
         """
         The upstream refused the client's own credentials.  For a fleet
         name, that must look exactly like a missing fleet.
@@ -820,7 +818,10 @@ class BrokeredRegistryResource(Resource):
             return NameUnknown(f"no fleet {fleet.slug}").toRegistryError()
         if account.name is None:
             needed = Scope(
-                "repository", None, path.name, requiredActions(request.method, path.kind)
+                "repository",
+                None,
+                path.name,
+                requiredActions(request.method, path.kind),
             )
             return self._broker.unauthorized(
                 request, "authentication required", needed, "insufficient_scope"
@@ -843,14 +844,20 @@ class BrokeredRegistryResource(Resource):
             try:
                 count = int(limit)
             except ValueError:
-                raise RegistryError(400, "PAGINATION_NUMBER_INVALID", "n must be a number") from None
+                raise RegistryError(
+                    400, "PAGINATION_NUMBER_INVALID", "n must be a number"
+                ) from None
             if count < 0:
-                raise RegistryError(400, "PAGINATION_NUMBER_INVALID", "n must not be negative")
+                raise RegistryError(
+                    400, "PAGINATION_NUMBER_INVALID", "n must not be negative"
+                )
             if len(tags) > count:
                 tags = tags[:count]
                 if tags:
                     nextURL = f"/v2/{name}/tags/list?n={count}&last={quote(tags[-1])}"
-                    request.setHeader(b"Link", f'<{nextURL}>; rel="next"'.encode("utf-8"))
+                    request.setHeader(
+                        b"Link", f'<{nextURL}>; rel="next"'.encode("utf-8")
+                    )
         body = json.dumps({"name": name, "tags": tags}).encode("utf-8")
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Content-Length", b"%d" % (len(body),))

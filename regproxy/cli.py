@@ -13,8 +13,14 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "gen-token-auth-cert": ("regproxy.tokencert", "make the key, certificate and kid for a token-mode registry"),
-    "cert": ("regproxy.certcommand", "show the TLS certificate; print client setup for HOST:PORT"),
+    "gen-token-auth-cert": (
+        "regproxy.tokencert",
+        "make the key, certificate and kid for a token-mode registry",
+    ),
+    "cert": (
+        "regproxy.certcommand",
+        "show the TLS certificate; print client setup for HOST:PORT",
+    ),
 }
 
 

@@ -263,8 +263,7 @@ class Config:
     mdns: str | None = setting(
         None,
         parseOptionalText,
-        "Advertise NAME.local and the registry's services with mDNS "
-        "(off by default).",
+        "Advertise NAME.local and the registry's services with mDNS (off by default).",
         metavar="NAME",
     )
     resolver: str | None = setting(
@@ -338,8 +337,7 @@ class Config:
     upstream_user: str | None = setting(
         None,
         parseOptionalText,
-        "User name regproxy uses towards the upstream when it enforces its "
-        "own users.",
+        "User name regproxy uses towards the upstream when it enforces its own users.",
         metavar="NAME",
     )
     upstream_password: str | None = setting(

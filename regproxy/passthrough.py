@@ -15,7 +15,6 @@ This is one piece so that the broker (our own tokens) can replace it.
 from __future__ import annotations
 
 import attrs
-from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
@@ -23,21 +22,23 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from regproxy.challenge import ChallengeParseError, parseChallenges, serializeChallenges
-from regproxy.errors import methodNotAllowed, RegistryError, writeError
+from regproxy.errors import RegistryError, methodNotAllowed
 from regproxy.forward import (
     BytesProducer,
     Forwarder,
     forwardedRequestHeaders,
     relayHeaders,
 )
+from regproxy.rendering import renderLater
 from regproxy.urls import Origin
-
 
 # An OAuth2 token form is a few hundred bytes; refuse to read more.
 MAX_TOKEN_FORM = 64 * 1024
 
 
-def rewriteRealms(values: list[bytes], tokenURL: bytes) -> tuple[list[bytes], str | None]:
+def rewriteRealms(
+    values: list[bytes], tokenURL: bytes
+) -> tuple[list[bytes], str | None]:
     """
     Point every Bearer challenge's realm at C{tokenURL}.
 
@@ -56,7 +57,9 @@ def rewriteRealms(values: list[bytes], tokenURL: bytes) -> tuple[list[bytes], st
         for index, challenge in enumerate(challenges):
             if challenge.scheme.lower() == "bearer" and challenge.get("realm"):
                 seen = challenge.get("realm")
-                challenges[index] = challenge.replace("realm", tokenURL.decode("latin-1"))
+                challenges[index] = challenge.replace(
+                    "realm", tokenURL.decode("latin-1")
+                )
         rewritten.append(serializeChallenges(challenges).encode("latin-1"))
     return rewritten, seen
 
@@ -127,16 +130,9 @@ class TokenPassthroughResource(Resource):
         return self._start(request)
 
     def _start(self, request: Request) -> object:
-        d = Deferred.fromCoroutine(self._forward(request))
-        d.addErrback(self._failed, request)
-        return NOT_DONE_YET
-
-    def _failed(self, failure, request: Request) -> None:
-        from regproxy.site import errorForFailure
-
-        error = errorForFailure(failure, "the upstream token service")
-        if error is not None:
-            writeError(request, error)
+        return renderLater(
+            request, self._forward(request), "the upstream token service"
+        )
 
     async def _forward(self, request: Request) -> None:
         realm = await self._realm.discover(request)

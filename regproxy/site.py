@@ -12,18 +12,14 @@ from __future__ import annotations
 import json
 import os
 
-from twisted.internet import error as netError
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web import http
 from treq.client import HTTPClient
-from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.logger import Logger
+from twisted.web import http
 from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import Request, Site
 
+from regproxy.access import AccessRules, AccessRulesError, loadAccessRules
 from regproxy.broker import (
     Broker,
     BrokeredRegistryResource,
@@ -31,24 +27,23 @@ from regproxy.broker import (
     UpstreamLogins,
 )
 from regproxy.cache import CachingResolver
+from regproxy.caresource import CACertificateResource
 from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
+from regproxy.cors import CORSPolicy
 from regproxy.errors import (
     API_VERSION,
     API_VERSION_HEADER,
-    RegistryError,
     errorBody,
     notFound,
-    unavailable,
-    writeError,
 )
 from regproxy.forward import (
     Forwarder,
     StreamingRequest,
-    UpstreamTimeout,
     forwardedRequestHeaders,
     relayHeaders,
 )
 from regproxy.passthrough import TokenPassthroughResource, UpstreamRealm, rewriteRealms
+from regproxy.rendering import errorForFailure, renderLater  # noqa: F401
 from regproxy.resolve.balena import BalenaResolver
 from regproxy.resolve.identity import IdentityResolver
 from regproxy.resolve.interfaces import IResolver
@@ -61,39 +56,13 @@ from regproxy.tokens import (
     loadIssuer,
     loadOrCreateIssuer,
 )
-from regproxy.access import AccessRules, AccessRulesError, loadAccessRules
-from regproxy.caresource import CACertificateResource
-from regproxy.cors import CORSPolicy
-from regproxy.userauth import HtpasswdLogins
-from regproxy.users import HtpasswdError, HtpasswdUsers, ThreadPoolRunner
 from regproxy.upstream import NoCookies, makeUpstreamAgent
 from regproxy.upstreamauth import BasicCredentials, UpstreamAuthenticator
 from regproxy.urls import Origin, publicBase, rewriteLocation
+from regproxy.userauth import HtpasswdLogins
+from regproxy.users import HtpasswdError, HtpasswdUsers, ThreadPoolRunner
 
 _log = Logger()
-
-
-def errorForFailure(failure: Failure, what: str) -> RegistryError | None:
-    """
-    What to tell the client when reaching C{what} failed; L{None} when the
-    client is gone and there is nobody to tell.
-    """
-    if failure.check(RegistryError):
-        return failure.value
-    if failure.check(CancelledError):
-        return None
-    if failure.check(UpstreamTimeout, netError.TimeoutError, DeferredTimeoutError):
-        return unavailable(f"{what} did not answer in time", status=504)
-    if failure.check(netError.DNSLookupError):
-        return unavailable(f"cannot resolve the host name of {what}")
-    if failure.check(netError.ConnectError):
-        return unavailable(f"cannot connect to {what}")
-    if failure.check(ResponseNeverReceived, ResponseFailed):
-        reasons = getattr(failure.value, "reasons", [])
-        detail = "; ".join(r.getErrorMessage() for r in reasons) or None
-        return unavailable(f"{what} closed the connection without an answer", detail=detail)
-    _log.failure("Unexpected error while talking to {what}", failure=failure, what=what)
-    return RegistryError(500, "UNKNOWN", "internal error")
 
 
 class RegistryResource(Resource):
@@ -118,14 +87,7 @@ class RegistryResource(Resource):
 
     def render(self, request: Request) -> object:
         request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
-        d = Deferred.fromCoroutine(self._forward(request))
-        d.addErrback(self._failed, request)
-        return NOT_DONE_YET
-
-    def _failed(self, failure: Failure, request: Request) -> None:
-        error = errorForFailure(failure, "the upstream registry")
-        if error is not None:
-            writeError(request, error)
+        return renderLater(request, self._forward(request))
 
     async def _forward(self, request: Request) -> None:
         public = publicBase(request, self._publicURL)
@@ -298,7 +260,9 @@ def makeResolver(config: Config, reactor, apiClient=None) -> IResolver:
     if kind.startswith("static:"):
         return StaticResolver.fromFile(kind[len("static:") :])
     if apiClient is None:
-        apiClient = HTTPClient(makeUpstreamAgent(reactor, config), cookiejar=NoCookies())
+        apiClient = HTTPClient(
+            makeUpstreamAgent(reactor, config), cookiejar=NoCookies()
+        )
     balena = BalenaResolver(config.balena_api or DEFAULT_BALENA_API, apiClient, reactor)
     return CachingResolver(
         balena,
@@ -364,7 +328,9 @@ def makeBackend(config: Config, reactor, authenticator: UpstreamAuthenticator):
         return UpstreamLogins(authenticator, reactor)
     try:
         users = HtpasswdUsers(config.htpasswd, reactor, ThreadPoolRunner(reactor))
-        rules = loadAccessRules(config.access) if config.access else AccessRules.default()
+        rules = (
+            loadAccessRules(config.access) if config.access else AccessRules.default()
+        )
     except (HtpasswdError, AccessRulesError) as e:
         raise ValueError(str(e)) from None
     return HtpasswdLogins(users, rules, serviceCredentials(config))
@@ -380,7 +346,9 @@ def makeBroker(config: Config, reactor, authenticator: UpstreamAuthenticator) ->
     )
     sealer = Sealer(loadOrCreateKey(os.path.join(_stateDir(config), "sealing.key")))
     backend = makeBackend(config, reactor, authenticator)
-    return Broker(issuer, verifier, sealer, backend, config.service_name, config.public_url)
+    return Broker(
+        issuer, verifier, sealer, backend, config.service_name, config.public_url
+    )
 
 
 def makeSite(
@@ -403,7 +371,9 @@ def makeSite(
     root = RootResource()
     if config.auth == "passthrough":
         realm = UpstreamRealm(forwarder, upstream)
-        root.putChild(b"v2", RegistryResource(forwarder, upstream, config.public_url, realm))
+        root.putChild(
+            b"v2", RegistryResource(forwarder, upstream, config.public_url, realm)
+        )
         root.putChild(b"token", TokenPassthroughResource(forwarder, realm))
     else:
         authenticator = UpstreamAuthenticator(agent, upstream, reactor)

@@ -144,5 +144,3 @@ def makeService(options: Options) -> service.IService:
             raise SystemExit(f"regproxy: --mdns: {e}") from None
         advertiser.setServiceParent(top)
     return top
-
-

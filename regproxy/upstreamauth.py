@@ -233,7 +233,9 @@ class UpstreamAuthenticator:
             query.append("service=" + quote(scheme.service, safe=""))
         if scope:
             query.append("scope=" + quote(scope, safe=""))
-        url = scheme.realm + (("&" if "?" in scheme.realm else "?") + "&".join(query) if query else "")
+        url = scheme.realm + (
+            ("&" if "?" in scheme.realm else "?") + "&".join(query) if query else ""
+        )
         headers = Headers()
         if credentials is not None:
             headers.setRawHeaders(b"authorization", [credentials.header()])

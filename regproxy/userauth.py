@@ -47,9 +47,13 @@ class HtpasswdLogins:
         if credentials is None:
             return Account()
         try:
-            good = await self.users.checkPassword(credentials.username, credentials.password)
+            good = await self.users.checkPassword(
+                credentials.username, credentials.password
+            )
         except TooManyChecks:
-            raise unavailable("too many logins at once; try again", status=503) from None
+            raise unavailable(
+                "too many logins at once; try again", status=503
+            ) from None
         if not good:
             raise LoginFailed()
         return Account(credentials.username, None)

@@ -322,7 +322,6 @@ class ConfigFileTests(ConfigTestCase):
         error = self.assertRaises(ConfigError, loadConfig, {}, {}, path)
         self.assertOneLineError(error, "--config")
 
-
     def test_example(self) -> None:
         """
         The commented example in C{etc/regproxy.toml} loads as it is.
@@ -406,7 +405,6 @@ class RepeatableTests(ConfigTestCase):
         ]:
             error = self.assertRaises(ConfigError, loadConfig, {}, environ, path)
             self.assertOneLineError(error, "--listen")
-
 
 
 class BadValueTests(ConfigTestCase):
@@ -546,7 +544,6 @@ class BadValueTests(ConfigTestCase):
         error = self.assertRaises(ConfigError, loadConfig, {}, {}, path)
         self.assertOneLineError(error, "--connect-timeout")
 
-
     def test_listen(self) -> None:
         """
         A listener that is not an endpoint description.
@@ -676,14 +673,12 @@ class ParserPropertyTests(ConfigTestCase):
         ]:
             self.assertRaises(ValueError, parseHTTPURL, text)
 
-
     def test_httpURLRefusesBadPort(self) -> None:
         """
         A port outside 1-65535 is refused.
         """
         for text in ["http://registry.example:0", "http://registry.example:99999"]:
             self.assertRaises(ValueError, parseHTTPURL, text)
-
 
     @_examples
     @given(st.one_of(st.text(), httpURLs().map(lambda u: u + "\x00")))

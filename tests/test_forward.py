@@ -45,7 +45,9 @@ class FakeRegistry(Resource):
             name.lower(): list(values)
             for name, values in request.requestHeaders.getAllRawHeaders()
         }
-        self.received.append((request.method, request.uri, headers, request.content.read()))
+        self.received.append(
+            (request.method, request.uri, headers, request.content.read())
+        )
         path = request.path
         request.setHeader(b"Docker-Distribution-Api-Version", b"registry/2.0")
         if path == b"/v2/":
@@ -55,7 +57,9 @@ class FakeRegistry(Resource):
                 return b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'
             return b"{}"
         if path == b"/v2/lib/app/manifests/v1":
-            request.setHeader(b"Content-Type", b"application/vnd.oci.image.manifest.v1+json")
+            request.setHeader(
+                b"Content-Type", b"application/vnd.oci.image.manifest.v1+json"
+            )
             request.setHeader(b"Docker-Content-Digest", MANIFEST_DIGEST)
             request.responseHeaders.addRawHeader(b"X-Repeated", b"one")
             request.responseHeaders.addRawHeader(b"X-Repeated", b"two")
@@ -77,13 +81,16 @@ class FakeRegistry(Resource):
             request.setResponseCode(202)
             request.setHeader(
                 b"Location",
-                UPSTREAM.encode() + b"/v2/lib/app/blobs/uploads/u-1?_state=a%2Fb%3D%3D&x=1",
+                UPSTREAM.encode()
+                + b"/v2/lib/app/blobs/uploads/u-1?_state=a%2Fb%3D%3D&x=1",
             )
             request.setHeader(b"Docker-Upload-UUID", b"u-1")
             return b""
         if path == b"/v2/lib/redirected/blobs/" + BLOB_DIGEST:
             request.setResponseCode(307)
-            request.setHeader(b"Location", b"https://storage.example/bucket/blob?sig=x%2By")
+            request.setHeader(
+                b"Location", b"https://storage.example/bucket/blob?sig=x%2By"
+            )
             return b""
         request.setResponseCode(404)
         request.setHeader(b"Content-Type", b"application/json")
@@ -100,7 +107,9 @@ class RelayTests(SynchronousTestCase):
         self.agent = RequestTraversalAgent(self.registry)
         self.reactor = MemoryReactorClock()
         self.site = makeSite(
-            Config(upstream=UPSTREAM, listen=(), auth="passthrough"), self.reactor, agent=self.agent
+            Config(upstream=UPSTREAM, listen=(), auth="passthrough"),
+            self.reactor,
+            agent=self.agent,
         )
 
     def exchange(self, method, path, headers=(), body=None):
@@ -123,9 +132,12 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(response.body, MANIFEST)
         self.assertEqual(response.header(b"docker-content-digest"), MANIFEST_DIGEST)
         self.assertEqual(
-            response.header(b"content-type"), b"application/vnd.oci.image.manifest.v1+json"
+            response.header(b"content-type"),
+            b"application/vnd.oci.image.manifest.v1+json",
         )
-        self.assertEqual(response.all(b"docker-distribution-api-version"), [b"registry/2.0"])
+        self.assertEqual(
+            response.all(b"docker-distribution-api-version"), [b"registry/2.0"]
+        )
         self.assertEqual(response.header(b"content-length"), b"%d" % len(MANIFEST))
 
     def test_headKeepsLengthAndDigest(self) -> None:
@@ -195,7 +207,9 @@ class RelayTests(SynchronousTestCase):
         )
         self.assertEqual(response.status, 206)
         self.assertEqual(response.body, BLOB[10:20])
-        self.assertEqual(response.header(b"content-range"), b"bytes 10-19/%d" % len(BLOB))
+        self.assertEqual(
+            response.header(b"content-range"), b"bytes 10-19/%d" % len(BLOB)
+        )
 
     def test_uploadLocationRewritten(self) -> None:
         """
@@ -215,7 +229,12 @@ class RelayTests(SynchronousTestCase):
         With --public-url, rewritten URLs use it whatever the Host header.
         """
         self.site = makeSite(
-            Config(upstream=UPSTREAM, public_url="https://regproxy.lan:5000", listen=(), auth="passthrough"),
+            Config(
+                upstream=UPSTREAM,
+                public_url="https://regproxy.lan:5000",
+                listen=(),
+                auth="passthrough",
+            ),
             self.reactor,
             agent=self.agent,
         )
@@ -238,7 +257,8 @@ class RelayTests(SynchronousTestCase):
         )
         self.assertEqual(response.status, 307)
         self.assertEqual(
-            response.header(b"location"), b"https://storage.example/bucket/blob?sig=x%2By"
+            response.header(b"location"),
+            b"https://storage.example/bucket/blob?sig=x%2By",
         )
         self.assertEqual(len(self.registry.received), 1)
 
@@ -248,16 +268,16 @@ class RelayTests(SynchronousTestCase):
         """
         response = self.exchange(b"GET", b"/v2/lib/app/manifests/missing")
         self.assertEqual(response.status, 404)
-        self.assertEqual(json.loads(response.body)["errors"][0]["code"], "MANIFEST_UNKNOWN")
+        self.assertEqual(
+            json.loads(response.body)["errors"][0]["code"], "MANIFEST_UNKNOWN"
+        )
 
     def test_bearerChallengeRealmRewritten(self) -> None:
         """
         The upstream's Bearer challenge points clients at our /token, with
         its other parameters kept.
         """
-        self.registry.challenge = (
-            b'Bearer realm="https://auth.upstream.example/token",service="upstream.example"'
-        )
+        self.registry.challenge = b'Bearer realm="https://auth.upstream.example/token",service="upstream.example"'
         response = self.exchange(b"GET", b"/v2/")
         self.assertEqual(response.status, 401)
         self.assertEqual(
@@ -270,10 +290,16 @@ class RelayTests(SynchronousTestCase):
         Our /token forwards to the realm the upstream named, with the query
         string byte for byte and the client's Authorization.
         """
-        self.registry.challenge = b'Bearer realm="http://upstream.example:5000/auth/token",service="svc"'
+        self.registry.challenge = (
+            b'Bearer realm="http://upstream.example:5000/auth/token",service="svc"'
+        )
         self.exchange(b"GET", b"/v2/")
-        query = b"?scope=repository%3Alib%2Fapp%3Apull&scope=repository:x:pull&service=svc"
-        self.exchange(b"GET", b"/token" + query, [(b"Authorization", b"Basic dXNlcjpwYXNz")])
+        query = (
+            b"?scope=repository%3Alib%2Fapp%3Apull&scope=repository:x:pull&service=svc"
+        )
+        self.exchange(
+            b"GET", b"/token" + query, [(b"Authorization", b"Basic dXNlcjpwYXNz")]
+        )
         method, uri, headers, _ = self.registry.received[-1]
         self.assertEqual((method, uri), (b"GET", b"/auth/token" + query))
         self.assertEqual(headers[b"authorization"], [b"Basic dXNlcjpwYXNz"])
@@ -283,11 +309,17 @@ class RelayTests(SynchronousTestCase):
         A client that goes to /token first (it remembers the challenge from
         an earlier run) is still forwarded: we ask the upstream's /v2/.
         """
-        self.registry.challenge = b'Bearer realm="http://upstream.example:5000/auth/token",service="svc"'
-        response = self.exchange(b"POST", b"/token", body=b"grant_type=password&username=u")
+        self.registry.challenge = (
+            b'Bearer realm="http://upstream.example:5000/auth/token",service="svc"'
+        )
+        response = self.exchange(
+            b"POST", b"/token", body=b"grant_type=password&username=u"
+        )
         paths = [uri for _, uri, _, _ in self.registry.received]
         self.assertEqual(paths, [b"/v2/", b"/auth/token"])
-        self.assertEqual(self.registry.received[-1][3], b"grant_type=password&username=u")
+        self.assertEqual(
+            self.registry.received[-1][3], b"grant_type=password&username=u"
+        )
         self.assertEqual(response.status, 404)  # the fake has no token service
 
 
@@ -300,7 +332,9 @@ class LocalAnswersTests(SynchronousTestCase):
         self.registry = FakeRegistry()
         self.agent = RequestTraversalAgent(self.registry)
         self.site = makeSite(
-            Config(upstream=UPSTREAM, listen=(), auth="passthrough"), MemoryReactorClock(), agent=self.agent
+            Config(upstream=UPSTREAM, listen=(), auth="passthrough"),
+            MemoryReactorClock(),
+            agent=self.agent,
         )
 
     def test_health(self) -> None:
@@ -322,7 +356,9 @@ class LocalAnswersTests(SynchronousTestCase):
             client.request(b"GET", path)
             response = client.response()
             self.assertEqual(response.status, 404, path)
-            self.assertEqual(json.loads(response.body)["errors"][0]["code"], "NOT_FOUND")
+            self.assertEqual(
+                json.loads(response.body)["errors"][0]["code"], "NOT_FOUND"
+            )
 
     def test_tlsOnPlainPort(self) -> None:
         """
@@ -342,7 +378,9 @@ class LocalAnswersTests(SynchronousTestCase):
         connection is closed; the next connection is served.
         """
         client = RawClient(self.site)
-        client.send(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")
+        client.send(
+            b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n"
+        )
         response = client.response()
         self.assertEqual(response.status, 431)
         self.assertEqual(json.loads(response.body)["errors"][0]["code"], "BAD_REQUEST")

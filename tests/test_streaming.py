@@ -100,7 +100,12 @@ class StreamingTests(SynchronousTestCase):
         self.agent = FakeAgent()
         self.reactor = MemoryReactorClock()
         self.site = makeSite(
-            Config(upstream="http://upstream.example", listen=(), response_timeout=30, auth="passthrough"),
+            Config(
+                upstream="http://upstream.example",
+                listen=(),
+                response_timeout=30,
+                auth="passthrough",
+            ),
             self.reactor,
             agent=self.agent,
         )
@@ -108,7 +113,9 @@ class StreamingTests(SynchronousTestCase):
     def startDownload(self, length=UNKNOWN_LENGTH):
         client = RawClient(self.site)
         client.request(b"GET", b"/v2/lib/app/blobs/sha256:" + b"a" * 64)
-        response = FakeResponse(200, {b"Content-Type": [b"application/octet-stream"]}, length)
+        response = FakeResponse(
+            200, {b"Content-Type": [b"application/octet-stream"]}, length
+        )
         self.agent.sent[-1].deferred.callback(response)
         return client, response
 
@@ -184,7 +191,9 @@ class StreamingTests(SynchronousTestCase):
         self.assertEqual(len(self.agent.sent), 1)
         sent = self.agent.sent[0]
         self.assertEqual(sent.method, b"PATCH")
-        self.assertEqual(sent.uri, b"http://upstream.example/v2/lib/app/blobs/uploads/u-1?_state=s")
+        self.assertEqual(
+            sent.uri, b"http://upstream.example/v2/lib/app/blobs/uploads/u-1?_state=s"
+        )
         producer = sent.bodyProducer
         self.assertIs(producer.length, UNKNOWN_LENGTH)
         self.assertFalse(sent.headers.hasHeader(b"transfer-encoding"))
@@ -196,10 +205,17 @@ class StreamingTests(SynchronousTestCase):
         self.assertNoResult(finished)
         client.send(b"0\r\n\r\n")
         self.successResultOf(finished)
-        sent.deferred.callback(FakeResponse(202, {b"Location": [b"/v2/lib/app/blobs/uploads/u-1?_state=t"]}, 0))
+        sent.deferred.callback(
+            FakeResponse(
+                202, {b"Location": [b"/v2/lib/app/blobs/uploads/u-1?_state=t"]}, 0
+            )
+        )
         received = client.response()
         self.assertEqual(received.status, 202)
-        self.assertEqual(received.header(b"location"), b"http://proxy/v2/lib/app/blobs/uploads/u-1?_state=t")
+        self.assertEqual(
+            received.header(b"location"),
+            b"http://proxy/v2/lib/app/blobs/uploads/u-1?_state=t",
+        )
 
     def test_uploadKnownLength(self) -> None:
         """
@@ -277,7 +293,9 @@ class StreamingTests(SynchronousTestCase):
         self.assertEqual(received.status, status)
         body = json.loads(received.body)
         self.assertEqual(body["errors"][0]["code"], "UNAVAILABLE")
-        self.assertEqual(received.header(b"docker-distribution-api-version"), b"registry/2.0")
+        self.assertEqual(
+            received.header(b"docker-distribution-api-version"), b"registry/2.0"
+        )
         return body
 
     def test_upstreamRefused(self) -> None:
@@ -292,7 +310,9 @@ class StreamingTests(SynchronousTestCase):
     def test_upstreamDNS(self) -> None:
         client = RawClient(self.site)
         client.request(b"GET", b"/v2/")
-        self.agent.sent[-1].deferred.errback(netError.DNSLookupError("upstream.example"))
+        self.agent.sent[-1].deferred.errback(
+            netError.DNSLookupError("upstream.example")
+        )
         self.assertUnavailable(client, 502)
 
     def test_upstreamClosedWithoutAnswer(self) -> None:

@@ -261,7 +261,6 @@ class MakeServiceTests(TapTestCase):
             self.assertIn("--listen", str(exit.code))
             self.assertNotIn("\n", str(exit.code))
 
-
     def test_unusableCA(self) -> None:
         """
         An upstream CA file that cannot be read stops start-up with one line
