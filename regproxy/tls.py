@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from regproxy.selfsigned import selfSignedBuilder
+
 #: Make a new self-signed certificate when the old one has less than this left.
 RENEW_BEFORE = datetime.timedelta(days=30)
 #: How long a generated certificate lasts (within the 398 days some clients
@@ -332,35 +334,17 @@ def generateSelfSigned(
         x509.IPAddress(a) for a in names.ipAddresses
     ]
     certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(publicKey)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + SELF_SIGNED_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+        selfSignedBuilder(
+            key,
+            subject,
+            now - datetime.timedelta(hours=1),
+            now + SELF_SIGNED_LIFETIME,
+            pathLength=0,
         )
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(publicKey), critical=False
-        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(publicKey),
             critical=False,

@@ -41,6 +41,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from regproxy.libtrust import base64url, keyID
 from regproxy.scope import Scope
+from regproxy.selfsigned import selfSignedBuilder
 
 ALGORITHM = "ES256"
 _COORDINATE = 32  # bytes of r and of s for P-256
@@ -443,34 +444,12 @@ def selfSignedCertificate(
     if now is None:
         now = datetime.datetime.now(datetime.timezone.utc)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
+    certificate = selfSignedBuilder(
+        key,
+        name,
+        now - datetime.timedelta(days=1),
+        now + datetime.timedelta(days=days),
+    ).sign(key, hashes.SHA256())
     return certificate
 
 
