@@ -3,9 +3,10 @@
 regproxy's own users (bcrypt htpasswd) and access rules as the front door
 of a real distribution registry, with skopeo as the client.
 
-Two upstreams: an open registry (regproxy is the only lock), and a
-registry in token mode with the harness's token server, which knows only
-regproxy's service account: clients authenticate to regproxy alone.
+Three upstreams: an open registry (regproxy is the only lock), a registry
+with its own Basic logins over HTTPS, and a registry in token mode with the
+harness's token server.  The last two know only regproxy's service
+account: clients authenticate to regproxy alone.
 """
 
 from __future__ import annotations
@@ -308,3 +309,37 @@ class TokenRegistryTests(FrontDoorTests, TestCase):
         self.assertEqual(
             await self.inspectRaw("public/tool", creds=None), self.manifestBytes()
         )
+
+
+class BasicRegistryTests(FrontDoorTests, TestCase):
+    """
+    In front of a registry with its own htpasswd logins over HTTPS, which
+    knows only regproxy's service account.
+    """
+
+    async def startRegistry(self):
+        return await startRegistry(
+            self, mode="htpasswd-tls", users=dict([SERVICE_ACCOUNT])
+        )
+
+    def proxySettings(self) -> dict:
+        return {
+            "upstream_user": SERVICE_ACCOUNT[0],
+            "upstream_password": SERVICE_ACCOUNT[1],
+        }
+
+    async def test_registryDoesNotKnowAlice(self) -> None:
+        """
+        alice's login works only at regproxy: the registry itself refuses
+        it, so everything she did went up as the service account.
+        """
+        await self.push("team/app")
+        with self.assertRaises(ClientFailed) as caught:
+            await self.skopeo.inspect(
+                f"docker://{self.registry.host}/team/app:v1",
+                raw=True,
+                certDir=self.registry.certDir,
+                creds=("alice", "wonderland"),
+            )
+        self.assertIn("unauthorized", str(caught.exception).lower())
+        self.assertEqual(await self.inspectRaw("team/app"), self.manifestBytes())
