@@ -14,6 +14,7 @@ distribution registry that the tests push to directly.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -234,8 +235,9 @@ class DockerdUsersTests(TestCase):
     async def test_loginAndPull(self) -> None:
         """
         Without a login the pull is refused; C{docker login} with a wrong
-        password fails; with the right one it succeeds and the pull gets
-        the image.
+        password fails; with the right one it succeeds, docker keeps our
+        refresh token rather than the password, and the pull gets the
+        image.
         """
         reference = f"{self.proxy.host}/team/app:v1"
         with self.assertRaises(ClientFailed) as caught:
@@ -250,6 +252,13 @@ class DockerdUsersTests(TestCase):
             "login", "-u", "alice", "-p", "wonderland", self.proxy.host
         )
         self.assertIn(b"Login Succeeded", result.stdout)
+        # regproxy answered the login with a refresh token, which docker
+        # keeps instead of the password and trades for access tokens (the
+        # OAuth2 refresh_token grant) on the pull below.
+        with open(os.path.join(self.docker.env["DOCKER_CONFIG"], "config.json")) as f:
+            saved = json.load(f)["auths"][self.proxy.host]
+        self.assertTrue(saved.get("identitytoken"))
+        self.assertNotIn(b"wonderland", base64.b64decode(saved.get("auth", "")))
         try:
             await self.docker.run("pull", reference, timeout=180)
         except ClientFailed as e:
