@@ -525,6 +525,40 @@ class FrontDoorTests(SiteTestCase):
         # carol is in no rule: she logs in, but gets nothing.
         self.assertEqual(access(token), {})
 
+    def test_refreshAfterUserRemoved(self) -> None:
+        """
+        A refresh token (what C{docker login} keeps instead of the password)
+        stops working once its user is taken out of the htpasswd file.
+        """
+        form = {
+            "grant_type": "password",
+            "username": "bob",
+            "password": "builder",
+            "service": "regproxy",
+            "client_id": "test",
+            "access_type": "offline",
+        }
+        headers = [(b"Content-Type", b"application/x-www-form-urlencoded")]
+        response = self.exchange(b"POST", b"/token", headers, urlencode(form).encode())
+        self.assertEqual(response.status, 200, response.body)
+        refresh = {
+            "grant_type": "refresh_token",
+            "refresh_token": json.loads(response.body)["refresh_token"],
+            "service": "regproxy",
+            "client_id": "test",
+            "scope": "repository:team/app:pull",
+        }
+        body = urlencode(refresh).encode()
+        response = self.exchange(b"POST", b"/token", headers, body)
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(
+            access(json.loads(response.body)["token"]), {"team/app": ["pull"]}
+        )
+
+        writeHtpasswd(self.htpasswd, {"alice": PASSWORDS["alice"]})
+        self.reactor.advance(10)
+        self.assertUnauthorized(self.exchange(b"POST", b"/token", headers, body))
+
     def test_defaultRules(self) -> None:
         """
         Without an access file, users pull and push everything and
