@@ -678,6 +678,13 @@ class BrokeredRegistryResource(Resource):
             if cached is not None and acceptable(
                 request.requestHeaders, cached.contentType
             ):
+                # The same release may be asked for under another name
+                # (org/fleet/1.2.3, then org/fleet:1.2.3): its blobs must be
+                # found under this one too.
+                if resolution.repository != path.name:
+                    self.digests.remember(
+                        path.name, manifestDigests(cached.body), resolution.repository
+                    )
                 self._writeManifest(request, cached)
                 return
         _, question, query = request.uri.partition(b"?")

@@ -201,7 +201,7 @@ class UpstreamAuthenticator:
             raise unavailable(
                 f"the upstream token service answered {response.code}", status=502
             )
-        token, lifetime = _parseTokenResponse(body[:_MAX_TOKEN_BODY])
+        token, lifetime = _parseTokenResponse(body[:_MAX_TOKEN_BODY], now)
         header = b"Bearer " + token.encode("ascii")
         self._tokens[key] = (header, now + max(lifetime - _EARLY, 1))
         while len(self._tokens) > _MAX_CACHED:
@@ -247,15 +247,35 @@ class UpstreamAuthenticator:
         )
 
 
-def _parseTokenResponse(body: bytes) -> tuple[str, int]:
+def _lifetimeFromJWT(token: str, now: float) -> int | None:
+    """
+    How long a JWT says it is good for (its C{exp}), read without checking
+    the signature: it only decides how long we keep the token, and the
+    upstream checks it.  balenaCloud's token service sends no C{expires_in}.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        padded = parts[1] + "=" * (-len(parts[1]) % 4)
+        expires = json.loads(base64.urlsafe_b64decode(padded))["exp"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(expires, (int, float)) or isinstance(expires, bool):
+        return None
+    remaining = expires - now
+    return int(remaining) if 0 < remaining < 2**31 else None
+
+
+def _parseTokenResponse(body: bytes, now: float = 0.0) -> tuple[str, int]:
     try:
         document = json.loads(body)
         token = document.get("token") or document.get("access_token")
-        lifetime = document.get("expires_in", _DEFAULT_LIFETIME)
+        lifetime = document.get("expires_in")
         if not isinstance(token, str) or not token.isascii():
             raise ValueError("no token")
         if not isinstance(lifetime, int) or isinstance(lifetime, bool) or lifetime <= 0:
-            lifetime = _DEFAULT_LIFETIME
+            lifetime = _lifetimeFromJWT(token, now) or _DEFAULT_LIFETIME
     except (ValueError, AttributeError):
         raise unavailable("the upstream token service answered nonsense") from None
     return token, lifetime

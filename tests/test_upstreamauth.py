@@ -486,3 +486,42 @@ class ParsingTests(SynchronousTestCase):
         Credentials never show their password in a repr.
         """
         self.assertNotIn("alice-secret", repr(ALICE))
+
+
+class TokenLifetimeTests(SynchronousTestCase):
+    """
+    How long an upstream token is kept when its service does not say.
+    """
+
+    @staticmethod
+    def jwt(claims: dict) -> str:
+        import base64
+
+        def segment(value: dict) -> str:
+            raw = json.dumps(value).encode()
+            return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+        return segment({"alg": "ES256"}) + "." + segment(claims) + ".c2ln"
+
+    def test_expFromJWT(self) -> None:
+        """
+        balenaCloud sends only C{{"token": ...}}: the JWT's own C{exp} says
+        how long it is good for.
+        """
+        token = self.jwt({"exp": 1000 + 3600})
+        body = json.dumps({"token": token}).encode()
+        self.assertEqual(_parseTokenResponse(body, 1000.0), (token, 3600))
+
+    def test_expiresInWins(self) -> None:
+        token = self.jwt({"exp": 1000 + 3600})
+        body = json.dumps({"token": token, "expires_in": 120}).encode()
+        self.assertEqual(_parseTokenResponse(body, 1000.0), (token, 120))
+
+    def test_opaqueTokenDefault(self) -> None:
+        """
+        A token that is not a JWT, or one already expired, gets the token
+        spec's default of 60 seconds.
+        """
+        for token in ("opaque", self.jwt({"exp": 10}), self.jwt({"exp": "soon"})):
+            body = json.dumps({"token": token}).encode()
+            self.assertEqual(_parseTokenResponse(body, 1000.0), (token, 60))

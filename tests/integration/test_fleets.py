@@ -226,14 +226,6 @@ class SkopeoSameReleaseTests(SkopeoMixin, TestCase):
         self.assertEqual(await self.pull(f"{PUBLIC}/1.2.3"), digest)
         self.assertEqual(await self.pull(f"{PUBLIC}:1.2.3"), digest)
 
-    test_pathThenTag.todo = (  # type: ignore[attr-defined]
-        "broker: a manifest answered from the immutable-manifest memory "
-        "(_writeManifest) does not record its digests under the client's "
-        "name (digests.remember), so GET /v2/acme/public-app/blobs/<config> "
-        "after GET /v2/acme/public-app/manifests/1.2.3 goes to the target "
-        "release's repository and gets 404 BLOB_UNKNOWN"
-    )
-
     async def test_tagThenPath(self) -> None:
         """
         The other way round.
