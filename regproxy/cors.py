@@ -39,13 +39,22 @@ class CORSPolicy:
 
         @return: Whether the request was a preflight, now answered.
         """
+        if not self.origins:
+            return False
+        headers = request.responseHeaders
+        # The answer depends on Origin whenever CORS is on: caches must know.
+        headers.addRawHeader(b"Vary", b"Origin")
         origin = request.getHeader(b"origin")
         if origin is None or not self.allows(origin):
             return False
-        headers = request.responseHeaders
-        headers.setRawHeaders(b"Access-Control-Allow-Origin", [origin])
-        headers.setRawHeaders(b"Access-Control-Allow-Credentials", [b"true"])
-        headers.addRawHeader(b"Vary", b"Origin")
+        if origin.decode("latin-1") in self.origins:
+            # A listed origin may send the browser's own credentials.
+            headers.setRawHeaders(b"Access-Control-Allow-Origin", [origin])
+            headers.setRawHeaders(b"Access-Control-Allow-Credentials", [b"true"])
+        else:
+            # "*": any page may call us with an explicit Authorization
+            # header, but never with the browser's credentials.
+            headers.setRawHeaders(b"Access-Control-Allow-Origin", [b"*"])
         if request.method == b"OPTIONS" and request.getHeader(
             b"access-control-request-method"
         ):

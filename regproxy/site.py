@@ -336,11 +336,13 @@ def makeBackend(config: Config, reactor, authenticator: UpstreamAuthenticator):
     return HtpasswdLogins(users, rules, serviceCredentials(config))
 
 
-def makeBroker(config: Config, reactor, authenticator: UpstreamAuthenticator) -> Broker:
+def makeBroker(
+    config: Config, reactor, authenticator: UpstreamAuthenticator, environ=os.environ
+) -> Broker:
     """
     Our token issuer, verifier, sealer and auth backend.
     """
-    issuer = makeIssuer(config, reactor)
+    issuer = makeIssuer(config, reactor, environ)
     verifier = TokenVerifier.forKeys(
         issuer.issuer, config.service_name, [issuer.key.public_key()], reactor
     )
@@ -356,6 +358,7 @@ def makeSite(
     reactor,
     agent: IAgent | None = None,
     apiClient=None,
+    environ=os.environ,
 ) -> Site:
     """
     Build the server for C{config}.
@@ -363,6 +366,8 @@ def makeSite(
     @param agent: Speaks HTTP to the upstream; by default a pooled
         L{Agent} made from the configuration.
     @param apiClient: A treq-like client for the balena API.
+    @param environ: Where openBalena's C{REGISTRY_TOKEN_AUTH_*} variables
+        are read from.
     """
     if agent is None:
         agent = makeUpstreamAgent(reactor, config)
@@ -377,7 +382,7 @@ def makeSite(
         root.putChild(b"token", TokenPassthroughResource(forwarder, realm))
     else:
         authenticator = UpstreamAuthenticator(agent, upstream, reactor)
-        broker = makeBroker(config, reactor, authenticator)
+        broker = makeBroker(config, reactor, authenticator, environ)
         resolver = makeResolver(config, reactor, apiClient)
         root.putChild(
             b"v2",
