@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import functools
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
+from regproxy.config import readTOML
 from regproxy.scope import Scope
 
 ANY_USER = "*"
@@ -249,10 +249,7 @@ def loadAccessRules(path: str) -> AccessRules:
     @raise AccessRulesError: It cannot be read or used.
     """
     try:
-        with open(path, "rb") as f:
-            document = tomllib.load(f)
-    except OSError as e:
-        raise AccessRulesError(f"cannot read {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise AccessRulesError(f"{path} is not valid TOML: {e}") from None
+        document = readTOML(path)
+    except ValueError as e:
+        raise AccessRulesError(str(e)) from None
     return parseAccessRules(document, path)

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import readBody
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 from zope.interface import Interface, implementer
 
 from regproxy.challenge import bearer
@@ -35,7 +35,6 @@ from regproxy.errors import (
     API_VERSION,
     API_VERSION_HEADER,
     RegistryError,
-    methodNotAllowed,
 )
 from regproxy.forward import Forwarder, forwardedRequestHeaders, relayHeaders
 from regproxy.manifestcache import CachedManifest, ManifestCache, acceptable
@@ -50,7 +49,7 @@ from regproxy.reference import (
     RegistryPath,
     parsePath,
 )
-from regproxy.rendering import renderLater
+from regproxy.rendering import TokenEndpoint, renderLater
 from regproxy.resolve.interfaces import (
     SERVER,
     Credentials,
@@ -368,7 +367,7 @@ def _first(request: Request, name: bytes) -> str | None:
         return None
 
 
-class TokenResource(Resource):
+class TokenResource(TokenEndpoint):
     """
     C{/token}: GET (the Docker token flow: repeated C{scope}, C{service},
     C{account}, C{client_id}, C{offline_token}) and POST (the OAuth2 form:
@@ -382,12 +381,6 @@ class TokenResource(Resource):
     def __init__(self, broker: Broker) -> None:
         super().__init__()
         self._broker = broker
-
-    def render(self, request: Request) -> object:
-        if request.method not in (b"GET", b"HEAD", b"POST"):
-            methodNotAllowed(request, (b"GET", b"POST"))
-            return NOT_DONE_YET
-        return super().render(request)
 
     def render_GET(self, request: Request) -> object:
         return self._start(request, self._get(request))

@@ -439,19 +439,32 @@ def _parseRaw(field: attrs.Attribute, spec: Setting, raw: Any, source: str) -> A
     return _parseOne(field, spec, raw, source)
 
 
+def readTOML(path: str) -> dict[str, Any]:
+    """
+    Read a TOML file (ours, the access rules, a static name map).
+
+    @raise ValueError: It cannot be read or is not TOML; the message names
+        the file and says which.
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+
+
 def readConfigFile(path: str) -> dict[str, Any]:
     """
     Read a TOML configuration file into a mapping of field name to raw value.
     """
     try:
-        with open(path, "rb") as f:
-            document = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"--config: {path} is not valid TOML: {e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--config: {path} is not UTF-8 text") from None
+        document = readTOML(path)
+    except ValueError as e:
+        raise ConfigError(f"--config: {e}") from None
     known = {field.name: field for field, _ in settings()}
     values: dict[str, Any] = {}
     for key, value in document.items():

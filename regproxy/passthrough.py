@@ -18,18 +18,17 @@ import attrs
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from regproxy.challenge import ChallengeParseError, parseChallenges, serializeChallenges
-from regproxy.errors import RegistryError, methodNotAllowed
+from regproxy.errors import RegistryError
 from regproxy.forward import (
     BytesProducer,
     Forwarder,
     forwardedRequestHeaders,
     relayHeaders,
 )
-from regproxy.rendering import renderLater
+from regproxy.rendering import TokenEndpoint, renderLater
 from regproxy.urls import Origin
 
 # An OAuth2 token form is a few hundred bytes; refuse to read more.
@@ -103,7 +102,7 @@ class _Discard(Protocol):
     """
 
 
-class TokenPassthroughResource(Resource):
+class TokenPassthroughResource(TokenEndpoint):
     """
     C{/token}: forwards GET and POST to the upstream's token service with
     the query string byte for byte and the client's C{Authorization}.
@@ -116,12 +115,6 @@ class TokenPassthroughResource(Resource):
         super().__init__()
         self._forwarder = forwarder
         self._realm = realm
-
-    def render(self, request: Request) -> object:
-        if request.method not in (b"GET", b"HEAD", b"POST"):
-            methodNotAllowed(request, (b"GET", b"POST"))
-            return NOT_DONE_YET
-        return super().render(request)
 
     def render_GET(self, request: Request) -> object:
         return self._start(request)

@@ -15,9 +15,10 @@ from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from regproxy.errors import RegistryError, unavailable, writeError
+from regproxy.errors import RegistryError, methodNotAllowed, unavailable, writeError
 from regproxy.forward import UpstreamTimeout
 from regproxy.resolve.interfaces import ResolveError
 
@@ -71,3 +72,18 @@ def renderLater(
 
     Deferred.fromCoroutine(coroutine).addErrback(failed)
     return NOT_DONE_YET
+
+
+class TokenEndpoint(Resource):
+    """
+    The shape every C{/token} of ours has: GET and POST, and a
+    registry-format 405 for anything else.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> object:
+        if request.method not in (b"GET", b"HEAD", b"POST"):
+            methodNotAllowed(request, (b"GET", b"POST"))
+            return NOT_DONE_YET
+        return super().render(request)

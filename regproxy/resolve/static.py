@@ -26,7 +26,6 @@ A digest always goes upstream unchanged.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +33,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
+from regproxy.config import readTOML
 from regproxy.reference import DEFAULT_TAG, ImageReference, isRepositoryName, isTag
 from regproxy.resolve.interfaces import Credentials, IResolver, NameUnknown, Resolution
 
@@ -109,12 +109,9 @@ class StaticResolver:
         @raise StaticMapError: When the file cannot be read or used.
         """
         try:
-            with open(path, "rb") as f:
-                document = tomllib.load(f)
-        except OSError as e:
-            raise StaticMapError(f"cannot read {path}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise StaticMapError(f"{path} is not valid TOML: {e}") from None
+            document = readTOML(path)
+        except ValueError as e:
+            raise StaticMapError(str(e)) from None
         entries, passthrough = parseMap(document, path)
         return cls(entries, passthrough)
 
