@@ -102,6 +102,13 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         default=60.0,
         help="before each run, wait at most this long for an idle machine (60)",
     )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="extra runs allowed to replace runs that other work disturbed "
+        "(more than 20%% of the CPUs during a measurement) (2)",
+    )
     parser.add_argument("--no-nginx", action="store_true", help="skip nginx")
     parser.add_argument(
         "--no-regproxy",
@@ -128,8 +135,8 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         "--keep", action="store_true", help="keep the temporary directory (logs)"
     )
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.blob_mib < 1 or args.duration <= 0:
-        parser.error("--runs, --blob-mib and --duration must be positive")
+    if args.runs < 1 or args.blob_mib < 1 or args.duration <= 0 or args.retries < 0:
+        parser.error("--runs, --blob-mib, --duration (and --retries) must be positive")
     return args
 
 
@@ -377,6 +384,7 @@ class Bench:
                 f"{figures['head'][name]['rps']:.0f} HEAD/s; "
                 f"{self.foreignNote(figures, name)}"
             )
+        figures["disturbed"] = any(f > DISTURBED for f in figures["foreign"].values())
         return figures
 
     def measureRegproxy(self, figures: dict[str, Any]) -> dict[str, Any]:
@@ -461,7 +469,7 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def table(
-    summary: dict[str, Any], args: argparse.Namespace, loader: str, runs: int
+    summary: dict[str, Any], args: argparse.Namespace, loader: str, counted: str
 ) -> str:
     names = list(summary["speed"])
     rp = "regproxy" in names
@@ -470,7 +478,7 @@ def table(
     if rp:
         head += "".join(f"{'rp/' + SHORT[n]:>12}" for n in others)
     lines = [
-        f"regproxy forwarding benchmark: medians of {runs} run(s); big blob "
+        f"regproxy forwarding benchmark: {counted}; big blob "
         f"{args.blob_mib} MiB; HEAD manifest at concurrency {args.concurrency} "
         f"for {args.duration:g} s ({loader}); regproxy --auth {args.auth}; "
         f"loopback, {os.cpu_count()} CPUs",
@@ -612,8 +620,12 @@ def main(argv: list[str] | None = None) -> int:
             bench.prepare()
             bench.verify()
             bench.fetchBig("direct")  # into the page cache; not measured
-            for number in range(1, args.runs + 1):
+            for number in range(1, args.runs + args.retries + 1):
                 runs.append(bench.run(number))
+                if sum(not r["disturbed"] for r in runs) >= args.runs:
+                    break
+                if runs[-1]["disturbed"] and number < args.runs + args.retries:
+                    log(f"run {number} was disturbed by other work; one more")
             loader = bench.loader
     except BenchError as e:
         print(f"bench_forward: {e}", file=sys.stderr)
@@ -621,8 +633,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench_forward: interrupted; everything stopped", file=sys.stderr)
         return 130
-    summary = summarize(runs)
-    print(table(summary, args, loader, len(runs)))
+    clean = [r for r in runs if not r["disturbed"]]
+    used = clean or runs
+    summary = summarize(used)
+    counted = f"medians of {len(used)} run(s)"
+    if clean and len(clean) < len(runs):
+        counted += f" ({len(runs) - len(clean)} disturbed run(s) left out)"
+    print(table(summary, args, loader, counted))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -633,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
                     "loader": loader,
                     "runs": runs,
                     "medians": summary,
+                    "medians_of_runs": [r["run"] for r in used],
                 },
                 f,
                 indent=2,
