@@ -237,11 +237,17 @@ class ManagedProcess:
         C{group}, that of every live process in its process group too (an
         nginx master and its workers).
         """
+        return sum(self.cpuTimes(group))
+
+    def cpuTimes(self, group: bool = False) -> tuple[float, float]:
+        """
+        Like L{cpuSeconds}, but user and system (kernel) time apart.
+        """
         ticks = os.sysconf("SC_CLK_TCK")
         pids = [str(self.pid)]
         if group:
             pids = [p for p in os.listdir("/proc") if p.isdigit()]
-        total = 0
+        user = system = 0
         for pid in pids:
             try:
                 with open(f"/proc/{pid}/stat") as f:
@@ -249,8 +255,9 @@ class ManagedProcess:
             except OSError:
                 continue
             if pid == str(self.pid) or int(fields[2]) == self.pid:
-                total += int(fields[11]) + int(fields[12])
-        return total / ticks
+                user += int(fields[11])
+                system += int(fields[12])
+        return user / ticks, system / ticks
 
 
 class MemoryWatch:

@@ -334,7 +334,7 @@ class Bench:
         the CPU seconds the server (all its processes) spent on it.
         """
         process = self.servers[name].process
-        before = process.cpuSeconds(group=True)
+        before = process.cpuTimes(group=True)
         with ForeignLoad(self.harness) as foreign:
             fetch = curlFetch(
                 self.blobURL(name, self.big),
@@ -344,7 +344,9 @@ class Bench:
             )
         if figures is not None:
             figures["speed"][name] = fetch.speed
-            figures["cpu"][name] = process.cpuSeconds(group=True) - before
+            after = process.cpuTimes(group=True)
+            figures["cpu"][name] = sum(after) - sum(before)
+            figures["cpu_system"][name] = after[1] - before[1]
             figures["foreign"][f"{name} blob"] = foreign.fraction
 
     def measureHead(self, name: str, figures: dict[str, Any]) -> None:
@@ -367,6 +369,7 @@ class Bench:
             "loadavg": os.getloadavg()[0],
             "speed": {},
             "cpu": {},
+            "cpu_system": {},
             "head": {},
             "foreign": {},
         }
@@ -441,10 +444,17 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     The median of every figure over the runs.
     """
     names = sorted({n for r in runs for n in r["speed"]}, key=PATHS.index)
-    out: dict[str, Any] = {"speed": {}, "cpu": {}, "head": {}, "rss": {}}
+    out: dict[str, Any] = {
+        "speed": {},
+        "cpu": {},
+        "cpu_system": {},
+        "head": {},
+        "rss": {},
+    }
     for name in names:
         out["speed"][name] = median([r["speed"].get(name) for r in runs])
         out["cpu"][name] = median([r["cpu"].get(name) for r in runs])
+        out["cpu_system"][name] = median([r["cpu_system"].get(name) for r in runs])
         out["head"][name] = {
             key: median([r["head"][name][key] for r in runs if name in r["head"]])
             for key in ("rps", "p50", "p99")
@@ -506,6 +516,13 @@ def table(
         row(
             "server CPU s per GiB",
             {n: v / (args.blob_mib / 1024) for n, v in summary["cpu"].items()},
+            "{:.2f}",
+        )
+    )
+    lines.append(
+        row(
+            "  of which kernel (sys)",
+            {n: v / (args.blob_mib / 1024) for n, v in summary["cpu_system"].items()},
             "{:.2f}",
         )
     )
