@@ -314,6 +314,22 @@ class StreamingRequest(Request):
         super().connectionLost(reason)
 
 
+# Twisted reads 64 KiB per recv; a layer relayed in 1 MiB reads costs a
+# sixteenth of the Python calls per byte (measured: bench/bench_forward.py).
+# Memory stays bounded: one read is in flight per relayed body.
+RELAY_READ_SIZE = 1024 * 1024
+
+
+def _readLarger(transport: object) -> None:
+    """
+    Let the upstream connection under C{transport} (the HTTP client's
+    producer proxy) read up to L{RELAY_READ_SIZE} at a time.
+    """
+    underlying = getattr(transport, "_producer", None)
+    if underlying is not None and hasattr(underlying, "bufferSize"):
+        underlying.bufferSize = RELAY_READ_SIZE
+
+
 class _BodyRelay(Protocol):
     """
     Writes an upstream response body to the client, with the upstream
@@ -327,6 +343,7 @@ class _BodyRelay(Protocol):
         self._clientGone = False
 
     def connectionMade(self) -> None:
+        _readLarger(self.transport)
         self._request.registerProducer(self.transport, True)
 
     def dataReceived(self, data: bytes) -> None:

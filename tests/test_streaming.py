@@ -357,3 +357,28 @@ class StreamingTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         client.request(b"GET", b"/v2/")
         self.assertEqual(len(self.agent.sent), 2)
+
+
+class ReadSizeTests(SynchronousTestCase):
+    """
+    The upstream connection under a relayed body reads in large pieces.
+    """
+
+    def test_upstreamReadsLarger(self) -> None:
+        """
+        Relaying a body raises the read size of the TCP transport under the
+        HTTP client's producer proxy, and leaves other transports alone.
+        """
+        from twisted.web._newclient import TransportProxyProducer
+
+        from regproxy.forward import RELAY_READ_SIZE, _readLarger
+
+        class TCPLike(StringTransport):
+            bufferSize = 65536
+
+        tcp = TCPLike()
+        _readLarger(TransportProxyProducer(tcp))
+        self.assertEqual(tcp.bufferSize, RELAY_READ_SIZE)
+        plain = StringTransport()
+        _readLarger(plain)
+        self.assertFalse(hasattr(plain, "bufferSize"))
