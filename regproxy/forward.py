@@ -314,9 +314,11 @@ class StreamingRequest(Request):
         super().connectionLost(reason)
 
 
-# Twisted reads 64 KiB per recv; a layer relayed in 1 MiB reads costs a
-# sixteenth of the Python calls per byte (measured: bench/bench_forward.py).
-# Memory stays bounded: one read is in flight per relayed body.
+# Twisted reads 64 KiB per recv and sends at most 128 KiB per send; a layer
+# relayed 1 MiB at a time costs a sixteenth of the Python calls and an
+# eighth of the send calls per byte (bench/bench_forward.py, 1 GiB blob:
+# 0.62 -> 1.48 GB/s).  Memory stays bounded: one read is in flight per
+# relayed body, and the client's transport pauses the upstream as before.
 RELAY_READ_SIZE = 1024 * 1024
 
 
@@ -328,6 +330,16 @@ def _readLarger(transport: object) -> None:
     underlying = getattr(transport, "_producer", None)
     if underlying is not None and hasattr(underlying, "bufferSize"):
         underlying.bufferSize = RELAY_READ_SIZE
+
+
+def _sendLarger(transport: object) -> None:
+    """
+    Let the client's TCP connection hand the kernel up to
+    L{RELAY_READ_SIZE} per C{send} (Twisted's default is 128 KiB), so a
+    1 MiB read goes out in one call instead of eight.
+    """
+    if transport is not None and hasattr(transport, "SEND_LIMIT"):
+        transport.SEND_LIMIT = RELAY_READ_SIZE
 
 
 class _BodyRelay(Protocol):
@@ -344,6 +356,7 @@ class _BodyRelay(Protocol):
 
     def connectionMade(self) -> None:
         _readLarger(self.transport)
+        _sendLarger(getattr(self._request.channel, "transport", None))
         self._request.registerProducer(self.transport, True)
 
     def dataReceived(self, data: bytes) -> None:

@@ -382,3 +382,21 @@ class ReadSizeTests(SynchronousTestCase):
         plain = StringTransport()
         _readLarger(plain)
         self.assertFalse(hasattr(plain, "bufferSize"))
+
+    def test_clientSendsLarger(self) -> None:
+        """
+        Relaying a body lets the client's TCP transport send larger pieces.
+        """
+        from regproxy.forward import RELAY_READ_SIZE
+
+        agent = FakeAgent()
+        site = makeSite(
+            Config(upstream="http://upstream.example", listen=(), auth="passthrough"),
+            MemoryReactorClock(),
+            agent=agent,
+        )
+        client = RawClient(site)
+        client.transport.SEND_LIMIT = 128 * 1024
+        client.request(b"GET", b"/v2/lib/app/blobs/sha256:" + b"a" * 64)
+        agent.sent[-1].deferred.callback(FakeResponse(200, {}, 3))
+        self.assertEqual(client.transport.SEND_LIMIT, RELAY_READ_SIZE)
