@@ -22,7 +22,6 @@ wants every process and port gone when a test ends.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
 import tempfile
@@ -33,7 +32,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
-from twisted.trial.unittest import SkipTest
 
 from regproxy.testing.fakebalena import (
     ALICE_KEY,
@@ -50,14 +48,8 @@ from regproxy.tokens import TokenIssuer, generateIssuerKeyAndCertificate
 from .clients import Skopeo
 from .fakeapi import ServedAPI, serveFakeAPI
 from .oci import Image, Index, writeImage, writeIndex
-from .registry import (
-    REGISTRY_PROGRAM,
-    STARTUP_TIMEOUT,
-    Registry,
-    RegistryFailed,
-    RegistryProcess,
-    freePort,
-)
+from .registry import Registry
+from .tokenregistry import TokenAuth, startTokenModeRegistry
 
 #: The fake API signs registry tokens as this issuer ...
 ISSUER = "fake balena API"
@@ -172,98 +164,20 @@ class Fleets:
         return self.api.fixture.release(slug, version)["commit"]
 
 
-def tokenRegistryConfig(storage: str, port: int, realm: str, bundleFile: str) -> dict:
-    """
-    A distribution registry on C{port} that trusts tokens signed by the
-    certificate in C{bundleFile} for L{SERVICE}, and sends clients to
-    C{realm} for them.
-    """
-    return {
-        "version": 0.1,
-        "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": True}},
-        "storage": {
-            "filesystem": {"rootdirectory": storage},
-            "maintenance": {"uploadpurging": {"enabled": False}},
-        },
-        "http": {"addr": f"127.0.0.1:{port}", "secret": "regproxy-fleet-tests"},
-        "auth": {
-            "token": {
-                "realm": realm,
-                "service": SERVICE,
-                "issuer": ISSUER,
-                "rootcertbundle": bundleFile,
-            }
-        },
-    }
-
-
 async def startTokenRegistry(
     testCase, world: FleetWorld, realm: str, reactor
 ) -> Registry:
     """
-    Start a registry over C{world}'s storage until C{testCase} ends.
+    Start a registry over C{world}'s storage until C{testCase} ends; it
+    trusts tokens signed by C{world}'s issuer certificate for L{SERVICE}
+    and sends clients to C{realm} for them.
     """
-    program = shutil.which(REGISTRY_PROGRAM)
-    if program is None:
-        raise SkipTest(
-            f"{REGISTRY_PROGRAM} is not installed (apt-get install docker-registry)"
-        )
-    directory = tempfile.mkdtemp(prefix="registry-fleets-")
-    testCase.addCleanup(shutil.rmtree, directory, True)
-    lastError: Exception | None = None
-    for _attempt in range(3):
-        port = freePort()
-        configFile = os.path.join(directory, "config.yml")
-        with open(configFile, "w") as f:
-            json.dump(
-                tokenRegistryConfig(world.storage, port, realm, world.bundleFile), f
-            )
-        process = RegistryProcess()
-        environment = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": directory,
-        }
-        reactor.spawnProcess(
-            process, program, [program, "serve", configFile], env=environment
-        )
-        timeout = reactor.callLater(
-            STARTUP_TIMEOUT,
-            lambda p=process: (
-                p.listening.called
-                or p.listening.errback(
-                    RegistryFailed(
-                        f"registry did not listen within {STARTUP_TIMEOUT}s:\n"
-                        + p.output()
-                    )
-                )
-            ),
-        )
-        try:
-            await process.listening
-        except RegistryFailed as e:
-            lastError = e
-            await process.stop()
-            if "address already in use" in process.output():
-                continue
-            raise
-        finally:
-            if timeout.active():
-                timeout.cancel()
-        testCase.addCleanup(process.stop)
-        return Registry(
-            mode="token",
-            url=f"http://127.0.0.1:{port}",
-            host=f"127.0.0.1:{port}",
-            port=port,
-            caFile=None,
-            certDir=None,
-            users={},
-            tokenServer=None,
-            directory=directory,
-            process=process,
-        )
-    assert lastError is not None
-    raise lastError
+    return await startTokenModeRegistry(
+        testCase,
+        TokenAuth(realm, SERVICE, ISSUER, world.bundleFile),
+        reactor,
+        storage=world.storage,
+    )
 
 
 _world: FleetWorld | None = None

@@ -19,7 +19,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 import bcrypt
@@ -221,11 +221,18 @@ def registryConfig(
     tls: tuple[str, str] | None = None,
     htpasswd: str | None = None,
     tokenServer: TokenServer | None = None,
+    storage: str | None = None,
 ) -> dict:
     """
     The registry's configuration as a mapping (JSON is YAML, so it is
     written with L{json}).
+
+    @param storage: The storage root directory (default: C{storage} in
+        C{directory}); one shared by several registries keeps their
+        images.
     """
+    if storage is None:
+        storage = os.path.join(directory, "storage")
     http: dict = {"addr": f"127.0.0.1:{port}", "secret": "regproxy-test-secret"}
     if tls is not None:
         http["tls"] = {"certificate": tls[0], "key": tls[1]}
@@ -233,7 +240,7 @@ def registryConfig(
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": True}},
         "storage": {
-            "filesystem": {"rootdirectory": os.path.join(directory, "storage")},
+            "filesystem": {"rootdirectory": storage},
             "delete": {"enabled": True},
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
@@ -251,6 +258,66 @@ def registryConfig(
             }
         }
     return config
+
+
+def registryProgram() -> str:
+    """
+    The path of C{docker-registry}.
+
+    @raise SkipTest: When it is not installed.
+    """
+    program = shutil.which(REGISTRY_PROGRAM)
+    if program is None:
+        raise SkipTest(
+            f"{REGISTRY_PROGRAM} is not installed (apt-get install docker-registry)"
+        )
+    return program
+
+
+async def serveRegistry(
+    testCase, directory: str, configFor: Callable[[int], dict], reactor
+) -> tuple[int, RegistryProcess]:
+    """
+    Start C{docker-registry serve} with the configuration C{configFor(port)}
+    on a free loopback port, wait for its listen line and stop it when
+    C{testCase} ends.  Another process may take the port between
+    L{freePort} and the registry's bind, so a port race is retried.
+
+    @param directory: Where the config is written; the registry's C{HOME}.
+    @return: The port and the process.
+    @raise SkipTest: When C{docker-registry} is not installed.
+    """
+    program = registryProgram()
+    lastError: Exception | None = None
+    for _attempt in range(3):
+        port = freePort()
+        configFile = os.path.join(directory, "config.yml")
+        with open(configFile, "w") as f:
+            json.dump(configFor(port), f)
+        process = RegistryProcess()
+        environment = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": directory,
+        }
+        reactor.spawnProcess(
+            process, program, [program, "serve", configFile], env=environment
+        )
+        timeout = reactor.callLater(STARTUP_TIMEOUT, process.giveUp, STARTUP_TIMEOUT)
+        try:
+            await process.listening
+        except RegistryFailed as e:
+            lastError = e
+            await process.stop()
+            if "address already in use" in process.output():
+                continue
+            raise
+        finally:
+            if timeout.active():
+                timeout.cancel()
+        testCase.addCleanup(process.stop)
+        return port, process
+    assert lastError is not None
+    raise lastError
 
 
 async def startRegistry(
@@ -274,11 +341,7 @@ async def startRegistry(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    program = shutil.which(REGISTRY_PROGRAM)
-    if program is None:
-        raise SkipTest(
-            f"{REGISTRY_PROGRAM} is not installed (apt-get install docker-registry)"
-        )
+    registryProgram()
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -302,47 +365,22 @@ async def startRegistry(
             testCase, directory, users, anonymous=anonymous, reactor=reactor
         )
 
-    lastError: Exception | None = None
-    for _attempt in range(3):
-        port = freePort()
-        configFile = os.path.join(directory, "config.yml")
-        with open(configFile, "w") as f:
-            json.dump(
-                registryConfig(directory, port, mode, tls, htpasswd, tokenServer), f
-            )
-        process = RegistryProcess()
-        environment = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": directory,
-        }
-        reactor.spawnProcess(
-            process, program, [program, "serve", configFile], env=environment
-        )
-        timeout = reactor.callLater(STARTUP_TIMEOUT, process.giveUp, STARTUP_TIMEOUT)
-        try:
-            await process.listening
-        except RegistryFailed as e:
-            lastError = e
-            await process.stop()
-            if "address already in use" in process.output():
-                continue
-            raise
-        finally:
-            if timeout.active():
-                timeout.cancel()
-        testCase.addCleanup(process.stop)
-        scheme = "https" if tls else "http"
-        return Registry(
-            mode=mode,
-            url=f"{scheme}://127.0.0.1:{port}",
-            host=f"127.0.0.1:{port}",
-            port=port,
-            caFile=caFile,
-            certDir=certDir,
-            users=dict(users),
-            tokenServer=tokenServer,
-            directory=directory,
-            process=process,
-        )
-    assert lastError is not None
-    raise lastError
+    port, process = await serveRegistry(
+        testCase,
+        directory,
+        lambda port: registryConfig(directory, port, mode, tls, htpasswd, tokenServer),
+        reactor,
+    )
+    scheme = "https" if tls else "http"
+    return Registry(
+        mode=mode,
+        url=f"{scheme}://127.0.0.1:{port}",
+        host=f"127.0.0.1:{port}",
+        port=port,
+        caFile=caFile,
+        certDir=certDir,
+        users=dict(users),
+        tokenServer=tokenServer,
+        directory=directory,
+        process=process,
+    )

@@ -24,7 +24,7 @@ import tomllib
 import bcrypt
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -40,7 +40,8 @@ from regproxy.users import HtpasswdUsers, ThreadPoolRunner
 
 from .clients import ClientFailed, Skopeo, httpClient
 from .oci import blobPath, writeImage
-from .registry import STARTUP_TIMEOUT, RegistryFailed, RegistryProcess, freePort
+from .registry import registryProgram
+from .tokenregistry import TokenAuth, startTokenModeRegistry
 
 ISSUER = "regproxy-issuer.test"
 SERVICE = "registry.test"
@@ -162,10 +163,7 @@ async def startTokenRegistry(
 
     @return: The registry's base URL, C{tokens} and the registry process.
     """
-    if shutil.which("docker-registry") is None:
-        raise SkipTest(
-            "docker-registry is not installed (apt-get install docker-registry)"
-        )
+    registryProgram()
     directory = tempfile.mkdtemp(prefix="registry-issuer-")
     testCase.addCleanup(shutil.rmtree, directory, True)
     bundle = os.path.join(directory, f"{ISSUER}.crt")
@@ -180,62 +178,10 @@ async def startTokenRegistry(
     testCase.addCleanup(listening.stopListening)
     realm = f"http://127.0.0.1:{listening.getHost().port}/token"
 
-    for attempt in range(3):
-        port = freePort()
-        config = {
-            "version": 0.1,
-            "log": {
-                "level": "info",
-                "formatter": "text",
-                "accesslog": {"disabled": True},
-            },
-            "storage": {
-                "filesystem": {"rootdirectory": os.path.join(directory, "storage")},
-                "maintenance": {"uploadpurging": {"enabled": False}},
-            },
-            "http": {"addr": f"127.0.0.1:{port}", "secret": "issuer-test"},
-            "auth": {
-                "token": {
-                    "realm": realm,
-                    "service": SERVICE,
-                    "issuer": ISSUER,
-                    "rootcertbundle": bundle,
-                }
-            },
-        }
-        configFile = os.path.join(directory, "config.yml")
-        with open(configFile, "w") as f:
-            json.dump(config, f)  # JSON is YAML
-        process = RegistryProcess()
-        program = shutil.which("docker-registry")
-        reactor.spawnProcess(
-            process,
-            program,
-            [program, "serve", configFile],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": directory},
-        )
-        timeout = reactor.callLater(
-            STARTUP_TIMEOUT,
-            lambda p=process: (
-                p.listening.called
-                or p.listening.errback(
-                    RegistryFailed("registry did not listen:\n" + p.output())
-                )
-            ),
-        )
-        try:
-            await process.listening
-        except RegistryFailed:
-            await process.stop()
-            if "address already in use" in process.output() and attempt < 2:
-                continue
-            raise
-        finally:
-            if timeout.active():
-                timeout.cancel()
-        testCase.addCleanup(process.stop)
-        return f"http://127.0.0.1:{port}", tokens, process
-    raise AssertionError("unreachable")
+    registry = await startTokenModeRegistry(
+        testCase, TokenAuth(realm, SERVICE, ISSUER, bundle), reactor
+    )
+    return registry.url, tokens, registry.process
 
 
 class TokenIssuerRegistryTests(TestCase):

@@ -14,23 +14,12 @@ start-up and cleanup are the harness's (L{tests.integration.registry}).
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 
 import attrs
-from twisted.trial.unittest import SkipTest
 
-from .registry import (
-    REGISTRY_PROGRAM,
-    STARTUP_TIMEOUT,
-    Registry,
-    RegistryFailed,
-    RegistryProcess,
-    freePort,
-    registryConfig,
-)
+from .registry import Registry, registryConfig, registryProgram, serveRegistry
 
 
 @attrs.frozen
@@ -46,61 +35,44 @@ class TokenAuth:
     bundleFile: str
 
 
-async def startTokenModeRegistry(testCase, auth: TokenAuth, reactor=None) -> Registry:
+async def startTokenModeRegistry(
+    testCase, auth: TokenAuth, reactor=None, storage: str | None = None
+) -> Registry:
     """
     Start a plain-HTTP registry in token mode trusting C{auth}, until
     C{testCase} ends.
 
+    @param storage: A storage root to serve (default: a new, empty one).
     @raise SkipTest: When C{docker-registry} is not installed.
     """
-    program = shutil.which(REGISTRY_PROGRAM)
-    if program is None:
-        raise SkipTest(
-            f"{REGISTRY_PROGRAM} is not installed (apt-get install docker-registry)"
-        )
+    registryProgram()
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
     directory = tempfile.mkdtemp(prefix="registry-token-")
     testCase.addCleanup(shutil.rmtree, directory, True)
-    for attempt in range(3):
-        port = freePort()
-        configFile = os.path.join(directory, "config.yml")
-        with open(configFile, "w") as f:
-            json.dump(
-                registryConfig(directory, port, "token", tokenServer=auth),  # type: ignore[arg-type]
-                f,
-            )
-        process = RegistryProcess()
-        reactor.spawnProcess(
-            process,
-            program,
-            [program, "serve", configFile],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": directory},
-        )
-        timeout = reactor.callLater(STARTUP_TIMEOUT, process.giveUp, STARTUP_TIMEOUT)
-        try:
-            await process.listening
-        except RegistryFailed:
-            await process.stop()
-            if "address already in use" in process.output() and attempt < 2:
-                continue
-            raise
-        finally:
-            if timeout.active():
-                timeout.cancel()
-        testCase.addCleanup(process.stop)
-        return Registry(
-            mode="token",
-            url=f"http://127.0.0.1:{port}",
-            host=f"127.0.0.1:{port}",
-            port=port,
-            caFile=None,
-            certDir=None,
-            users={},
-            tokenServer=None,
-            directory=directory,
-            process=process,
-        )
-    raise AssertionError("unreachable")
+    port, process = await serveRegistry(
+        testCase,
+        directory,
+        lambda port: registryConfig(
+            directory,
+            port,
+            "token",
+            tokenServer=auth,  # type: ignore[arg-type]
+            storage=storage,
+        ),
+        reactor,
+    )
+    return Registry(
+        mode="token",
+        url=f"http://127.0.0.1:{port}",
+        host=f"127.0.0.1:{port}",
+        port=port,
+        caFile=None,
+        certDir=None,
+        users={},
+        tokenServer=None,
+        directory=directory,
+        process=process,
+    )
