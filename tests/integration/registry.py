@@ -12,7 +12,6 @@ exit.  Without a C{docker-registry} program the test is skipped.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import os
@@ -23,15 +22,13 @@ from collections.abc import Callable, Mapping
 
 import attrs
 import bcrypt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest
+
+from regproxy.tls import SubjectNames, generateSelfSigned
 
 from .tokenserver import TokenServer, startTokenServer
 
@@ -147,60 +144,20 @@ def freePort() -> int:
 def makeSelfSignedCertificate(directory: str) -> tuple[str, str]:
     """
     Write a self-signed certificate for C{127.0.0.1} (and C{localhost}) that
-    is also its own CA, and its key.
+    is also its own CA, and its key: the kind regproxy's own TLS listener
+    makes (L{regproxy.tls.generateSelfSigned}).
 
     @return: The certificate and key file paths.
     """
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.DNSName("localhost"),
-                ]
-            ),
-            False,
-        )
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        .sign(key, hashes.SHA256())
+    certified = generateSelfSigned(
+        SubjectNames(["localhost"], [ipaddress.ip_address("127.0.0.1")])
     )
     certFile = os.path.join(directory, "registry.crt")
     keyFile = os.path.join(directory, "registry.key")
     with open(certFile, "wb") as f:
-        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+        f.write(certified.certificatePEM())
     with open(keyFile, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        f.write(certified.keyPEM())
     return certFile, keyFile
 
 

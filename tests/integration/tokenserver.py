@@ -22,10 +22,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.x509.oid import NameOID
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+
+from regproxy.tokens import generateIssuerKeyAndCertificate
 
 ALL_ACTIONS = frozenset({"pull", "push", "delete", "*"})
 
@@ -59,20 +60,7 @@ class SigningKey:
 
     @classmethod
     def generate(cls, commonName: str = "regproxy test token issuer") -> SigningKey:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256())
-        )
+        key, certificate = generateIssuerKeyAndCertificate(commonName)
         return cls(key, certificate)
 
     @property
