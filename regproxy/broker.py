@@ -36,7 +36,12 @@ from regproxy.errors import (
     API_VERSION_HEADER,
     RegistryError,
 )
-from regproxy.forward import Forwarder, forwardedRequestHeaders, relayHeaders
+from regproxy.forward import (
+    Forwarder,
+    StreamingRequest,
+    forwardedRequestHeaders,
+    relayHeaders,
+)
 from regproxy.manifestcache import CachedManifest, ManifestCache, acceptable
 from regproxy.reference import (
     BASE,
@@ -358,7 +363,9 @@ class Broker:
 
 
 def _first(request: Request, name: bytes) -> str | None:
-    values = request.args.get(name)
+    # Twisted's stubs type args as None (its class default); it is a dict
+    # on a request being served.
+    values = request.args.get(name)  # type: ignore[attr-defined]
     if not values:
         return None
     try:
@@ -393,7 +400,7 @@ class TokenResource(TokenEndpoint):
 
     def _scopes(self, request: Request) -> tuple[Scope, ...]:
         values = []
-        for raw in request.args.get(b"scope", []):
+        for raw in request.args.get(b"scope", []):  # type: ignore[attr-defined]
             try:
                 values.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
@@ -424,6 +431,7 @@ class TokenResource(TokenEndpoint):
 
     async def _post(self, request: Request) -> None:
         grantType = _first(request, b"grant_type")
+        credentials: BasicCredentials | None
         if grantType == "password":
             username = _first(request, b"username") or ""
             password = _first(request, b"password") or ""
@@ -541,11 +549,11 @@ class BrokeredRegistryResource(Resource):
         self.digests = DigestLocations()
         self.manifests = ManifestCache(broker.issuer.clock)
 
-    def render(self, request: Request) -> object:
+    def render(self, request: StreamingRequest) -> object:
         request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
         return renderLater(request, self._handle(request))
 
-    async def _handle(self, request: Request) -> None:
+    async def _handle(self, request: StreamingRequest) -> None:
         try:
             path = parsePath(request.path)
         except InvalidReference as e:
@@ -561,6 +569,7 @@ class BrokeredRegistryResource(Resource):
             request.finish()
             return
         reference = path.imageReference()
+        assert path.name is not None  # imageReference raised otherwise
         credentials = self._resolverCredentials(account)
         if path.kind == TAGS:
             tags = await self._listReleases(reference, credentials, account)
@@ -648,7 +657,7 @@ class BrokeredRegistryResource(Resource):
 
     async def _forward(
         self,
-        request: Request,
+        request: StreamingRequest,
         path: RegistryPath,
         resolution: Resolution,
         account: Account,

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import attrs
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 API_VERSION_HEADER = b"Docker-Distribution-Api-Version"
 API_VERSION = b"registry/2.0"
@@ -55,7 +55,7 @@ def notFound(message: str = "no such resource") -> RegistryError:
     return RegistryError(404, "NOT_FOUND", message)
 
 
-def writeError(request: IRequest, error: RegistryError) -> None:
+def writeError(request: Request, error: RegistryError) -> None:
     """
     Answer C{request} with C{error} and finish it, unless the response has
     already started, in which case the connection is dropped so that the
@@ -78,7 +78,7 @@ def writeError(request: IRequest, error: RegistryError) -> None:
     request.finish()
 
 
-def methodNotAllowed(request: IRequest, allowed: tuple[bytes, ...]) -> None:
+def methodNotAllowed(request: Request, allowed: tuple[bytes, ...]) -> None:
     """
     Answer a method a resource does not take with a registry-format 405,
     instead of twisted.web's HTML page.

@@ -12,12 +12,12 @@ balena API, upstream token services).
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Callable
+from typing import IO, Callable, cast
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -264,6 +264,9 @@ class StreamingRequest(Request):
 
     bodyStream: RequestBodyStream | None = None
     upstreamStatus: int | None = None
+    # twisted.web's stubs type this as None (its class default); it is the
+    # body file once the headers are in.
+    content: IO[bytes]  # type: ignore[assignment]
     _dispatchedEarly = False
     _finishWhenBodyDone = False
 
@@ -274,8 +277,11 @@ class StreamingRequest(Request):
             super().gotLength(length)
             return
         self.content = BytesIO()
+        # The channel's transport is the client's connection, which
+        # HTTPChannel itself pauses and resumes as a push producer.
         self.bodyStream = RequestBodyStream(
-            UNKNOWN_LENGTH if length is None else length, channel.transport
+            UNKNOWN_LENGTH if length is None else length,
+            cast(IPushProducer, channel.transport),
         )
         self._dispatchedEarly = True
         Request.requestReceived(self, channel._command, path, channel._version)
@@ -371,9 +377,10 @@ class _BodyRelay(Protocol):
         if not self._clientGone:
             self._clientGone = True
             if self.transport is not None:
-                self.transport.stopProducing()
+                # deliverBody connects us to a TransportProxyProducer.
+                cast(IPushProducer, self.transport).stopProducing()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         complete = bool(reason.check(ResponseDone, PotentialDataLoss))
         if not self._clientGone:
             self._request.unregisterProducer()

@@ -25,6 +25,7 @@ from regproxy.errors import RegistryError
 from regproxy.forward import (
     BytesProducer,
     Forwarder,
+    StreamingRequest,
     forwardedRequestHeaders,
     relayHeaders,
 )
@@ -116,18 +117,18 @@ class TokenPassthroughResource(TokenEndpoint):
         self._forwarder = forwarder
         self._realm = realm
 
-    def render_GET(self, request: Request) -> object:
+    def render_GET(self, request: StreamingRequest) -> object:
         return self._start(request)
 
-    def render_POST(self, request: Request) -> object:
+    def render_POST(self, request: StreamingRequest) -> object:
         return self._start(request)
 
-    def _start(self, request: Request) -> object:
+    def _start(self, request: StreamingRequest) -> object:
         return renderLater(
             request, self._forward(request), "the upstream token service"
         )
 
-    async def _forward(self, request: Request) -> None:
+    async def _forward(self, request: StreamingRequest) -> None:
         realm = await self._realm.discover(request)
         if realm is None:
             raise RegistryError(

@@ -85,11 +85,11 @@ class RegistryResource(Resource):
         self._publicURL = publicURL
         self._realm = realm
 
-    def render(self, request: Request) -> object:
+    def render(self, request: StreamingRequest) -> object:
         request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
         return renderLater(request, self._forward(request))
 
-    async def _forward(self, request: Request) -> None:
+    async def _forward(self, request: StreamingRequest) -> None:
         public = publicBase(request, self._publicURL)
         response = await self._forwarder.send(
             request,
@@ -184,6 +184,7 @@ class RegproxyChannel(http.HTTPChannel):
         phrase: bytes = b"Bad Request",
     ) -> None:
         body = errorBody("BAD_REQUEST", message)
+        assert self.transport is not None
         self.transport.write(
             b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: application/json; charset=utf-8\r\n"
@@ -205,7 +206,9 @@ class LoggingRequest(StreamingRequest):
         self.startedAt = reactor.seconds() if reactor is not None else None
 
     def process(self) -> None:
-        policy = getattr(self.channel.site, "cors", None)
+        # Site.buildProtocol sets the channel's site; HTTPChannel does not
+        # declare it.
+        policy = getattr(self.channel.site, "cors", None)  # type: ignore[attr-defined]
         if policy is not None and policy.apply(self):
             return
         super().process()
@@ -217,12 +220,15 @@ class RegproxySite(Site):
     one line per request without query strings (which may carry secrets).
     """
 
-    protocol = RegproxyChannel
+    # Twisted types this as a factory of its HTTP/2-negotiating wrapper;
+    # buildProtocol works as well with a plain HTTPChannel subclass.
+    protocol = RegproxyChannel  # type: ignore[assignment]
     requestFactory = LoggingRequest
+    cors: CORSPolicy | None = None
     displayTracebacks = False
     _log = Logger()
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         started = getattr(request, "startedAt", None)
         duration = self.reactor.seconds() - started if started is not None else 0.0
         self._log.info(
@@ -261,7 +267,9 @@ def makeResolver(config: Config, reactor, apiClient=None) -> IResolver:
         return StaticResolver.fromFile(kind[len("static:") :])
     if apiClient is None:
         apiClient = HTTPClient(
-            makeUpstreamAgent(reactor, config), cookiejar=NoCookies()
+            # treq documents any CookieJar as accepted but types its own.
+            makeUpstreamAgent(reactor, config),
+            cookiejar=NoCookies(),  # type: ignore[arg-type]
         )
     balena = BalenaResolver(config.balena_api or DEFAULT_BALENA_API, apiClient, reactor)
     return CachingResolver(
