@@ -116,7 +116,7 @@ class _Reader:
     def quoted(self) -> str:
         assert self.peek() == '"'
         self.pos += 1
-        out = []
+        out: list[str] = []
         while True:
             char = self.peek()
             if not char:

@@ -54,20 +54,20 @@ def publicJWK(publicKey: Any) -> dict[str, str]:
         curve = _CURVES.get(publicKey.curve.name)
         if curve is None:
             raise ValueError(f"unsupported curve {publicKey.curve.name}")
-        numbers = publicKey.public_numbers()
+        ecNumbers = publicKey.public_numbers()
         size = (publicKey.curve.key_size + 7) // 8
         return {
             "crv": curve,
             "kty": "EC",
-            "x": base64url(_intBytes(numbers.x, size)),
-            "y": base64url(_intBytes(numbers.y, size)),
+            "x": base64url(_intBytes(ecNumbers.x, size)),
+            "y": base64url(_intBytes(ecNumbers.y, size)),
         }
     if isinstance(publicKey, rsa.RSAPublicKey):
-        numbers = publicKey.public_numbers()
+        rsaNumbers = publicKey.public_numbers()
         return {
-            "e": base64url(_intBytes(numbers.e)),
+            "e": base64url(_intBytes(rsaNumbers.e)),
             "kty": "RSA",
-            "n": base64url(_intBytes(numbers.n)),
+            "n": base64url(_intBytes(rsaNumbers.n)),
         }
     raise ValueError(f"unsupported key type {type(publicKey).__name__}")
 

@@ -66,7 +66,7 @@ class Options(usage.Options):
 
 
 for _field, _spec in settings():
-    _default = _field.default
+    _default: Any = _field.default
     if isinstance(_default, attrs.Factory):  # type: ignore[arg-type]
         _default = _default.factory()
     if isinstance(_default, tuple):

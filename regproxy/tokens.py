@@ -25,7 +25,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 from cryptography import x509
@@ -122,6 +122,16 @@ class IssuedToken:
     claims: Mapping[str, Any]
 
 
+def _certificateTuple(
+    certificates: Iterable[x509.Certificate],
+) -> tuple[x509.Certificate, ...]:
+    """
+    C{tuple} with its element type spelled out, so the attrs plugin types
+    L{TokenIssuer}'s C{chain} argument.
+    """
+    return tuple(certificates)
+
+
 @attrs.frozen
 class TokenIssuer:
     """
@@ -137,7 +147,7 @@ class TokenIssuer:
 
     issuer: str
     key: ec.EllipticCurvePrivateKey = attrs.field(repr=False)
-    chain: tuple[x509.Certificate, ...] = attrs.field(converter=tuple)
+    chain: tuple[x509.Certificate, ...] = attrs.field(converter=_certificateTuple)
     clock: IReactorTime
     lifetime: int = 300
 
@@ -316,7 +326,7 @@ class TokenVerifier:
         return value
 
 
-def _isNumber(value: Any) -> bool:
+def _isNumber(value: Any) -> TypeGuard[int | float]:
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)

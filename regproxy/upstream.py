@@ -7,6 +7,7 @@ verifying TLS against the system's roots or a CA file we are given.
 from __future__ import annotations
 
 from http.cookiejar import CookieJar
+from typing import TYPE_CHECKING
 
 from twisted.internet import ssl
 from twisted.web.client import (
@@ -19,13 +20,18 @@ from twisted.web.iweb import IAgent
 
 from regproxy.config import Config
 
+if TYPE_CHECKING:
+    # What twisted.internet.ssl's trust-root helpers return; Twisted
+    # defines it only in this private module.
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
+
 # Clients pull layers in parallel (docker: 3 at once per image, more with
 # several pulls); keep enough idle connections to reuse them.
 MAX_PERSISTENT_PER_HOST = 32
 IDLE_CONNECTION_SECONDS = 90
 
 
-def loadTrustRoot(path: str) -> ssl.IOpenSSLTrustRoot:
+def loadTrustRoot(path: str) -> IOpenSSLTrustRoot:
     """
     Trust the certificates in the PEM file at C{path} (one or several).
     """
