@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
-from twisted.protocols.policies import WrappingFactory
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from regproxy.testing.fakebalena import FakeBalenaAPI
 
-IDLE_TIMEOUT = 10.0
+from .loopback import serveOnLoopback
 
 
 class _ClosingChannel(HTTPChannel):
@@ -36,31 +35,6 @@ class _ClosingChannel(HTTPChannel):
     def checkPersistence(self, request, version) -> bool:
         request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
         return False
-
-
-class _TrackingFactory(WrappingFactory):
-    """
-    Know the open connections, to wait for the last one at cleanup.
-    """
-
-    def __init__(self, wrappedFactory) -> None:
-        super().__init__(wrappedFactory)
-        self._idle: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self._idle = self._idle, []
-            for d in waiting:
-                if not d.called:
-                    d.callback(None)
-
-    def whenIdle(self) -> Deferred[None]:
-        if not self.protocols:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        return d
 
 
 class Gate(Resource):
@@ -150,28 +124,13 @@ def serveFakeAPI(testCase, api: FakeBalenaAPI, reactor=None) -> ServedAPI:
     site = Site(gate, reactor=reactor)
     site.protocol = _ClosingChannel
     site.noisy = False
-    factory = _TrackingFactory(site)
-    factory.noisy = False
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
 
-    def stop() -> Deferred:
+    def endHanging() -> None:
         # Requests left hanging (api.stop("hang")) never finish by
         # themselves: end them, then wait for every connection to close.
         for request in api.hanging + gate._held:
             request.transport.abortConnection()
         del api.hanging[:], gate._held[:]
 
-        def abortStragglers(failure):
-            for protocol in list(factory.protocols):
-                protocol.transport.abortConnection()
-            return factory.whenIdle()
-
-        d = factory.whenIdle()
-        d.addTimeout(IDLE_TIMEOUT, reactor)
-        d.addErrback(abortStragglers)
-        d.addCallback(lambda _: port.stopListening())
-        return d
-
-    testCase.addCleanup(stop)
-    number = port.getHost().port
+    number = serveOnLoopback(testCase, site, reactor, beforeWait=endHanging)
     return ServedAPI(f"http://127.0.0.1:{number}", number, api, gate)

@@ -13,39 +13,9 @@ import shutil
 import tempfile
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
-from twisted.protocols.policies import WrappingFactory
 
+from .loopback import serveOnLoopback
 from .registry import Registry
-
-IDLE_TIMEOUT = 10.0
-
-
-class _TrackingFactory(WrappingFactory):
-    """
-    Count the server's open connections so cleanup can wait for the last
-    one to close.
-    """
-
-    def __init__(self, wrappedFactory) -> None:
-        super().__init__(wrappedFactory)
-        self._idle: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self._idle = self._idle, []
-            for d in waiting:
-                if not d.called:  # a timed-out wait was cancelled
-                    d.callback(None)
-
-
-def _whenIdle(factory: _TrackingFactory) -> Deferred[None]:
-    if not factory.protocols:
-        return succeed(None)
-    d: Deferred[None] = Deferred()
-    factory._idle.append(d)
-    return d
 
 
 @attrs.frozen
@@ -99,33 +69,11 @@ def startProxy(testCase, registry: Registry, reactor=None, **settings) -> Proxy:
     agent = makeUpstreamAgent(reactor, config)
     site = makeSite(config, reactor, agent=agent)
     site.noisy = False
-    factory = _TrackingFactory(site)
-    factory.noisy = False
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-
-    def stop() -> Deferred:
-        # Clients are gone by now; wait for their connections to close,
-        # then close ours to the registry, then stop listening.
-        def closeUpstream(_):
-            return agent._pool.closeCachedConnections()
-
-        def abortStragglers(failure):
-            # A client that keeps its connection open (a test that forgot
-            # to close its pool) must not hang cleanup.
-            failure.trap(TimeoutError, CancelledError)
-            for protocol in list(factory.protocols):
-                protocol.transport.abortConnection()
-            return _whenIdle(factory)
-
-        d = _whenIdle(factory)
-        d.addTimeout(IDLE_TIMEOUT, reactor)
-        d.addErrback(abortStragglers)
-        d.addCallback(closeUpstream)
-        d.addCallback(lambda _: port.stopListening())
-        return d
-
-    testCase.addCleanup(stop)
-    number = port.getHost().port
+    # Clients are gone by the cleanup; once their connections are closed,
+    # close ours to the registry.
+    number = serveOnLoopback(
+        testCase, site, reactor, afterIdle=agent._pool.closeCachedConnections
+    )
     return Proxy(
         f"http://127.0.0.1:{number}", f"127.0.0.1:{number}", number, site, config
     )

@@ -457,8 +457,8 @@ class WalkthroughTests(TestCase):
         from regproxy.upstream import makeUpstreamAgent
 
         from .clients import Skopeo
+        from .loopback import TrackingFactory
         from .oci import writeImage
-        from .proxy import _TrackingFactory, _whenIdle
         from .registry import startRegistry
 
         registry = await startRegistry(self, mode="open")
@@ -476,7 +476,7 @@ class WalkthroughTests(TestCase):
         stateDir = os.path.join(work, "state")
         config = Config(upstream=registry.url, listen=(), state_dir=stateDir)
         agent = makeUpstreamAgent(reactor, config)
-        factory = _TrackingFactory(makeSite(config, reactor, agent=agent))
+        factory = TrackingFactory(makeSite(config, reactor, agent=agent))
         description = withConfig("regproxy-tls:0:interface=127.0.0.1", config)
         tlsPort = await serverFromString(reactor, description).listen(factory)
         plainPort = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
@@ -484,7 +484,7 @@ class WalkthroughTests(TestCase):
         )
 
         async def stop() -> None:
-            await _whenIdle(factory)
+            await factory.whenIdle()
             await agent._pool.closeCachedConnections()
             await tlsPort.stopListening()
             await plainPort.stopListening()

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
-from twisted.protocols.policies import WrappingFactory
+from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from .loopback import serveOnLoopback
 
 CHALLENGE = b'Basic realm="zot"'
 _RELAYED_REQUEST_HEADERS = (b"accept", b"range", b"if-none-match", b"user-agent")
@@ -127,32 +128,6 @@ class ZotFrontResource(Resource):
         request.finish()
 
 
-class _Tracking(WrappingFactory):
-    """
-    Count open connections so cleanup can wait for the last to close.
-    """
-
-    noisy = False
-
-    def __init__(self, wrapped) -> None:
-        super().__init__(wrapped)
-        self._idle: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self._idle = self._idle, []
-            for d in waiting:
-                d.callback(None)
-
-    def whenIdle(self) -> Deferred[None]:
-        if not self.protocols:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        return d
-
-
 @attrs.frozen
 class ZotFront:
     """
@@ -189,21 +164,11 @@ def startZotFront(testCase, registry, reactor=None) -> ZotFront:
     resource = ZotFrontResource(registry.url.encode("ascii"), Agent(reactor, pool=pool))
     site = Site(resource)
     site.noisy = False
-    factory = _Tracking(site)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-
-    def stop() -> Deferred:
-        # Whoever talked to us (regproxy's pool) is closed by now, in
-        # cleanups that ran before this one; abort any straggler.
-        for protocol in list(factory.protocols):
-            protocol.transport.abortConnection()
-        d = factory.whenIdle()
-        d.addCallback(lambda _: pool.closeCachedConnections())
-        d.addCallback(lambda _: port.stopListening())
-        return d
-
-    testCase.addCleanup(stop)
-    number = port.getHost().port
+    # Whoever talked to us (regproxy's pool) is closed by now, in cleanups
+    # that ran before this one; abort any straggler at once.
+    number = serveOnLoopback(
+        testCase, site, reactor, grace=0, afterIdle=pool.closeCachedConnections
+    )
     return ZotFront(
         f"http://127.0.0.1:{number}",
         f"127.0.0.1:{number}",
