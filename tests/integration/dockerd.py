@@ -22,61 +22,34 @@ from collections.abc import Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest
 
 from .clients import DEFAULT_TIMEOUT, Result, runProcess
+from .registry import ListeningProcess
 
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 _READY = b"API listen on "
 
 
-class _DaemonProcess(ProcessProtocol):
+class _DaemonProcess(ListeningProcess):
     """
-    Watch the daemon's log for its listen line and its exit.
+    Watch the daemon's log for its listen line and its exit; a daemon that
+    cannot start here skips the test.
     """
 
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.listening: Deferred[None] = Deferred()
-        self.ended: Deferred[None] = Deferred()
-        self.exited = False
+    ready = _READY
 
-    def output(self) -> str:
-        return self._buffer.decode("utf-8", "replace")
+    def _lastLines(self) -> str:
+        return self.output()[-800:].strip().replace("\n", " | ")
 
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self._buffer += data
-        if not self.listening.called and _READY in self._buffer:
-            self.listening.callback(None)
+    def exitedEarly(self, reason) -> Exception:
+        return SkipTest("dockerd cannot start here: " + self._lastLines())
 
-    def processEnded(self, reason) -> None:
-        self.exited = True
-        if not self.listening.called:
-            self.listening.errback(
-                SkipTest(
-                    "dockerd cannot start here: "
-                    + self.output()[-800:].strip().replace("\n", " | ")
-                )
-            )
-        self.ended.callback(None)
-
-    def giveUp(self) -> None:
-        if not self.listening.called:
-            self.listening.errback(
-                SkipTest(
-                    f"dockerd did not start within {STARTUP_TIMEOUT}s: "
-                    + self.output()[-800:].strip().replace("\n", " | ")
-                )
-            )
-
-    def signal(self, name: str) -> None:
-        try:
-            self.transport.signalProcess(name)
-        except ProcessExitedAlready:
-            pass
+    def tooSlow(self, seconds: float) -> Exception:
+        return SkipTest(
+            f"dockerd did not start within {seconds}s: " + self._lastLines()
+        )
 
 
 @attrs.frozen
@@ -172,7 +145,7 @@ async def startDockerd(
     }
     process = _DaemonProcess()
     reactor.spawnProcess(process, dockerd, argv, env=environment)
-    timeout = reactor.callLater(STARTUP_TIMEOUT, process.giveUp)
+    timeout = reactor.callLater(STARTUP_TIMEOUT, process.giveUp, STARTUP_TIMEOUT)
 
     async def stop() -> None:
         if not process.exited:

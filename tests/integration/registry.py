@@ -79,12 +79,14 @@ class Registry:
         return self.process.output()
 
 
-class RegistryProcess(ProcessProtocol):
+class ListeningProcess(ProcessProtocol):
     """
-    Watch a registry's log for its listen line and its exit.
+    Watch a server's log for the line that says it listens, and its exit.
+
+    @cvar ready: The bytes of that line.
     """
 
-    _log = Logger()
+    ready: bytes
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -97,18 +99,26 @@ class RegistryProcess(ProcessProtocol):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self._buffer += data
-        if not self.listening.called and b'msg="listening on ' in self._buffer:
+        if not self.listening.called and self.ready in self._buffer:
             self.listening.callback(None)
+
+    def exitedEarly(self, reason) -> Exception:
+        """
+        What L{listening} fails with when the process exits before its
+        listen line.
+        """
+        raise NotImplementedError
+
+    def tooSlow(self, seconds: float) -> Exception:
+        """
+        What L{listening} fails with when L{giveUp} is called.
+        """
+        raise NotImplementedError
 
     def processEnded(self, reason) -> None:
         self.exited = True
         if not self.listening.called:
-            self.listening.errback(
-                RegistryFailed(
-                    f"registry exited before listening ({reason.value}):\n"
-                    + self.output()
-                )
-            )
+            self.listening.errback(self.exitedEarly(reason))
         self.ended.callback(None)
 
     def giveUp(self, seconds: float) -> None:
@@ -116,19 +126,37 @@ class RegistryProcess(ProcessProtocol):
         Stop waiting for the listen line.
         """
         if not self.listening.called:
-            self.listening.errback(
-                RegistryFailed(
-                    f"registry did not listen within {seconds}s:\n" + self.output()
-                )
-            )
+            self.listening.errback(self.tooSlow(seconds))
+
+    def signal(self, name: str) -> None:
+        try:
+            self.transport.signalProcess(name)
+        except ProcessExitedAlready:
+            pass
 
     def stop(self) -> Deferred[None]:
         if not self.exited:
-            try:
-                self.transport.signalProcess("TERM")
-            except ProcessExitedAlready:
-                pass
+            self.signal("TERM")
         return self.ended
+
+
+class RegistryProcess(ListeningProcess):
+    """
+    Watch a registry's log for its listen line and its exit.
+    """
+
+    _log = Logger()
+    ready = b'msg="listening on '
+
+    def exitedEarly(self, reason) -> Exception:
+        return RegistryFailed(
+            f"registry exited before listening ({reason.value}):\n" + self.output()
+        )
+
+    def tooSlow(self, seconds: float) -> Exception:
+        return RegistryFailed(
+            f"registry did not listen within {seconds}s:\n" + self.output()
+        )
 
 
 def freePort() -> int:
