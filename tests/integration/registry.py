@@ -191,12 +191,14 @@ def makeSelfSignedCertificate(directory: str) -> tuple[str, str]:
 
 def writeHtpasswd(path: str, users: Mapping[str, str]) -> None:
     """
-    An htpasswd file of bcrypt entries (cost 4: tests want speed).
+    An htpasswd file of bcrypt entries (cost 4: tests want speed),
+    replaced at once, so a regproxy that watches it never reads half of it.
     """
-    with open(path, "wb") as f:
+    with open(path + ".new", "wb") as f:
         for user, password in users.items():
             hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4))
             f.write(user.encode() + b":" + hashed + b"\n")
+    os.replace(path + ".new", path)
 
 
 def registryConfig(

@@ -17,19 +17,17 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
-import tempfile
 
-import bcrypt
 from twisted.trial.unittest import TestCase
 
 from regproxy.challenge import parseChallenges
 
 from .clients import ClientFailed, Skopeo, httpClient
 from .dockerd import startDockerd
+from .forwarding import readBlob, temporaryDirectory
 from .oci import blobPath, writeImage
 from .proxy import startProxy
-from .registry import startRegistry
+from .registry import startRegistry, writeHtpasswd
 from .zotfront import startZotFront
 
 RULES = """
@@ -38,12 +36,6 @@ users = ["alice"]
 repositories = ["team/**"]
 actions = ["pull", "push"]
 """
-
-
-def temporaryDirectory(testCase, prefix: str) -> str:
-    directory = tempfile.mkdtemp(prefix=prefix)
-    testCase.addCleanup(shutil.rmtree, directory, True)
-    return directory
 
 
 class ZotTestCase(TestCase):
@@ -68,8 +60,7 @@ class ZotTestCase(TestCase):
         )
 
     def manifestBytes(self) -> bytes:
-        with open(blobPath(self.layout, self.image.digest), "rb") as f:
-            return f.read()
+        return readBlob(self.layout, self.image.digest)
 
 
 class NoTokenFlowTests(ZotTestCase):
@@ -212,12 +203,7 @@ class DockerdUsersTests(TestCase):
         self.registry = await startRegistry(self, mode="open")
         directory = temporaryDirectory(self, "users-")
         htpasswd = os.path.join(directory, "htpasswd")
-        with open(htpasswd, "wb") as f:
-            f.write(
-                b"alice:"
-                + bcrypt.hashpw(b"wonderland", bcrypt.gensalt(rounds=4))
-                + b"\n"
-            )
+        writeHtpasswd(htpasswd, {"alice": "wonderland"})
         access = os.path.join(directory, "access.toml")
         with open(access, "w") as f:
             f.write(RULES)

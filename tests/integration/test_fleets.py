@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import tempfile
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
@@ -31,6 +29,7 @@ from .fleets import (
     Fleets,
     startFleets,
 )
+from .forwarding import temporaryDirectory
 from .oci import Index, blobPath, readIndexJSON, sha256File
 from .proxy import Proxy, startProxy
 
@@ -41,12 +40,6 @@ MANIFEST_ACCEPT = [
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ]
-
-
-def temporaryDirectory(testCase, prefix: str) -> str:
-    directory = tempfile.mkdtemp(prefix=prefix)
-    testCase.addCleanup(shutil.rmtree, directory, True)
-    return directory
 
 
 def basic(credentials: tuple[str, str]) -> str:

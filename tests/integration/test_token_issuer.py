@@ -21,7 +21,6 @@ import shutil
 import tempfile
 import tomllib
 
-import bcrypt
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -39,8 +38,9 @@ from regproxy.tokens import (
 from regproxy.users import HtpasswdUsers, ThreadPoolRunner
 
 from .clients import ClientFailed, Skopeo, httpClient
-from .oci import blobPath, writeImage
-from .registry import registryProgram
+from .forwarding import readBlob
+from .oci import writeImage
+from .registry import registryProgram, writeHtpasswd
 from .tokenregistry import TokenAuth, startTokenModeRegistry
 
 ISSUER = "regproxy-issuer.test"
@@ -365,12 +365,7 @@ class UsersAndRulesTests(TestCase):
         directory = tempfile.mkdtemp(prefix="issuer-users-")
         self.addCleanup(shutil.rmtree, directory, True)
         htpasswd = os.path.join(directory, "htpasswd")
-        with open(htpasswd, "wb") as f:
-            f.write(
-                b"alice:"
-                + bcrypt.hashpw(b"wonderland", bcrypt.gensalt(rounds=4))
-                + b"\n"
-            )
+        writeHtpasswd(htpasswd, {"alice": "wonderland"})
         runner = ThreadPoolRunner(reactor, threads=2)
         self.addCleanup(runner.stop)
         self.tokens = UsersTokenResource(
@@ -404,8 +399,7 @@ class UsersAndRulesTests(TestCase):
         )
 
     def manifestBytes(self) -> bytes:
-        with open(blobPath(self.layout, self.image.digest), "rb") as f:
-            return f.read()
+        return readBlob(self.layout, self.image.digest)
 
     async def test_pushAndPull(self) -> None:
         """

@@ -23,14 +23,15 @@ import tempfile
 from urllib.parse import urlencode
 
 import attrs
-import bcrypt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import TestCase
 
 from .clients import ClientFailed, Skopeo, httpClient, runProcess
+from .forwarding import readBlob
 from .oci import blobPath, writeImage
 from .proxy import startProxy
+from .registry import writeHtpasswd
 from .tokenregistry import TokenAuth, startTokenModeRegistry
 
 ISSUER = "api.regproxy.test"
@@ -90,14 +91,7 @@ def writeUsers(directory: str) -> tuple[str, str]:
     Write the htpasswd file (bcrypt, low cost for speed) and the rules.
     """
     htpasswd = os.path.join(directory, "htpasswd")
-    with open(htpasswd, "wb") as f:
-        for user, password in PASSWORDS.items():
-            f.write(
-                user.encode()
-                + b":"
-                + bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4))
-                + b"\n"
-            )
+    writeHtpasswd(htpasswd, PASSWORDS)
     access = os.path.join(directory, "access.toml")
     with open(access, "w") as f:
         f.write(RULES)
@@ -190,8 +184,7 @@ class TokenServerTests:
         )
 
     def manifestBytes(self) -> bytes:
-        with open(blobPath(self.layout, self.image.digest), "rb") as f:
-            return f.read()
+        return readBlob(self.layout, self.image.digest)
 
     def failureText(self, failure: ClientFailed) -> str:
         return str(failure) + "\nregistry:\n" + self.registry.output[-3000:]

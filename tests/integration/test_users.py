@@ -14,17 +14,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
-import tempfile
 
-import bcrypt
 from twisted.trial.unittest import TestCase
 from zope.interface import directlyProvides, providedBy
 
 from .clients import ClientFailed, Skopeo, httpClient
+from .forwarding import readBlob, temporaryDirectory
 from .oci import blobPath, writeImage
 from .proxy import startProxy
-from .registry import startRegistry
+from .registry import startRegistry, writeHtpasswd
 
 PASSWORDS = {"alice": "wonderland", "bob": "builder"}
 SERVICE_ACCOUNT = ("svc", "svc-secret")
@@ -66,27 +64,6 @@ class ShiftedReactor:
 
     def __getattr__(self, name: str):
         return getattr(self._reactor, name)
-
-
-def writeHtpasswd(path: str, users: dict[str, str]) -> None:
-    """
-    bcrypt entries, made with the C{bcrypt} module at low cost for speed.
-    """
-    lines = [
-        user.encode()
-        + b":"
-        + bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4))
-        for user, password in users.items()
-    ]
-    with open(path + ".new", "wb") as f:
-        f.write(b"\n".join(lines) + b"\n")
-    os.replace(path + ".new", path)
-
-
-def temporaryDirectory(testCase, prefix: str) -> str:
-    directory = tempfile.mkdtemp(prefix=prefix)
-    testCase.addCleanup(shutil.rmtree, directory, True)
-    return directory
 
 
 class FrontDoorTests:
@@ -145,8 +122,7 @@ class FrontDoorTests:
         )
 
     def manifestBytes(self) -> bytes:
-        with open(blobPath(self.layout, self.image.digest), "rb") as f:
-            return f.read()
+        return readBlob(self.layout, self.image.digest)
 
     # Tests.
 
