@@ -5,6 +5,8 @@ bytes, the way a client's socket would, and read back what it answered.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
@@ -100,6 +102,21 @@ class RawClient:
     def response(self, head: bool = False) -> RawResponse | None:
         parsed = parseResponse(self.transport.value(), head)
         return None if parsed is None else parsed[0]
+
+    def responseAfter(
+        self, flush: Callable[[], object], head: bool = False, turns: int = 20
+    ) -> RawResponse | None:
+        """
+        The response, calling C{flush} (to let an in-memory upstream
+        answer) between looks until it is complete; L{None} if it is not
+        after C{turns} looks.
+        """
+        for _ in range(turns):
+            response = self.response(head)
+            if response is not None:
+                return response
+            flush()
+        return None
 
     def disconnect(self) -> None:
         from twisted.internet.error import ConnectionDone

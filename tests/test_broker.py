@@ -104,13 +104,13 @@ class BrokerTestCase(SynchronousTestCase):
     def exchange(self, method, path, headers=(), body=None, site=None) -> RawResponse:
         client = RawClient(site or self.site)
         client.request(method, path, list(headers), body)
-        for _ in range(20):
-            response = client.response(head=method == b"HEAD")
-            if response is not None:
-                break
+
+        def flush() -> None:
             self.agent.flush()
             if self.api is not None:
                 self.api.flush()
+
+        response = client.responseAfter(flush, head=method == b"HEAD")
         self.assertIsNotNone(response, client.transport.value())
         return response
 

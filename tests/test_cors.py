@@ -63,12 +63,7 @@ class CORSTestCase(SynchronousTestCase):
     def exchange(self, method: bytes, path: bytes, headers=()) -> RawResponse:
         client = RawClient(self.site)
         client.request(method, path, list(headers))
-        response = None
-        for _ in range(20):
-            response = client.response(head=method == b"HEAD")
-            if response is not None:
-                break
-            self.agent.flush()
+        response = client.responseAfter(self.agent.flush, head=method == b"HEAD")
         self.assertIsNotNone(response, client.transport.value())
         return response
 

@@ -297,12 +297,7 @@ class SiteTestCase(SynchronousTestCase):
 
     def exchange(self, method, path, headers=(), body=None) -> RawResponse:
         client = self.send(method, path, headers, body)
-        response = None
-        for _ in range(20):
-            response = client.response(head=method == b"HEAD")
-            if response is not None:
-                break
-            self.agent.flush()
+        response = client.responseAfter(self.agent.flush, head=method == b"HEAD")
         self.assertIsNotNone(response, client.transport.value())
         return response
 
