@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET
 
 from regproxy.access import AccessRules, parseAccessRules
 from regproxy.scope import Scope, parseScopes
@@ -42,6 +42,7 @@ from .forwarding import readBlob
 from .oci import writeImage
 from .registry import registryProgram, writeHtpasswd
 from .tokenregistry import TokenAuth, startTokenModeRegistry
+from .tokenserver import serveTokenResource
 
 ISSUER = "regproxy-issuer.test"
 SERVICE = "registry.test"
@@ -170,13 +171,7 @@ async def startTokenRegistry(
     with open(bundle, "wb") as f:
         f.write(certificatePEMBytes)
 
-    root = Resource()
-    root.putChild(b"token", tokens)
-    site = Site(root)
-    site.noisy = False
-    listening = reactor.listenTCP(0, site, interface="127.0.0.1")
-    testCase.addCleanup(listening.stopListening)
-    realm = f"http://127.0.0.1:{listening.getHost().port}/token"
+    realm = serveTokenResource(testCase, tokens, reactor) + "/token"
 
     registry = await startTokenModeRegistry(
         testCase, TokenAuth(realm, SERVICE, ISSUER, bundle), reactor

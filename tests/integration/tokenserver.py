@@ -270,6 +270,22 @@ class TokenServer:
         return self.resource.requests
 
 
+def serveTokenResource(testCase, resource: Resource, reactor) -> str:
+    """
+    Serve C{resource} as C{/token} on a free loopback port until
+    C{testCase} ends.
+
+    @return: The server's base URL (the realm is this plus C{/token}).
+    """
+    root = Resource()
+    root.putChild(b"token", resource)
+    site = Site(root)
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    testCase.addCleanup(port.stopListening)
+    return f"http://127.0.0.1:{port.getHost().port}"
+
+
 def startTokenServer(
     testCase,
     directory: str,
@@ -296,13 +312,7 @@ def startTokenServer(
     with open(bundleFile, "wb") as f:
         f.write(key.certificatePEM())
     resource = TokenResource(key, issuer, service, users, reactor, anonymous)
-    root = Resource()
-    root.putChild(b"token", resource)
-    site = Site(root)
-    site.noisy = False
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    testCase.addCleanup(port.stopListening)
-    url = f"http://127.0.0.1:{port.getHost().port}"
+    url = serveTokenResource(testCase, resource, reactor)
     return TokenServer(
         url, url + "/token", service, issuer, bundleFile, key.kid, resource
     )
