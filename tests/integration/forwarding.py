@@ -49,6 +49,33 @@ def readBlob(layout: str, digest: str) -> bytes:
         return f.read()
 
 
+class OneImageClient:
+    """
+    Push C{self.image} (from C{self.layout}) with C{self.skopeo}, as alice
+    unless told otherwise, to C{self.reference(repository)}, and read its
+    manifest back.
+    """
+
+    def reference(self, repository: str) -> str:
+        raise NotImplementedError()
+
+    async def push(self, repository: str, creds=("alice", "wonderland")):
+        return await self.skopeo.copy(
+            self.image.reference,
+            self.reference(repository),
+            destTLSVerify=False,
+            destCreds=creds,
+        )
+
+    async def inspectRaw(self, repository: str, creds=("alice", "wonderland")) -> bytes:
+        return await self.skopeo.inspect(
+            self.reference(repository), raw=True, tlsVerify=False, creds=creds
+        )
+
+    def manifestBytes(self) -> bytes:
+        return readBlob(self.layout, self.image.digest)
+
+
 def authSettings(auth: str) -> dict[str, str]:
     """
     The L{Config} fields that choose how regproxy handles auth.  Issue 2's

@@ -38,7 +38,7 @@ from regproxy.tokens import (
 from regproxy.users import HtpasswdUsers, ThreadPoolRunner
 
 from .clients import ClientFailed, Skopeo, httpClient
-from .forwarding import readBlob
+from .forwarding import OneImageClient
 from .oci import writeImage
 from .registry import registryProgram, writeHtpasswd
 from .tokenregistry import TokenAuth, startTokenModeRegistry
@@ -345,7 +345,7 @@ actions = ["pull"]
 """
 
 
-class UsersAndRulesTests(TestCase):
+class UsersAndRulesTests(OneImageClient, TestCase):
     """
     skopeo against the registry in token mode, with tokens from an endpoint
     made of our users, access rules and issuer.
@@ -377,24 +377,8 @@ class UsersAndRulesTests(TestCase):
         self.addCleanup(shutil.rmtree, self.layout, True)
         self.image = writeImage(self.layout, "v1", [1000, 20000], seed="issuer")
 
-    async def push(self, repository: str, creds=("alice", "wonderland")):
-        return await self.skopeo.copy(
-            self.image.reference,
-            f"docker://{self.host}/{repository}:v1",
-            destTLSVerify=False,
-            destCreds=creds,
-        )
-
-    async def inspectRaw(self, repository: str, creds=("alice", "wonderland")) -> bytes:
-        return await self.skopeo.inspect(
-            f"docker://{self.host}/{repository}:v1",
-            raw=True,
-            tlsVerify=False,
-            creds=creds,
-        )
-
-    def manifestBytes(self) -> bytes:
-        return readBlob(self.layout, self.image.digest)
+    def reference(self, repository: str) -> str:
+        return f"docker://{self.host}/{repository}:v1"
 
     async def test_pushAndPull(self) -> None:
         """

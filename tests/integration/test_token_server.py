@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import TestCase
 
 from .clients import ClientFailed, Skopeo, httpClient, runProcess
-from .forwarding import readBlob
+from .forwarding import OneImageClient
 from .oci import blobPath, writeImage
 from .proxy import startProxy
 from .registry import writeHtpasswd
@@ -130,7 +130,7 @@ async def genTokenAuthCert(directory: str) -> dict[str, str]:
     return printed
 
 
-class TokenServerTests:
+class TokenServerTests(OneImageClient):
     """
     skopeo against a registry in token mode whose token server is
     regproxy; for a L{TestCase} that says how regproxy gets its key.
@@ -169,22 +169,6 @@ class TokenServerTests:
 
     def reference(self, repository: str) -> str:
         return f"docker://{self.registry.host}/{repository}:v1"
-
-    async def push(self, repository: str, creds=("alice", "wonderland")):
-        return await self.skopeo.copy(
-            self.image.reference,
-            self.reference(repository),
-            destTLSVerify=False,
-            destCreds=creds,
-        )
-
-    async def inspectRaw(self, repository: str, creds=("alice", "wonderland")) -> bytes:
-        return await self.skopeo.inspect(
-            self.reference(repository), raw=True, tlsVerify=False, creds=creds
-        )
-
-    def manifestBytes(self) -> bytes:
-        return readBlob(self.layout, self.image.digest)
 
     def failureText(self, failure: ClientFailed) -> str:
         return str(failure) + "\nregistry:\n" + self.registry.output[-3000:]

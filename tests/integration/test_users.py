@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import directlyProvides, providedBy
 
 from .clients import ClientFailed, Skopeo, httpClient
-from .forwarding import readBlob, temporaryDirectory
+from .forwarding import OneImageClient, temporaryDirectory
 from .oci import blobPath, writeImage
 from .proxy import startProxy
 from .registry import startRegistry, writeHtpasswd
@@ -66,7 +66,7 @@ class ShiftedReactor:
         return getattr(self._reactor, name)
 
 
-class FrontDoorTests:
+class FrontDoorTests(OneImageClient):
     """
     Push and pull through regproxy with its own users, for a L{TestCase}
     that starts the registry (C{startRegistry}) and regproxy's settings.
@@ -105,24 +105,8 @@ class FrontDoorTests:
 
     # Helpers.
 
-    async def push(self, repository: str, creds=("alice", "wonderland")):
-        return await self.skopeo.copy(
-            self.image.reference,
-            self.proxy.reference(repository, "v1"),
-            destTLSVerify=False,
-            destCreds=creds,
-        )
-
-    async def inspectRaw(self, repository: str, creds=("alice", "wonderland")) -> bytes:
-        return await self.skopeo.inspect(
-            self.proxy.reference(repository, "v1"),
-            raw=True,
-            tlsVerify=False,
-            creds=creds,
-        )
-
-    def manifestBytes(self) -> bytes:
-        return readBlob(self.layout, self.image.digest)
+    def reference(self, repository: str) -> str:
+        return self.proxy.reference(repository, "v1")
 
     # Tests.
 
