@@ -38,7 +38,7 @@ from regproxy.tokens import (
 from regproxy.users import HtpasswdUsers, ThreadPoolRunner
 
 from .clients import ClientFailed, Skopeo, httpClient
-from .forwarding import OneImageClient
+from .forwarding import OneImageClient, temporaryDirectory
 from .oci import writeImage
 from .registry import registryProgram, writeHtpasswd
 from .tokenregistry import TokenAuth, startTokenModeRegistry
@@ -357,8 +357,7 @@ class UsersAndRulesTests(OneImageClient, TestCase):
         from twisted.internet import reactor
 
         key, certificate = generateIssuerKeyAndCertificate(ISSUER)
-        directory = tempfile.mkdtemp(prefix="issuer-users-")
-        self.addCleanup(shutil.rmtree, directory, True)
+        directory = temporaryDirectory(self, "issuer-users-")
         htpasswd = os.path.join(directory, "htpasswd")
         writeHtpasswd(htpasswd, {"alice": "wonderland"})
         runner = ThreadPoolRunner(reactor, threads=2)
@@ -373,8 +372,7 @@ class UsersAndRulesTests(OneImageClient, TestCase):
         )
         self.host = url.removeprefix("http://")
         self.skopeo = Skopeo(self)
-        self.layout = tempfile.mkdtemp(prefix="oci-")
-        self.addCleanup(shutil.rmtree, self.layout, True)
+        self.layout = temporaryDirectory(self, "oci-")
         self.image = writeImage(self.layout, "v1", [1000, 20000], seed="issuer")
 
     def reference(self, repository: str) -> str:

@@ -17,9 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import sys
-import tempfile
 from urllib.parse import urlencode
 
 import attrs
@@ -28,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import TestCase
 
 from .clients import ClientFailed, Skopeo, httpClient, runProcess
-from .forwarding import OneImageClient
+from .forwarding import OneImageClient, temporaryDirectory
 from .oci import blobPath, writeImage
 from .proxy import startProxy
 from .registry import writeHtpasswd
@@ -139,8 +137,7 @@ class TokenServerTests(OneImageClient):
     timeout = 180
 
     async def setUp(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="token-server-")
-        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.directory = temporaryDirectory(self, "token-server-")
         self.printed = await genTokenAuthCert(self.directory)
         self.files = {
             ext: os.path.join(self.directory, f"{ISSUER}.{ext}")
@@ -158,8 +155,7 @@ class TokenServerTests(OneImageClient):
             ),
         )
         self.skopeo = Skopeo(self)
-        self.layout = tempfile.mkdtemp(prefix="oci-")
-        self.addCleanup(shutil.rmtree, self.layout, True)
+        self.layout = temporaryDirectory(self, "oci-")
         self.image = writeImage(self.layout, "v1", [1000, 20000], seed="token-server")
 
     def startIssuer(self, **settings):
@@ -196,8 +192,7 @@ class TokenServerTests(OneImageClient):
         """
         await self.push("team/app")
         self.assertEqual(await self.inspectRaw("team/app"), self.manifestBytes())
-        destination = tempfile.mkdtemp(prefix="oci-pulled-")
-        self.addCleanup(shutil.rmtree, destination, True)
+        destination = temporaryDirectory(self, "oci-pulled-")
         await self.skopeo.copy(
             self.reference("team/app"),
             f"oci:{destination}:v1",
@@ -483,8 +478,7 @@ class OpenBalenaVariablesRefusedTests(TestCase):
     """
 
     async def test_wrongKid(self) -> None:
-        directory = tempfile.mkdtemp(prefix="token-server-")
-        self.addCleanup(shutil.rmtree, directory, True)
+        directory = temporaryDirectory(self, "token-server-")
         await genTokenAuthCert(directory)
         files = {
             ext: os.path.join(directory, f"{ISSUER}.{ext}")
