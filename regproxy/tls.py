@@ -154,10 +154,11 @@ def selfSignedNames(
 ) -> SubjectNames:
     """
     The subject alternative names of the generated certificate: the host
-    name and C{<hostname>.local}, the given addresses, both loopback
-    addresses, and the C{--tls-name} values.
+    name and C{<hostname>.local}, the given addresses, C{localhost} and both
+    loopback addresses (what people type on the machine itself), and the
+    C{--tls-name} values.
     """
-    dns: list[str] = []
+    dns: list[str] = ["localhost"]
     ips: list[IPAddress] = [
         ipaddress.ip_address("127.0.0.1"),
         ipaddress.ip_address("::1"),

@@ -54,8 +54,8 @@ class NamesTests(SynchronousTestCase):
     def test_selfSignedNames(self) -> None:
         """
         The generated certificate names the host, C{<host>.local}, the
-        interface addresses, both loopback addresses and every extra name,
-        sorting extras into DNS names and addresses.
+        interface addresses, C{localhost} and both loopback addresses, and
+        every extra name, sorting extras into DNS names and addresses.
         """
         names = selfSignedNames(
             "box.lan", [ip("192.0.2.7"), ip("2001:db8::7")], ["reg.example", "10.0.0.1"]
@@ -65,6 +65,7 @@ class NamesTests(SynchronousTestCase):
             [
                 "box.lan",
                 "box.local",
+                "localhost",
                 "reg.example",
                 "10.0.0.1",
                 "127.0.0.1",
