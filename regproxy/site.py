@@ -43,7 +43,7 @@ from regproxy.forward import (
     relayHeaders,
 )
 from regproxy.passthrough import TokenPassthroughResource, UpstreamRealm, rewriteRealms
-from regproxy.rendering import errorForFailure, renderLater  # noqa: F401
+from regproxy.rendering import renderLater
 from regproxy.resolve.balena import BalenaResolver
 from regproxy.resolve.identity import IdentityResolver
 from regproxy.resolve.interfaces import IResolver

@@ -57,10 +57,10 @@ class NoCookies(CookieJar):
     be replayed for another.
     """
 
-    def set_cookie(self, cookie) -> None:  # noqa: D102
+    def set_cookie(self, cookie) -> None:
         pass
 
-    def extract_cookies(self, response, request) -> None:  # noqa: D102
+    def extract_cookies(self, response, request) -> None:
         pass
 
 
