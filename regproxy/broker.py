@@ -685,7 +685,7 @@ class BrokeredRegistryResource(Resource):
                 # found under this one too.
                 if resolution.repository != path.name:
                     self.digests.remember(
-                        path.name, manifestDigests(cached.body), resolution.repository
+                        path.name, list(cached.references), resolution.repository
                     )
                 self._writeManifest(request, cached)
                 return
@@ -749,9 +749,10 @@ class BrokeredRegistryResource(Resource):
             and response.length <= MAX_MANIFEST
         ):
             body = await readBody(response)
+            references = tuple(manifestDigests(body))
             if resolution.repository != path.name:
                 self.digests.remember(
-                    path.name, manifestDigests(body), resolution.repository
+                    path.name, list(references), resolution.repository
                 )
             if cacheKey is not None:
                 self.manifests.put(
@@ -765,6 +766,7 @@ class BrokeredRegistryResource(Resource):
                             response.headers.getRawHeaders(b"docker-content-digest")
                             or [None]
                         )[-1],
+                        references,
                     ),
                 )
             request.write(body)

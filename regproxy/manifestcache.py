@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_manifestcache -*-
+# -*- test-case-name: tests.test_broker -*-
 """
 Manifests that cannot change, kept in memory and served to clients that
 the upstream has already let see them.
@@ -25,9 +25,15 @@ DEFAULT_TTL = 3600.0
 
 @attrs.frozen
 class CachedManifest:
+    """
+    @ivar references: The digests the manifest refers to, parsed once when
+        it is cached rather than on every answer from memory.
+    """
+
     body: bytes
     contentType: bytes
     digest: bytes | None
+    references: tuple[str, ...] = ()
 
 
 def acceptable(requestHeaders: Headers, contentType: bytes) -> bool:
