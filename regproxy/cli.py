@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.test_tap -*-
 """
 The C{regproxy} command beside the daemon: small tools that read the same
 state directory, configuration file and environment as C{twistd regproxy}.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_passthrough -*-
+# -*- test-case-name: tests.test_forward -*-
 """
 Upstream authentication passed through: the client authenticates to the
 upstream itself, through us.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_site -*-
+# -*- test-case-name: tests.test_forward -*-
 """
 The resource tree and the HTTP server around it.
 

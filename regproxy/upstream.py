@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_upstream -*-
+# -*- test-case-name: tests.integration.test_forward_htpasswd_tls -*-
 """
 The HTTP client that reaches the upstream registry: pooled, kept alive,
 verifying TLS against the system's roots or a CA file we are given.
