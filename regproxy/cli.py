@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap -*-
 """
 The C{regproxy} command beside the daemon: small tools that read the same
 state directory, configuration file and environment as C{twistd regproxy}.
@@ -14,11 +14,11 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "gen-token-auth-cert": (
-        "regproxy.tokencert",
+        "regproxy.commands.tokencert",
         "make the key, certificate and kid for a token-mode registry",
     ),
     "cert": (
-        "regproxy.certcommand",
+        "regproxy.commands.cert",
         "show the TLS certificate; print client setup for HOST:PORT",
     ),
 }

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.unit.test_config -*-
 """
 One frozen configuration value, built from flags, the environment and a TOML
 file, in that order of precedence.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mdns -*-
+# -*- test-case-name: tests.unit.test_mdns -*-
 """
 C{--mdns NAME}: advertise C{NAME.local} (A and AAAA records) and the
 registry's C{_http._tcp} / C{_https._tcp} services on the LAN, so devices
@@ -150,7 +150,7 @@ class MDNSService(Service):
     def _addressList(self) -> list[str]:
         if self._addresses is not None:
             return list(self._addresses)
-        from regproxy.tls import interfaceAddresses
+        from regproxy.tls.certificates import interfaceAddresses
 
         return [str(a) for a in interfaceAddresses()]
 

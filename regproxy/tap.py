@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap -*-
 """
 The C{twistd regproxy} command: its L{Options} and L{makeService}.
 """
@@ -118,9 +118,9 @@ def makeService(options: Options) -> service.IService:
     """
     from twisted.internet import reactor
 
-    from regproxy.endpoint import withConfig
+    from regproxy.app import makeSite
     from regproxy.mdns import MDNSService, portsFromListen
-    from regproxy.site import makeSite
+    from regproxy.tls.endpoint import withConfig
 
     config: Config = options.config
     top = RegproxyService()

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_resolve_balena -*-
+# -*- test-case-name: tests.unit.test_resolve_balena -*-
 """
 Resolve fleet names through the balena API.
 
@@ -37,9 +37,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from regproxy import odata
-from regproxy.odata import Query
-from regproxy.reference import ALIASES, FleetName, ImageReference, InvalidReference
+from regproxy.names.reference import (
+    ALIASES,
+    FleetName,
+    ImageReference,
+    InvalidReference,
+)
+from regproxy.resolve import odata
 from regproxy.resolve.interfaces import (
     SERVER,
     Credentials,
@@ -51,6 +55,7 @@ from regproxy.resolve.interfaces import (
     ResolverUnavailable,
     ServiceRequired,
 )
+from regproxy.resolve.odata import Query
 
 SUCCESS = "success"
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_resolve_identity -*-
+# -*- test-case-name: tests.unit.test_resolve_identity -*-
 """
 The resolver for a plain registry: names mean what they say.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from regproxy.reference import ImageReference
+from regproxy.names.reference import ImageReference
 from regproxy.resolve.interfaces import Credentials, IResolver, Resolution
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_resolve_balena -*-
+# -*- test-case-name: tests.unit.test_resolve_balena -*-
 """
 The seam between what a client asks for and where it lives upstream.
 
@@ -20,6 +20,8 @@ from typing import Any
 
 import attrs
 from zope.interface import Interface
+
+from regproxy.server.errors import RegistryError, TranslatableError
 
 #: Where an API key came from.
 CLIENT = "client"  # the password of the client's Basic login
@@ -117,7 +119,7 @@ class Resolution:
     alternatives: tuple[str, ...] = ()
 
 
-class ResolveError(Exception):
+class ResolveError(TranslatableError):
     """
     A name could not be resolved; what the client should be told.
 
@@ -137,12 +139,10 @@ class ResolveError(Exception):
         self.message = message
         self.detail = detail
 
-    def toRegistryError(self) -> Any:
+    def toRegistryError(self) -> RegistryError:
         """
-        The L{regproxy.errors.RegistryError} to answer with.
+        The L{RegistryError} to answer with.
         """
-        from regproxy.errors import RegistryError
-
         return RegistryError(self.status, self.code, self.message, self.detail)
 
     def __eq__(self, other: object) -> bool:
@@ -226,7 +226,7 @@ class IResolver(Interface):
     def resolve(reference: Any, credentials: Credentials) -> Any:
         """
         Where the image C{reference} (an
-        L{regproxy.reference.ImageReference}) lives, as C{credentials} may
+        L{regproxy.names.reference.ImageReference}) lives, as C{credentials} may
         see it.
 
         @return: A Deferred firing with a L{Resolution}, or failing with a

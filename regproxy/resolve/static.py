@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_resolve_static -*-
+# -*- test-case-name: tests.unit.test_resolve_static -*-
 """
 A resolver from a TOML file of friendly names, for registries without an
 API to ask (openBalena offline, a LAN registry with ugly names).
@@ -34,7 +34,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from regproxy.config import readTOML
-from regproxy.reference import DEFAULT_TAG, ImageReference, isRepositoryName, isTag
+from regproxy.names.reference import (
+    DEFAULT_TAG,
+    ImageReference,
+    isRepositoryName,
+    isTag,
+)
 from regproxy.resolve.interfaces import Credentials, IResolver, NameUnknown, Resolution
 
 

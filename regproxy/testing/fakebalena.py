@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_fakebalena -*-
+# -*- test-case-name: tests.unit.test_fakebalena -*-
 """
 A fake balenaCloud API, for tests: a twisted.web resource over fixture data.
 
@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from regproxy.odata import unquoteString
+from regproxy.resolve.odata import unquoteString
 
 DEFAULT_REGISTRY = "registry2.balena-cloud.com"
 
@@ -606,7 +606,7 @@ class FakeBalenaAPI(Resource):
     @ivar calls: Every request received, in order.
     @ivar mode: C{"up"}, or how it is stopped: C{"503"}, C{"drop"},
         C{"hang"}.
-    @ivar issuer: A L{regproxy.tokens.TokenIssuer} for C{/auth/v1/token},
+    @ivar issuer: A L{regproxy.auth.jwt.TokenIssuer} for C{/auth/v1/token},
         or L{None} to answer it with 404.
     """
 
@@ -886,7 +886,7 @@ class FakeBalenaAPI(Resource):
             request.setResponseCode(401)
             request.setHeader(b"content-type", b"text/plain")
             return b"Unauthorized"
-        from regproxy.scope import Scope, parseScopes
+        from regproxy.names.scope import Scope, parseScopes
 
         args = parse_qs(request.uri.decode("latin-1").partition("?")[2])
         granted = []

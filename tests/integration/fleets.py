@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
+from regproxy.auth.jwt import TokenIssuer, generateIssuerKeyAndCertificate
 from regproxy.testing.fakebalena import (
     ALICE_KEY,
     BOB_KEY,
@@ -43,7 +44,6 @@ from regproxy.testing.fakebalena import (
     Fixture,
     defaultFixture,
 )
-from regproxy.tokens import TokenIssuer, generateIssuerKeyAndCertificate
 
 from .clients import Skopeo
 from .fakeapi import ServedAPI, serveFakeAPI

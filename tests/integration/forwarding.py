@@ -21,7 +21,7 @@ import tempfile
 import attrs
 from twisted.trial.unittest import SkipTest
 
-from regproxy.challenge import parseChallenges
+from regproxy.names.challenge import parseChallenges
 
 from .clients import Podman, Skopeo, httpClient
 from .oci import Image, blobPath, readIndexJSON, sha256File, writeImage, writeIndex

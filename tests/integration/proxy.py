@@ -26,7 +26,7 @@ class Proxy:
     @ivar url: C{http://127.0.0.1:PORT}.
     @ivar host: C{127.0.0.1:PORT}, for image references.
     @ivar site: The L{twisted.web.server.Site} from
-        L{regproxy.site.makeSite}.
+        L{regproxy.app.makeSite}.
     """
 
     url: str
@@ -46,9 +46,9 @@ def startProxy(testCase, registry: Registry, reactor=None, **settings) -> Proxy:
 
     @param settings: Further L{regproxy.config.Config} fields.
     """
+    from regproxy.app import makeSite
     from regproxy.config import Config
-    from regproxy.site import makeSite
-    from regproxy.upstream import makeUpstreamAgent
+    from regproxy.proxy.agent import makeUpstreamAgent
 
     if reactor is None:
         from twisted.internet import reactor as _reactor

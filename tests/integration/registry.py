@@ -28,7 +28,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest
 
-from regproxy.tls import SubjectNames, generateSelfSigned
+from regproxy.tls.certificates import SubjectNames, generateSelfSigned
 
 from .tokenserver import TokenServer, startTokenServer
 
@@ -173,7 +173,7 @@ def makeSelfSignedCertificate(directory: str) -> tuple[str, str]:
     """
     Write a self-signed certificate for C{127.0.0.1} (and C{localhost}) that
     is also its own CA, and its key: the kind regproxy's own TLS listener
-    makes (L{regproxy.tls.generateSelfSigned}).
+    makes (L{regproxy.tls.certificates.generateSelfSigned}).
 
     @return: The certificate and key file paths.
     """

@@ -20,7 +20,7 @@ import os
 
 from twisted.trial.unittest import TestCase
 
-from regproxy.challenge import parseChallenges
+from regproxy.names.challenge import parseChallenges
 
 from .clients import ClientFailed, Skopeo, httpClient
 from .dockerd import startDockerd

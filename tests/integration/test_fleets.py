@@ -14,7 +14,7 @@ import json
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
 
-from regproxy.challenge import parseChallenges
+from regproxy.names.challenge import parseChallenges
 
 from .clients import ClientFailed, Podman, Skopeo, httpClient
 from .fleets import (

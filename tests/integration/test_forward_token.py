@@ -11,7 +11,7 @@ import base64
 
 from twisted.trial.unittest import TestCase
 
-from regproxy.challenge import parseChallenges
+from regproxy.names.challenge import parseChallenges
 
 from .clients import ClientFailed, httpClient
 from .forwarding import ForwardingTests, writeImage

@@ -25,8 +25,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import Data
 
-from regproxy.caresource import CACertificateResource
-from regproxy.tls import (
+from regproxy.tls.caresource import CACertificateResource
+from regproxy.tls.certificates import (
     SelfSignedPaths,
     SubjectNames,
     clientSetup,
@@ -34,7 +34,7 @@ from regproxy.tls import (
     generateSelfSigned,
     loadCertifiedKey,
 )
-from regproxy.tlscontext import makeContext
+from regproxy.tls.context import makeContext
 
 LOOPBACK = [ipaddress.ip_address("127.0.0.1")]
 CHUNK = b"x" * 65536
@@ -451,10 +451,10 @@ class WalkthroughTests(TestCase):
     async def test_pullThroughTLSAndPlain(self) -> None:
         import tempfile
 
+        from regproxy.app import makeSite
         from regproxy.config import Config
-        from regproxy.endpoint import withConfig
-        from regproxy.site import makeSite
-        from regproxy.upstream import makeUpstreamAgent
+        from regproxy.proxy.agent import makeUpstreamAgent
+        from regproxy.tls.endpoint import withConfig
 
         from .clients import Skopeo
         from .loopback import TrackingFactory

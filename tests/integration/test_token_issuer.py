@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.integration.test_token_issuer -*-
 """
-Our ES256 token issuer (L{regproxy.tokens}) against a real distribution
+Our ES256 token issuer (L{regproxy.auth.jwt}) against a real distribution
 registry in token mode, whose C{rootcertbundle} is the certificate that
-L{regproxy.tokens.generateIssuerKeyAndCertificate} made.
+L{regproxy.auth.jwt.generateIssuerKeyAndCertificate} made.
 
 This is the proof that the header (C{kid}, C{x5c}), the claims (string
 C{aud}, C{exp}, C{access}) and the raw signature are what the registry
@@ -27,15 +27,15 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from regproxy.access import AccessRules, parseAccessRules
-from regproxy.scope import Scope, parseScopes
-from regproxy.tokens import (
+from regproxy.auth.access import AccessRules, parseAccessRules
+from regproxy.auth.htpasswd import HtpasswdUsers, ThreadPoolRunner
+from regproxy.auth.jwt import (
     TokenIssuer,
     certificatePEM,
     generateIssuerKeyAndCertificate,
     tokenResponseBody,
 )
-from regproxy.users import HtpasswdUsers, ThreadPoolRunner
+from regproxy.names.scope import Scope, parseScopes
 
 from .clients import ClientFailed, Skopeo, httpClient
 from .forwarding import OneImageClient, temporaryDirectory

@@ -1,8 +1,8 @@
 """
 Declares the C{regproxy-tls:...} endpoint description; the code lives in
-L{regproxy.endpoint}.
+L{regproxy.tls.endpoint}.
 """
 
-from regproxy.endpoint import TLSEndpointParser
+from regproxy.tls.endpoint import TLSEndpointParser
 
 regproxyTLS = TLSEndpointParser()

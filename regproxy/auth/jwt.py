@@ -1,0 +1,602 @@
+# -*- test-case-name: tests.unit.test_tokens -*-
+"""
+Issue and verify the ES256 JSON Web Tokens of the registry token protocol.
+
+A distribution registry in token mode accepts a token when its header names
+the signing key the way the registry looks keys up (2.x: C{x5c} chained to
+its C{rootcertbundle}, then the libtrust C{kid}; 3.x: C{x5c}, then the
+RFC 7638 thumbprint), C{aud} is a string, C{exp} is present, and the ES256
+signature is the raw C{r||s} pair rather than the DER that
+C{cryptography} produces.  regproxy signs its own tokens the same way, so one
+issuer serves a registry and regproxy's own front door.
+
+C{cryptography} is used directly: the format is small, and doing it here
+keeps the raw-signature conversion and the header in plain sight.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import json
+import math
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeGuard
+
+import attrs
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from cryptography.x509.oid import NameOID
+from twisted.internet.interfaces import IReactorTime
+
+from regproxy.auth.libtrust import base64url, keyID
+from regproxy.names.scope import Scope
+from regproxy.tls.selfsigned import selfSignedBuilder
+
+ALGORITHM = "ES256"
+_COORDINATE = 32  # bytes of r and of s for P-256
+_REGISTERED = frozenset(["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "access"])
+_B64URL = re.compile(r"[A-Za-z0-9_-]*\Z")
+
+
+class TokenError(Exception):
+    """
+    A token cannot be used.  The message says why, without the token.
+    """
+
+
+class BadToken(TokenError):
+    """
+    Malformed, not ES256, or its signature does not match.
+    """
+
+
+class ExpiredToken(TokenError):
+    """
+    Past its C{exp}, or before its C{nbf}.
+    """
+
+
+class ForeignToken(TokenError):
+    """
+    Signed by a key we do not know, or issued by someone else or for
+    another audience.
+    """
+
+
+def _b64decode(text: str) -> bytes:
+    if not _B64URL.match(text):
+        raise BadToken("token is not base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise BadToken("token is not base64url") from None
+
+
+def _jsonSegment(value: Mapping[str, Any]) -> str:
+    return base64url(json.dumps(value, separators=(",", ":")).encode("utf-8"))
+
+
+def accessClaim(scopes: Iterable[Scope]) -> list[dict[str, Any]]:
+    """
+    The C{access} claim for granted scopes, as distribution reads it
+    (C{type}, C{class} when there is one, C{name}, C{actions}).
+    """
+    claim = []
+    for scope in scopes:
+        entry: dict[str, Any] = {"type": scope.resourceType}
+        if scope.resourceClass is not None:
+            entry["class"] = scope.resourceClass
+        entry["name"] = scope.name
+        entry["actions"] = list(scope.actions)
+        claim.append(entry)
+    return claim
+
+
+def _checkSigningKey(key: Any) -> None:
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
+        key.curve, ec.SECP256R1
+    ):
+        raise ValueError("ES256 needs a P-256 (prime256v1) EC private key")
+
+
+@attrs.frozen
+class IssuedToken:
+    """
+    A signed token and what a token response says about it.
+    """
+
+    token: str
+    issuedAt: int
+    expiresIn: int
+    claims: Mapping[str, Any]
+
+
+def _certificateTuple(
+    certificates: Iterable[x509.Certificate],
+) -> tuple[x509.Certificate, ...]:
+    """
+    C{tuple} with its element type spelled out, so the attrs plugin types
+    L{TokenIssuer}'s C{chain} argument.
+    """
+    return tuple(certificates)
+
+
+@attrs.frozen
+class TokenIssuer:
+    """
+    Signs tokens with one key, naming it by its libtrust C{kid} and its
+    certificate chain in C{x5c}.
+
+    @ivar issuer: The C{iss} claim; the registry's C{auth.token.issuer}.
+    @ivar key: A P-256 private key.
+    @ivar chain: The certificate of C{key} first, then any intermediates.
+    @ivar clock: Where the time comes from.
+    @ivar lifetime: Seconds a token is valid for, unless told otherwise.
+    """
+
+    issuer: str
+    key: ec.EllipticCurvePrivateKey = attrs.field(repr=False)
+    chain: tuple[x509.Certificate, ...] = attrs.field(converter=_certificateTuple)
+    clock: IReactorTime
+    lifetime: int = 300
+
+    def __attrs_post_init__(self) -> None:
+        _checkSigningKey(self.key)
+        if not self.chain:
+            raise ValueError("a token issuer needs the key's certificate")
+        ours = self.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        leaf = (
+            self.chain[0]
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.DER,
+                serialization.PublicFormat.SubjectPublicKeyInfo,
+            )
+        )
+        if ours != leaf:
+            raise ValueError("the certificate is not for this private key")
+
+    @property
+    def keyID(self) -> str:
+        return keyID(self.key.public_key())
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "alg": ALGORITHM,
+            "typ": "JWT",
+            "kid": self.keyID,
+            "x5c": [
+                base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode(
+                    "ascii"
+                )
+                for cert in self.chain
+            ],
+        }
+
+    def issue(
+        self,
+        subject: str | None,
+        audience: str,
+        access: Iterable[Scope] = (),
+        extraClaims: Mapping[str, Any] | None = None,
+        lifetime: int | None = None,
+    ) -> IssuedToken:
+        """
+        Sign a token.
+
+        @param subject: The account, or L{None} for an anonymous client (the
+            C{sub} claim is then empty).
+        @param audience: The service the token is for (a registry's
+            C{auth.token.service}); always a string, as distribution 2.x
+            requires.
+        @param access: The granted scopes.
+        @param extraClaims: More claims (for example sealed credentials);
+            they may not replace the registered ones.
+        @param lifetime: Seconds until C{exp}, if not L{TokenIssuer.lifetime}.
+        """
+        extra = dict(extraClaims or {})
+        clash = _REGISTERED.intersection(extra)
+        if clash:
+            raise ValueError(f"extra claims may not replace {sorted(clash)}")
+        now = int(self.clock.seconds())
+        expiresIn = self.lifetime if lifetime is None else int(lifetime)
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": subject or "",
+            "aud": audience,
+            "exp": now + expiresIn,
+            "nbf": now,
+            "iat": now,
+            "jti": secrets.token_urlsafe(18),
+            "access": accessClaim(access),
+        }
+        claims.update(extra)
+        signingInput = _jsonSegment(self.header()) + "." + _jsonSegment(claims)
+        der = self.key.sign(signingInput.encode("ascii"), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        raw = r.to_bytes(_COORDINATE, "big") + s.to_bytes(_COORDINATE, "big")
+        return IssuedToken(signingInput + "." + base64url(raw), now, expiresIn, claims)
+
+
+@attrs.frozen
+class TokenVerifier:
+    """
+    Checks tokens signed by keys we hold, for one issuer and audience.
+
+    Only the keys given here are trusted, looked up by C{kid}; a
+    certificate inside the token (C{x5c}) is never trusted on its own.
+
+    @ivar keys: libtrust C{kid} to public key (several, for rotation).
+    @ivar leeway: Seconds of clock difference tolerated for C{exp} and
+        C{nbf}.
+    """
+
+    issuer: str
+    audience: str
+    keys: Mapping[str, ec.EllipticCurvePublicKey]
+    clock: IReactorTime
+    leeway: float = 30.0
+
+    @classmethod
+    def forKeys(
+        cls,
+        issuer: str,
+        audience: str,
+        publicKeys: Iterable[ec.EllipticCurvePublicKey],
+        clock: IReactorTime,
+        leeway: float = 30.0,
+    ) -> TokenVerifier:
+        return cls(issuer, audience, {keyID(k): k for k in publicKeys}, clock, leeway)
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """
+        Return the claims of a valid token.
+
+        @raise BadToken: Malformed, not ES256, or a wrong signature.
+        @raise ForeignToken: Unknown key, issuer or audience.
+        @raise ExpiredToken: Outside its validity, beyond the leeway.
+        """
+        if not isinstance(token, str) or token.count(".") != 2:
+            raise BadToken("token is not a signed JWT")
+        headerText, claimsText, signatureText = token.split(".")
+        header = self._json(headerText, "header")
+        if header.get("alg") != ALGORITHM:
+            raise BadToken(f"token algorithm must be {ALGORITHM}")
+        kid = header.get("kid")
+        key = self.keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise ForeignToken("token is signed by a key we do not know")
+        raw = _b64decode(signatureText)
+        if len(raw) != 2 * _COORDINATE:
+            raise BadToken("token signature has the wrong length")
+        der = encode_dss_signature(
+            int.from_bytes(raw[:_COORDINATE], "big"),
+            int.from_bytes(raw[_COORDINATE:], "big"),
+        )
+        try:
+            key.verify(
+                der,
+                (headerText + "." + claimsText).encode("ascii"),
+                ec.ECDSA(hashes.SHA256()),
+            )
+        except InvalidSignature:
+            raise BadToken("token signature does not match") from None
+        claims = self._json(claimsText, "claims")
+        if claims.get("iss") != self.issuer:
+            raise ForeignToken("token is from another issuer")
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if self.audience not in audiences:
+            raise ForeignToken("token is for another service")
+        now = self.clock.seconds()
+        expires = claims.get("exp")
+        if not _isNumber(expires):
+            raise BadToken("token has no expiry")
+        if now > expires + self.leeway:
+            raise ExpiredToken("token has expired")
+        notBefore = claims.get("nbf")
+        if notBefore is not None:
+            if not _isNumber(notBefore):
+                raise BadToken("token has a malformed nbf")
+            if now < notBefore - self.leeway:
+                raise ExpiredToken("token is not valid yet")
+        return claims
+
+    @staticmethod
+    def _json(segment: str, what: str) -> dict[str, Any]:
+        try:
+            value = json.loads(_b64decode(segment))
+        except (ValueError, RecursionError):
+            raise BadToken(f"token {what} is not JSON") from None
+        if not isinstance(value, dict):
+            raise BadToken(f"token {what} is not a JSON object")
+        return value
+
+
+def _isNumber(value: Any) -> TypeGuard[int | float]:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def tokenResponseBody(issued: IssuedToken, refreshToken: str | None = None) -> bytes:
+    """
+    The JSON body of a token endpoint's answer, with both the Docker
+    (C{token}) and OAuth2 (C{access_token}) names for the token.
+    """
+    issuedAt = datetime.datetime.fromtimestamp(issued.issuedAt, datetime.timezone.utc)
+    body: dict[str, Any] = {
+        "token": issued.token,
+        "access_token": issued.token,
+        "expires_in": int(issued.expiresIn),
+        "issued_at": issuedAt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if refreshToken is not None:
+        body["refresh_token"] = refreshToken
+    return json.dumps(body).encode("utf-8")
+
+
+# Keys and certificates.
+
+
+def parsePrivateKey(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    """
+    An unencrypted PEM private key (SEC1 C{EC PRIVATE KEY} or PKCS#8) usable
+    for ES256.
+
+    @raise ValueError: It is not one.
+    """
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"not an unencrypted PEM private key ({e})") from None
+    _checkSigningKey(key)
+    return key  # type: ignore[return-value]
+
+
+def parseCertificates(pem: bytes) -> tuple[x509.Certificate, ...]:
+    """
+    One or more PEM certificates, leaf first.
+
+    @raise ValueError: There is none.
+    """
+    try:
+        certificates = tuple(x509.load_pem_x509_certificates(pem))
+    except ValueError as e:
+        raise ValueError(f"not a PEM certificate ({e})") from None
+    if not certificates:
+        raise ValueError("no PEM certificate found")
+    return certificates
+
+
+def _readFile(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read the {what} {path}: {e.strerror}") from None
+
+
+def loadPrivateKey(path: str) -> ec.EllipticCurvePrivateKey:
+    try:
+        return parsePrivateKey(_readFile(path, "token key"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def loadCertificates(path: str) -> tuple[x509.Certificate, ...]:
+    try:
+        return parseCertificates(_readFile(path, "token certificate"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def loadIssuer(
+    issuer: str,
+    keyPath: str,
+    certificatePath: str,
+    clock: IReactorTime,
+    lifetime: int = 300,
+) -> TokenIssuer:
+    """
+    A L{TokenIssuer} from the files C{gen-token-auth-cert} writes.
+
+    @raise ValueError: A file is missing or unusable, or the two do not
+        belong together; the message names the file.
+    """
+    return TokenIssuer(
+        issuer,
+        loadPrivateKey(keyPath),
+        loadCertificates(certificatePath),
+        clock,
+        lifetime,
+    )
+
+
+def generateIssuerKeyAndCertificate(
+    issuer: str,
+    now: datetime.datetime | None = None,
+    days: int = 3650,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """
+    A new P-256 key and a self-signed certificate for it with C{CN=issuer},
+    valid for ten years: what a registry's C{rootcertbundle} holds.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key, selfSignedCertificate(key, issuer, now, days)
+
+
+def selfSignedCertificate(
+    key: ec.EllipticCurvePrivateKey,
+    issuer: str,
+    now: datetime.datetime | None = None,
+    days: int = 3650,
+) -> x509.Certificate:
+    """
+    A self-signed certificate for C{key} with C{CN=issuer}, valid from a
+    day ago (clock skew) for C{days} days.
+    """
+    if now is None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
+    certificate = selfSignedBuilder(
+        key,
+        name,
+        now - datetime.timedelta(days=1),
+        now + datetime.timedelta(days=days),
+    ).sign(key, hashes.SHA256())
+    return certificate
+
+
+def privateKeyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def certificatePEM(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _createExclusive(path: str, data: bytes, mode: int) -> bool:
+    """
+    Write a new file; L{False} if it already exists (someone else won).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return True
+
+
+def loadOrCreateIssuer(
+    directory: str,
+    issuer: str,
+    clock: IReactorTime,
+    lifetime: int = 300,
+    basename: str = "token-signing",
+) -> TokenIssuer:
+    """
+    The issuer of regproxy's own tokens when no key is given: a key and
+    certificate kept in the state directory (C{token-signing.pem}, mode
+    0600, and C{token-signing.crt}), made on first use.  Instances sharing
+    the directory (or a copy of the two files) verify each other's tokens.
+
+    @raise ValueError: A file exists but cannot be used.
+    """
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    keyPath = os.path.join(directory, basename + ".pem")
+    certificatePath = os.path.join(directory, basename + ".crt")
+    if not os.path.exists(keyPath):
+        _createExclusive(
+            keyPath, privateKeyPEM(ec.generate_private_key(ec.SECP256R1())), 0o600
+        )
+    key = loadPrivateKey(keyPath)
+    if not os.path.exists(certificatePath):
+        _createExclusive(
+            certificatePath, certificatePEM(selfSignedCertificate(key, issuer)), 0o644
+        )
+    return TokenIssuer(issuer, key, loadCertificates(certificatePath), clock, lifetime)
+
+
+OPENBALENA_VARIABLES = (
+    "REGISTRY_TOKEN_AUTH_CERT",
+    "REGISTRY_TOKEN_AUTH_CERT_KEY",
+    "REGISTRY_TOKEN_AUTH_CERT_KID",
+    "REGISTRY_TOKEN_AUTH_CERT_ISSUER",
+    "REGISTRY_TOKEN_AUTH_JWT_ALGO",
+)
+
+
+def _base64Variable(environ: Mapping[str, str], name: str) -> bytes:
+    try:
+        return base64.b64decode("".join(environ[name].split()), validate=True)
+    except (binascii.Error, ValueError):
+        # Never echo the value: it may be the private key.
+        raise ValueError(f"{name} is not base64 (use base64 -w0 FILE)") from None
+
+
+def issuerFromOpenBalenaEnvironment(
+    environ: Mapping[str, str],
+    clock: IReactorTime,
+    lifetime: int = 300,
+) -> TokenIssuer | None:
+    """
+    A L{TokenIssuer} from openBalena's registry variables, or L{None} when
+    none of them is set.
+
+    C{REGISTRY_TOKEN_AUTH_CERT} and C{_CERT_KEY} hold the base64 of the
+    C{.crt} and C{.pem} files, C{_CERT_KID} the base64 of the C{.kid} file
+    (checked against the key when given), C{_CERT_ISSUER} the issuer name,
+    C{_JWT_ALGO} the algorithm (only C{ES256}).
+
+    @raise ValueError: A variable is missing or unusable; the message names
+        it and never shows its value.
+    """
+    if not any(environ.get(name) for name in OPENBALENA_VARIABLES):
+        return None
+    for name in (
+        "REGISTRY_TOKEN_AUTH_CERT",
+        "REGISTRY_TOKEN_AUTH_CERT_KEY",
+        "REGISTRY_TOKEN_AUTH_CERT_ISSUER",
+    ):
+        if not environ.get(name):
+            raise ValueError(
+                f"{name} is not set (the REGISTRY_TOKEN_AUTH_* variables go together)"
+            )
+    algorithm = environ.get("REGISTRY_TOKEN_AUTH_JWT_ALGO") or ALGORITHM
+    if algorithm != ALGORITHM:
+        raise ValueError(f"REGISTRY_TOKEN_AUTH_JWT_ALGO: only {ALGORITHM} is supported")
+    try:
+        key = parsePrivateKey(_base64Variable(environ, "REGISTRY_TOKEN_AUTH_CERT_KEY"))
+    except ValueError as e:
+        raise ValueError(f"REGISTRY_TOKEN_AUTH_CERT_KEY: {e}") from None
+    try:
+        certificates = parseCertificates(
+            _base64Variable(environ, "REGISTRY_TOKEN_AUTH_CERT")
+        )
+    except ValueError as e:
+        raise ValueError(f"REGISTRY_TOKEN_AUTH_CERT: {e}") from None
+    if environ.get("REGISTRY_TOKEN_AUTH_CERT_KID"):
+        expected = (
+            _base64Variable(environ, "REGISTRY_TOKEN_AUTH_CERT_KID")
+            .decode("ascii", "replace")
+            .strip()
+        )
+        actual = keyID(key.public_key())
+        if expected != actual:
+            raise ValueError(
+                f"REGISTRY_TOKEN_AUTH_CERT_KID is {expected!r} but the key's kid is "
+                f"{actual!r}"
+            )
+    try:
+        return TokenIssuer(
+            environ["REGISTRY_TOKEN_AUTH_CERT_ISSUER"],
+            key,
+            certificates,
+            clock,
+            lifetime,
+        )
+    except ValueError as e:
+        raise ValueError(f"REGISTRY_TOKEN_AUTH_CERT and _CERT_KEY: {e}") from None

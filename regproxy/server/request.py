@@ -1,0 +1,195 @@
+# -*- test-case-name: tests.unit.test_streaming -*-
+"""
+The request class every regproxy request is: its body is handed over as it
+arrives (L{RequestBodyStream}) instead of being spooled to a temporary file,
+so an upload streams to the upstream with backpressure.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import IO, cast
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.python.failure import Failure
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.server import Request
+from zope.interface import implementer
+
+# How much of a request body we hold before the upstream is ready for it.
+_UPLOAD_BUFFER = 256 * 1024
+
+
+@implementer(IBodyProducer)
+class RequestBodyStream:
+    """
+    A client's request body, produced to the upstream as it arrives.
+
+    The client's transport is paused while the upstream cannot take more
+    (its transport calls L{pauseProducing}) and while the body waits for
+    the upstream connection, so an upload never piles up in memory.
+    """
+
+    def __init__(self, length: int | object, clientTransport: IPushProducer) -> None:
+        self.length = length
+        self._client = clientTransport
+        self._consumer: IConsumer | None = None
+        self._pending: list[bytes] = []
+        self._pendingSize = 0
+        self._complete = False
+        self._failed: Failure | None = None
+        self._discarding = False
+        self._clientPaused = False
+        self._done: Deferred[None] | None = None
+        self.received = 0
+
+    # Called by the request as the client sends.
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._discarding:
+            return
+        if self._consumer is not None:
+            self._consumer.write(data)
+            return
+        self._pending.append(data)
+        self._pendingSize += len(data)
+        if self._pendingSize > _UPLOAD_BUFFER:
+            self._pauseClient()
+
+    def allDataReceived(self) -> None:
+        self._complete = True
+        if self._consumer is not None and self._done is not None:
+            done, self._done = self._done, None
+            done.callback(None)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The client went away before the body was complete.
+        """
+        if self._complete:
+            return
+        self._failed = reason
+        if self._done is not None:
+            done, self._done = self._done, None
+            done.errback(reason)
+
+    def discard(self) -> None:
+        """
+        Nobody wants the rest of the body (the response went out early):
+        read and drop it so the connection can be closed cleanly.
+        """
+        self._discarding = True
+        self._pending = []
+        self._resumeClient()
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    # IBodyProducer, called by the upstream connection.
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        if self._failed is not None:
+            return fail(self._failed)
+        self._consumer = consumer
+        pending, self._pending, self._pendingSize = self._pending, [], 0
+        for chunk in pending:
+            consumer.write(chunk)
+        self._resumeClient()
+        if self._complete:
+            return succeed(None)
+        self._done = Deferred()
+        return self._done
+
+    def pauseProducing(self) -> None:
+        self._pauseClient()
+
+    def resumeProducing(self) -> None:
+        self._resumeClient()
+
+    def stopProducing(self) -> None:
+        # The upstream request was cancelled; the response path reports it.
+        self._consumer = None
+        self._done = None
+        self.discard()
+
+    def _pauseClient(self) -> None:
+        if not self._clientPaused:
+            self._clientPaused = True
+            self._client.pauseProducing()
+
+    def _resumeClient(self) -> None:
+        if self._clientPaused:
+            self._clientPaused = False
+            self._client.resumeProducing()
+
+
+class StreamingRequest(Request):
+    """
+    A request whose body is handed over as it arrives instead of being
+    written to a temporary file first.
+
+    twisted.web only calls C{process} once the whole body is in; for
+    C{/v2/} requests with a body (blob uploads) we dispatch as soon as the
+    headers are in, feed L{RequestBodyStream} from C{handleContentChunk}, and
+    take the channel's end-of-body call as the end of the stream.
+    """
+
+    bodyStream: RequestBodyStream | None = None
+    upstreamStatus: int | None = None
+    # twisted.web's stubs type this as None (its class default); it is the
+    # body file once the headers are in.
+    content: IO[bytes]  # type: ignore[assignment]
+    _dispatchedEarly = False
+    _finishWhenBodyDone = False
+
+    def gotLength(self, length: int | None) -> None:
+        channel = self.channel
+        path = getattr(channel, "_path", b"")
+        if length == 0 or not path.startswith(b"/v2/"):
+            super().gotLength(length)
+            return
+        self.content = BytesIO()
+        # The channel's transport is the client's connection, which
+        # HTTPChannel itself pauses and resumes as a push producer.
+        self.bodyStream = RequestBodyStream(
+            UNKNOWN_LENGTH if length is None else length,
+            cast(IPushProducer, channel.transport),
+        )
+        self._dispatchedEarly = True
+        Request.requestReceived(self, channel._command, path, channel._version)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.bodyStream is not None:
+            self.bodyStream.dataReceived(data)
+        else:
+            super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._dispatchedEarly:
+            super().requestReceived(command, path, version)
+            return
+        assert self.bodyStream is not None
+        self.bodyStream.allDataReceived()
+        if self._finishWhenBodyDone:
+            self._finishWhenBodyDone = False
+            super().finish()
+
+    def finish(self) -> None:
+        if self.bodyStream is not None and not self.bodyStream.complete:
+            # The channel must read the rest of this body before it can
+            # parse another request; finish once it has, but send the
+            # response now.
+            if not self.startedWriting:
+                self.write(b"")
+            self._finishWhenBodyDone = True
+            self.bodyStream.discard()
+            return
+        super().finish()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.bodyStream is not None:
+            self.bodyStream.connectionLost(reason)
+        super().connectionLost(reason)

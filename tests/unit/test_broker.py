@@ -1,0 +1,1614 @@
+"""
+Tests for L{regproxy.proxy.brokered} through the whole site: a real regproxy
+L{Site} in broker mode fed raw HTTP bytes, relaying to an in-memory
+upstream registry (open, Basic or Bearer, L{regproxy.testing.fakeregistry}) and
+resolving fleet names through the fake balena API, all in memory.
+
+Each test asserts what a client sees, and what reached the upstream on
+the client's behalf.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import quote, urlencode
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from regproxy.app import makeSite
+from regproxy.config import Config
+from regproxy.proxy.brokered import manifestDigests
+from regproxy.testing.fakebalena import (
+    ALICE_KEY,
+    BOB_KEY,
+    DRAFT_VERSION,
+    FakeBalenaAPI,
+    defaultFixture,
+)
+from regproxy.testing.fakeregistry import (
+    BASIC,
+    BEARER,
+    OPEN,
+    UPSTREAM,
+    FakeRegistry,
+    digestOf,
+    manifestFor,
+)
+from tests.httpclient import RawClient, RawResponse
+
+PUBLIC = b"http://proxy.example:8080"
+CHALLENGE = b'Bearer realm="http://proxy.example:8080/token",service="regproxy"'
+REPO = "lib/app"
+USERS = {"alice": "alice-secret", "bob": "bob-secret"}
+GRANTS = {
+    "alice": {"*": ("pull", "push")},
+    "bob": {REPO: ("pull",)},
+    None: {"public/app": ("pull",)},
+}
+API = "http://api.example"
+SERVER_KEY = "server-api-token-1234"
+
+
+def basic(username: str, password: str) -> bytes:
+    return b"Basic " + base64.b64encode(f"{username}:{password}".encode())
+
+
+def jwtPart(token: str, index: int) -> dict:
+    segment = token.split(".")[index]
+    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+
+
+def errorCodes(response: RawResponse) -> list[str]:
+    return [e["code"] for e in json.loads(response.body)["errors"]]
+
+
+class BrokerTestCase(SynchronousTestCase):
+    """
+    A regproxy in broker mode in front of a L{FakeRegistry}.
+    """
+
+    mode = BASIC
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.registry = FakeRegistry(
+            self.mode, users=USERS, grants=GRANTS, clock=self.reactor
+        )
+        self.registry.addImage(REPO)
+        self.registry.addImage("public/app")
+        self.registry.addImage("lib/other")
+        self.api = None
+        self.stateDir = self.mktemp()
+        self.site = self.makeSite()
+
+    def makeSite(self, stateDir: str | None = None, **config):
+        self.agent = RequestTraversalAgent(self.registry)
+        return makeSite(
+            Config(
+                upstream=UPSTREAM,
+                listen=(),
+                state_dir=stateDir or self.stateDir,
+                **config,
+            ),
+            self.reactor,
+            agent=self.agent,
+            apiClient=self.api,
+        )
+
+    def exchange(self, method, path, headers=(), body=None, site=None) -> RawResponse:
+        client = RawClient(site or self.site)
+        client.request(method, path, list(headers), body)
+
+        def flush() -> None:
+            self.agent.flush()
+            if self.api is not None:
+                self.api.flush()
+
+        response = client.responseAfter(flush, head=method == b"HEAD")
+        self.assertIsNotNone(response, client.transport.value())
+        return response
+
+    def get(self, path: bytes, authorization: bytes | None = None, **kw) -> RawResponse:
+        headers = [(b"Authorization", authorization)] if authorization else []
+        return self.exchange(b"GET", path, headers, **kw)
+
+    def tokenResponse(
+        self, scopes=(), credentials: bytes | None = None, site=None, **params
+    ) -> RawResponse:
+        query = [("service", "regproxy")] + [("scope", s) for s in scopes]
+        query += list(params.items())
+        return self.get(b"/token?" + urlencode(query).encode(), credentials, site=site)
+
+    def token(self, scopes=(), credentials: bytes | None = None, site=None) -> str:
+        response = self.tokenResponse(scopes, credentials, site=site)
+        self.assertEqual(response.status, 200, response.body)
+        return json.loads(response.body)["token"]
+
+    def bearer(self, scopes=(), credentials: bytes | None = None, site=None) -> bytes:
+        return b"Bearer " + self.token(scopes, credentials, site).encode()
+
+    def post(self, form: dict) -> RawResponse:
+        return self.exchange(
+            b"POST",
+            b"/token",
+            [(b"Content-Type", b"application/x-www-form-urlencoded")],
+            urlencode(form).encode(),
+        )
+
+    def assertChallenge(
+        self, response: RawResponse, scope: str | None = None, error: str | None = None
+    ) -> None:
+        """
+        A 401 with our exact challenge, the API version header and a
+        registry JSON body.
+        """
+        self.assertEqual(response.status, 401, response.body)
+        expected = CHALLENGE
+        if scope is not None:
+            expected += b',scope="' + scope.encode() + b'"'
+        if error is not None:
+            expected += b',error="' + error.encode() + b'"'
+        self.assertEqual(response.all(b"www-authenticate"), [expected])
+        self.assertEqual(
+            response.all(b"docker-distribution-api-version"), [b"registry/2.0"]
+        )
+        self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
+
+    def upstreamAuthorizations(self) -> list[bytes | None]:
+        return [r.header(b"authorization") for r in self.registry.received]
+
+
+class ChallengeTests(BrokerTestCase):
+    """
+    C{/v2/} without one of our tokens gets our own challenge.
+    """
+
+    def test_ping(self) -> None:
+        """
+        C{/v2/} without a token: 401, a quoted absolute realm on our own
+        host, our service name, and a registry JSON body.
+        """
+        response = self.get(b"/v2/")
+        self.assertChallenge(response)
+        self.assertTrue(
+            response.header(b"content-type").startswith(b"application/json")
+        )
+
+    def test_sameForEveryClient(self) -> None:
+        """
+        No User-Agent sniffing: docker, podman, skopeo, containerd and curl
+        all get the same challenge.
+        """
+        agents = [
+            b"docker/24.0.7 go/go1.20.10 git-commit/311b9ff os/linux arch/amd64",
+            b"containers/5.24.1 (github.com/containers/image)",
+            b"skopeo/1.9.3",
+            b"containerd/v1.7.2",
+            b"curl/8.5.0",
+        ]
+        for agent in agents:
+            response = self.exchange(b"GET", b"/v2/", [(b"User-Agent", agent)])
+            self.assertChallenge(response)
+
+    def test_repositoryChallengeHasScope(self) -> None:
+        """
+        A repository request without a token says which scope to ask for.
+        """
+        response = self.get(b"/v2/lib/app/manifests/latest")
+        self.assertChallenge(response, "repository:lib/app:pull")
+        self.assertEqual(self.registry.received, [])
+
+    def test_publicURL(self) -> None:
+        """
+        C{--public-url} is the realm, whatever the Host header says.
+        """
+        self.site = self.makeSite(public_url="https://proxy.local:5000")
+        response = self.get(b"/v2/")
+        self.assertEqual(
+            response.all(b"www-authenticate"),
+            [b'Bearer realm="https://proxy.local:5000/token",service="regproxy"'],
+        )
+
+    def test_serviceName(self) -> None:
+        """
+        C{--service-name} is the service in the challenge.
+        """
+        self.site = self.makeSite(service_name="my-proxy")
+        response = self.get(b"/v2/")
+        self.assertEqual(
+            response.all(b"www-authenticate"),
+            [b'Bearer realm="http://proxy.example:8080/token",service="my-proxy"'],
+        )
+
+    def test_pingWithToken(self) -> None:
+        """
+        C{/v2/} with our token (even an anonymous one) is a 200 with C{{}}.
+        """
+        response = self.get(b"/v2/", self.bearer())
+        self.assertEqual(response.status, 200)
+        self.assertEqual(json.loads(response.body), {})
+        self.assertEqual(
+            response.all(b"docker-distribution-api-version"), [b"registry/2.0"]
+        )
+
+
+class TokenGetTests(BrokerTestCase):
+    """
+    C{GET /token}: the Docker token flow.
+    """
+
+    def test_anonymous(self) -> None:
+        """
+        No Authorization: an anonymous token, in the shape every client
+        reads (C{token} and C{access_token}, integer C{expires_in},
+        C{issued_at} in UTC ending in C{Z}), not to be cached by proxies.
+        """
+        response = self.tokenResponse(["repository:public/app:pull"])
+        self.assertEqual(response.status, 200)
+        body = json.loads(response.body)
+        self.assertEqual(body["token"], body["access_token"])
+        self.assertIsInstance(body["expires_in"], int)
+        self.assertGreater(body["expires_in"], 0)
+        self.assertEqual(body["issued_at"], "1970-01-01T00:00:00Z")
+        self.assertNotIn("refresh_token", body)
+        self.assertEqual(response.header(b"cache-control"), b"no-store")
+        self.assertEqual(jwtPart(body["token"], 1)["sub"], "")
+
+    def test_jwtHeader(self) -> None:
+        """
+        Our tokens are ES256 JWTs naming their key with a libtrust C{kid}
+        and a certificate chain in C{x5c}.
+        """
+        header = jwtPart(self.token(), 0)
+        self.assertEqual(header["alg"], "ES256")
+        self.assertRegex(header["kid"], r"^([A-Z2-7]{4}:){11}[A-Z2-7]{4}$")
+        self.assertIsInstance(header["x5c"], list)
+        self.assertGreaterEqual(len(header["x5c"]), 1)
+        base64.b64decode(header["x5c"][0], validate=True)
+
+    def test_claims(self) -> None:
+        """
+        The token is for our service, and an account's token names it.
+        """
+        claims = jwtPart(self.token([], basic("alice", "alice-secret")), 1)
+        self.assertEqual(claims["aud"], "regproxy")
+        self.assertEqual(claims["sub"], "alice")
+
+    def test_scopes(self) -> None:
+        """
+        Repeated C{scope} parameters and space-separated scopes are all
+        granted.
+        """
+        token = self.token(
+            ["repository:lib/app:pull", "repository:lib/a:pull repository:lib/b:push"]
+        )
+        access = {
+            entry["name"]: entry["actions"] for entry in jwtPart(token, 1)["access"]
+        }
+        self.assertEqual(
+            access, {"lib/app": ["pull"], "lib/a": ["pull"], "lib/b": ["push"]}
+        )
+
+    def test_scopesUsable(self) -> None:
+        """
+        Each scope granted in one token works on its repository.
+        """
+        token = self.bearer(
+            ["repository:lib/app:pull repository:lib/other:pull"],
+            basic("alice", "alice-secret"),
+        )
+        self.assertEqual(self.get(b"/v2/lib/app/manifests/latest", token).status, 200)
+        self.assertEqual(self.get(b"/v2/lib/other/manifests/latest", token).status, 200)
+
+    def test_otherParameters(self) -> None:
+        """
+        C{account} and C{client_id} (sent by docker and podman) are
+        accepted.
+        """
+        response = self.tokenResponse(
+            ["repository:lib/app:pull"],
+            basic("alice", "alice-secret"),
+            account="alice",
+            client_id="docker",
+        )
+        self.assertEqual(response.status, 200, response.body)
+
+    def test_offlineToken(self) -> None:
+        """
+        C{offline_token=true} with a login gives a C{refresh_token} too.
+        """
+        response = self.tokenResponse(
+            [], basic("alice", "alice-secret"), offline_token="true"
+        )
+        body = json.loads(response.body)
+        self.assertIsInstance(body["refresh_token"], str)
+        self.assertNotIn("alice-secret", body["refresh_token"])
+
+    def test_offlineTokenAnonymous(self) -> None:
+        """
+        Without a login there is nothing to refresh.
+        """
+        response = self.tokenResponse([], offline_token="true")
+        self.assertEqual(response.status, 200)
+        self.assertNotIn("refresh_token", json.loads(response.body))
+
+    def test_wrongCredentials(self) -> None:
+        """
+        Credentials the upstream refuses get a 401 in registry JSON, and
+        the body does not echo them.
+        """
+        response = self.tokenResponse(
+            ["repository:lib/app:pull"], basic("alice", "wrong-password")
+        )
+        self.assertEqual(response.status, 401)
+        self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
+        self.assertNotIn(b"wrong-password", response.body)
+
+    def test_login(self) -> None:
+        """
+        No scope with good credentials is a C{docker login}: it succeeds,
+        and the upstream was asked whether the login is good.
+        """
+        response = self.tokenResponse([], basic("alice", "alice-secret"))
+        self.assertEqual(response.status, 200, response.body)
+        self.assertIn("token", json.loads(response.body))
+        self.assertIn(
+            basic("alice", "alice-secret"),
+            self.upstreamAuthorizations()
+            + [r.header(b"authorization") for r in self.registry.tokenRequests],
+        )
+
+    def test_malformedScopeIgnored(self) -> None:
+        """
+        A malformed scope is dropped, not an error.
+        """
+        token = self.token(["nonsense", "repository:lib/app:pull"])
+        self.assertEqual([e["name"] for e in jwtPart(token, 1)["access"]], ["lib/app"])
+
+
+class BearerLoginTests(BrokerTestCase):
+    """
+    Logins against a Bearer upstream are checked with its token service.
+    """
+
+    mode = BEARER
+
+    def test_login(self) -> None:
+        """
+        A C{docker login} with good credentials succeeds.
+        """
+        response = self.tokenResponse([], basic("alice", "alice-secret"))
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(
+            self.registry.tokenRequests[-1].header(b"authorization"),
+            basic("alice", "alice-secret"),
+        )
+
+    def test_wrongCredentials(self) -> None:
+        """
+        Credentials the upstream's token service refuses get a 401 in
+        registry JSON.
+        """
+        response = self.tokenResponse([], basic("alice", "nope"))
+        self.assertEqual(response.status, 401)
+        self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
+
+
+class TokenPostTests(BrokerTestCase):
+    """
+    C{POST /token}: the OAuth2 form, as containerd and buildkit use it.
+    """
+
+    def passwordGrant(self, **extra) -> RawResponse:
+        form = {
+            "grant_type": "password",
+            "username": "alice",
+            "password": "alice-secret",
+            "scope": "repository:lib/app:pull",
+            "service": "regproxy",
+            "client_id": "containerd",
+        }
+        form.update(extra)
+        return self.post(form)
+
+    def test_password(self) -> None:
+        """
+        The password grant gives a token for the scope asked, which pulls.
+        """
+        response = self.passwordGrant()
+        self.assertEqual(response.status, 200, response.body)
+        body = json.loads(response.body)
+        self.assertNotIn("refresh_token", body)
+        self.assertEqual(
+            jwtPart(body["access_token"], 1)["access"][0]["name"], "lib/app"
+        )
+        pulled = self.get(
+            b"/v2/lib/app/manifests/latest", b"Bearer " + body["access_token"].encode()
+        )
+        self.assertEqual(pulled.status, 200)
+        self.assertEqual(
+            self.upstreamAuthorizations()[-1], basic("alice", "alice-secret")
+        )
+
+    def test_wrongPassword(self) -> None:
+        """
+        A password the upstream refuses is a 401.
+        """
+        response = self.passwordGrant(password="nope")
+        self.assertEqual(response.status, 401)
+        self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
+
+    def test_offline(self) -> None:
+        """
+        C{access_type=offline} adds a refresh token, which the refresh grant
+        turns into a new working token with the client's credentials.
+        """
+        first = json.loads(self.passwordGrant(access_type="offline").body)
+        refresh = first["refresh_token"]
+        response = self.post(
+            {
+                "grant_type": "refresh_token",
+                "refresh_token": refresh,
+                "scope": "repository:lib/other:pull",
+                "service": "regproxy",
+            }
+        )
+        self.assertEqual(response.status, 200, response.body)
+        token = json.loads(response.body)["access_token"]
+        self.assertEqual(jwtPart(token, 1)["sub"], "alice")
+        pulled = self.get(
+            b"/v2/lib/other/manifests/latest", b"Bearer " + token.encode()
+        )
+        self.assertEqual(pulled.status, 200)
+        self.assertEqual(
+            self.upstreamAuthorizations()[-1], basic("alice", "alice-secret")
+        )
+
+    def test_refreshTampered(self) -> None:
+        """
+        A refresh token changed by one character is refused with a 401.
+        """
+        refresh = json.loads(self.passwordGrant(access_type="offline").body)[
+            "refresh_token"
+        ]
+        middle = len(refresh) // 2
+        tampered = (
+            refresh[:middle]
+            + ("A" if refresh[middle] != "A" else "B")
+            + refresh[middle + 1 :]
+        )
+        for bad in (tampered, "", "garbage", refresh + "x"):
+            response = self.post({"grant_type": "refresh_token", "refresh_token": bad})
+            self.assertEqual(response.status, 401, bad)
+            self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
+
+    def test_refreshForeign(self) -> None:
+        """
+        A refresh token from a regproxy with other keys is refused.
+        """
+        other = self.makeSite(stateDir=self.mktemp())
+        self.site, mine = other, self.site
+        refresh = json.loads(self.passwordGrant(access_type="offline").body)[
+            "refresh_token"
+        ]
+        self.site = mine
+        response = self.post({"grant_type": "refresh_token", "refresh_token": refresh})
+        self.assertEqual(response.status, 401)
+
+    def test_refreshExpired(self) -> None:
+        """
+        A refresh token is good for 30 days, not for ever.
+        """
+        refresh = json.loads(self.passwordGrant(access_type="offline").body)[
+            "refresh_token"
+        ]
+        self.reactor.advance(31 * 24 * 3600)
+        response = self.post({"grant_type": "refresh_token", "refresh_token": refresh})
+        self.assertEqual(response.status, 401)
+
+    def test_unknownGrant(self) -> None:
+        """
+        An unknown or missing grant type is a 400.
+        """
+        for form in ({"grant_type": "client_credentials"}, {}):
+            response = self.post(form)
+            self.assertEqual(response.status, 400, form)
+            self.assertEqual(len(errorCodes(response)), 1)
+
+
+class ForwardingTests(BrokerTestCase):
+    """
+    Requests with our token go upstream with the upstream's own credential
+    for the client, never with our token.
+    """
+
+    def assertNeverOurToken(self, token: bytes) -> None:
+        raw = token.partition(b" ")[2]
+        for received in self.registry.received + self.registry.tokenRequests:
+            for values in received.headers.values():
+                for value in values:
+                    self.assertNotIn(raw, value)
+            self.assertNotIn(raw, received.uri)
+
+    def test_basicUpstream(self) -> None:
+        """
+        A Basic upstream gets the client's own Basic credentials.
+        """
+        token = self.bearer(["repository:lib/app:pull"], basic("bob", "bob-secret"))
+        response = self.get(b"/v2/lib/app/manifests/latest", token)
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(response.body, manifestFor(REPO))
+        self.assertEqual(
+            self.registry.received[-1].uri, b"/v2/lib/app/manifests/latest"
+        )
+        self.assertEqual(self.upstreamAuthorizations()[-1], basic("bob", "bob-secret"))
+        self.assertEqual(
+            response.all(b"docker-distribution-api-version"), [b"registry/2.0"]
+        )
+        self.assertNeverOurToken(token)
+
+    def test_basicStraightToV2(self) -> None:
+        """
+        Basic credentials sent straight to C{/v2} (no token dance) work too.
+        """
+        response = self.get(b"/v2/lib/app/manifests/latest", basic("bob", "bob-secret"))
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(self.upstreamAuthorizations()[-1], basic("bob", "bob-secret"))
+        ping = self.get(b"/v2/", basic("bob", "bob-secret"))
+        self.assertEqual(ping.status, 200)
+
+    def test_wrongBasicStraightToV2(self) -> None:
+        """
+        Wrong Basic credentials straight to C{/v2} get our challenge.
+        """
+        response = self.get(b"/v2/lib/app/manifests/latest", basic("bob", "nope"))
+        self.assertEqual(response.status, 401)
+        self.assertEqual(
+            response.header(b"www-authenticate").split(b",")[:2], CHALLENGE.split(b",")
+        )
+        self.assertNotIn(b"nope", response.body)
+
+    def test_otherRepository(self) -> None:
+        """
+        A token for another repository: 401 C{insufficient_scope} with the
+        scope needed in the challenge, and nothing sent upstream.
+        """
+        token = self.bearer(
+            ["repository:lib/other:pull"], basic("alice", "alice-secret")
+        )
+        before = len(self.registry.received)
+        response = self.get(b"/v2/lib/app/manifests/latest", token)
+        self.assertChallenge(response, "repository:lib/app:pull", "insufficient_scope")
+        self.assertEqual(len(self.registry.received), before)
+
+    def test_pullTokenForPush(self) -> None:
+        """
+        A pull-only token used for a PUT: 401 C{insufficient_scope} asking
+        for pull and push.
+        """
+        token = self.bearer(["repository:lib/app:pull"], basic("alice", "alice-secret"))
+        response = self.exchange(
+            b"PUT",
+            b"/v2/lib/app/manifests/v2",
+            [
+                (b"Authorization", token),
+                (b"Content-Type", b"application/vnd.oci.image.manifest.v1+json"),
+            ],
+            manifestFor("x"),
+        )
+        self.assertChallenge(
+            response, "repository:lib/app:pull,push", "insufficient_scope"
+        )
+        self.assertNotIn(("lib/app", "v2"), self.registry.manifests)
+
+    def test_push(self) -> None:
+        """
+        A push token pushes, with the client's credentials upstream.
+        """
+        token = self.bearer(
+            ["repository:lib/app:pull,push"], basic("alice", "alice-secret")
+        )
+        response = self.exchange(
+            b"PUT",
+            b"/v2/lib/app/manifests/v2",
+            [
+                (b"Authorization", token),
+                (b"Content-Type", b"application/vnd.oci.image.manifest.v1+json"),
+            ],
+            manifestFor("x"),
+        )
+        self.assertEqual(response.status, 201, response.body)
+        self.assertEqual(self.registry.manifests[("lib/app", "v2")], manifestFor("x"))
+        self.assertEqual(
+            response.header(b"location"),
+            PUBLIC + b"/v2/lib/app/manifests/" + digestOf(manifestFor("x")).encode(),
+        )
+
+    def test_badToken(self) -> None:
+        """
+        A token that is not ours, or was changed: 401 C{invalid_token}.
+        """
+        good = self.token(["repository:lib/app:pull"])
+        tampered = good[:-3] + ("AAA" if good[-3:] != "AAA" else "BBB")
+        for bad in ("garbage", "a.b.c", tampered, good + "x"):
+            response = self.get(
+                b"/v2/lib/app/manifests/latest", b"Bearer " + bad.encode()
+            )
+            self.assertChallenge(response, "repository:lib/app:pull", "invalid_token")
+        response = self.get(b"/v2/", b"Bearer garbage")
+        self.assertChallenge(response, None, "invalid_token")
+        self.assertEqual(self.registry.received, [])
+
+    def test_expiredToken(self) -> None:
+        """
+        A token past its expiry (beyond the leeway): 401 C{invalid_token}.
+        """
+        token = self.bearer(["repository:lib/app:pull"])
+        expiresIn = json.loads(self.tokenResponse([]).body)["expires_in"]
+        self.reactor.advance(expiresIn + 31)
+        response = self.get(b"/v2/lib/app/manifests/latest", token)
+        self.assertChallenge(response, "repository:lib/app:pull", "invalid_token")
+
+    def test_foreignKey(self) -> None:
+        """
+        A token signed by another regproxy's key: 401 C{invalid_token}.
+        """
+        other = self.makeSite(stateDir=self.mktemp())
+        token = self.bearer(["repository:lib/app:pull"], site=other)
+        response = self.get(b"/v2/lib/app/manifests/latest", token)
+        self.assertChallenge(response, "repository:lib/app:pull", "invalid_token")
+
+    def test_sharedStateDir(self) -> None:
+        """
+        A token issued by one regproxy is served by another on the same
+        state directory, credentials and all: no server-side session.
+        """
+        token = self.bearer(["repository:lib/app:pull"], basic("bob", "bob-secret"))
+        second = self.makeSite()
+        response = self.get(b"/v2/lib/app/manifests/latest", token, site=second)
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(self.upstreamAuthorizations()[-1], basic("bob", "bob-secret"))
+
+    def test_upstreamRefusesAnonymous(self) -> None:
+        """
+        An anonymous client the upstream refuses is told to log in: our
+        challenge with the scope, never the upstream's.
+        """
+        token = self.bearer(["repository:lib/app:pull"])
+        response = self.get(b"/v2/lib/app/manifests/latest", token)
+        self.assertChallenge(response, "repository:lib/app:pull", "insufficient_scope")
+
+    def test_upstreamRefusesUser(self) -> None:
+        """
+        A logged-in client the upstream refuses gets a 403 DENIED.
+        """
+        token = self.bearer(["repository:lib/other:pull"], basic("bob", "bob-secret"))
+        response = self.get(b"/v2/lib/other/manifests/latest", token)
+        self.assertEqual(response.status, 403)
+        self.assertEqual(errorCodes(response), ["DENIED"])
+        self.assertEqual(response.all(b"www-authenticate"), [])
+
+    def test_uploadLocation(self) -> None:
+        """
+        An upload's absolute upstream Location points at us, query kept.
+        """
+        token = self.bearer(
+            ["repository:lib/app:pull,push"], basic("alice", "alice-secret")
+        )
+        response = self.exchange(
+            b"POST", b"/v2/lib/app/blobs/uploads/", [(b"Authorization", token)], b""
+        )
+        self.assertEqual(response.status, 202, response.body)
+        self.assertEqual(
+            response.header(b"location"),
+            PUBLIC + b"/v2/lib/app/blobs/uploads/u-1?_state=a%2Fb%3D%3D",
+        )
+
+    def test_foreignAudience(self) -> None:
+        """
+        A token signed with our key but for another service name (another
+        regproxy sharing the state directory): 401 C{invalid_token}.
+        """
+        other = self.makeSite(service_name="another-proxy")
+        token = self.bearer(["repository:lib/app:pull"], site=other)
+        response = self.get(b"/v2/lib/app/manifests/latest", token)
+        self.assertChallenge(response, "repository:lib/app:pull", "invalid_token")
+
+    def test_tagsRelayed(self) -> None:
+        """
+        Without fleet names, C{tags/list} is the upstream's own list.
+        """
+        token = self.bearer(["repository:lib/app:pull"], basic("bob", "bob-secret"))
+        response = self.get(b"/v2/lib/app/tags/list?n=5", token)
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(
+            json.loads(response.body), {"name": "lib/app", "tags": ["latest"]}
+        )
+        self.assertEqual(self.registry.received[-1].uri, b"/v2/lib/app/tags/list?n=5")
+
+    def test_head(self) -> None:
+        """
+        HEAD on a manifest keeps its length and digest.
+        """
+        token = self.bearer(["repository:lib/app:pull"], basic("bob", "bob-secret"))
+        response = self.exchange(
+            b"HEAD", b"/v2/lib/app/manifests/latest", [(b"Authorization", token)]
+        )
+        self.assertEqual(response.status, 200)
+        self.assertEqual(
+            response.header(b"content-length"), b"%d" % len(manifestFor(REPO))
+        )
+        self.assertEqual(
+            response.header(b"docker-content-digest"),
+            digestOf(manifestFor(REPO)).encode(),
+        )
+
+
+class OpenUpstreamTests(BrokerTestCase):
+    """
+    An open upstream needs no credentials.
+    """
+
+    mode = OPEN
+
+    def test_noAuthorization(self) -> None:
+        """
+        Nothing is sent upstream as Authorization, even for a logged-in
+        client; any login is good.
+        """
+        token = self.bearer(["repository:lib/app:pull"], basic("anyone", "anything"))
+        response = self.get(b"/v2/lib/app/manifests/latest", token)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(self.upstreamAuthorizations()[-1], None)
+        anonymous = self.get(
+            b"/v2/lib/app/manifests/latest", self.bearer(["repository:lib/app:pull"])
+        )
+        self.assertEqual(anonymous.status, 200)
+        self.assertEqual(set(self.upstreamAuthorizations()), {None})
+
+
+class BearerUpstreamTests(BrokerTestCase):
+    """
+    A Bearer upstream: a token from its token service, for the client.
+    """
+
+    mode = BEARER
+
+    def test_upstreamToken(self) -> None:
+        """
+        The upstream gets a token from its own token service, asked with
+        the client's credentials and the repository's scope; never ours.
+        """
+        token = self.bearer(["repository:lib/app:pull"], basic("bob", "bob-secret"))
+        response = self.get(b"/v2/lib/app/manifests/latest", token)
+        self.assertEqual(response.status, 200, response.body)
+        request = self.registry.tokenRequests[-1]
+        self.assertEqual(request.header(b"authorization"), basic("bob", "bob-secret"))
+        self.assertIn(
+            b"scope=" + quote("repository:lib/app:pull", safe="").encode(), request.uri
+        )
+        sent = self.upstreamAuthorizations()[-1]
+        self.assertTrue(sent.startswith(b"Bearer "))
+        self.assertEqual(self.registry.tokens[sent[7:].decode()].user, "bob")
+        self.assertNotEqual(sent, token)
+
+    def test_cached(self) -> None:
+        """
+        A second request does not ask the token service again, until
+        shortly before the upstream token expires.
+        """
+        token = self.bearer(["repository:lib/app:pull"], basic("bob", "bob-secret"))
+        self.get(b"/v2/lib/app/manifests/latest", token)
+        asked = len(self.registry.tokenRequests)
+        self.reactor.advance(200)
+        response = self.get(b"/v2/lib/app/manifests/latest", token)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(len(self.registry.tokenRequests), asked)
+        self.reactor.advance(80)
+        response = self.get(b"/v2/lib/app/manifests/latest", token)
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(len(self.registry.tokenRequests), asked + 1)
+
+    def test_anonymousUpstreamToken(self) -> None:
+        """
+        An anonymous client gets an anonymous upstream token for what
+        anonymous may pull.
+        """
+        token = self.bearer(["repository:public/app:pull"])
+        response = self.get(b"/v2/public/app/manifests/latest", token)
+        self.assertEqual(response.status, 200, response.body)
+        self.assertIsNone(self.registry.tokenRequests[-1].header(b"authorization"))
+
+    def test_basicStraightToV2(self) -> None:
+        """
+        Basic credentials straight to C{/v2} work with a Bearer upstream.
+        """
+        response = self.get(b"/v2/lib/app/manifests/latest", basic("bob", "bob-secret"))
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(
+            self.registry.tokenRequests[-1].header(b"authorization"),
+            basic("bob", "bob-secret"),
+        )
+
+    def test_tokenServiceRefuses(self) -> None:
+        """
+        When the upstream's token service refuses the credentials sealed in
+        our token (the password changed since), the client is told to log
+        in again: a 401 with our challenge, so docker asks for a new token.
+        """
+        token = self.bearer(["repository:lib/app:pull"], basic("bob", "bob-secret"))
+        self.registry.users["bob"] = "changed"
+        response = self.get(b"/v2/lib/app/manifests/latest", token)
+        self.assertEqual(response.status, 401, response.body)
+        self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
+        self.assertEqual(
+            response.header(b"www-authenticate").split(b",")[:2], CHALLENGE.split(b",")
+        )
+
+    def test_refusalRetriedOnce(self) -> None:
+        """
+        An upstream that keeps refusing is asked with a fresh token once,
+        not again and again, and the client is denied.
+        """
+        token = self.bearer(["repository:lib/other:pull"], basic("bob", "bob-secret"))
+        asked = len(self.registry.tokenRequests)
+        sent = len(self.registry.received)
+        response = self.get(b"/v2/lib/other/manifests/latest", token)
+        self.assertEqual(response.status, 403, response.body)
+        self.assertEqual(errorCodes(response), ["DENIED"])
+        self.assertEqual(len(self.registry.tokenRequests) - asked, 2)
+        self.assertEqual(len(self.registry.received) - sent, 2)
+
+    def test_bodyNotSentTwice(self) -> None:
+        """
+        A refused request with a body (a manifest push) is not sent again:
+        its body was streamed once.
+        """
+        token = self.bearer(
+            ["repository:lib/app:pull,push"], basic("bob", "bob-secret")
+        )
+        response = self.exchange(
+            b"PUT",
+            b"/v2/lib/app/manifests/v2",
+            [
+                (b"Authorization", token),
+                (b"Content-Type", b"application/vnd.oci.image.manifest.v1+json"),
+            ],
+            manifestFor("x"),
+        )
+        self.assertEqual(response.status, 403, response.body)
+        puts = [r for r in self.registry.received if r.method == b"PUT"]
+        self.assertEqual(len(puts), 1)
+        self.assertEqual(puts[0].body, manifestFor("x"))
+
+    def test_upstreamForgetsToken(self) -> None:
+        """
+        When the upstream stops accepting a cached token before it expires
+        (its token service restarted with a new key), the next request
+        gets a fresh one instead of a denial until the cached one runs out.
+        """
+        token = self.bearer(["repository:lib/app:pull"], basic("bob", "bob-secret"))
+        self.assertEqual(self.get(b"/v2/lib/app/manifests/latest", token).status, 200)
+        self.registry.tokens.clear()
+        first = self.get(b"/v2/lib/app/manifests/latest", token)
+        second = self.get(b"/v2/lib/app/manifests/latest", token)
+        self.assertEqual((first.status, second.status), (200, 200), second.body)
+
+
+class FleetTestCase(BrokerTestCase):
+    """
+    Fleet names resolved through the fake balena API, in front of a Bearer
+    registry holding the fixture's images, whose token service grants
+    anonymous clients the public fleets' images and alice (a member of
+    acme, logging in with her API key) everything.
+    """
+
+    mode = BEARER
+    apiToken: str | None = None
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.fixture = defaultFixture()
+        self.balena = FakeBalenaAPI(self.fixture)
+        self.api = StubTreq(self.balena)
+        public = {}
+        everything = {}
+        for image in self.fixture.tables["image"].values():
+            repository = image["is_stored_at__image_location"].split("/", 1)[1]
+            everything[repository] = ("pull", "push")
+            if self.fixture.visible("image", image, None):
+                public[repository] = ("pull",)
+        self.registry = FakeRegistry(
+            self.mode,
+            users={"alice": ALICE_KEY, "bob": BOB_KEY},
+            grants={None: public, "bob": public, "alice": everything},
+            clock=self.reactor,
+        )
+        for repository in everything:
+            self.registry.addImage(repository)
+        self.stateDir = self.mktemp()
+        self.site = self.makeSite()
+
+    def makeSite(self, stateDir: str | None = None, **config):
+        config.setdefault("balena_api", API)
+        if self.apiToken is not None:
+            config.setdefault("api_token", self.apiToken)
+        return super().makeSite(stateDir, **config)
+
+    def pull(
+        self, name: str, reference: str = "latest", credentials: bytes | None = None
+    ) -> RawResponse:
+        token = self.bearer([f"repository:{name}:pull"], credentials)
+        return self.get(f"/v2/{name}/manifests/{reference}".encode(), token)
+
+    def assertLooksMissing(self, name: str, path: str, missing: str = "acme/nothing"):
+        """
+        C{path} (with C{{}} for the fleet) answers for C{name} exactly as for
+        a fleet that does not exist.
+        """
+        token = self.bearer([f"repository:{name}:pull"])
+        seen = self.get(path.format(name).encode(), token)
+        token = self.bearer([f"repository:{missing}:pull"])
+        expected = self.get(path.format(missing).encode(), token)
+        self.assertEqual(expected.status, 404)
+        self.assertEqual(errorCodes(expected), ["NAME_UNKNOWN"])
+        self.assertEqual(seen.status, expected.status)
+        self.assertEqual(
+            seen.body.replace(name.encode(), b"NAME"),
+            expected.body.replace(missing.encode(), b"NAME"),
+        )
+        self.assertEqual(
+            sorted(k.lower() for k, _ in seen.headers if k.lower() != b"date"),
+            sorted(k.lower() for k, _ in expected.headers if k.lower() != b"date"),
+        )
+
+
+class FleetNameTests(FleetTestCase):
+    """
+    C{org/fleet[/release][/service]} reaches the right image upstream.
+    """
+
+    def test_releaseByTag(self) -> None:
+        """
+        C{acme/public-app:1.2.3} is the final 1.2.3 with the highest
+        revision: asked upstream as C{/v2/v2/<hash>/manifests/latest}.
+        """
+        repository = self.fixture.repository("acme/public-app", "1.2.3+rev2")
+        response = self.pull("acme/public-app", "1.2.3")
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(response.body, manifestFor(repository))
+        self.assertEqual(
+            self.registry.received[-1].uri,
+            f"/v2/{repository}/manifests/latest".encode(),
+        )
+        self.assertTrue(repository.startswith("v2/"))
+
+    def test_releaseInPath(self) -> None:
+        """
+        C{acme/public-app/<draft>} is the draft with that full version.
+        """
+        repository = self.fixture.repository("acme/public-app", DRAFT_VERSION)
+        response = self.pull(f"acme/public-app/{DRAFT_VERSION}")
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(
+            self.registry.received[-1].path,
+            f"/v2/{repository}/manifests/latest".encode(),
+        )
+
+    def test_target(self) -> None:
+        """
+        The fleet alone is its target release.
+        """
+        repository = self.fixture.repository("acme/public-app", "2.0.0")
+        response = self.pull("acme/public-app")
+        self.assertEqual(response.body, manifestFor(repository))
+
+    def test_service(self) -> None:
+        """
+        A fourth segment picks the service of a multi-service release.
+        """
+        repository = self.fixture.repository("acme/multi", "1.0.0", "backend")
+        response = self.pull("acme/multi/1.0.0/backend")
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(response.body, manifestFor(repository))
+
+    def test_upstreamTokenForRealRepository(self) -> None:
+        """
+        The upstream token is asked for the real repository, with the
+        client's own credentials.
+        """
+        repository = self.fixture.repository("acme/private-app", "1.0.0")
+        response = self.pull("acme/private-app", credentials=basic("alice", ALICE_KEY))
+        self.assertEqual(response.status, 200, response.body)
+        request = self.registry.tokenRequests[-1]
+        self.assertIn(
+            b"scope=" + quote(f"repository:{repository}:pull", safe="").encode(),
+            request.uri,
+        )
+        self.assertEqual(request.header(b"authorization"), basic("alice", ALICE_KEY))
+
+    def test_blobFromManifest(self) -> None:
+        """
+        A blob named by a release's manifest is fetched from that release's
+        repository, though the client names only the fleet.
+        """
+        repository = self.fixture.repository("acme/public-app", "1.2.3+rev2")
+        self.pull("acme/public-app", "1.2.3")
+        layer = json.loads(manifestFor(repository))["layers"][0]["digest"]
+        token = self.bearer(["repository:acme/public-app:pull"])
+        response = self.get(f"/v2/acme/public-app/blobs/{layer}".encode(), token)
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(
+            self.registry.received[-1].path,
+            f"/v2/{repository}/blobs/{layer}".encode(),
+        )
+
+    def test_blobThroughSecondInstance(self) -> None:
+        """
+        A blob of a release pulled by tag is found by another regproxy on
+        the same state directory (behind a load balancer, or after a
+        restart between the manifest and the blobs).
+        """
+        repository = self.fixture.repository("acme/public-app", "1.2.3+rev2")
+        self.assertEqual(self.pull("acme/public-app", "1.2.3").status, 200)
+        layer = json.loads(manifestFor(repository))["layers"][0]["digest"]
+        token = self.bearer(["repository:acme/public-app:pull"])
+        second = self.makeSite()
+        response = self.get(
+            f"/v2/acme/public-app/blobs/{layer}".encode(), token, site=second
+        )
+        self.assertEqual(response.status, 200, response.body)
+
+    test_blobThroughSecondInstance.todo = (  # type: ignore[attr-defined]
+        "where a tag-pulled release's blobs live is remembered per process "
+        "only (DigestLocations): another instance asks the target release's "
+        "repository and answers 404 BLOB_UNKNOWN"
+    )
+
+    def test_oddManifestRelayed(self) -> None:
+        """
+        A manifest the upstream serves is relayed as it is, even one whose
+        fields are not what a manifest's should be.
+        """
+        repository = self.fixture.repository("acme/public-app", "2.0.0")
+        odd = b'{"schemaVersion": 2, "layers": 1}'
+        self.registry.manifests[(repository, "latest")] = odd
+        response = self.pull("acme/public-app")
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(response.body, odd)
+
+    def test_uploadLocation(self) -> None:
+        """
+        Upload Locations from the upstream name the client's repository,
+        not the real one.
+        """
+        token = self.bearer(
+            ["repository:acme/public-app:pull,push"], basic("alice", ALICE_KEY)
+        )
+        response = self.exchange(
+            b"POST",
+            b"/v2/acme/public-app/blobs/uploads/",
+            [(b"Authorization", token)],
+            b"",
+        )
+        self.assertEqual(response.status, 202, response.body)
+        self.assertEqual(
+            response.header(b"location"),
+            PUBLIC + b"/v2/acme/public-app/blobs/uploads/u-1?_state=a%2Fb%3D%3D",
+        )
+        repository = self.fixture.repository("acme/public-app", "2.0.0")
+        for _, value in response.headers:
+            self.assertNotIn(repository.split("/")[1].encode(), value)
+
+    def test_digest(self) -> None:
+        """
+        C{acme/public-app@sha256:...} goes upstream as that digest, never
+        replaced by C{latest}, in the repository of the release holding it.
+        """
+        repository = self.fixture.repository("acme/public-app", "1.2.3+rev2")
+        digest = digestOf(manifestFor(repository))
+        self.fixture.images("acme/public-app", "1.2.3+rev2")["main"]["content_hash"] = (
+            digest
+        )
+        response = self.pull("acme/public-app", digest)
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(response.header(b"docker-content-digest"), digest.encode())
+        self.assertEqual(
+            self.registry.received[-1].path,
+            f"/v2/{repository}/manifests/{digest}".encode(),
+        )
+
+    def test_head(self) -> None:
+        """
+        HEAD of a release keeps Content-Length and the digest, whether it
+        is asked before or after a GET.
+        """
+        repository = self.fixture.repository("acme/public-app", "1.2.3+rev2")
+        manifest = manifestFor(repository)
+        token = self.bearer(["repository:acme/public-app:pull"])
+        for method in (b"HEAD", b"GET", b"HEAD"):
+            response = self.exchange(
+                method,
+                b"/v2/acme/public-app/manifests/1.2.3",
+                [(b"Authorization", token)],
+            )
+            self.assertEqual(response.status, 200, method)
+            self.assertEqual(response.header(b"content-length"), b"%d" % len(manifest))
+            self.assertEqual(
+                response.header(b"docker-content-digest"), digestOf(manifest).encode()
+            )
+            if method == b"GET":
+                self.assertEqual(response.body, manifest)
+
+    def test_releaseTags(self) -> None:
+        """
+        A release's own repository lists the one tag it is pulled by.
+        """
+        token = self.bearer(["repository:acme/public-app/1.2.3:pull"])
+        response = self.get(b"/v2/acme/public-app/1.2.3/tags/list", token)
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(json.loads(response.body)["tags"], ["latest"])
+
+
+class FleetTagsTests(FleetTestCase):
+    """
+    C{tags/list} of a fleet lists its successful releases.
+    """
+
+    def tags(self, query: bytes = b"", name: str = "acme/public-app") -> RawResponse:
+        token = self.bearer([f"repository:{name}:pull"])
+        return self.get(f"/v2/{name}/tags/list".encode() + query, token)
+
+    def test_list(self) -> None:
+        """
+        Finals by version, drafts by their full version; failed releases
+        and releases with a failed image are left out.
+        """
+        response = self.tags()
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(
+            json.loads(response.body),
+            {"name": "acme/public-app", "tags": ["1.2.3", DRAFT_VERSION, "2.0.0"]},
+        )
+        self.assertIsNone(response.header(b"link"))
+
+    def test_paginated(self) -> None:
+        """
+        C{n} limits the page and a C{Link} header points at the next one;
+        C{last} starts after a tag.
+        """
+        response = self.tags(b"?n=2")
+        self.assertEqual(json.loads(response.body)["tags"], ["1.2.3", DRAFT_VERSION])
+        self.assertEqual(
+            response.header(b"link"),
+            f"</v2/acme/public-app/tags/list?n=2&last={DRAFT_VERSION}>; "
+            f'rel="next"'.encode(),
+        )
+        response = self.tags(f"?n=2&last={DRAFT_VERSION}".encode())
+        self.assertEqual(json.loads(response.body)["tags"], ["2.0.0"])
+        self.assertIsNone(response.header(b"link"))
+
+    def test_badPageSize(self) -> None:
+        """
+        A page size that is not a number is a 400 in registry JSON.
+        """
+        response = self.tags(b"?n=many")
+        self.assertEqual(response.status, 400)
+        self.assertEqual(errorCodes(response), ["PAGINATION_NUMBER_INVALID"])
+
+    def test_emptyFleet(self) -> None:
+        """
+        A fleet without releases has an empty list.
+        """
+        response = self.tags(name="acme/empty")
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(json.loads(response.body)["tags"], [])
+
+
+class FleetErrorTests(FleetTestCase):
+    """
+    Denials that say what happened.
+    """
+
+    def test_unknownFleet(self) -> None:
+        """
+        A fleet that does not exist: 404 NAME_UNKNOWN.
+        """
+        response = self.pull("acme/nothing")
+        self.assertEqual(response.status, 404)
+        self.assertEqual(errorCodes(response), ["NAME_UNKNOWN"])
+        self.assertEqual(
+            response.all(b"docker-distribution-api-version"), [b"registry/2.0"]
+        )
+
+    def test_vPrefix(self) -> None:
+        """
+        C{v1.2.3}: 404 MANIFEST_UNKNOWN, "did you mean 1.2.3?".
+        """
+        response = self.pull("acme/public-app", "v1.2.3")
+        self.assertEqual(response.status, 404)
+        self.assertEqual(errorCodes(response), ["MANIFEST_UNKNOWN"])
+        self.assertIn(
+            "did you mean 1.2.3?", json.loads(response.body)["errors"][0]["message"]
+        )
+
+    def test_draftHint(self) -> None:
+        """
+        A version that exists only as a draft: the hint gives the draft's
+        full version.
+        """
+        response = self.pull("acme/public-app", "1.3.0")
+        self.assertEqual(response.status, 404)
+        self.assertEqual(errorCodes(response), ["MANIFEST_UNKNOWN"])
+        self.assertIn(
+            f"drafts need their full version, e.g. {DRAFT_VERSION}",
+            json.loads(response.body)["errors"][0]["message"],
+        )
+
+    def test_serviceRequired(self) -> None:
+        """
+        A multi-service release without a service: 400 naming the services.
+        """
+        response = self.pull("acme/multi")
+        self.assertEqual(response.status, 400)
+        self.assertIn(b"backend", response.body)
+        self.assertIn(b"frontend", response.body)
+
+    def test_apiDown(self) -> None:
+        """
+        The balena API answering 503: the client gets a 503 UNAVAILABLE in
+        registry JSON.
+        """
+        token = self.bearer(["repository:acme/public-app:pull"])
+        self.balena.stop("503")
+        response = self.get(b"/v2/acme/public-app/manifests/1.2.3", token)
+        self.assertEqual(response.status, 503, response.body)
+        self.assertEqual(errorCodes(response), ["UNAVAILABLE"])
+
+    def test_apiHangs(self) -> None:
+        """
+        The balena API never answering: a 504 once the timeout passes.
+        """
+        token = self.bearer(["repository:acme/public-app:pull"])
+        self.balena.stop("hang")
+        client = RawClient(self.site)
+        client.request(
+            b"GET", b"/v2/acme/public-app/manifests/1.2.3", [(b"Authorization", token)]
+        )
+        self.api.flush()
+        self.assertIsNone(client.response())
+        self.reactor.advance(31)
+        self.api.flush()
+        response = client.response()
+        self.assertEqual(response.status, 504, response.body)
+        self.assertEqual(errorCodes(response), ["UNAVAILABLE"])
+
+    def test_apiDownAfterWarmCache(self) -> None:
+        """
+        While the API is down, a name resolved before still pulls.
+        """
+        self.assertEqual(self.pull("acme/public-app", "1.2.3").status, 200)
+        self.balena.stop("503")
+        self.reactor.advance(600)
+        response = self.pull("acme/public-app", "1.2.3")
+        self.assertEqual(response.status, 200, response.body)
+
+    def test_privateFleetAnonymous(self) -> None:
+        """
+        Without API_TOKEN, a private fleet asked for anonymously looks
+        missing.
+        """
+        self.assertLooksMissing("acme/private-app", "/v2/{}/manifests/latest")
+
+    def test_privateFleetTagsAnonymous(self) -> None:
+        """
+        Nor does its tag list tell it apart.
+        """
+        self.assertLooksMissing("acme/private-app", "/v2/{}/tags/list")
+        self.assertLooksMissing("acme/private-app", "/v2/{}/manifests/9.9.9")
+
+    def test_privateFleetOtherUser(self) -> None:
+        """
+        A user of another organization cannot tell a private fleet from a
+        missing one.
+        """
+        name = "acme/private-app"
+        seen = self.pull(name, credentials=basic("bob", BOB_KEY))
+        expected = self.pull("acme/nothing", credentials=basic("bob", BOB_KEY))
+        self.assertEqual((seen.status, errorCodes(seen)), (404, ["NAME_UNKNOWN"]))
+        self.assertEqual(
+            seen.body.replace(name.encode(), b"N"),
+            expected.body.replace(b"acme/nothing", b"N"),
+        )
+
+    def test_privateFleetMember(self) -> None:
+        """
+        A member of the fleet's organization pulls it with her own key.
+        """
+        repository = self.fixture.repository("acme/private-app", "1.0.0")
+        response = self.pull("acme/private-app", credentials=basic("alice", ALICE_KEY))
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(response.body, manifestFor(repository))
+
+    def test_upstreamRefusesFleet(self) -> None:
+        """
+        When the upstream refuses the client's credentials on a fleet's
+        repository, the answer is the NAME_UNKNOWN of a missing fleet.
+        """
+        self.registry.grants[None] = {}
+        self.assertLooksMissing("acme/public-app", "/v2/{}/manifests/latest")
+
+    def test_tokenServiceRefusesFleet(self) -> None:
+        """
+        When the upstream's token service refuses the client's credentials
+        for a fleet's repository, the answer is also that of a missing
+        fleet.
+        """
+        token = self.bearer(
+            ["repository:acme/public-app:pull"], basic("alice", ALICE_KEY)
+        )
+        self.registry.users["alice"] = "changed"
+        seen = self.get(b"/v2/acme/public-app/manifests/latest", token)
+        self.assertEqual((seen.status, errorCodes(seen)), (404, ["NAME_UNKNOWN"]))
+
+    def test_upstreamRefusesFleetBlob(self) -> None:
+        """
+        The same for a blob request.
+        """
+        self.registry.grants[None] = {}
+        self.assertLooksMissing("acme/public-app", "/v2/{}/blobs/sha256:" + "0" * 64)
+
+
+class FleetWithServerKeyTests(FleetTestCase):
+    """
+    With regproxy's own API_TOKEN configured (a key that sees the private
+    fleet), anonymous clients still learn nothing about private fleets.
+    """
+
+    apiToken = ALICE_KEY
+
+    def test_manifest(self) -> None:
+        """
+        The private fleet's target looks exactly like a missing fleet.
+        """
+        self.assertLooksMissing("acme/private-app", "/v2/{}/manifests/latest")
+
+    def test_unknownRelease(self) -> None:
+        """
+        So does an unknown release of the private fleet (no
+        MANIFEST_UNKNOWN that would reveal it exists).
+        """
+        self.assertLooksMissing("acme/private-app", "/v2/{}/manifests/9.9.9")
+        self.assertLooksMissing("acme/private-app", "/v2/{}/manifests/v1.0.0")
+
+    def test_knownRelease(self) -> None:
+        """
+        And so does a release that exists.
+        """
+        self.assertLooksMissing("acme/private-app", "/v2/{}/manifests/1.0.0")
+
+    def test_tags(self) -> None:
+        """
+        Its release list is not shown either.
+        """
+        self.assertLooksMissing("acme/private-app", "/v2/{}/tags/list")
+
+    def test_publicTags(self) -> None:
+        """
+        A public fleet's releases are listed for anonymous clients.
+        """
+        token = self.bearer(["repository:acme/public-app:pull"])
+        response = self.get(b"/v2/acme/public-app/tags/list", token)
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(
+            json.loads(response.body)["tags"], ["1.2.3", DRAFT_VERSION, "2.0.0"]
+        )
+
+    def test_memberTags(self) -> None:
+        """
+        A member lists the private fleet's releases with her own key.
+        """
+        token = self.bearer(
+            ["repository:acme/private-app:pull"], basic("alice", ALICE_KEY)
+        )
+        response = self.get(b"/v2/acme/private-app/tags/list", token)
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(json.loads(response.body)["tags"], ["1.0.0"])
+
+    def test_publicFleet(self) -> None:
+        """
+        Public fleets still resolve for anonymous clients.
+        """
+        response = self.pull("acme/public-app", "1.2.3")
+        self.assertEqual(response.status, 200, response.body)
+
+    def test_afterMember(self) -> None:
+        """
+        What a member pulled is not handed to an anonymous client
+        afterwards (from a cache of resolutions, upstream tokens or
+        manifests): the private fleet still looks missing to it.
+        """
+        for reference in ("latest", "1.0.0"):
+            response = self.pull(
+                "acme/private-app", reference, credentials=basic("alice", ALICE_KEY)
+            )
+            self.assertEqual(response.status, 200, response.body)
+        self.assertLooksMissing("acme/private-app", "/v2/{}/manifests/latest")
+        self.assertLooksMissing("acme/private-app", "/v2/{}/manifests/1.0.0")
+
+    def test_memberStillWorks(self) -> None:
+        """
+        A member logging in with her own key pulls the private fleet.
+        """
+        response = self.pull("acme/private-app", credentials=basic("alice", ALICE_KEY))
+        self.assertEqual(response.status, 200, response.body)
+
+
+class SecretsTests(FleetTestCase):
+    """
+    Passwords, API keys and tokens never show in answers or logs.
+    """
+
+    apiToken = "server-api-token-1234"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fixture.addUser("server", self.apiToken, ["acme"])
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_secretsStayHidden(self) -> None:
+        """
+        After logins (good and bad), token requests, pulls, denials and
+        errors, no response body other than a token answer holds a
+        password, API key or token, and no logged event does.
+        """
+        responses = []
+        ours = []
+        for credentials in (basic("alice", ALICE_KEY), None):
+            body = json.loads(
+                self.tokenResponse(
+                    ["repository:acme/private-app:pull"],
+                    credentials,
+                    offline_token="true",
+                ).body
+            )
+            ours.append(body["token"])
+            if "refresh_token" in body:
+                ours.append(body["refresh_token"])
+            token = b"Bearer " + body["token"].encode()
+            for path in (
+                b"/v2/acme/private-app/manifests/latest",
+                b"/v2/acme/private-app/manifests/v1.0.0",
+                b"/v2/acme/private-app/tags/list",
+                b"/v2/acme/public-app/manifests/9.9.9",
+                b"/v2/acme/multi/manifests/latest",
+            ):
+                responses.append(self.get(path, token))
+        responses.append(self.tokenResponse([], basic("alice", "wrong-" + ALICE_KEY)))
+        responses.append(
+            self.get(b"/v2/acme/public-app/tags/list", basic("alice", "x" + ALICE_KEY))
+        )
+        responses.append(
+            self.post(
+                {
+                    "grant_type": "password",
+                    "username": "alice",
+                    "password": "p4ss-" + ALICE_KEY,
+                }
+            )
+        )
+        self.balena.stop()
+        self.reactor.advance(400)
+        responses.append(self.pull("acme/public-app", "2.0.0", basic("bob", BOB_KEY)))
+        self.assertEqual(responses[0].status, 200)
+        secrets = (
+            [ALICE_KEY, BOB_KEY, self.apiToken] + ours + list(self.registry.tokens)
+        )
+        self.assertGreater(len(self.registry.tokens), 0)
+        for response in responses:
+            for secret in secrets:
+                self.assertNotIn(secret.encode(), response.body)
+                for _, value in response.headers:
+                    self.assertNotIn(secret.encode(), value)
+        for received in self.registry.received + self.registry.tokenRequests:
+            for values in received.headers.values():
+                for value in values:
+                    for token in ours:
+                        self.assertNotIn(token.encode(), value)
+        self.assertGreater(len(self.events), 0)
+        for event in self.events:
+            text = formatEvent(event) + repr(event)
+            failure = event.get("log_failure")
+            if failure is not None:
+                text += failure.getTraceback()
+            for secret in secrets:
+                self.assertNotIn(secret, text)
+
+
+class PropertyTests(BrokerTestCase):
+    """
+    Whatever a client sends, it gets a registry answer, never a crash.
+    """
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.lists(st.text(max_size=40), max_size=4))
+    def test_anyScopes(self, scopes: list[str]) -> None:
+        """
+        Any C{scope} values give an anonymous token granting only
+        well-formed scopes.
+        """
+        response = self.tokenResponse(scopes)
+        self.assertEqual(response.status, 200, response.body)
+        for entry in jwtPart(json.loads(response.body)["token"], 1)["access"]:
+            self.assertTrue(all(entry[k] for k in ("type", "name")))
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.binary(max_size=60))
+    def test_anyAuthorization(self, value: bytes) -> None:
+        """
+        Any Authorization header gets a 401 with our challenge (or is a
+        login the upstream accepts), never a 500.
+        """
+        # Control characters are refused by the HTTP parser before we see
+        # them; keep what a header can carry.
+        value = bytes(b for b in value if b >= 0x20 and b != 0x7F).strip()
+        for header in (value, b"Bearer " + value, b"Basic " + value):
+            response = self.get(b"/v2/lib/app/manifests/latest", header or None)
+            self.assertIn(response.status, (200, 401), header)
+            self.assertEqual(
+                json.loads(response.body).keys() >= {"errors"}, response.status == 401
+            )
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.text(max_size=80))
+    def test_anyRefreshToken(self, value: str) -> None:
+        """
+        Any refresh token we did not make is a 401.
+        """
+        response = self.post({"grant_type": "refresh_token", "refresh_token": value})
+        self.assertEqual(response.status, 401)
+        self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.binary(max_size=200)
+        | st.recursive(
+            st.none() | st.integers() | st.text(max_size=10),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(
+                    st.sampled_from(
+                        ["config", "layers", "manifests", "blobs", "digest"]
+                    ),
+                    inner,
+                    max_size=4,
+                )
+            ),
+            max_leaves=10,
+        ).map(lambda v: json.dumps(v).encode())
+    )
+    def test_manifestDigestsNeverCrash(self, body: bytes) -> None:
+        """
+        Any manifest body gives a list of digest strings.
+        """
+        digests = manifestDigests(body)
+        self.assertTrue(all(isinstance(d, str) for d in digests))
+
+    def test_manifestDigests(self) -> None:
+        """
+        A manifest's config and layers are its digests.
+        """
+        manifest = json.loads(manifestFor("x"))
+        self.assertEqual(
+            manifestDigests(manifestFor("x")),
+            [manifest["config"]["digest"], manifest["layers"][0]["digest"]],
+        )

@@ -1,0 +1,306 @@
+"""
+Tests for L{regproxy.tap}: the C{twistd regproxy} options and the service
+they build.
+"""
+
+import os
+import socket
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, IServiceMaker
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from regproxy.tap import Options, makeService
+
+
+class TapTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        # The options read the process environment; give each test one
+        # without the REGPROXY_ variables of whoever runs the suite.
+        self.environ = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("REGPROXY_")
+        }
+        self.patch(os, "environ", self.environ)
+        # Making the service writes keys into the state directory: never
+        # the real one.
+        self.environ["REGPROXY_STATE_DIR"] = os.path.abspath(self.mktemp())
+
+    def parse(self, *argv: str) -> Options:
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def assertExitsNaming(self, option: str, *argv: str) -> str:
+        """
+        Parsing C{argv} exits with one line that names C{option}.
+        """
+        exit = self.assertRaises(SystemExit, self.parse, *argv)
+        message = str(exit.code)
+        self.assertIsInstance(exit.code, str)
+        self.assertIn(option, message)
+        self.assertNotIn("\n", message)
+        return message
+
+
+class OptionsTests(TapTestCase):
+    """
+    L{Options} gives the configuration the flags, the environment and the
+    file say.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        With no options, regproxy listens on tcp:80 and with TLS on 5000,
+        and forwards to balenaCloud's registry.
+        """
+        config = self.parse().config
+        self.assertEqual(config.listen, ("tcp:80", "regproxy-tls:5000"))
+        self.assertEqual(config.upstream, "https://registry2.balena-cloud.com")
+        self.assertIsNone(config.public_url)
+
+    def test_flags(self) -> None:
+        """
+        Each flag sets its setting.
+        """
+        config = self.parse(
+            "--upstream",
+            "http://127.0.0.1:5000/",
+            "--public-url",
+            "https://proxy.local:5000",
+            "--state-dir",
+            "/srv/regproxy",
+            "--connect-timeout",
+            "2.5",
+            "--response-timeout",
+            "30",
+            "--listen",
+            "tcp:8080:interface=127.0.0.1",
+        ).config
+        self.assertEqual(config.upstream, "http://127.0.0.1:5000")
+        self.assertEqual(config.public_url, "https://proxy.local:5000")
+        self.assertEqual(config.state_dir, "/srv/regproxy")
+        self.assertEqual(config.connect_timeout, 2.5)
+        self.assertEqual(config.response_timeout, 30.0)
+        self.assertEqual(config.listen, ("tcp:8080:interface=127.0.0.1",))
+
+    def test_listenTwice(self) -> None:
+        """
+        If C{--listen} is given twice, there are two listeners, in order.
+        """
+        config = self.parse(
+            "--listen", "tcp:8080:interface=127.0.0.1", "--listen", "tcp:8081"
+        ).config
+        self.assertEqual(config.listen, ("tcp:8080:interface=127.0.0.1", "tcp:8081"))
+
+    def test_environment(self) -> None:
+        """
+        A setting left off the command line comes from the environment.
+        """
+        self.environ["REGPROXY_UPSTREAM"] = "http://env.example:5000"
+        self.environ["REGPROXY_LISTEN"] = "tcp:1,tcp:2"
+        config = self.parse().config
+        self.assertEqual(config.upstream, "http://env.example:5000")
+        self.assertEqual(config.listen, ("tcp:1", "tcp:2"))
+
+    def test_flagOverEnvironment(self) -> None:
+        """
+        A flag wins over the environment.
+        """
+        self.environ["REGPROXY_UPSTREAM"] = "http://env.example:5000"
+        self.environ["REGPROXY_LISTEN"] = "tcp:1,tcp:2"
+        config = self.parse(
+            "--upstream", "http://flag.example", "--listen", "tcp:3"
+        ).config
+        self.assertEqual(config.upstream, "http://flag.example")
+        self.assertEqual(config.listen, ("tcp:3",))
+
+    def test_configFile(self) -> None:
+        """
+        C{--config} names a TOML file whose settings lose to the
+        environment and the flags.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                'upstream = "http://file.example"\n'
+                'public-url = "http://file-public.example"\n'
+                "connect-timeout = 4\n"
+            )
+        self.environ["REGPROXY_PUBLIC_URL"] = "http://env-public.example"
+        config = self.parse("--config", path, "--connect-timeout", "1").config
+        self.assertEqual(config.upstream, "http://file.example")
+        self.assertEqual(config.public_url, "http://env-public.example")
+        self.assertEqual(config.connect_timeout, 1.0)
+
+    def test_configFromEnvironment(self) -> None:
+        """
+        C{REGPROXY_CONFIG} names the file when C{--config} is not given.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('upstream = "http://file.example"\n')
+        self.environ["REGPROXY_CONFIG"] = path
+        self.assertEqual(self.parse().config.upstream, "http://file.example")
+
+    def test_badFlag(self) -> None:
+        """
+        A bad value exits with one line naming the option.
+        """
+        message = self.assertExitsNaming(
+            "--connect-timeout", "--connect-timeout", "soon"
+        )
+        self.assertIn("soon", message)
+        self.assertExitsNaming("--upstream", "--upstream", "registry.example:5000")
+        self.assertExitsNaming("--public-url", "--public-url", "ftp://proxy")
+        self.assertExitsNaming("--listen", "--listen", "80")
+
+    def test_badEnvironment(self) -> None:
+        """
+        A bad value in the environment exits the same way, naming the
+        option and the variable.
+        """
+        self.environ["REGPROXY_RESPONSE_TIMEOUT"] = "-3"
+        message = self.assertExitsNaming("--response-timeout")
+        self.assertIn("REGPROXY_RESPONSE_TIMEOUT", message)
+
+    def test_badFile(self) -> None:
+        """
+        A missing configuration file exits with one line naming it.
+        """
+        path = self.mktemp()
+        message = self.assertExitsNaming("--config", "--config", path)
+        self.assertIn(path, message)
+
+    def test_unknownOption(self) -> None:
+        """
+        An unknown option is a usage error, as for any twistd plugin.
+        """
+        self.assertRaises(usage.UsageError, self.parse, "--upstreams", "http://a")
+
+    def test_help(self) -> None:
+        """
+        The help text lists the options the issue names as a contract, and
+        the defaults that matter.
+        """
+        text = str(Options())
+        for option in [
+            "--listen=",
+            "--upstream=",
+            "--public-url=",
+            "--state-dir=",
+            "--config=",
+            "--connect-timeout=",
+            "--response-timeout=",
+        ]:
+            self.assertIn(option, text)
+        self.assertIn("tcp:80", text)
+        self.assertIn("https://registry2.balena-cloud.com", text)
+
+
+class MakeServiceTests(TapTestCase):
+    """
+    L{makeService} makes one listener per C{--listen}, without starting any.
+    """
+
+    def startUp(self, *argv: str) -> IService:
+        return makeService(self.parse(*argv))
+
+    def listeners(self, *argv: str) -> list[StreamServerEndpointService]:
+        top = makeService(self.parse(*argv))
+        self.assertTrue(IService.providedBy(top))
+        self.assertFalse(top.running)
+        children = list(top)
+        for child in children:
+            self.assertIsInstance(child, StreamServerEndpointService)
+            self.assertFalse(child.running)
+        return children
+
+    def test_twoListeners(self) -> None:
+        """
+        If C{--listen} is given twice, there are two listeners, on the
+        addresses given.
+        """
+        first, second = self.listeners(
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--listen",
+            r"tcp6:0:interface=\:\:1",
+        )
+        self.assertIsInstance(first.endpoint, TCP4ServerEndpoint)
+        self.assertEqual(first.endpoint._interface, "127.0.0.1")
+        self.assertIsInstance(second.endpoint, TCP6ServerEndpoint)
+        self.assertEqual(second.endpoint._interface, "::1")
+        self.assertIs(first.factory, second.factory)
+
+    def test_defaultListener(self) -> None:
+        """
+        By default there are two listeners: plain HTTP on TCP port 80 and
+        TLS on port 5000.
+        """
+        from regproxy.tls.endpoint import TLSServerEndpoint
+
+        plain, tls = self.listeners()
+        self.assertIsInstance(plain.endpoint, TCP4ServerEndpoint)
+        self.assertEqual(plain.endpoint._port, 80)
+        self.assertIsInstance(tls.endpoint, TLSServerEndpoint)
+        self.assertIs(plain.factory, tls.factory)
+
+    def test_badEndpoint(self) -> None:
+        """
+        A listener description Twisted cannot read stops start-up with one
+        line naming C{--listen}, when the options are read or when the
+        service is made.
+        """
+        for description in ["nosuchkind:80", "tcp:notaport", "tcp:80:bogus=1"]:
+            exit = self.assertRaises(SystemExit, self.startUp, "--listen", description)
+            self.assertIn("--listen", str(exit.code))
+            self.assertNotIn("\n", str(exit.code))
+
+    def test_unusableCA(self) -> None:
+        """
+        An upstream CA file that cannot be read stops start-up with one line
+        naming the option.
+        """
+        path = self.mktemp()
+        options = self.parse("--upstream-ca", path)
+        exit = self.assertRaises(SystemExit, makeService, options)
+        self.assertIn("--upstream-ca", str(exit.code))
+        self.assertNotIn("\n", str(exit.code))
+
+    def test_portInUse(self) -> None:
+        """
+        A port that cannot be bound stops start-up with one line naming
+        C{--listen} and the address.
+        """
+        held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(held.close)
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        top = makeService(self.parse("--listen", f"tcp:{port}:interface=127.0.0.1"))
+        exit = self.assertRaises(SystemExit, top.privilegedStartService)
+        message = str(exit.code)
+        self.assertIn("--listen", message)
+        self.assertIn(str(port), message)
+        self.assertNotIn("\n", message)
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    twistd finds the C{regproxy} command.
+    """
+
+    def test_plugin(self) -> None:
+        """
+        The plugin named C{regproxy} uses L{regproxy.tap}.
+        """
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        self.assertIn("regproxy", makers)
+        maker = makers["regproxy"]
+        self.assertIs(maker.options, Options)
+        self.assertIs(maker.makeService, makeService)
