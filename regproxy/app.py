@@ -16,6 +16,8 @@ from twisted.web.iweb import IAgent
 from twisted.web.server import Site
 
 from regproxy.auth.access import AccessRules, AccessRulesError, loadAccessRules
+from regproxy.auth.broker import Broker
+from regproxy.auth.credentials import BasicCredentials
 from regproxy.auth.htpasswd import HtpasswdError, HtpasswdUsers, ThreadPoolRunner
 from regproxy.auth.jwt import (
     TokenIssuer,
@@ -25,22 +27,19 @@ from regproxy.auth.jwt import (
     loadOrCreateIssuer,
 )
 from regproxy.auth.sealing import Sealer, loadOrCreateKey
+from regproxy.auth.tokenresource import TokenResource
+from regproxy.auth.upstreamlogins import UpstreamLogins
 from regproxy.auth.users import HtpasswdLogins
 from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
 from regproxy.proxy.agent import NoCookies, makeUpstreamAgent
-from regproxy.proxy.brokered import (
-    Broker,
-    BrokeredRegistryResource,
-    TokenResource,
-    UpstreamLogins,
-)
+from regproxy.proxy.brokered import BrokeredRegistryResource
 from regproxy.proxy.passthrough import (
     RegistryResource,
     TokenPassthroughResource,
     UpstreamRealm,
 )
 from regproxy.proxy.relay import Forwarder
-from regproxy.proxy.upstreamauth import BasicCredentials, UpstreamAuthenticator
+from regproxy.proxy.upstreamauth import UpstreamAuthenticator
 from regproxy.resolve.balena import BalenaResolver
 from regproxy.resolve.cache import CachingResolver
 from regproxy.resolve.identity import IdentityResolver

@@ -14,10 +14,10 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from regproxy.auth.access import AccessRules
+from regproxy.auth.credentials import BasicCredentials
 from regproxy.auth.htpasswd import HtpasswdUsers, TooManyChecks
+from regproxy.auth.interfaces import Account, IAuthBackend, LoginFailed
 from regproxy.names.scope import Scope
-from regproxy.proxy.brokered import Account, IAuthBackend, LoginFailed
-from regproxy.proxy.upstreamauth import BasicCredentials
 from regproxy.server.errors import unavailable
 
 

@@ -17,22 +17,15 @@ repository with the client's own credentials, and forward.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
-from typing import Any
 from urllib.parse import quote
 
-import attrs
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Request
-from zope.interface import Interface, implementer
 
-from regproxy.auth.jwt import TokenError, TokenIssuer, TokenVerifier, tokenResponseBody
-from regproxy.auth.sealing import Sealer, SealError
-from regproxy.names.challenge import bearer
+from regproxy.auth.broker import Broker, requiredActions
+from regproxy.auth.interfaces import Account
 from regproxy.names.reference import (
     BASE,
     BLOBS,
@@ -44,10 +37,11 @@ from regproxy.names.reference import (
     RegistryPath,
     parsePath,
 )
-from regproxy.names.scope import Scope, parseScopes
+from regproxy.names.scope import Scope
 from regproxy.proxy.manifests import CachedManifest, ManifestCache, acceptable
 from regproxy.proxy.relay import Forwarder, forwardedRequestHeaders, relayHeaders
-from regproxy.proxy.upstreamauth import BasicCredentials, UpstreamAuthenticator
+from regproxy.proxy.upstreamauth import UpstreamAuthenticator
+from regproxy.resolve.digests import DigestLocations, manifestDigests
 from regproxy.resolve.interfaces import (
     SERVER,
     Credentials,
@@ -62,456 +56,13 @@ from regproxy.server.errors import (
     API_VERSION_HEADER,
     RegistryError,
 )
-from regproxy.server.rendering import TokenEndpoint, renderLater
-from regproxy.server.request import StreamingRequest
+from regproxy.server.rendering import renderLater
+from regproxy.server.request import StreamingRequest, firstArgument
 from regproxy.server.urls import Origin, publicBase, rewriteLocation
 
-_UPSTREAM_CREDENTIALS = "upstream-credentials"
-_REFRESH = "refresh-token"
-_SEALED_CLAIM = "rpx"
-# How long a refresh token (POST grant_type=password, access_type=offline)
-# stays good.
-REFRESH_LIFETIME = 30 * 24 * 3600
 # Manifests of fleet names are read whole to learn which real repository
 # their blobs live in; a manifest is small (the spec caps them at 4 MiB).
 MAX_MANIFEST = 4 * 1024 * 1024
-_MAX_REMEMBERED_DIGESTS = 65536
-
-
-class LoginFailed(Exception):
-    """
-    The credentials a client gave are wrong.
-    """
-
-
-@attrs.frozen
-class Account:
-    """
-    Who a client is to us.
-
-    @ivar name: The user name, or L{None} for an anonymous client.
-    @ivar upstream: The credentials to act with towards the upstream on
-        this client's behalf, or L{None}.
-    """
-
-    name: str | None = None
-    upstream: BasicCredentials | None = None
-
-
-class IAuthBackend(Interface):
-    """
-    Decides who a client is and what it may do.
-    """
-
-    def login(credentials: BasicCredentials | None) -> Deferred:
-        """
-        Fire with the L{Account} for C{credentials} (L{None}: anonymous), or
-        fail with L{LoginFailed}.
-        """
-
-    def grant(account: Account, scopes: tuple[Scope, ...]) -> tuple[Scope, ...]:
-        """
-        What of C{scopes} C{account} gets; a denial is an empty grant.
-        """
-
-    def upstreamCredentials(account: Account) -> BasicCredentials | None:
-        """
-        The credentials to reach the upstream with for C{account}.
-        """
-
-
-@implementer(IAuthBackend)
-@attrs.define
-class UpstreamLogins:
-    """
-    The upstream judges: a login is good when the upstream accepts it, and
-    every request goes upstream with the client's own credentials, so a
-    client gets exactly what the upstream would give it.  We grant what is
-    asked; the upstream enforces it.
-    """
-
-    authenticator: UpstreamAuthenticator
-    clock: IReactorTime
-    rememberFor: float = 60.0
-    _good: OrderedDict[str, float] = attrs.field(factory=OrderedDict)
-
-    def login(self, credentials: BasicCredentials | None) -> Deferred:
-        return Deferred.fromCoroutine(self._login(credentials))
-
-    async def _login(self, credentials: BasicCredentials | None) -> Account:
-        if credentials is None:
-            return Account()
-        now = self.clock.seconds()
-        if self._good.get(credentials.cacheKey, 0) > now:
-            return Account(credentials.username, credentials)
-        if not await self.authenticator.checkLogin(credentials):
-            raise LoginFailed()
-        self._good[credentials.cacheKey] = now + self.rememberFor
-        while len(self._good) > 4096:
-            self._good.popitem(last=False)
-        return Account(credentials.username, credentials)
-
-    def grant(self, account: Account, scopes: tuple[Scope, ...]) -> tuple[Scope, ...]:
-        return scopes
-
-    def upstreamCredentials(self, account: Account) -> BasicCredentials | None:
-        return account.upstream
-
-
-def requiredActions(method: bytes, kind: str) -> tuple[str, ...]:
-    """
-    The scope actions a request needs, as distribution requires them.
-    """
-    if method in (b"GET", b"HEAD"):
-        return ("pull",)
-    if method == b"DELETE":
-        return ("delete",)
-    return ("pull", "push")
-
-
-def _allowed(access: Any, name: str, actions: tuple[str, ...]) -> bool:
-    granted: set[str] = set()
-    if isinstance(access, list):
-        for entry in access:
-            if (
-                isinstance(entry, dict)
-                and entry.get("type") == "repository"
-                and entry.get("name") == name
-                and isinstance(entry.get("actions"), list)
-            ):
-                granted.update(a for a in entry["actions"] if isinstance(a, str))
-    return "*" in granted or all(action in granted for action in actions)
-
-
-@attrs.define
-class Broker:
-    """
-    Our tokens: issuing them at C{/token} and checking them on C{/v2/}.
-    """
-
-    issuer: TokenIssuer
-    verifier: TokenVerifier
-    sealer: Sealer
-    backend: IAuthBackend
-    serviceName: str
-    publicURL: str | None = None
-    _verified: OrderedDict[str, tuple[dict[str, Any], float]] = attrs.field(
-        factory=OrderedDict
-    )
-
-    _log = Logger()
-
-    def challengeFor(
-        self,
-        request: Request,
-        scope: Scope | None = None,
-        error: str | None = None,
-    ) -> tuple[tuple[bytes, bytes], ...]:
-        realm = publicBase(request, self.publicURL).decode("latin-1") + "/token"
-        params: dict[str, str] = {}
-        if scope is not None:
-            params["scope"] = scope.serialize()
-        if error is not None:
-            params["error"] = error
-        value = bearer(realm, self.serviceName, **params).serialize()
-        return ((b"WWW-Authenticate", value.encode("latin-1")),)
-
-    def unauthorized(
-        self,
-        request: Request,
-        message: str,
-        scope: Scope | None = None,
-        error: str | None = None,
-    ) -> RegistryError:
-        return RegistryError(
-            401,
-            "UNAUTHORIZED",
-            message,
-            None,
-            self.challengeFor(request, scope, error),
-        )
-
-    # Issuing
-
-    def issue(
-        self, account: Account, scopes: tuple[Scope, ...], service: str | None = None
-    ) -> Any:
-        """
-        Sign a token for C{account} with what it may have of C{scopes}.
-
-        @param service: The service the client asked for.  Only a backend
-            whose grants hold anywhere (our own users and rules) signs for
-            another service than ours, acting as a registry's token server.
-        """
-        audience = self.serviceName
-        if service and getattr(self.backend, "issuesForOtherServices", False):
-            audience = service
-        extra = {}
-        if account.upstream is not None:
-            extra[_SEALED_CLAIM] = self.sealer.sealJSON(
-                {"u": account.upstream.username, "p": account.upstream.password},
-                _UPSTREAM_CREDENTIALS,
-            )
-        granted = self.backend.grant(account, scopes)
-        return self.issuer.issue(account.name, audience, granted, extra)
-
-    def refreshToken(self, credentials: BasicCredentials) -> str:
-        expires = int(self.issuer.clock.seconds()) + REFRESH_LIFETIME
-        return self.sealer.sealJSON(
-            {"u": credentials.username, "p": credentials.password, "exp": expires},
-            _REFRESH,
-        )
-
-    def openRefreshToken(self, token: str) -> BasicCredentials | None:
-        try:
-            value = self.sealer.openJSON(token, _REFRESH)
-        except SealError:
-            return None
-        if (
-            not isinstance(value, dict)
-            or not isinstance(value.get("u"), str)
-            or not isinstance(value.get("p"), str)
-            or not isinstance(value.get("exp"), int)
-            or value["exp"] < self.issuer.clock.seconds()
-        ):
-            return None
-        return BasicCredentials(value["u"], value["p"])
-
-    # Checking
-
-    async def authorize(self, request: Request, path: RegistryPath) -> Account:
-        """
-        Who is asking, if our token (or Basic credentials) allows this
-        request.
-
-        @raise RegistryError: 401 with our challenge otherwise.
-        """
-        needed = None
-        if path.kind != BASE and path.name is not None:
-            needed = Scope(
-                "repository",
-                None,
-                path.name,
-                requiredActions(request.method, path.kind),
-            )
-        header = request.getHeader(b"authorization") or b""
-        if header[:7].lower() == b"bearer ":
-            try:
-                claims = self._verify(header[7:].strip().decode("latin-1"))
-            except TokenError:
-                raise self.unauthorized(
-                    request, "the token is invalid or expired", needed, "invalid_token"
-                ) from None
-            account = self._accountFromClaims(claims)
-            access = claims.get("access")
-        else:
-            credentials = BasicCredentials.fromHeader(header)
-            if credentials is None:
-                raise self.unauthorized(request, "authentication required", needed)
-            try:
-                account = await self.backend.login(credentials)
-            except LoginFailed:
-                raise self.unauthorized(
-                    request, "wrong user name or password"
-                ) from None
-            access = [
-                {"type": s.resourceType, "name": s.name, "actions": list(s.actions)}
-                for s in self.backend.grant(account, (needed,) if needed else ())
-            ]
-        if needed is not None and not _allowed(access, needed.name, needed.actions):
-            raise self.unauthorized(
-                request,
-                "the token does not grant this access",
-                needed,
-                "insufficient_scope",
-            )
-        return account
-
-    def _verify(self, token: str) -> dict[str, Any]:
-        """
-        Check a token, remembering good ones until they expire: a client
-        sends the same token on every request, and an ECDSA check per
-        request would cost more than the rest of the request.
-        """
-        now = self.issuer.clock.seconds()
-        known = self._verified.get(token)
-        if known is not None and known[1] > now:
-            return known[0]
-        claims = self.verifier.verify(token)
-        expires = claims.get("exp")
-        if isinstance(expires, (int, float)):
-            self._verified[token] = (claims, float(expires))
-            while len(self._verified) > 4096:
-                self._verified.popitem(last=False)
-        return claims
-
-    def _accountFromClaims(self, claims: dict[str, Any]) -> Account:
-        name = claims.get("sub") or None
-        sealed = claims.get(_SEALED_CLAIM)
-        upstream = None
-        if isinstance(sealed, str):
-            try:
-                value = self.sealer.openJSON(sealed, _UPSTREAM_CREDENTIALS)
-                upstream = BasicCredentials(str(value["u"]), str(value["p"]))
-            except (SealError, KeyError, TypeError):
-                upstream = None
-        return Account(name if isinstance(name, str) else None, upstream)
-
-
-def _first(request: Request, name: bytes) -> str | None:
-    # Twisted's stubs type args as None (its class default); it is a dict
-    # on a request being served.
-    values = request.args.get(name)  # type: ignore[attr-defined]
-    if not values:
-        return None
-    try:
-        return values[0].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-class TokenResource(TokenEndpoint):
-    """
-    C{/token}: GET (the Docker token flow: repeated C{scope}, C{service},
-    C{account}, C{client_id}, C{offline_token}) and POST (the OAuth2 form:
-    C{grant_type=password} or C{refresh_token}).  Without a scope it is a
-    C{docker login}: it succeeds when the credentials are good.
-    """
-
-    isLeaf = True
-    _log = Logger()
-
-    def __init__(self, broker: Broker) -> None:
-        super().__init__()
-        self._broker = broker
-
-    def render_GET(self, request: Request) -> object:
-        return self._start(request, self._get(request))
-
-    def render_POST(self, request: Request) -> object:
-        return self._start(request, self._post(request))
-
-    def _start(self, request: Request, coroutine: Any) -> object:
-        return renderLater(request, coroutine)
-
-    def _scopes(self, request: Request) -> tuple[Scope, ...]:
-        values = []
-        for raw in request.args.get(b"scope", []):  # type: ignore[attr-defined]
-            try:
-                values.append(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                continue
-        return parseScopes(values)
-
-    async def _login(
-        self, request: Request, credentials: BasicCredentials | None
-    ) -> Account:
-        try:
-            return await self._broker.backend.login(credentials)
-        except LoginFailed:
-            raise RegistryError(
-                401,
-                "UNAUTHORIZED",
-                "wrong user name or password",
-                None,
-                ((b"WWW-Authenticate", b'Basic realm="regproxy"'),),
-            ) from None
-
-    async def _get(self, request: Request) -> None:
-        credentials = BasicCredentials.fromHeader(request.getHeader(b"authorization"))
-        account = await self._login(request, credentials)
-        refresh = None
-        if credentials is not None and _first(request, b"offline_token") == "true":
-            refresh = self._broker.refreshToken(credentials)
-        self._answer(request, account, refresh)
-
-    async def _post(self, request: Request) -> None:
-        grantType = _first(request, b"grant_type")
-        credentials: BasicCredentials | None
-        if grantType == "password":
-            username = _first(request, b"username") or ""
-            password = _first(request, b"password") or ""
-            credentials = BasicCredentials(username, password)
-        elif grantType == "refresh_token":
-            credentials = self._broker.openRefreshToken(
-                _first(request, b"refresh_token") or ""
-            )
-            if credentials is None:
-                raise RegistryError(
-                    401, "UNAUTHORIZED", "the refresh token is invalid or expired"
-                )
-        else:
-            raise RegistryError(
-                400,
-                "UNSUPPORTED",
-                "grant_type must be password or refresh_token",
-            )
-        account = await self._login(request, credentials)
-        refresh = None
-        if grantType == "password" and _first(request, b"access_type") == "offline":
-            refresh = self._broker.refreshToken(credentials)
-        elif grantType == "refresh_token":
-            refresh = _first(request, b"refresh_token")
-        self._answer(request, account, refresh)
-
-    def _answer(self, request: Request, account: Account, refresh: str | None) -> None:
-        issued = self._broker.issue(
-            account, self._scopes(request), _first(request, b"service")
-        )
-        body = tokenResponseBody(issued, refresh)
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(b"Content-Length", b"%d" % (len(body),))
-        request.write(body)
-        request.finish()
-
-
-@attrs.define
-class DigestLocations:
-    """
-    Which real repository a digest was last seen in, per client name.
-
-    A client that pulls C{org/fleet:1.2.3} asks for that release's blobs
-    (and, for a multi-platform index, its child manifests) as
-    C{org/fleet/blobs/<digest>}: the tag is gone from the request.  The
-    manifest we relayed named those digests, so we remember where they live.
-    """
-
-    maxSize: int = _MAX_REMEMBERED_DIGESTS
-    _where: OrderedDict[tuple[str, str], str] = attrs.field(factory=OrderedDict)
-
-    def remember(self, name: str, digests: list[str], repository: str) -> None:
-        for digest in digests:
-            key = (name, digest)
-            self._where[key] = repository
-            self._where.move_to_end(key)
-        while len(self._where) > self.maxSize:
-            self._where.popitem(last=False)
-
-    def find(self, name: str, digest: str) -> str | None:
-        return self._where.get((name, digest))
-
-
-def manifestDigests(body: bytes) -> list[str]:
-    """
-    The digests a manifest or index refers to.
-    """
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return []
-    found = []
-    if isinstance(document, dict):
-        for key in ("config",):
-            entry = document.get(key)
-            if isinstance(entry, dict) and isinstance(entry.get("digest"), str):
-                found.append(entry["digest"])
-        for key in ("layers", "manifests", "blobs"):
-            entries = document.get(key)
-            for entry in entries if isinstance(entries, list) else []:
-                if isinstance(entry, dict) and isinstance(entry.get("digest"), str):
-                    found.append(entry["digest"])
-    return found
 
 
 class BrokeredRegistryResource(Resource):
@@ -843,10 +394,10 @@ class BrokeredRegistryResource(Resource):
         the distribution spec says.
         """
         tags = sorted(set(tags))
-        last = _first(request, b"last")
+        last = firstArgument(request, b"last")
         if last is not None:
             tags = [tag for tag in tags if tag > last]
-        limit = _first(request, b"n")
+        limit = firstArgument(request, b"n")
         if limit is not None:
             try:
                 count = int(limit)

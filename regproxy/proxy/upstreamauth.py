@@ -13,7 +13,6 @@ used here: what a client pulls is what its own credentials allow.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections import OrderedDict
 from typing import Any
@@ -27,6 +26,7 @@ from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
+from regproxy.auth.credentials import BasicCredentials
 from regproxy.names.challenge import ChallengeParseError, parseChallenges
 from regproxy.server.errors import RegistryError, unavailable
 from regproxy.server.urls import Origin
@@ -38,41 +38,6 @@ _DEFAULT_LIFETIME = 60
 _MAX_CACHED = 4096
 # A token service's answer is a small JSON document.
 _MAX_TOKEN_BODY = 1024 * 1024
-
-
-@attrs.frozen
-class BasicCredentials:
-    """
-    A user name and password a client gave us.
-    """
-
-    username: str
-    password: str = attrs.field(repr=False)
-
-    def header(self) -> bytes:
-        raw = f"{self.username}:{self.password}".encode("utf-8")
-        return b"Basic " + base64.b64encode(raw)
-
-    @property
-    def cacheKey(self) -> str:
-        digest = hashlib.sha256(f"{self.username}\0{self.password}".encode("utf-8"))
-        return digest.hexdigest()[:32]
-
-    @classmethod
-    def fromHeader(cls, value: bytes | None) -> BasicCredentials | None:
-        """
-        Parse C{Authorization: Basic ...}; L{None} for anything else.
-        """
-        if not value or not value[:6].lower() == b"basic ":
-            return None
-        try:
-            decoded = base64.b64decode(value[6:].strip(), validate=True).decode("utf-8")
-        except (ValueError, UnicodeDecodeError):
-            return None
-        username, colon, password = decoded.partition(":")
-        if not colon:
-            return None
-        return cls(username, password)
 
 
 @attrs.frozen

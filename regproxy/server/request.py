@@ -193,3 +193,18 @@ class StreamingRequest(Request):
         if self.bodyStream is not None:
             self.bodyStream.connectionLost(reason)
         super().connectionLost(reason)
+
+
+def firstArgument(request: Request, name: bytes) -> str | None:
+    """
+    The first value of query or form argument C{name}, if it is UTF-8.
+    """
+    # Twisted's stubs type args as None (its class default); it is a dict
+    # on a request being served.
+    values = request.args.get(name)  # type: ignore[attr-defined]
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return None

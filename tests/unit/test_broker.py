@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.app import makeSite
 from regproxy.config import Config
-from regproxy.proxy.brokered import manifestDigests
+from regproxy.resolve.digests import manifestDigests
 from regproxy.testing.fakebalena import (
     ALICE_KEY,
     BOB_KEY,

@@ -19,11 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from regproxy.proxy.upstreamauth import (
-    BasicCredentials,
-    UpstreamAuthenticator,
-    _parseTokenResponse,
-)
+from regproxy.auth.credentials import BasicCredentials
+from regproxy.proxy.upstreamauth import UpstreamAuthenticator, _parseTokenResponse
 from regproxy.server.errors import RegistryError
 from regproxy.server.urls import Origin
 from regproxy.testing.fakeregistry import (

@@ -24,12 +24,12 @@ from zope.interface.verify import verifyObject
 import regproxy.app
 from regproxy.app import makeSite
 from regproxy.auth.access import AccessRules, parseAccessRules
+from regproxy.auth.credentials import BasicCredentials
 from regproxy.auth.htpasswd import HtpasswdUsers, ThreadPoolRunner, runNow
+from regproxy.auth.interfaces import Account, IAuthBackend, LoginFailed
 from regproxy.auth.users import HtpasswdLogins
 from regproxy.config import Config
 from regproxy.names.scope import Scope
-from regproxy.proxy.brokered import Account, IAuthBackend, LoginFailed
-from regproxy.proxy.upstreamauth import BasicCredentials
 from regproxy.server.errors import RegistryError
 from regproxy.testing.fakeregistry import BASIC, UPSTREAM, FakeRegistry, manifestFor
 from tests.httpclient import RawClient, RawResponse

@@ -1,0 +1,122 @@
+# -*- test-case-name: tests.unit.test_broker -*-
+"""
+Our C{/token}: the Docker token flow (GET) and the OAuth2 form (POST).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from regproxy.auth.broker import Broker
+from regproxy.auth.credentials import BasicCredentials
+from regproxy.auth.interfaces import Account, LoginFailed
+from regproxy.auth.jwt import tokenResponseBody
+from regproxy.names.scope import Scope, parseScopes
+from regproxy.server.errors import RegistryError
+from regproxy.server.rendering import TokenEndpoint, renderLater
+from regproxy.server.request import firstArgument
+
+
+class TokenResource(TokenEndpoint):
+    """
+    C{/token}: GET (the Docker token flow: repeated C{scope}, C{service},
+    C{account}, C{client_id}, C{offline_token}) and POST (the OAuth2 form:
+    C{grant_type=password} or C{refresh_token}).  Without a scope it is a
+    C{docker login}: it succeeds when the credentials are good.
+    """
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, broker: Broker) -> None:
+        super().__init__()
+        self._broker = broker
+
+    def render_GET(self, request: Request) -> object:
+        return self._start(request, self._get(request))
+
+    def render_POST(self, request: Request) -> object:
+        return self._start(request, self._post(request))
+
+    def _start(self, request: Request, coroutine: Any) -> object:
+        return renderLater(request, coroutine)
+
+    def _scopes(self, request: Request) -> tuple[Scope, ...]:
+        values = []
+        for raw in request.args.get(b"scope", []):  # type: ignore[attr-defined]
+            try:
+                values.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                continue
+        return parseScopes(values)
+
+    async def _login(
+        self, request: Request, credentials: BasicCredentials | None
+    ) -> Account:
+        try:
+            return await self._broker.backend.login(credentials)
+        except LoginFailed:
+            raise RegistryError(
+                401,
+                "UNAUTHORIZED",
+                "wrong user name or password",
+                None,
+                ((b"WWW-Authenticate", b'Basic realm="regproxy"'),),
+            ) from None
+
+    async def _get(self, request: Request) -> None:
+        credentials = BasicCredentials.fromHeader(request.getHeader(b"authorization"))
+        account = await self._login(request, credentials)
+        refresh = None
+        if (
+            credentials is not None
+            and firstArgument(request, b"offline_token") == "true"
+        ):
+            refresh = self._broker.refreshToken(credentials)
+        self._answer(request, account, refresh)
+
+    async def _post(self, request: Request) -> None:
+        grantType = firstArgument(request, b"grant_type")
+        credentials: BasicCredentials | None
+        if grantType == "password":
+            username = firstArgument(request, b"username") or ""
+            password = firstArgument(request, b"password") or ""
+            credentials = BasicCredentials(username, password)
+        elif grantType == "refresh_token":
+            credentials = self._broker.openRefreshToken(
+                firstArgument(request, b"refresh_token") or ""
+            )
+            if credentials is None:
+                raise RegistryError(
+                    401, "UNAUTHORIZED", "the refresh token is invalid or expired"
+                )
+        else:
+            raise RegistryError(
+                400,
+                "UNSUPPORTED",
+                "grant_type must be password or refresh_token",
+            )
+        account = await self._login(request, credentials)
+        refresh = None
+        if (
+            grantType == "password"
+            and firstArgument(request, b"access_type") == "offline"
+        ):
+            refresh = self._broker.refreshToken(credentials)
+        elif grantType == "refresh_token":
+            refresh = firstArgument(request, b"refresh_token")
+        self._answer(request, account, refresh)
+
+    def _answer(self, request: Request, account: Account, refresh: str | None) -> None:
+        issued = self._broker.issue(
+            account, self._scopes(request), firstArgument(request, b"service")
+        )
+        body = tokenResponseBody(issued, refresh)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"Content-Length", b"%d" % (len(body),))
+        request.write(body)
+        request.finish()
