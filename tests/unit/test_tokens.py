@@ -28,18 +28,16 @@ from regproxy.auth.jwt import (
     TokenError,
     TokenIssuer,
     TokenVerifier,
-    certificatePEM,
     generateIssuerKeyAndCertificate,
     issuerFromOpenBalenaEnvironment,
     loadIssuer,
     loadOrCreateIssuer,
-    parseCertificates,
-    parsePrivateKey,
-    privateKeyPEM,
+    parseSigningKey,
     tokenResponseBody,
 )
 from regproxy.auth.libtrust import base64url, keyID
 from regproxy.names.scope import Scope
+from regproxy.tls.pem import certificatePEM, parseCertificates, privateKeyPEM
 
 NOW = 1_800_000_000
 _KEY, _CERT = generateIssuerKeyAndCertificate("issuer.test")
@@ -459,7 +457,7 @@ class KeyFileTests(SynchronousTestCase):
         verifier = TokenVerifier.forKeys(
             "issuer.test",
             "r",
-            [c.public_key() for c in parseCertificates(certificatePEM(_CERT))],
+            [c.public_key() for c in parseCertificates(certificatePEM(_CERT), "c")],
             clock,
         )
         self.assertEqual(verifier.verify(token)["sub"], "a")
@@ -476,7 +474,9 @@ class KeyFileTests(SynchronousTestCase):
             serialization.NoEncryption(),
         )
         self.assertIn(b"EC PRIVATE KEY", pem)
-        self.assertEqual(parsePrivateKey(pem).private_numbers(), _KEY.private_numbers())
+        self.assertEqual(
+            parseSigningKey(pem, "k").private_numbers(), _KEY.private_numbers()
+        )
 
     def test_missingFile(self) -> None:
         """
@@ -496,8 +496,22 @@ class KeyFileTests(SynchronousTestCase):
         """
         A certificate given as the key is refused with a reason.
         """
-        self.assertRaises(ValueError, parsePrivateKey, certificatePEM(_CERT))
-        self.assertRaises(ValueError, parseCertificates, b"nothing here")
+        error = self.assertRaises(
+            ValueError, parseSigningKey, certificatePEM(_CERT), "token key k.pem"
+        )
+        self.assertEqual(str(error), "token key k.pem holds no PEM private key")
+        p384 = ec.generate_private_key(ec.SECP384R1())
+        error = self.assertRaises(
+            ValueError, parseSigningKey, privateKeyPEM(p384), "token key k.pem"
+        )
+        self.assertEqual(
+            str(error),
+            "token key k.pem: ES256 needs a P-256 (prime256v1) EC private key",
+        )
+        error = self.assertRaises(
+            ValueError, parseCertificates, b"nothing here", "token certificate c"
+        )
+        self.assertEqual(str(error), "token certificate c holds no PEM certificate")
 
 
 class StateDirectoryIssuerTests(SynchronousTestCase):
@@ -622,7 +636,10 @@ class OpenBalenaEnvironmentTests(SynchronousTestCase):
                 },
                 "not for this private key",
             ),
-            ({"REGISTRY_TOKEN_AUTH_CERT": _b64(b"junk")}, "REGISTRY_TOKEN_AUTH_CERT: "),
+            (
+                {"REGISTRY_TOKEN_AUTH_CERT": _b64(b"junk")},
+                "REGISTRY_TOKEN_AUTH_CERT holds no PEM certificate",
+            ),
         ]
         for changes, expected in cases:
             error = self.assertRaises(
