@@ -150,7 +150,7 @@ class MDNSService(Service):
     def _addressList(self) -> list[str]:
         if self._addresses is not None:
             return list(self._addresses)
-        from regproxy.tls.certificates import interfaceAddresses
+        from regproxy.tls.hostnames import interfaceAddresses
 
         return [str(a) for a in interfaceAddresses()]
 

@@ -9,7 +9,8 @@ import os
 from typing import Any
 
 import attrs
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
@@ -91,7 +92,21 @@ class RegproxyService(service.MultiService):
     """
     All of regproxy's services; a listener that cannot bind stops start-up
     with one line saying which, instead of a traceback.
+
+    @ivar tlsEndpoints: The C{regproxy-tls} listeners, for L{reloadTLS}.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tlsEndpoints: list[Any] = []
+
+    def reloadTLS(self) -> None:
+        """
+        Re-read the TLS certificate files and renew the local CA's server
+        certificate if the names changed (for C{SIGHUP}).
+        """
+        for endpoint in self.tlsEndpoints:
+            endpoint.reload()
 
     def privilegedStartService(self) -> None:
         try:
@@ -120,7 +135,7 @@ def makeService(options: Options) -> service.IService:
 
     from regproxy.app import makeSite
     from regproxy.mdns import MDNSService, portsFromListen
-    from regproxy.tls.endpoint import withConfig
+    from regproxy.tls.endpoint import TLSDefaults, TLSServerEndpoint, serverEndpoint
 
     config: Config = options.config
     top = RegproxyService()
@@ -128,13 +143,19 @@ def makeService(options: Options) -> service.IService:
         site = makeSite(config, reactor)
     except (OSError, ValueError) as e:
         raise SystemExit(f"regproxy: {e}") from None
+    defaults = TLSDefaults(config.state_dir, config.tls_name)
     for description in config.listen:
         try:
-            listener = strports.service(withConfig(description, config), site)
+            endpoint = serverEndpoint(reactor, description, defaults)
         except (ValueError, TypeError, KeyError) as e:  # includes EndpointError
             raise SystemExit(
                 f"regproxy: --listen: cannot use {description!r}: {e}"
             ) from None
+        if isinstance(endpoint, TLSServerEndpoint):
+            top.tlsEndpoints.append(endpoint)
+        listener = StreamServerEndpointService(endpoint, site)
+        # As strports.service does: a port that cannot be bound stops start-up.
+        listener._raiseSynchronously = True
         listener.setServiceParent(top)
     if config.mdns:
         httpPorts, httpsPorts = portsFromListen(config.listen)

@@ -250,6 +250,32 @@ class MakeServiceTests(TapTestCase):
         self.assertIsInstance(tls.endpoint, TLSServerEndpoint)
         self.assertIs(plain.factory, tls.factory)
 
+    def test_reloadTLS(self) -> None:
+        """
+        C{reloadTLS} (for C{SIGHUP}) re-reads every TLS listener's
+        certificate files.
+        """
+        from regproxy.tls.hostnames import SubjectNames
+        from regproxy.tls.selfsigned import generateSelfSigned
+
+        bundle = os.path.abspath(self.mktemp())
+
+        def write(name: str) -> None:
+            made = generateSelfSigned(SubjectNames([name], []))
+            with open(bundle, "wb") as f:
+                f.write(made.certificatePEM() + made.keyPEM())
+
+        write("first.example")
+        top = makeService(
+            self.parse("--listen", f"regproxy-tls:0:interface=127.0.0.1:cert={bundle}")
+        )
+        [endpoint] = top.tlsEndpoints
+        write("second.example")
+        top.reloadTLS()
+        self.assertEqual(
+            endpoint.creator.certificates.default.names.dnsNames, ("second.example",)
+        )
+
     def test_badEndpoint(self) -> None:
         """
         A listener description Twisted cannot read stops start-up with one

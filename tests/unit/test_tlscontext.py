@@ -14,8 +14,10 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from regproxy.tls.certificates import CertificateError, SubjectNames, generateSelfSigned
 from regproxy.tls.context import CertificateFiles, ReloadingServerContext
+from regproxy.tls.hostnames import SubjectNames
+from regproxy.tls.pem import CertificateError, fingerprint
+from regproxy.tls.selfsigned import generateSelfSigned
 
 LOOPBACK = [ipaddress.ip_address("127.0.0.1")]
 
@@ -267,8 +269,6 @@ class ReloadTests(SynchronousTestCase):
         )
 
     def fingerprintSeen(self) -> str:
-        from regproxy.tls.certificates import fingerprint
-
         return fingerprint(
             handshake(self.creator).get_peer_certificate().to_cryptography()
         )
