@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 #: Endpoint types whose ports speak HTTP, and HTTPS.
-PLAIN_TYPES = ("tcp", "tcp6")
+PLAIN_TYPES = ("tcp", "tcp6", "regproxy-tcp")
 TLS_TYPES = ("regproxy-tls", "ssl")
 
 

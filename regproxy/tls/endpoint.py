@@ -7,7 +7,9 @@ flag (and C{strports.service}) as C{tcp:80}::
                 [:cert=PATH[:key=PATH][:chain=PATH]][:certs=DIR]
                 [:stateDir=DIR][:name=NAME,NAME...]
 
-It wraps an inner TCP endpoint (as txsni does) on the C{interface} given.
+It wraps an inner TCP endpoint (as txsni does): with no C{interface} that
+is every IPv4 and IPv6 address (L{regproxy.tls.dualstack}), otherwise the
+one address given.
 
 With no C{cert}, the server certificate is signed by a local CA kept in
 C{stateDir/tls/} (see L{regproxy.tls.localca}) and renewed while running
@@ -47,6 +49,11 @@ from zope.interface import implementer
 
 from regproxy.tls.context import CertificateFiles, ReloadingServerContext
 from regproxy.tls.describe import clientSetup
+from regproxy.tls.dualstack import (
+    PLAIN_PREFIX,
+    DualStackServerEndpoint,
+    PlainEndpointParser,
+)
 from regproxy.tls.hostnames import SubjectNames, hostsFor, localNames, parseName
 from regproxy.tls.pem import CertificateError
 from regproxy.tls.renewal import RenewingServerContext
@@ -219,9 +226,11 @@ class TLSDefaults:
 
 def innerEndpoint(reactor: Any, spec: TLSListenerSpec) -> Any:
     """
-    The TCP endpoint under the TLS: the interface given, or every IPv4
-    address.
+    The TCP endpoint under the TLS: every address of both families when no
+    interface is given, else that one.
     """
+    if spec.interface == "":
+        return DualStackServerEndpoint(reactor, spec.port, spec.backlog)
     endpointType = TCP6ServerEndpoint if ":" in spec.interface else TCP4ServerEndpoint
     return endpointType(reactor, spec.port, spec.backlog, spec.interface)
 
@@ -335,7 +344,8 @@ def serverEndpoint(
 ) -> interfaces.IStreamServerEndpoint:
     """
     C{serverFromString}, except that a C{regproxy-tls} listener gets the
-    daemon's settings as values rather than through the environment.
+    daemon's settings as values rather than through the environment, and
+    that C{regproxy-tcp} and C{regproxy-tls} need no plugin lookup.
 
     @raise ValueError: The description cannot be used (an L{EndpointError}
         for ours).
@@ -348,6 +358,10 @@ def serverEndpoint(
         ) from None
     if args and args[0] == PREFIX:
         return makeEndpoint(reactor, parseArguments(args[1:], kwargs), defaults)
+    if args and args[0] == PLAIN_PREFIX:
+        # Ours too: found without the plugin system, so an older copy of
+        # the plugin file installed elsewhere cannot hide it.
+        return PlainEndpointParser().parseStreamServer(reactor, *args[1:], **kwargs)
     return serverFromString(reactor, description)
 
 

@@ -25,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from regproxy.tls.certificates import loadCertifiedKey
+from regproxy.tls.dualstack import DualStackServerEndpoint
 from regproxy.tls.endpoint import (
     EndpointError,
     TLSDefaults,
@@ -265,10 +266,11 @@ class ServerFromStringTests(SynchronousTestCase):
 
     def test_inner(self) -> None:
         """
-        The TLS wraps an inner endpoint of the family of the address given.
+        The TLS wraps an inner endpoint: both families with no interface,
+        else the family of the address given.
         """
         for interface, kind in (
-            ("", TCP4ServerEndpoint),
+            ("", DualStackServerEndpoint),
             ("127.0.0.1", TCP4ServerEndpoint),
             ("\\:\\:1", TCP6ServerEndpoint),
         ):
