@@ -15,18 +15,9 @@ from typing import Any
 import attrs
 from cryptography import x509
 
+from regproxy.tls import pem
 from regproxy.tls.hostnames import SubjectNames
-from regproxy.tls.pem import (
-    CertificateError,
-    certificatePEM,
-    fingerprint,
-    isKeyOf,
-    loadCertificates,
-    parseCertificates,
-    parsePrivateKey,
-    privateKeyPEM,
-    readFile,
-)
+from regproxy.tls.pem import CertificateError
 
 
 def utcnow() -> datetime.datetime:
@@ -47,7 +38,7 @@ class CertifiedKey:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.certificate)
+        return pem.fingerprint(self.certificate)
 
     @property
     def names(self) -> SubjectNames:
@@ -58,10 +49,10 @@ class CertifiedKey:
         return self.certificate.not_valid_after_utc
 
     def certificatePEM(self) -> bytes:
-        return certificatePEM(self.certificate)
+        return pem.certificatePEM(self.certificate)
 
     def keyPEM(self) -> bytes:
-        return privateKeyPEM(self.key)
+        return pem.privateKeyPEM(self.key)
 
 
 def checkCertifiedKey(
@@ -75,7 +66,7 @@ def checkCertifiedKey(
     leaf = certifiedKey.certificate
     if not hasattr(certifiedKey.key, "public_key"):
         raise CertificateError(f"{where}: not a private key")
-    if not isKeyOf(certifiedKey.key, leaf):
+    if not pem.isKeyOf(certifiedKey.key, leaf):
         raise CertificateError(f"{where}: the key does not match the certificate")
     if leaf.not_valid_after_utc <= now:
         raise CertificateError(
@@ -104,15 +95,15 @@ def loadCertifiedKey(
 
     @raise CertificateError: With a one-line reason.
     """
-    certData = readFile(certPath, "certificate")
-    certificates = parseCertificates(certData, f"certificate {certPath}")
-    key = parsePrivateKey(
-        readFile(keyPath, "key") if keyPath else certData,
+    certData = pem.readFile(certPath, "certificate")
+    certificates = pem.parseCertificates(certData, f"certificate {certPath}")
+    key = pem.parsePrivateKey(
+        pem.readFile(keyPath, "key") if keyPath else certData,
         f"key {keyPath or certPath}",
     )
     chain = certificates[1:]
     if chainPath:
-        chain += loadCertificates(chainPath, "chain")
+        chain += pem.loadCertificates(chainPath, "chain")
     return checkCertifiedKey(
         CertifiedKey(certificates[0], key, tuple(chain)), certPath, now
     )

@@ -100,6 +100,27 @@ def _subject(commonName: str) -> x509.Name:
     )
 
 
+def _forServer(
+    builder: x509.CertificateBuilder,
+    names: SubjectNames,
+    issuerKey: ec.EllipticCurvePrivateKey,
+) -> x509.CertificateBuilder:
+    """
+    What makes a certificate a server's: for server authentication, for
+    C{names}, naming the key that signs it.
+    """
+    return (
+        builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(names.subjectAlternativeName(), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuerKey.public_key()),
+            critical=False,
+        )
+    )
+
+
 def generateCA(commonName: str, now: datetime.datetime | None = None) -> CertifiedKey:
     """
     A new EC P-256 key and a self-signed CA certificate for it that may
@@ -123,7 +144,7 @@ def issueServerCertificate(
     now = now or utcnow()
     key = ec.generate_private_key(ec.SECP256R1())
     notAfter = min(now + SERVER_LIFETIME, ca.notAfter)
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(_subject((names.dnsNames or ("regproxy",))[0]))
         .issuer_name(ca.certificate.subject)
@@ -134,19 +155,11 @@ def issueServerCertificate(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
         .add_extension(_keyUsage(signCertificates=False), critical=True)
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(names.subjectAlternativeName(), critical=False)
-        .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
             critical=False,
         )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
     )
+    certificate = _forServer(builder, names, ca.key).sign(ca.key, hashes.SHA256())
     return CertifiedKey(certificate, key)
 
 
@@ -160,22 +173,12 @@ def generateSelfSigned(
     """
     now = now or utcnow()
     key = ec.generate_private_key(ec.SECP256R1())
-    certificate = (
-        selfSignedBuilder(
-            key,
-            _subject((names.dnsNames or ("regproxy",))[0]),
-            now - _BACKDATE,
-            now + SELF_SIGNED_LIFETIME,
-            pathLength=0,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(names.subjectAlternativeName(), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
+    builder = selfSignedBuilder(
+        key,
+        _subject((names.dnsNames or ("regproxy",))[0]),
+        now - _BACKDATE,
+        now + SELF_SIGNED_LIFETIME,
+        pathLength=0,
     )
+    certificate = _forServer(builder, names, key).sign(key, hashes.SHA256())
     return CertifiedKey(certificate, key)
