@@ -6,7 +6,7 @@ The C{twistd regproxy} command: its L{Options} and L{makeService}.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application import service
@@ -15,6 +15,9 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from regproxy.config import Config, ConfigError, loadConfig, optionName, settings
+
+if TYPE_CHECKING:
+    from regproxy.tls.endpoint import TLSServerEndpoint
 
 
 def _repeatableHandler(name: str):
@@ -98,7 +101,7 @@ class RegproxyService(service.MultiService):
 
     def __init__(self) -> None:
         super().__init__()
-        self.tlsEndpoints: list[Any] = []
+        self.tlsEndpoints: list[TLSServerEndpoint] = []
 
     def reloadTLS(self) -> None:
         """
