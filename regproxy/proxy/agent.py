@@ -17,7 +17,6 @@ from twisted.web.client import (
     HTTPConnectionPool,
     _HTTP11ClientFactory,
 )
-from twisted.web.iweb import IAgent
 
 from regproxy.config import Config
 from regproxy.tls.pem import CertificateError, loadCertificates
@@ -65,7 +64,7 @@ class _QuietClientFactory(_HTTP11ClientFactory):
     noisy = False
 
 
-def makeUpstreamAgent(reactor, config: Config) -> IAgent:
+def makeUpstreamAgent(reactor, config: Config) -> Agent:
     """
     An L{Agent} for the upstream, with a persistent connection pool.
     """
