@@ -130,7 +130,7 @@ def _describeBindFailure(e: CannotListenError) -> str:
     return f"cannot listen on {where}: {reason}"
 
 
-def makeService(options: Options) -> service.IService:
+def makeService(options: Options) -> RegproxyService:
     """
     Build the listeners and the resource tree from the options.
     """

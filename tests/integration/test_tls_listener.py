@@ -13,6 +13,7 @@ import ipaddress
 import os
 import re
 import shutil
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -477,14 +478,14 @@ class WalkthroughTests(TestCase):
         config = Config(upstream=registry.url, listen=(), state_dir=stateDir)
         agent = makeUpstreamAgent(reactor, config)
         factory = TrackingFactory(makeSite(config, reactor, agent=agent))
-        tlsPort = await serverEndpoint(
+        tlsPort: Any = await serverEndpoint(
             reactor,
             "regproxy-tls:0:interface=127.0.0.1",
             TLSDefaults(config.state_dir, config.tls_name),
         ).listen(factory)
-        plainPort = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
-            factory
-        )
+        plainPort: Any = await serverFromString(
+            reactor, "tcp:0:interface=127.0.0.1"
+        ).listen(factory)
 
         async def stop() -> None:
             await factory.whenIdle()
@@ -547,7 +548,7 @@ class DefaultListenerTests(TestCase):
             kind, _, _ = description.partition(":")
             anyPort = re.sub(r"\A([a-z-]+):\d+", r"\1:0", description)
             endpoint = serverEndpoint(reactor, anyPort, TLSDefaults(stateDir))
-            port = await endpoint.listen(site)
+            port: Any = await endpoint.listen(site)
             self.addCleanup(port.stopListening)
             ports[kind] = port.getHost().port
         caFile = SelfSignedPaths.inStateDir(stateDir).ca
@@ -601,7 +602,7 @@ class TrustKeptTests(TestCase):
         self.site, _ = makeTestSite(self.stateDir)
 
     async def listen(self) -> int:
-        port = await self.endpoint.listen(self.site)
+        port: Any = await self.endpoint.listen(self.site)
         self.addCleanup(port.stopListening)
         return port.getHost().port
 

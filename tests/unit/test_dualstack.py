@@ -109,7 +109,7 @@ class PlainDescriptionTests(SynchronousTestCase):
         endpoint = serverEndpoint(
             MemoryReactor(), "regproxy-tcp:8080:backlog=9", TLSDefaults(self.mktemp())
         )
-        self.assertIsInstance(endpoint, DualStackServerEndpoint)
+        assert isinstance(endpoint, DualStackServerEndpoint)
         self.assertEqual((endpoint._port, endpoint._backlog), (8080, 9))
 
     def test_errors(self) -> None:

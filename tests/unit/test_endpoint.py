@@ -36,6 +36,7 @@ from regproxy.tls.endpoint import (
 )
 from regproxy.tls.hostnames import SubjectNames
 from regproxy.tls.localca import SelfSignedPaths
+from regproxy.tls.renewal import RenewingServerContext
 from regproxy.tls.selfsigned import generateSelfSigned
 
 labels = st.text(
@@ -345,8 +346,9 @@ class ServerEndpointTests(SynchronousTestCase):
             "regproxy-tls:5000",
             TLSDefaults(stateDir, ("a.example", "::1")),
         )
-        self.assertIsInstance(endpoint, TLSServerEndpoint)
-        self.assertIsNone(endpoint.spec.names)
+        assert isinstance(endpoint, TLSServerEndpoint)
+        assert isinstance(endpoint.creator, RenewingServerContext)
+        self.assertIsNone(endpoint.spec and endpoint.spec.names)
         names = endpoint.creator.certificates.default.names
         self.assertIn("a.example", names.dnsNames)
         self.assertEqual(endpoint.creator.localCA.paths.directory, stateDir + "/tls")
@@ -358,6 +360,7 @@ class ServerEndpointTests(SynchronousTestCase):
             f"regproxy-tls:5000:stateDir={own}:name=b.example",
             TLSDefaults(os.path.abspath(self.mktemp()), ("a.example",)),
         )
+        assert isinstance(endpoint, TLSServerEndpoint)
         names = endpoint.creator.certificates.default.names
         self.assertIn("b.example", names.dnsNames)
         self.assertNotIn("a.example", names.dnsNames)
@@ -387,6 +390,7 @@ class ServerEndpointTests(SynchronousTestCase):
             memoryReactor(), f"regproxy-tls:5000:cert={bundle}", TLSDefaults(directory)
         )
         writeBundle(directory, ["second.example"])
+        assert isinstance(endpoint, TLSServerEndpoint)
         self.assertTrue(endpoint.reload())
         self.assertEqual(
             endpoint.creator.certificates.default.names.dnsNames, ("second.example",)

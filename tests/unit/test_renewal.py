@@ -85,7 +85,9 @@ class Machine:
 
 
 def served(connection: SSL.Connection) -> x509.Certificate:
-    return connection.get_peer_certificate().to_cryptography()
+    certificate = connection.get_peer_certificate()
+    assert certificate is not None
+    return certificate.to_cryptography()
 
 
 class TrustTests(SynchronousTestCase):

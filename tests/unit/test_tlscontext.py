@@ -39,7 +39,7 @@ def clientContext(
 
 
 def handshake(
-    creator: ReloadingServerContext,
+    creator: IOpenSSLServerConnectionCreator,
     serverName: bytes | None = None,
     client: SSL.Context | None = None,
 ) -> SSL.Connection:
