@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -190,14 +189,12 @@ class ReloadingServerContext:
     def __init__(
         self,
         files: CertificateFiles,
-        onReload: Callable[[CertificateSet], None] | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
         """
         @raise CertificateError: When the files cannot be used at start.
         """
         self._files = files
-        self._onReload = onReload
         self._clock = clock
         self._state = files.state()
         self._install(files.load(self._now()))
@@ -260,8 +257,6 @@ class ReloadingServerContext:
             fingerprint=certificates.default.fingerprint,
             names=", ".join(certificates.default.names.describe()),
         )
-        if self._onReload is not None:
-            self._onReload(certificates)
         return True
 
     def reload(self) -> bool:
