@@ -563,6 +563,66 @@ class DefaultListenerTests(TestCase):
                 self.assertEqual((out, code), (b"hello over TLS\n", 0), (url, err))
 
 
+_BINDV6ONLY_CHILD = """
+import subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from twisted.internet import reactor, threads
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
+from regproxy.tls.dualstack import DualStackServerEndpoint
+
+def fetch(number):
+    return [
+        subprocess.run(
+            ["curl", "--silent", "--globoff", f"http://{host}:{number}/"],
+            capture_output=True,
+        ).stdout.decode()
+        for host in ("127.0.0.1", "[::1]")
+    ]
+
+async def main():
+    root = Resource()
+    root.putChild(b"", Data(b"ok", "text/plain"))
+    port = await DualStackServerEndpoint(reactor, 0).listen(Site(root))
+    answers = await threads.deferToThread(fetch, port.getHost().port)
+    print(len(port.ports), *answers)
+    reactor.stop()
+
+reactor.callWhenRunning(lambda: Deferred.fromCoroutine(main()))
+reactor.run()
+"""
+
+
+class BindV6OnlyTests(TestCase):
+    """
+    Where an IPv6 socket takes IPv6 only (C{net.ipv6.bindv6only=1}, as on
+    BSD), the plain default listener opens a second socket for IPv4: run in
+    a network namespace of its own, so the machine's setting is untouched.
+    """
+
+    timeout = 60
+
+    async def test_bothFamilies(self) -> None:
+        import sys
+
+        need("unshare")
+        need("ip")
+        need("curl")
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+        script = (
+            "ip link set lo up && echo 1 > /proc/sys/net/ipv6/bindv6only && "
+            'exec "$0" -c "$1" "$2"'
+        )
+        out, err, code = await run(
+            "unshare", "-n", "sh", "-c", script, sys.executable, _BINDV6ONLY_CHILD, repo
+        )
+        if code != 0 and b"Operation not permitted" in err:
+            raise SkipTest("no permission for a network namespace here")
+        self.assertEqual((out, code), (b"2 ok ok\n", 0), err)
+
+
 class TrustKeptTests(TestCase):
     """
     A client that trusts only the CA in an existing state directory keeps
