@@ -39,6 +39,7 @@ from regproxy.names.reference import (
 )
 from regproxy.names.scope import Scope
 from regproxy.proxy.manifests import CachedManifest, ManifestCache, acceptable
+from regproxy.proxy.mounts import parseMount, withoutMount
 from regproxy.proxy.relay import Forwarder, forwardedRequestHeaders, relayHeaders
 from regproxy.proxy.upstreamauth import UpstreamAuthenticator
 from regproxy.resolve.digests import DigestLocations, manifestDigests
@@ -124,7 +125,27 @@ class BrokeredRegistryResource(Resource):
                 self._writeTags(request, path.name, tags)
                 return
         resolution = await self._resolve(path, reference, credentials, account)
-        await self._forward(request, path, resolution, account)
+        _, _, query = request.uri.partition(b"?")
+        if path.kind == UPLOADS and request.method == b"POST":
+            query = self._checkedMount(query, account)
+        await self._forward(request, path, resolution, account, query)
+
+    def _checkedMount(self, query: bytes, account: Account) -> bytes:
+        """
+        A mount copies a blob out of its C{from} repository: that is a pull
+        of it, which our rules must allow, or the mount is dropped and an
+        ordinary upload starts.
+        """
+        mount = parseMount(query)
+        if mount is None:
+            return withoutMount(query)
+        needed = Scope("repository", None, mount.source, ("pull",))
+        granted = self._broker.backend.grant(account, (needed,))
+        if not any(
+            scope.name == mount.source and "pull" in scope.actions for scope in granted
+        ):
+            return withoutMount(query)
+        return query
 
     def _resolverCredentials(self, account: Account) -> Credentials:
         clientKey = account.upstream.password if account.upstream is not None else None
@@ -208,6 +229,7 @@ class BrokeredRegistryResource(Resource):
         path: RegistryPath,
         resolution: Resolution,
         account: Account,
+        query: bytes,
     ) -> None:
         assert path.name is not None
         actions = requiredActions(request.method, path.kind)
@@ -236,9 +258,8 @@ class BrokeredRegistryResource(Resource):
                     )
                 self._writeManifest(request, cached)
                 return
-        _, question, query = request.uri.partition(b"?")
         url = self._upstream.base + self._upstreamPath(path, resolution)
-        if question:
+        if query or request.uri.endswith(b"?"):
             url += b"?" + query
         body = getattr(request, "bodyStream", None)
         # A request without a body can be sent again: once, when the
