@@ -114,14 +114,6 @@ class Digest:
         return f"{self.algorithm}:{self.encoded}"
 
 
-def isDigest(text: str) -> bool:
-    try:
-        Digest.parse(text)
-    except InvalidReference:
-        return False
-    return True
-
-
 def _optional(pattern: re.Pattern[str], what: str):
     def check(instance: object, attribute: attrs.Attribute, value: str | None) -> None:
         if value is not None and not (isinstance(value, str) and pattern.match(value)):
