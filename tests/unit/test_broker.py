@@ -720,6 +720,23 @@ class ForwardingTests(BrokerTestCase):
         response = self.get(b"/v2/lib/app/manifests/latest", token)
         self.assertChallenge(response, "repository:lib/app:pull", "invalid_token")
 
+    def test_unknownPath(self) -> None:
+        """
+        A C{/v2/} path that is no registry API path gets 404 C{NOT_FOUND} in
+        registry JSON, as distribution answers 404 for it; nothing goes
+        upstream.
+        """
+        token = self.bearer(["repository:lib/app:pull"], basic("bob", "bob-secret"))
+        before = len(self.registry.received)
+        for path in (b"/v2/foo/bar/baz", b"/v2/lib/app/manifests", b"/v2/nothing"):
+            response = self.get(path, token)
+            self.assertEqual(response.status, 404, path)
+            self.assertEqual(errorCodes(response), ["NOT_FOUND"])
+            self.assertEqual(
+                response.all(b"docker-distribution-api-version"), [b"registry/2.0"]
+            )
+        self.assertEqual(len(self.registry.received), before)
+
     def test_tagsRelayed(self) -> None:
         """
         Without fleet names, C{tags/list} is the upstream's own list.
