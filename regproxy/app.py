@@ -42,6 +42,13 @@ from regproxy.proxy.relay import Forwarder
 from regproxy.proxy.upstreamauth import UpstreamAuthenticator
 from regproxy.resolve.balena import BalenaResolver
 from regproxy.resolve.cache import CachingResolver
+from regproxy.resolve.digests import (
+    IDigestLocations,
+    LayeredDigestLocations,
+    MemoryDigestLocations,
+    SQLiteDigestLocations,
+    runnerFor,
+)
 from regproxy.resolve.identity import IdentityResolver
 from regproxy.resolve.interfaces import IResolver
 from regproxy.resolve.static import StaticResolver
@@ -170,6 +177,18 @@ def makeBroker(
     )
 
 
+def makeDigestLocations(config: Config, reactor) -> IDigestLocations:
+    """
+    Where digests live for a name, shared through the state directory by
+    every instance on it.
+    """
+    path = os.path.join(_stateDir(config), "digests.sqlite3")
+    return LayeredDigestLocations(
+        MemoryDigestLocations(),
+        SQLiteDigestLocations(path, runnerFor(reactor), reactor),
+    )
+
+
 def makeSite(
     config: Config,
     reactor,
@@ -212,6 +231,7 @@ def makeSite(
                 config.public_url,
                 config.api_token,
                 fleetNames=resolverKind(config) != "identity",
+                digests=makeDigestLocations(config, reactor),
             ),
         )
         root.putChild(b"token", TokenResource(broker))

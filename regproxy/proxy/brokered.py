@@ -42,7 +42,11 @@ from regproxy.proxy.manifests import CachedManifest, ManifestCache, acceptable
 from regproxy.proxy.mounts import parseMount, withoutMount
 from regproxy.proxy.relay import Forwarder, forwardedRequestHeaders, relayHeaders
 from regproxy.proxy.upstreamauth import UpstreamAuthenticator
-from regproxy.resolve.digests import DigestLocations, manifestDigests
+from regproxy.resolve.digests import (
+    IDigestLocations,
+    MemoryDigestLocations,
+    manifestDigests,
+)
 from regproxy.resolve.interfaces import (
     SERVER,
     Credentials,
@@ -84,6 +88,7 @@ class BrokeredRegistryResource(Resource):
         publicURL: str | None,
         serverAPIKey: str | None,
         fleetNames: bool,
+        digests: IDigestLocations | None = None,
     ) -> None:
         super().__init__()
         self._broker = broker
@@ -94,7 +99,7 @@ class BrokeredRegistryResource(Resource):
         self._publicURL = publicURL
         self._serverAPIKey = serverAPIKey
         self._fleetNames = fleetNames
-        self.digests = DigestLocations()
+        self.digests = digests if digests is not None else MemoryDigestLocations()
         self.manifests = ManifestCache(broker.issuer.clock)
 
     def render(self, request: StreamingRequest) -> object:
@@ -171,7 +176,7 @@ class BrokeredRegistryResource(Resource):
         assert path.name is not None
         digest = path.reference if path.kind in (BLOBS, MANIFESTS) else None
         if digest is not None and ":" in digest:
-            known = self.digests.find(path.name, digest)
+            known = await self.digests.find(path.name, digest)
             if known is not None:
                 return Resolution(known, digest)
         try:
@@ -253,7 +258,7 @@ class BrokeredRegistryResource(Resource):
                 # (org/fleet/1.2.3, then org/fleet:1.2.3): its blobs must be
                 # found under this one too.
                 if resolution.repository != path.name:
-                    self.digests.remember(
+                    await self.digests.remember(
                         path.name, list(cached.references), resolution.repository
                     )
                 self._writeManifest(request, cached)
@@ -319,7 +324,7 @@ class BrokeredRegistryResource(Resource):
             body = await readBody(response)
             references = tuple(manifestDigests(body))
             if resolution.repository != path.name:
-                self.digests.remember(
+                await self.digests.remember(
                     path.name, list(references), resolution.repository
                 )
             if cacheKey is not None:

@@ -38,6 +38,7 @@ from regproxy.testing.fakeregistry import (
     UPSTREAM,
     FakeRegistry,
     digestOf,
+    layerFor,
     manifestFor,
 )
 from tests.httpclient import RawClient, RawResponse
@@ -1082,11 +1083,40 @@ class FleetNameTests(FleetTestCase):
         )
         self.assertEqual(response.status, 200, response.body)
 
-    test_blobThroughSecondInstance.todo = (  # type: ignore[attr-defined]
-        "where a tag-pulled release's blobs live is remembered per process "
-        "only (DigestLocations): another instance asks the target release's "
-        "repository and answers 404 BLOB_UNKNOWN"
-    )
+    def test_roundRobin(self) -> None:
+        """
+        Two instances on one state directory, taking a client's requests
+        in turn (a load balancer without stickiness), serve every selector
+        a client can pull: the tag form, the path form, the target, a
+        service, a draft.
+        """
+        sites = [self.site, self.makeSite()]
+        turn = iter(range(1000))
+        pulls = [
+            ("acme/public-app", "1.2.3", "1.2.3+rev2", "main"),
+            ("acme/public-app/1.2.3", "latest", "1.2.3+rev2", "main"),
+            ("acme/public-app", "latest", "2.0.0", "main"),
+            ("acme/public-app", DRAFT_VERSION, DRAFT_VERSION, "main"),
+            ("acme/multi/1.0.0/backend", "latest", "1.0.0", "backend"),
+        ]
+        for name, tag, version, service in pulls:
+            slug = "/".join(name.split("/")[:2])
+            repository = self.fixture.repository(slug, version, service)
+            token = self.bearer([f"repository:{name}:pull"])
+            manifest = self.get(
+                f"/v2/{name}/manifests/{tag}".encode(),
+                token,
+                site=sites[next(turn) % 2],
+            )
+            self.assertEqual(manifest.body, manifestFor(repository), (name, tag))
+            for layer in json.loads(manifest.body)["layers"]:
+                response = self.get(
+                    f"/v2/{name}/blobs/{layer['digest']}".encode(),
+                    token,
+                    site=sites[next(turn) % 2],
+                )
+                self.assertEqual(response.status, 200, (name, tag, response.body))
+                self.assertEqual(response.body, layerFor(repository))
 
     def test_oddManifestRelayed(self) -> None:
         """
