@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -918,6 +918,80 @@ class BearerUpstreamTests(BrokerTestCase):
         second = self.get(b"/v2/lib/app/manifests/latest", token)
         self.assertEqual((first.status, second.status), (200, 200), second.body)
 
+    def test_mountAcrossRepositories(self) -> None:
+        """
+        A cross-repository mount works as it does directly: the upstream
+        token covers a push to the destination and a pull of the source,
+        asked as two scopes, and the upstream mounts (201) instead of
+        starting an upload.
+        """
+        token = self.bearer(
+            ["repository:lib/app:pull,push", "repository:lib/other:pull"],
+            basic("alice", "alice-secret"),
+        )
+        digest = digestOf(layerFor("lib/other"))
+        response = self.exchange(
+            b"POST",
+            f"/v2/lib/app/blobs/uploads/?mount={digest}&from=lib/other".encode(),
+            [(b"Authorization", token)],
+            b"",
+        )
+        self.assertEqual(response.status, 201, response.body)
+        self.assertEqual(
+            response.header(b"location"),
+            PUBLIC + f"/v2/lib/app/blobs/{digest}".encode(),
+        )
+        self.assertEqual(
+            self.registry.blobs[("lib/app", digest)], layerFor("lib/other")
+        )
+        scopes = parse_qs(self.registry.tokenRequests[-1].uri.partition(b"?")[2])
+        self.assertEqual(
+            scopes[b"scope"],
+            [b"repository:lib/app:pull,push", b"repository:lib/other:pull"],
+        )
+
+    def test_mountSourceRefusedUpstream(self) -> None:
+        """
+        A source the upstream does not let the client pull: the upstream
+        starts an ordinary upload (202), and nothing is copied.
+        """
+        self.registry.grants["bob"] = {"lib/app": ("pull", "push")}
+        token = self.bearer(
+            ["repository:lib/app:pull,push", "repository:lib/other:pull"],
+            basic("bob", "bob-secret"),
+        )
+        digest = digestOf(layerFor("lib/other"))
+        response = self.exchange(
+            b"POST",
+            f"/v2/lib/app/blobs/uploads/?mount={digest}&from=lib/other".encode(),
+            [(b"Authorization", token)],
+            b"",
+        )
+        self.assertEqual(response.status, 202, response.body)
+        self.assertNotIn(("lib/app", digest), self.registry.blobs)
+
+    def test_deletedManifestForgotten(self) -> None:
+        """
+        After a DELETE of a manifest that the upstream accepted, neither
+        GET nor HEAD of that digest answers from memory.
+        """
+        self.registry.grants["alice"] = {"*": ("pull", "push", "delete")}
+        token = self.bearer(
+            ["repository:lib/app:pull,delete"], basic("alice", "alice-secret")
+        )
+        digest = digestOf(manifestFor(REPO))
+        path = f"/v2/lib/app/manifests/{digest}".encode()
+        accept = (b"Accept", b"application/vnd.oci.image.manifest.v1+json")
+        headers = [(b"Authorization", token), accept]
+        for _ in range(2):
+            self.assertEqual(self.exchange(b"GET", path, headers).status, 200)
+        deleted = self.exchange(b"DELETE", path, headers)
+        self.assertEqual(deleted.status, 202, deleted.body)
+        for method in (b"GET", b"HEAD"):
+            response = self.exchange(method, path, headers)
+            self.assertEqual(response.status, 404, method)
+        self.assertEqual(self.registry.received[-1].method, b"HEAD")
+
 
 class FleetTestCase(BrokerTestCase):
     """
@@ -1117,6 +1191,31 @@ class FleetNameTests(FleetTestCase):
                 )
                 self.assertEqual(response.status, 200, (name, tag, response.body))
                 self.assertEqual(response.body, layerFor(repository))
+
+    def test_pushedManifestForgotten(self) -> None:
+        """
+        A release's manifest is kept in memory as one that cannot change;
+        once a manifest PUT to it succeeds upstream, the new one is served.
+        """
+        name = "acme/public-app/1.2.3"
+        credentials = basic("alice", ALICE_KEY)
+        token = self.bearer([f"repository:{name}:pull,push"], credentials)
+        accept = (b"Accept", b"application/vnd.oci.image.manifest.v1+json")
+        path = f"/v2/{name}/manifests/latest".encode()
+        first = self.exchange(b"GET", path, [(b"Authorization", token), accept])
+        self.assertEqual(first.status, 200, first.body)
+        pushed = self.exchange(
+            b"PUT",
+            path,
+            [
+                (b"Authorization", token),
+                (b"Content-Type", b"application/vnd.oci.image.manifest.v1+json"),
+            ],
+            manifestFor("replacement"),
+        )
+        self.assertEqual(pushed.status, 201, pushed.body)
+        again = self.exchange(b"GET", path, [(b"Authorization", token), accept])
+        self.assertEqual(again.body, manifestFor("replacement"))
 
     def test_oddManifestRelayed(self) -> None:
         """
