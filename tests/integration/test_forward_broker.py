@@ -8,9 +8,15 @@ own credentials.
 
 from __future__ import annotations
 
+import re
+
 from twisted.trial.unittest import TestCase
 
-from .forwarding import ForwardingTests
+from .clients import Skopeo
+from .forwarding import ForwardingTests, authSettings, temporaryDirectory
+from .oci import writeImage
+from .proxy import startProxy
+from .registry import Registry, startRegistry
 
 
 class BrokerOpenRegistryTests(ForwardingTests, TestCase):
@@ -26,3 +32,79 @@ class BrokerHtpasswdTLSRegistryTests(ForwardingTests, TestCase):
 class BrokerTokenRegistryTests(ForwardingTests, TestCase):
     mode = "token"
     auth = "broker"
+
+
+def blobRequests(registry: Registry) -> list[tuple[str, str, str]]:
+    """
+    The blob upload requests the registry logged so far: (method, URI,
+    status) for each POST, PATCH and PUT under C{/blobs/uploads/}.
+    """
+    found = []
+    for line in registry.output.splitlines():
+        if 'msg="response completed"' not in line:
+            continue
+        method = re.search(r"http\.request\.method=(\S+)", line)
+        uri = re.search(r'http\.request\.uri="([^"]+)"', line)
+        status = re.search(r"http\.response\.status=(\d+)", line)
+        if method and uri and status and "/blobs/uploads/" in uri.group(1):
+            found.append((method.group(1), uri.group(1), status.group(1)))
+    return found
+
+
+class BrokerTokenMountTests(TestCase):
+    """
+    skopeo copying an image between two repositories of a token-auth
+    registry mounts its layers (201 from the registry, nothing uploaded
+    again), through regproxy as it does directly.
+    """
+
+    timeout = 300
+
+    async def setUp(self) -> None:
+        self.registry = await startRegistry(
+            self, mode="token", users={"alice": "wonderland"}
+        )
+        self.proxy = startProxy(self, self.registry, **authSettings("broker"))
+        self.skopeo = Skopeo(self)
+        self.layout = temporaryDirectory(self, "oci-src-")
+        self.image = writeImage(self.layout, "v1", [3000, 70000], seed="mount")
+
+    async def copyBetween(self, host: str, prefix: str) -> list[tuple[str, str]]:
+        """
+        Push to C{<host>/<prefix>/src}, copy to C{<host>/<prefix>/dst}; what
+        the registry saw of the copy's uploads: (request, status), with
+        C{"mount"} for a mount from the source, sorted.
+        """
+        creds = ("alice", "wonderland")
+        source = f"docker://{host}/{prefix}/src:1.0"
+        await self.skopeo.copy(
+            self.image.reference, source, destTLSVerify=False, destCreds=creds
+        )
+        before = len(blobRequests(self.registry))
+        await self.skopeo.copy(
+            source,
+            f"docker://{host}/{prefix}/dst:1.0",
+            srcTLSVerify=False,
+            destTLSVerify=False,
+            srcCreds=creds,
+            destCreds=creds,
+        )
+        seen = []
+        for method, uri, status in blobRequests(self.registry)[before:]:
+            self.assertIn(f"/v2/{prefix}/dst/blobs/uploads/", uri)
+            if "mount=" in uri:
+                self.assertIn(f"from={prefix}%2Fsrc", uri)
+                method = "mount"
+            seen.append((method, status))
+        return sorted(seen)
+
+    async def test_mountAsDirectly(self) -> None:
+        """
+        Through regproxy, the registry sees the same uploads as from skopeo
+        straight to it: each layer mounted (201), not uploaded again; only
+        the config is uploaded, as directly.
+        """
+        direct = await self.copyBetween(self.registry.host, "direct")
+        self.assertEqual(direct.count(("mount", "201")), 2, direct)
+        proxied = await self.copyBetween(self.proxy.host, "proxied")
+        self.assertEqual(proxied, direct)
