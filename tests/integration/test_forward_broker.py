@@ -8,12 +8,19 @@ own credentials.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 
 from twisted.trial.unittest import TestCase
 
-from .clients import Skopeo
-from .forwarding import ForwardingTests, authSettings, temporaryDirectory
+from .clients import Skopeo, httpClient
+from .forwarding import (
+    ForwardingTests,
+    authSettings,
+    readBlob,
+    temporaryDirectory,
+)
 from .oci import writeImage
 from .proxy import startProxy
 from .registry import Registry, startRegistry
@@ -51,11 +58,10 @@ def blobRequests(registry: Registry) -> list[tuple[str, str, str]]:
     return found
 
 
-class BrokerTokenMountTests(TestCase):
+class BrokerTokenSpecTests(TestCase):
     """
-    skopeo copying an image between two repositories of a token-auth
-    registry mounts its layers (201 from the registry, nothing uploaded
-    again), through regproxy as it does directly.
+    The distribution spec through the broker, against a token-auth
+    registry: mounts and deletes work as they do directly.
     """
 
     timeout = 300
@@ -108,3 +114,47 @@ class BrokerTokenMountTests(TestCase):
         self.assertEqual(direct.count(("mount", "201")), 2, direct)
         proxied = await self.copyBetween(self.proxy.host, "proxied")
         self.assertEqual(proxied, direct)
+
+    async def test_deletedManifestGone(self) -> None:
+        """
+        A manifest deleted through regproxy (202 from the registry) is gone
+        for GET and HEAD by digest, though regproxy had kept it in memory.
+        """
+        creds = ("alice", "wonderland")
+        await self.skopeo.copy(
+            self.image.reference,
+            self.proxy.reference("team/gone", "1.0"),
+            destTLSVerify=False,
+            destCreds=creds,
+        )
+        http = httpClient(self)
+        response = await http.get(
+            self.proxy.url + "/token",
+            params=[("service", "regproxy"), ("scope", "repository:team/gone:*")],
+            headers={
+                "Authorization": [
+                    "Basic " + base64.b64encode(b"alice:wonderland").decode()
+                ]
+            },
+        )
+        self.assertEqual(response.code, 200)
+        headers = {
+            "Authorization": [
+                "Bearer " + json.loads(await response.content())["token"]
+            ],
+            "Accept": [self.image.manifest.mediaType],
+        }
+        url = self.proxy.url + f"/v2/team/gone/manifests/{self.image.digest}"
+        for _ in range(2):
+            found = await http.get(url, headers=headers)
+            self.assertEqual(await found.content(), self.manifestBytes())
+        deleted = await http.delete(url, headers=headers)
+        await deleted.content()
+        self.assertEqual(deleted.code, 202)
+        for method in ("GET", "HEAD"):
+            gone = await http.request(method, url, headers=headers)
+            await gone.content()
+            self.assertEqual(gone.code, 404, method)
+
+    def manifestBytes(self) -> bytes:
+        return readBlob(self.layout, self.image.digest)
