@@ -172,12 +172,14 @@ class BalenaResolver:
 
     _log = Logger()
 
-    def resolve(self, reference: ImageReference, credentials: Credentials) -> Deferred:
+    def resolve(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred[Resolution]:
         return Deferred.fromCoroutine(self._resolve(reference, credentials))
 
     def listReleases(
         self, reference: ImageReference, credentials: Credentials
-    ) -> Deferred:
+    ) -> Deferred[list[str] | None]:
         return Deferred.fromCoroutine(self._listReleases(reference, credentials))
 
     # Resolution

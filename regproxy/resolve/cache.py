@@ -31,7 +31,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from regproxy.names.reference import ImageReference
-from regproxy.resolve.interfaces import Credentials, IResolver, ResolveError
+from regproxy.resolve.interfaces import (
+    Credentials,
+    IResolver,
+    Resolution,
+    ResolveError,
+)
 
 DEFAULT_TTL = 300.0
 DEFAULT_MISS_TTL = 10.0
@@ -170,7 +175,9 @@ class CachingResolver:
         self.resolver = resolver
         self.cache = CoalescingCache(clock, ttl, missTTL, staleAge, maxSize)
 
-    def resolve(self, reference: ImageReference, credentials: Credentials) -> Deferred:
+    def resolve(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred[Resolution]:
         return self.cache.get(
             ("resolve", str(reference), credentials.cacheKey),
             lambda: self.resolver.resolve(reference, credentials),
@@ -179,7 +186,7 @@ class CachingResolver:
 
     def listReleases(
         self, reference: ImageReference, credentials: Credentials
-    ) -> Deferred:
+    ) -> Deferred[list[str] | None]:
         return self.cache.get(
             ("tags", reference.name, credentials.cacheKey),
             lambda: self.resolver.listReleases(reference, credentials),
