@@ -918,16 +918,13 @@ class BearerUpstreamTests(BrokerTestCase):
         second = self.get(b"/v2/lib/app/manifests/latest", token)
         self.assertEqual((first.status, second.status), (200, 200), second.body)
 
-    def test_mountAcrossRepositories(self) -> None:
+    def mount(self, credentials: bytes) -> tuple[RawResponse, str]:
         """
-        A cross-repository mount works as it does directly: the upstream
-        token covers a push to the destination and a pull of the source,
-        asked as two scopes, and the upstream mounts (201) instead of
-        starting an upload.
+        Mount C{lib/other}'s layer into C{lib/app} with a token for both.
         """
         token = self.bearer(
             ["repository:lib/app:pull,push", "repository:lib/other:pull"],
-            basic("alice", "alice-secret"),
+            credentials,
         )
         digest = digestOf(layerFor("lib/other"))
         response = self.exchange(
@@ -936,6 +933,16 @@ class BearerUpstreamTests(BrokerTestCase):
             [(b"Authorization", token)],
             b"",
         )
+        return response, digest
+
+    def test_mountAcrossRepositories(self) -> None:
+        """
+        A cross-repository mount works as it does directly: the upstream
+        token covers a push to the destination and a pull of the source,
+        asked as two scopes, and the upstream mounts (201) instead of
+        starting an upload.
+        """
+        response, digest = self.mount(basic("alice", "alice-secret"))
         self.assertEqual(response.status, 201, response.body)
         self.assertEqual(
             response.header(b"location"),
@@ -956,17 +963,7 @@ class BearerUpstreamTests(BrokerTestCase):
         starts an ordinary upload (202), and nothing is copied.
         """
         self.registry.grants["bob"] = {"lib/app": ("pull", "push")}
-        token = self.bearer(
-            ["repository:lib/app:pull,push", "repository:lib/other:pull"],
-            basic("bob", "bob-secret"),
-        )
-        digest = digestOf(layerFor("lib/other"))
-        response = self.exchange(
-            b"POST",
-            f"/v2/lib/app/blobs/uploads/?mount={digest}&from=lib/other".encode(),
-            [(b"Authorization", token)],
-            b"",
-        )
+        response, digest = self.mount(basic("bob", "bob-secret"))
         self.assertEqual(response.status, 202, response.body)
         self.assertNotIn(("lib/app", digest), self.registry.blobs)
 
