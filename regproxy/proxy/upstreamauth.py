@@ -28,6 +28,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from regproxy.auth.credentials import BasicCredentials
+from regproxy.auth.interfaces import ILoginChecker
 from regproxy.names.challenge import ChallengeParseError, parseChallenges
 from regproxy.names.scope import Scope
 from regproxy.server.errors import RegistryError, unavailable
@@ -55,6 +56,7 @@ class UpstreamScheme:
     service: str | None = None
 
 
+@implementer(ILoginChecker)
 @attrs.define
 class UpstreamAuthenticator:
     """

@@ -223,9 +223,7 @@ class IResolver(Interface):
         reference: ImageReference, credentials: Credentials
     ) -> Deferred[Resolution]:
         """
-        Where the image C{reference} (an
-        L{regproxy.names.reference.ImageReference}) lives, as C{credentials} may
-        see it.
+        Where the image C{reference} lives, as C{credentials} may see it.
 
         @return: A Deferred firing with a L{Resolution}, or failing with a
             L{ResolveError}.
