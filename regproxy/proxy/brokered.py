@@ -97,6 +97,10 @@ class BrokeredRegistryResource(Resource):
     """
     C{/v2/...} behind the broker: authorize, resolve, forward.
 
+    @param digests: Where digests live for a name (by default in this
+        process only).
+    @param fetcher: The relay (by default straight to the upstream,
+        authenticated by C{upstreamAuth}; a cache wraps or replaces it).
     @ivar memory: What this instance remembers about manifests.
     """
 

@@ -26,7 +26,12 @@ from regproxy.names.challenge import (
     parseChallenges,
     serializeChallenges,
 )
-from regproxy.proxy.fetch import HeaderRewriter, UpstreamFetch, UpstreamFetcher
+from regproxy.proxy.fetch import (
+    HeaderRewriter,
+    IRegistryFetcher,
+    UpstreamFetch,
+    UpstreamFetcher,
+)
 from regproxy.proxy.relay import BytesProducer, Forwarder, forwardedRequestHeaders
 from regproxy.server.errors import API_VERSION, API_VERSION_HEADER, RegistryError
 from regproxy.server.rendering import TokenEndpoint, renderLater
@@ -155,6 +160,9 @@ class TokenPassthroughResource(TokenEndpoint):
 class RegistryResource(Resource):
     """
     Everything under C{/v2}: relayed to the upstream byte for byte.
+
+    @param fetcher: The relay (by default straight to the upstream; a
+        cache wraps or replaces it).
     """
 
     isLeaf = True
@@ -165,9 +173,10 @@ class RegistryResource(Resource):
         upstream: Origin,
         publicURL: str | None,
         realm: UpstreamRealm,
+        fetcher: IRegistryFetcher | None = None,
     ) -> None:
         super().__init__()
-        self._fetcher = UpstreamFetcher(forwarder)
+        self._fetcher = fetcher or UpstreamFetcher(forwarder)
         self._upstream = upstream
         self._publicURL = publicURL
         self._realm = realm
