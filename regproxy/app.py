@@ -219,4 +219,5 @@ def makeSite(
     root.putChild(b"_ca.crt", CACertificateResource.inStateDir(config.state_dir))
     site = RegproxySite(root, reactor=reactor)
     site.cors = CORSPolicy(config.cors_origin)
+    site.headerTimeout = config.header_timeout
     return site

@@ -252,6 +252,20 @@ class Config:
         "Seconds to wait for the upstream's response headers.",
         metavar="SECONDS",
     )
+    header_timeout: float = setting(
+        30.0,
+        parsePositiveFloat,
+        "Seconds a client has to send each request's line and headers, "
+        "however slowly it trickles them; then the connection is closed.",
+        metavar="SECONDS",
+    )
+    shutdown_grace: float = setting(
+        30.0,
+        parsePositiveFloat,
+        "On SIGTERM, stop accepting connections and give requests in flight "
+        "this many seconds to finish before stopping.",
+        metavar="SECONDS",
+    )
     tls_name: tuple[str, ...] = setting(
         (),
         parseText,
