@@ -9,8 +9,9 @@ What hangs under the root is decided by L{regproxy.app}.
 from __future__ import annotations
 
 import json
+from typing import cast
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -19,6 +20,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from regproxy.server.cors import CORSPolicy
+from regproxy.server.drain import Connections
 from regproxy.server.errors import errorBody, notFound
 from regproxy.server.request import StreamingRequest
 
@@ -87,6 +89,38 @@ class RegproxyChannel(http.HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         self._startHeadDeadline()
+        connections = getattr(getattr(self, "site", None), "connections", None)
+        if connections is not None:
+            self._connections = connections
+            connections.opened(self)
+
+    _connections: Connections | None = None
+    _stopping = False
+
+    def stopAfterRequest(self) -> None:
+        """
+        Stop at shutdown: close now if no request is in flight, else once
+        it is answered (with C{Connection: close} when the answer has not
+        started yet).
+        """
+        self._stopping = True
+        if not self.requests:
+            self.loseConnection()
+            return
+        self.persistent = False
+        for request in self.requests:
+            if not request.startedWriting:
+                request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+
+    def abort(self) -> None:
+        # A TCP or TLS transport; ITransport itself has no abortConnection.
+        cast(ITCPTransport, self.transport).abortConnection()
+
+    def checkPersistence(self, request: http.Request, version: bytes) -> bool:
+        if self._stopping:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
 
     def _startHeadDeadline(self) -> None:
         timeout = getattr(getattr(self, "site", None), "headerTimeout", None)
@@ -137,6 +171,8 @@ class RegproxyChannel(http.HTTPChannel):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelHeadDeadline()
         super().connectionLost(reason)
+        if self._connections is not None:
+            self._connections.closed(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._awaitingHead and data:
@@ -206,6 +242,8 @@ class RegproxySite(Site):
     cors: CORSPolicy | None = None
     #: Seconds a client has to send a request's head (see L{RegproxyChannel}).
     headerTimeout: float | None = None
+    #: The open connections, for a graceful stop.
+    connections: Connections | None = None
     displayTracebacks = False
     _log = Logger()
 

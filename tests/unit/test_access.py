@@ -14,6 +14,7 @@ from regproxy.auth.access import (
     ANONYMOUS,
     AccessRules,
     AccessRulesError,
+    AccessRulesFile,
     globMatches,
     loadAccessRules,
     parseAccessRules,
@@ -358,3 +359,45 @@ class ParseTests(SynchronousTestCase):
             "alice", parseScopes(["repository:a/b:pull,push registry:catalog:*"])
         )
         rules.grant(None, parseScopes(["repository:a:pull"]))
+
+
+class AccessRulesFileTests(SynchronousTestCase):
+    """
+    L{AccessRulesFile} reads its rules again on L{AccessRulesFile.reload}.
+    """
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        self.write(EXAMPLE)
+        self.rules = AccessRulesFile(self.path)
+
+    def write(self, text: str) -> None:
+        with open(self.path, "w") as f:
+            f.write(text)
+
+    def test_reload(self) -> None:
+        """
+        After a reload the new rules grant, and the count is returned.
+        """
+        self.assertEqual(_grant(self.rules, "carol", "repository:team/x:pull"), [])
+        self.write(
+            '[[rule]]\nusers = ["carol"]\nrepositories = ["team/*"]\n'
+            'actions = ["pull"]\n'
+        )
+        self.assertEqual(self.rules.reload(), 1)
+        self.assertEqual(
+            _grant(self.rules, "carol", "repository:team/x:pull"),
+            ["repository:team/x:pull"],
+        )
+        self.assertEqual(_grant(self.rules, "alice", "repository:team/x:pull"), [])
+
+    def test_badFileKeepsRules(self) -> None:
+        """
+        A new file that cannot be used raises why and keeps the old rules.
+        """
+        self.write('[[rule]]\nusers = ["carol"]\nactions = ["fly"]\n')
+        self.assertRaises(AccessRulesError, self.rules.reload)
+        self.assertEqual(
+            _grant(self.rules, "alice", "repository:team/x:pull"),
+            ["repository:team/x:pull"],
+        )

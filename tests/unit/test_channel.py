@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from regproxy.server.drain import Connections
 from regproxy.server.site import RegproxySite, RootResource
 
 HEAD = b"GET /held HTTP/1.1\r\nHost: proxy.local\r\n\r\n"
@@ -229,6 +230,102 @@ class HeaderTimeoutTests(ChannelTestCase):
         lines = [formatEvent(e) for e in events if "head" in formatEvent(e)]
         self.assertEqual(len(lines), 1, lines)
         self.assertIn("30", lines[0])
+
+
+class DrainTests(ChannelTestCase):
+    """
+    L{Connections.drain} stops a site gracefully: idle connections close
+    at once, requests in flight finish within the grace period, and what
+    is left then is cut.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.site.connections = Connections()
+
+    def test_idleClosesAtOnce(self) -> None:
+        """
+        A kept-alive connection with no request in flight is closed at
+        once, and the drain is done when it is gone.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(HEAD)
+        finish(self.held.waiting[0])
+        drained = self.site.connections.drain(self.clock, 30.0)
+        self.assertTrue(transport.disconnecting)
+        self.assertNoResult(drained)
+        channel.connectionLost(None)
+        self.successResultOf(drained)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_inFlightFinishes(self) -> None:
+        """
+        A download in flight is not cut: its answer goes out whole, with
+        C{Connection: close} when it had not started, and then the
+        connection closes.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(HEAD)
+        drained = self.site.connections.drain(self.clock, 30.0)
+        self.clock.advance(20.0)
+        self.assertFalse(transport.disconnecting)
+        finish(self.held.waiting[0], b"the whole body")
+        self.assertIn(b"Connection: close\r\n", transport.value())
+        self.assertTrue(transport.value().endswith(b"the whole body"))
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.disconnected)
+        channel.connectionLost(None)
+        self.successResultOf(drained)
+
+    def test_streamingFinishes(self) -> None:
+        """
+        A response already streaming when the drain starts is finished,
+        then the connection is closed.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(HEAD)
+        request = self.held.waiting[0]
+        request.setHeader(b"Content-Length", b"10")
+        request.write(b"12345")
+        self.site.connections.drain(self.clock, 30.0)
+        self.assertFalse(transport.disconnecting)
+        request.write(b"67890")
+        request.finish()
+        self.assertTrue(transport.disconnecting)
+
+    def test_graceEnds(self) -> None:
+        """
+        A request still in flight when the grace period ends is cut.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(HEAD)
+        drained = self.site.connections.drain(self.clock, 30.0)
+        self.clock.advance(29.9)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        channel.connectionLost(None)
+        self.successResultOf(drained)
+
+    def test_headArrivingDuringDrain(self) -> None:
+        """
+        A request whose head completes during the drain is answered with
+        C{Connection: close}, and the connection closes after it.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(HEAD[:25])  # the request line and a bit
+        self.site.connections.drain(self.clock, 30.0)
+        channel.dataReceived(HEAD[25:])
+        finish(self.held.waiting[0])
+        self.assertIn(b"Connection: close\r\n", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_nothingOpen(self) -> None:
+        """
+        With no connection open the drain is done at once.
+        """
+        self.successResultOf(self.site.connections.drain(self.clock, 30.0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class FromConfigTests(SynchronousTestCase):
