@@ -17,7 +17,6 @@ import attrs
 from treq.client import HTTPClient
 from twisted.logger import Logger
 from twisted.web.iweb import IAgent
-from twisted.web.server import Site
 
 from regproxy.auth.access import AccessRules, AccessRulesError, AccessRulesFile
 from regproxy.auth.broker import Broker
@@ -256,7 +255,7 @@ def makeSite(
     apiClient=None,
     environ=os.environ,
     reloads: Reloads | None = None,
-) -> Site:
+) -> RegproxySite:
     """
     Build the server for C{config}.
 
