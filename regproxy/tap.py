@@ -160,6 +160,8 @@ def makeService(options: Options) -> service.IService:
         _log.warn("Ignoring {problem}", problem=problem)
     reloads = Reloads()
     top = RegproxyService()
+    # First, so SIGHUP is handled before any port is open.
+    HangupReloads(reactor, reloads).setServiceParent(top)
     try:
         site = makeSite(config, reactor, reloads=reloads)
     except (OSError, ValueError) as e:
@@ -178,7 +180,6 @@ def makeService(options: Options) -> service.IService:
         if isinstance(listener.endpoint, TLSServerEndpoint):
             registerTLSReload(reloads, listener.endpoint)
     reloads.register("log file", reopenLogFiles)
-    HangupReloads(reactor, reloads).setServiceParent(top)
     if config.mdns:
         httpPorts, httpsPorts = portsFromListen(config.listen)
         try:
