@@ -6,6 +6,7 @@ The C{twistd regproxy} command: its L{Options} and L{makeService}.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -167,8 +168,9 @@ def makeService(options: Options) -> service.IService:
     except (OSError, ValueError) as e:
         raise SystemExit(f"regproxy: {e}") from None
     top.connections = site.connections
-    top.clock = reactor
+    top.reactor = reactor
     top.grace = config.shutdown_grace
+    top.signals = signal
     for description in config.listen:
         try:
             listener = strports.service(withConfig(description, config), site)

@@ -64,6 +64,19 @@ class Connections:
         self._empty.append(d)
         return d
 
+    def cut(self, why: str) -> None:
+        """
+        Close every connection now, whatever it is doing.
+        """
+        if self._open:
+            self._log.warn(
+                "Stopping: cutting {count} connections still busy {why}",
+                count=len(self._open),
+                why=why,
+            )
+        for connection in list(self._open):
+            connection.abort()
+
     def drain(self, clock: IReactorTime, grace: float) -> Deferred[None]:
         """
         Let every connection finish its request in flight, for at most
@@ -75,25 +88,15 @@ class Connections:
         started = clock.seconds()
         busy = len(self._open)
         self._log.info(
-            "Stopping: no more new connections; {count} open ones get up to "
-            "{grace:g}s to finish their requests",
+            "Stopping: no more new connections; waiting up to {grace:g}s for "
+            "the requests in flight on {count} open connections",
             count=busy,
             grace=grace,
         )
         for connection in list(self._open):
             connection.stopAfterRequest()
         empty = self._whenEmpty()
-
-        def cut() -> None:
-            self._log.warn(
-                "Stopping: cutting {count} connections still busy after {grace:g}s",
-                count=len(self._open),
-                grace=grace,
-            )
-            for connection in list(self._open):
-                connection.abort()
-
-        timer = clock.callLater(grace, cut)
+        timer = clock.callLater(grace, self.cut, f"after {grace:g}s")
 
         def finished(result: Any) -> Any:
             if timer.active():

@@ -23,7 +23,7 @@ from twisted.internet.error import ConnectionRefusedError, ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -262,7 +262,7 @@ class DaemonTests(TestCase):
         await blob.started
         mark = len(daemon.output)
         daemon.transport.signalProcess("TERM")
-        await daemon.waitFor(r"Stopping: no more new connections; 1 open", mark)
+        await daemon.waitFor(r"Stopping: no more new connections; .* on 1 open", mark)
         port = int(base.rsplit(":", 1)[1])
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
         with self.assertRaises(ConnectionRefusedError):
@@ -271,6 +271,30 @@ class DaemonTests(TestCase):
         self.assertEqual(len(body), CHUNKS * len(CHUNK))
         self.assertEqual(await daemon.ended, (None, signal.SIGTERM), daemon.output)
         self.assertIn("Stopping: every request finished", daemon.output)
+        self.assertIn("Server Shut Down.", daemon.output)
+        self.assertNotIn("Traceback", daemon.output)
+
+    async def test_secondTermCuts(self) -> None:
+        """
+        A second SIGTERM while a download is finishing cuts it at once: the
+        client sees a truncated response and the process ends cleanly.
+        """
+        blob, upstream = self.serveUpstream()
+        daemon, base = await self.startDaemon(
+            "--upstream", upstream, "--auth", "passthrough"
+        )
+        response = await self.agent().request(
+            b"GET", f"{base}/v2/lib/app/blobs/{DIGEST}".encode()
+        )
+        await blob.started
+        mark = len(daemon.output)
+        daemon.transport.signalProcess("TERM")
+        await daemon.waitFor(r"Stopping: no more new connections", mark)
+        daemon.transport.signalProcess("TERM")
+        await daemon.waitFor(r"Stopping: cutting 1 connections .* second signal", mark)
+        with self.assertRaises(ResponseFailed):
+            await readBody(response)
+        self.assertEqual(await daemon.ended, (None, signal.SIGTERM), daemon.output)
         self.assertIn("Server Shut Down.", daemon.output)
         self.assertNotIn("Traceback", daemon.output)
 

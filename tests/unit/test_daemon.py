@@ -151,6 +151,8 @@ class SiteReloadsTests(SynchronousTestCase):
 
 class FakeSignals:
     SIGHUP = signal.SIGHUP
+    SIGTERM = signal.SIGTERM
+    SIGINT = signal.SIGINT
     SIG_DFL = signal.SIG_DFL
 
     def __init__(self) -> None:
@@ -219,6 +221,11 @@ class ReopenLogFilesTests(SynchronousTestCase):
         self.assertEqual(reopenLogFiles(publisher), "not logging to a file")
 
 
+class ThreadlessClock(Clock):
+    def callFromThread(self, f, *args) -> None:
+        f(*args)
+
+
 class SlowToStop(Service):
     def __init__(self) -> None:
         self.stopping: Deferred[None] = Deferred()
@@ -253,10 +260,12 @@ class DrainingServiceTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.clock = Clock()
+        self.clock = ThreadlessClock()
+        self.signals = FakeSignals()
         self.top = DrainingService()
         self.top.connections = Connections()
-        self.top.clock = self.clock
+        self.top.reactor = self.clock
+        self.top.signals = self.signals
         self.top.grace = 30.0
         self.listener = SlowToStop()
         self.listener.setServiceParent(self.top)
@@ -293,8 +302,24 @@ class DrainingServiceTests(SynchronousTestCase):
         self.assertEqual(
             log.lines("Stopping"),
             [
-                "Stopping: no more new connections; 1 open ones get up to 30s "
-                "to finish their requests",
+                "Stopping: no more new connections; waiting up to 30s for the "
+                "requests in flight on 1 open connections",
                 "Stopping: cutting 1 connections still busy after 30s",
             ],
         )
+
+    def test_secondSignal(self) -> None:
+        """
+        A second SIGTERM or SIGINT while waiting cuts the connections at
+        once.
+        """
+        for number in (signal.SIGTERM, signal.SIGINT):
+            self.top.connections.opened(Busy(self.top.connections))
+            self.top.running = True
+            self.listener.stopping = Deferred()
+            self.listener.running = True
+            stopped = self.top.stopService()
+            self.listener.stopping.callback(None)
+            self.assertNoResult(stopped)
+            self.signals.handlers[number](number, None)  # type: ignore[operator]
+            self.successResultOf(stopped)
