@@ -160,6 +160,8 @@ def makeService(options: Options) -> service.IService:
     for problem in unknownEnvironment(os.environ):
         _log.warn("Ignoring {problem}", problem=problem)
     reloads = Reloads()
+    # First, so that the lines of the other parts go to the reopened file.
+    reloads.register("log file", reopenLogFiles)
     top = RegproxyService()
     # First, so SIGHUP is handled before any port is open.
     HangupReloads(reactor, reloads).setServiceParent(top)
@@ -181,7 +183,6 @@ def makeService(options: Options) -> service.IService:
         listener.setServiceParent(top)
         if isinstance(listener.endpoint, TLSServerEndpoint):
             registerTLSReload(reloads, listener.endpoint)
-    reloads.register("log file", reopenLogFiles)
     if config.mdns:
         httpPorts, httpsPorts = portsFromListen(config.listen)
         try:

@@ -303,11 +303,11 @@ class MakeServiceTests(TapTestCase):
         self.assertEqual(
             self.reloadNames(top),
             [
+                "log file",
                 f"htpasswd {users}",
                 f"access rules {rules}",
                 f"static name map {names}",
                 "TLS certificate of port 0",
-                "log file",
             ],
         )
 
