@@ -77,16 +77,29 @@ class HangupReloads(service.Service):
         self._reloads = reloads
         self._signals = signals
         self._previous: Any = None
+        self._installed = False
 
     def _onSignal(self, number: int, frame: object) -> None:
         self._reactor.callFromThread(self._reloads.reloadAll)
 
+    def privilegedStartService(self) -> None:
+        # twistd opens the ports here, before startService: a SIGHUP that
+        # comes once a port is open must find the handler.
+        super().privilegedStartService()
+        self._install()
+
     def startService(self) -> None:
         super().startService()
-        self._previous = self._signals.signal(self._signals.SIGHUP, self._onSignal)
+        self._install()
+
+    def _install(self) -> None:
+        if not self._installed:
+            self._installed = True
+            self._previous = self._signals.signal(self._signals.SIGHUP, self._onSignal)
 
     def stopService(self) -> None:
         super().stopService()
+        self._installed = False
         previous = self._previous
         self._signals.signal(
             self._signals.SIGHUP,

@@ -28,6 +28,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from .loopback import serveOnLoopback
+
 _REPO = FilePath(__file__).parent().parent().parent()
 CHUNKS = 10
 CHUNK = b"y" * 32768
@@ -109,6 +111,10 @@ class Daemon(ProcessProtocol):
         self._check(waiter)
         return d
 
+    def signal(self, name: str) -> None:
+        assert self.transport is not None
+        self.transport.signalProcess(name)
+
     def processEnded(self, reason) -> None:
         for _, _, d in self._waiting:
             d.errback(AssertionError(f"regproxy ended; it said:\n{self.output}"))
@@ -184,9 +190,7 @@ class DaemonTests(TestCase):
         blob = SlowBlob()
         site = Site(blob)
         site.noisy = False
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        return blob, f"http://127.0.0.1:{port.getHost().port}"
+        return blob, f"http://127.0.0.1:{serveOnLoopback(self, site, reactor)}"
 
     def agent(self) -> Agent:
         pool = HTTPConnectionPool(reactor, persistent=False)
@@ -216,7 +220,7 @@ class DaemonTests(TestCase):
         self.assertEqual(code, 401)
         writeHtpasswd(users, {"alice": "a", "bob": "b"})
         mark = len(daemon.output)
-        os.kill(daemon.transport.pid, signal.SIGHUP)
+        daemon.signal("HUP")
         line = await daemon.waitFor(r"SIGHUP: reloaded htpasswd \S+: 2 users", mark)
         self.assertIn(users, line.group(0))
         await daemon.waitFor(r"SIGHUP: reloaded log file", mark)
@@ -239,7 +243,7 @@ class DaemonTests(TestCase):
         with open(users, "a") as f:
             f.write("bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n")
         mark = len(daemon.output)
-        daemon.transport.signalProcess("HUP")
+        daemon.signal("HUP")
         await daemon.waitFor(r"SIGHUP: kept the previous htpasswd .*line 2", mark)
         code, _ = await self.token(base, "alice", "a")
         self.assertEqual(code, 200)
@@ -261,7 +265,7 @@ class DaemonTests(TestCase):
         self.assertEqual(response.code, 200)
         await blob.started
         mark = len(daemon.output)
-        daemon.transport.signalProcess("TERM")
+        daemon.signal("TERM")
         await daemon.waitFor(r"Stopping: no more new connections; .* on 1 open", mark)
         port = int(base.rsplit(":", 1)[1])
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
@@ -288,9 +292,9 @@ class DaemonTests(TestCase):
         )
         await blob.started
         mark = len(daemon.output)
-        daemon.transport.signalProcess("TERM")
+        daemon.signal("TERM")
         await daemon.waitFor(r"Stopping: no more new connections", mark)
-        daemon.transport.signalProcess("TERM")
+        daemon.signal("TERM")
         await daemon.waitFor(r"Stopping: cutting 1 connections .* second signal", mark)
         with self.assertRaises(ResponseFailed):
             await readBody(response)

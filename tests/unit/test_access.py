@@ -49,7 +49,9 @@ def _rules(text: str = EXAMPLE) -> AccessRules:
     return parseAccessRules(tomllib.loads(text))
 
 
-def _grant(rules: AccessRules, user: str | None, *scopes: str) -> list[str]:
+def _grant(
+    rules: AccessRules | AccessRulesFile, user: str | None, *scopes: str
+) -> list[str]:
     return [str(s) for s in rules.grant(user, parseScopes(scopes))]
 
 

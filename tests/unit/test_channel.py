@@ -6,15 +6,19 @@ request's head, and closing gracefully at shutdown.
 from __future__ import annotations
 
 import json
+from typing import cast
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from regproxy.server.drain import Connections
-from regproxy.server.site import RegproxySite, RootResource
+from regproxy.server.site import RegproxyChannel, RegproxySite, RootResource
 
 HEAD = b"GET /held HTTP/1.1\r\nHost: proxy.local\r\n\r\n"
 
@@ -52,13 +56,13 @@ class ChannelTestCase(SynchronousTestCase):
         self.site = RegproxySite(root, reactor=self.clock)
         self.site.headerTimeout = 30.0
 
-    def connect(self) -> tuple[object, StringTransport]:
-        channel = self.site.buildProtocol(None)
+    def connect(self) -> tuple[RegproxyChannel, StringTransport]:
+        channel = cast(RegproxyChannel, self.site.buildProtocol(None))
         transport = StringTransport()
         channel.makeConnection(transport)
         return channel, transport
 
-    def trickle(self, channel, data: bytes, every: float) -> None:
+    def trickle(self, channel: RegproxyChannel, data: bytes, every: float) -> None:
         for i in range(len(data)):
             self.clock.advance(every)
             channel.dataReceived(data[i : i + 1])
@@ -127,7 +131,7 @@ class HeaderTimeoutTests(ChannelTestCase):
         finish(self.held.waiting[0])
         self.assertIn(b"HTTP/1.1 200 ", transport.value())
         self.assertFalse(transport.disconnecting)
-        channel.connectionLost(None)
+        channel.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_bodyNotCovered(self) -> None:
@@ -219,13 +223,11 @@ class HeaderTimeoutTests(ChannelTestCase):
         The close is one log line naming the peer and the deadline.
         """
         events: list[dict] = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.connect()
         self.clock.advance(30.0)
-        from twisted.logger import formatEvent
 
         lines = [formatEvent(e) for e in events if "head" in formatEvent(e)]
         self.assertEqual(len(lines), 1, lines)
@@ -241,7 +243,7 @@ class DrainTests(ChannelTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.site.connections = Connections()
+        self.connections = self.site.connections = Connections()
 
     def test_idleClosesAtOnce(self) -> None:
         """
@@ -251,10 +253,10 @@ class DrainTests(ChannelTestCase):
         channel, transport = self.connect()
         channel.dataReceived(HEAD)
         finish(self.held.waiting[0])
-        drained = self.site.connections.drain(self.clock, 30.0)
+        drained = self.connections.drain(self.clock, 30.0)
         self.assertTrue(transport.disconnecting)
         self.assertNoResult(drained)
-        channel.connectionLost(None)
+        channel.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(drained)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -266,7 +268,7 @@ class DrainTests(ChannelTestCase):
         """
         channel, transport = self.connect()
         channel.dataReceived(HEAD)
-        drained = self.site.connections.drain(self.clock, 30.0)
+        drained = self.connections.drain(self.clock, 30.0)
         self.clock.advance(20.0)
         self.assertFalse(transport.disconnecting)
         finish(self.held.waiting[0], b"the whole body")
@@ -274,7 +276,7 @@ class DrainTests(ChannelTestCase):
         self.assertTrue(transport.value().endswith(b"the whole body"))
         self.assertTrue(transport.disconnecting)
         self.assertFalse(transport.disconnected)
-        channel.connectionLost(None)
+        channel.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(drained)
 
     def test_streamingFinishes(self) -> None:
@@ -287,7 +289,7 @@ class DrainTests(ChannelTestCase):
         request = self.held.waiting[0]
         request.setHeader(b"Content-Length", b"10")
         request.write(b"12345")
-        self.site.connections.drain(self.clock, 30.0)
+        self.connections.drain(self.clock, 30.0)
         self.assertFalse(transport.disconnecting)
         request.write(b"67890")
         request.finish()
@@ -299,12 +301,12 @@ class DrainTests(ChannelTestCase):
         """
         channel, transport = self.connect()
         channel.dataReceived(HEAD)
-        drained = self.site.connections.drain(self.clock, 30.0)
+        drained = self.connections.drain(self.clock, 30.0)
         self.clock.advance(29.9)
         self.assertFalse(transport.disconnected)
         self.clock.advance(0.1)
         self.assertTrue(transport.disconnected)
-        channel.connectionLost(None)
+        channel.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(drained)
 
     def test_headArrivingDuringDrain(self) -> None:
@@ -314,7 +316,7 @@ class DrainTests(ChannelTestCase):
         """
         channel, transport = self.connect()
         channel.dataReceived(HEAD[:25])  # the request line and a bit
-        self.site.connections.drain(self.clock, 30.0)
+        self.connections.drain(self.clock, 30.0)
         channel.dataReceived(HEAD[25:])
         finish(self.held.waiting[0])
         self.assertIn(b"Connection: close\r\n", transport.value())
@@ -324,7 +326,7 @@ class DrainTests(ChannelTestCase):
         """
         With no connection open the drain is done at once.
         """
-        self.successResultOf(self.site.connections.drain(self.clock, 30.0))
+        self.successResultOf(self.connections.drain(self.clock, 30.0))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
@@ -348,7 +350,7 @@ class FromConfigTests(SynchronousTestCase):
             header_timeout=5.0,
         )
         site = makeSite(config, clock)
-        channel = site.buildProtocol(None)
+        channel = cast(RegproxyChannel, site.buildProtocol(None))
         transport = StringTransport()
         channel.makeConnection(transport)
         clock.advance(4.9)

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
+from typing import cast
 
 import bcrypt
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import (
+    ILogObserver,
     LogLevel,
     LogPublisher,
     formatEvent,
@@ -31,8 +34,9 @@ from regproxy.server.drain import Connections
 class LogCapture:
     def __init__(self, testCase: SynchronousTestCase) -> None:
         self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        testCase.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        testCase.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def lines(self, containing: str = "") -> list[str]:
         return [formatEvent(e) for e in self.events if containing in formatEvent(e)]
@@ -49,9 +53,17 @@ class ReloadsTests(SynchronousTestCase):
         """
         log = LogCapture(self)
         ran: list[str] = []
+
+        def part(name: str, holds: str) -> Callable[[], str]:
+            def reload() -> str:
+                ran.append(name)
+                return holds
+
+            return reload
+
         reloads = Reloads()
-        reloads.register("first", lambda: ran.append("first") or "3 things")
-        reloads.register("second", lambda: ran.append("second") or "4 things")
+        reloads.register("first", part("first", "3 things"))
+        reloads.register("second", part("second", "4 things"))
         self.assertTrue(reloads.reloadAll())
         self.assertEqual(ran, ["first", "second"])
         self.assertEqual(
@@ -89,9 +101,14 @@ class ReloadsTests(SynchronousTestCase):
         others still reload.
         """
         reloads = Reloads()
-        reloads.register("broken", lambda: 1 / 0)  # type: ignore[arg-type, return-value]
+        reloads.register("broken", lambda: str(1 / 0))
         ran = []
-        reloads.register("second", lambda: ran.append(1) or "fine")
+
+        def second() -> str:
+            ran.append(1)
+            return "fine"
+
+        reloads.register("second", second)
         self.assertFalse(reloads.reloadAll())
         self.assertEqual(ran, [1])
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
@@ -180,8 +197,13 @@ class HangupReloadsTests(SynchronousTestCase):
         default action back.
         """
         ran = []
+
+        def part() -> str:
+            ran.append(1)
+            return "ok"
+
         reloads = Reloads()
-        reloads.register("part", lambda: ran.append(1) or "ok")
+        reloads.register("part", part)
         signals = FakeSignals()
         hangup = HangupReloads(ImmediateReactor(), reloads, signals)
         hangup.startService()
@@ -189,6 +211,22 @@ class HangupReloadsTests(SynchronousTestCase):
         handler(signal.SIGHUP, None)  # type: ignore[operator]
         handler(signal.SIGHUP, None)  # type: ignore[operator]
         self.assertEqual(ran, [1, 1])
+        hangup.stopService()
+        self.assertEqual(signals.handlers[signal.SIGHUP], signal.SIG_DFL)
+
+    def test_beforePortsOpen(self) -> None:
+        """
+        The handler is installed in C{privilegedStartService}, where twistd
+        opens the ports, so a SIGHUP sent once a port is open is handled;
+        C{startService} then installs nothing more.
+        """
+        signals = FakeSignals()
+        hangup = HangupReloads(ImmediateReactor(), Reloads(), signals)
+        hangup.privilegedStartService()
+        handler = signals.handlers[signal.SIGHUP]
+        self.assertNotEqual(handler, None)
+        hangup.startService()
+        self.assertIs(signals.handlers[signal.SIGHUP], handler)
         hangup.stopService()
         self.assertEqual(signals.handlers[signal.SIGHUP], signal.SIG_DFL)
 
@@ -217,7 +255,7 @@ class ReopenLogFilesTests(SynchronousTestCase):
         """
         Logging to standard output, there is nothing to reopen.
         """
-        publisher = LogPublisher(lambda event: None)
+        publisher = LogPublisher(cast(ILogObserver, lambda event: None))
         self.assertEqual(reopenLogFiles(publisher), "not logging to a file")
 
 
@@ -263,15 +301,15 @@ class DrainingServiceTests(SynchronousTestCase):
         self.clock = ThreadlessClock()
         self.signals = FakeSignals()
         self.top = DrainingService()
-        self.top.connections = Connections()
+        self.connections = self.top.connections = Connections()
         self.top.reactor = self.clock
         self.top.signals = self.signals
         self.top.grace = 30.0
         self.listener = SlowToStop()
         self.listener.setServiceParent(self.top)
         self.top.startService()
-        self.busy = Busy(self.top.connections)
-        self.top.connections.opened(self.busy)
+        self.busy = Busy(self.connections)
+        self.connections.opened(self.busy)
 
     def test_listenersFirst(self) -> None:
         """
@@ -282,7 +320,7 @@ class DrainingServiceTests(SynchronousTestCase):
         self.listener.stopping.callback(None)
         self.assertTrue(self.busy.told)
         self.assertNoResult(stopped)
-        self.top.connections.closed(self.busy)
+        self.connections.closed(self.busy)
         self.successResultOf(stopped)
         self.assertFalse(self.busy.aborted)
 
@@ -314,7 +352,7 @@ class DrainingServiceTests(SynchronousTestCase):
         once.
         """
         for number in (signal.SIGTERM, signal.SIGINT):
-            self.top.connections.opened(Busy(self.top.connections))
+            self.connections.opened(Busy(self.connections))
             self.top.running = True
             self.listener.stopping = Deferred()
             self.listener.running = True

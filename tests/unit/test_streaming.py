@@ -7,6 +7,7 @@ side, and upstream failures become registry-format errors.
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import attrs
 from twisted.internet import error as netError
@@ -15,7 +16,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import (
@@ -24,7 +25,7 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from regproxy.app import makeSite
@@ -286,15 +287,18 @@ class StreamingTests(SynchronousTestCase):
         the HTTP client reports it as a failure to send the request.
         """
         events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         client = RawClient(self.site)
         client.send(
             b"PATCH /v2/lib/app/blobs/uploads/u-1?_state=secret HTTP/1.1\r\n"
             b"Host: proxy\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
         )
         sent = self.agent.sent[0]
-        finished = sent.bodyProducer.startProducing(RecordingConsumer())
+        finished = cast(IBodyProducer, sent.bodyProducer).startProducing(
+            RecordingConsumer()
+        )
         # What HTTP11ClientProtocol does when the body producer fails.
         finished.addErrback(
             lambda f: sent.deferred.errback(RequestGenerationFailed([f]))

@@ -5,11 +5,12 @@ they build.
 
 import os
 import sys
+from typing import cast
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, IServiceMaker
+from twisted.application.service import IService, IServiceMaker, MultiService
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -231,7 +232,9 @@ class MakeServiceTests(TapTestCase):
         top = makeService(self.parse(*argv))
         self.assertTrue(IService.providedBy(top))
         self.assertFalse(top.running)
-        children = [c for c in top if not isinstance(c, HangupReloads)]
+        children = [
+            c for c in cast(MultiService, top) if not isinstance(c, HangupReloads)
+        ]
         for child in children:
             self.assertIsInstance(child, StreamServerEndpointService)
             self.assertFalse(child.running)
@@ -268,7 +271,7 @@ class MakeServiceTests(TapTestCase):
         self.assertIs(plain.factory, tls.factory)
 
     def reloadNames(self, top: IService) -> list[str]:
-        (hangup,) = [c for c in top if isinstance(c, HangupReloads)]
+        (hangup,) = [c for c in cast(MultiService, top) if isinstance(c, HangupReloads)]
         return hangup._reloads.names()
 
     def test_reloadsRegistered(self) -> None:
@@ -316,8 +319,9 @@ class MakeServiceTests(TapTestCase):
         with the setting it probably meant.
         """
         events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.environ["REGPROXY_UPSTREM"] = "http://typo.example"
         self.startUp("--listen", "tcp:0:interface=127.0.0.1")
         lines = [formatEvent(e) for e in events if "REGPROXY_" in formatEvent(e)]
