@@ -8,6 +8,7 @@ import tomllib
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.auth.access import (
@@ -369,13 +370,12 @@ class AccessRulesFileTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.path = self.mktemp()
-        self.write(EXAMPLE)
-        self.rules = AccessRulesFile(self.path)
+        self.file = FilePath(self.mktemp())
+        self.file.setContent(EXAMPLE.encode())
+        self.rules = AccessRulesFile(self.file.path)
 
     def write(self, text: str) -> None:
-        with open(self.path, "w") as f:
-            f.write(text)
+        self.file.setContent(text.encode())
 
     def test_reload(self) -> None:
         """
