@@ -79,12 +79,17 @@ class RegproxyChannel(http.HTTPChannel):
     timeout restarts with every byte, so it never ends a slowloris.  Bodies
     and the wait between requests on a kept-alive connection are not
     covered.
+
+    It tells the site's L{Connections} that it is open, so that a stop can
+    let its request in flight finish (L{stopAfterRequest}).
     """
 
     _log = Logger()
     _firstBytesSeen = False
     _headDeadline: IDelayedCall | None = None
     _awaitingHead = False
+    _connections: Connections | None = None
+    _stopping = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -93,9 +98,6 @@ class RegproxyChannel(http.HTTPChannel):
         if connections is not None:
             self._connections = connections
             connections.opened(self)
-
-    _connections: Connections | None = None
-    _stopping = False
 
     def stopAfterRequest(self) -> None:
         """
