@@ -6,18 +6,28 @@ The C{twistd regproxy} command: its L{Options} and L{makeService}.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+import signal
+import sys
+from typing import Any
 
 import attrs
-from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
 
-from regproxy.config import Config, ConfigError, loadConfig, optionName, settings
+from regproxy import __version__
+from regproxy.config import (
+    Config,
+    ConfigError,
+    loadConfig,
+    optionName,
+    settings,
+    unknownEnvironment,
+)
+from regproxy.daemon import DrainingService
 
-if TYPE_CHECKING:
-    from regproxy.tls.endpoint import TLSServerEndpoint
+_log = Logger()
 
 
 def _repeatableHandler(name: str):
@@ -55,6 +65,24 @@ class Options(usage.Options):
         super().__init__()
         self.given: dict[str, Any] = {}
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            # One line that names the option, not twistd's whole usage text.
+            raise SystemExit(
+                f"twistd regproxy: {e}; see 'twistd regproxy --help'"
+            ) from None
+
+    def opt_version(self) -> None:
+        """
+        Show regproxy's version (and Twisted's) and exit.
+        """
+        from twisted import copyright
+
+        print(f"regproxy {__version__} (Twisted {copyright.version})")
+        sys.exit(0)
+
     def postOptions(self) -> None:
         for field, spec in settings():
             if spec.repeatable or spec.switch:
@@ -91,25 +119,12 @@ for _field, _spec in settings():
         Options.optParameters.append([_name, None, None, _doc])
 
 
-class RegproxyService(service.MultiService):
+class RegproxyService(DrainingService):
     """
     All of regproxy's services; a listener that cannot bind stops start-up
-    with one line saying which, instead of a traceback.
-
-    @ivar tlsEndpoints: The C{regproxy-tls} listeners, for L{reloadTLS}.
+    with one line saying which, instead of a traceback.  Stopping lets
+    requests in flight finish (see L{DrainingService}).
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tlsEndpoints: list[TLSServerEndpoint] = []
-
-    def reloadTLS(self) -> None:
-        """
-        Re-read the TLS certificate files and renew the local CA's server
-        certificate if the names changed (for C{SIGHUP}).
-        """
-        for endpoint in self.tlsEndpoints:
-            endpoint.reload()
 
     def privilegedStartService(self) -> None:
         try:
@@ -136,16 +151,28 @@ def makeService(options: Options) -> RegproxyService:
     """
     from twisted.internet import reactor
 
-    from regproxy.app import makeSite
+    from regproxy.app import Reloads, makeSite
+    from regproxy.daemon import HangupReloads, registerTLSReload, reopenLogFiles
     from regproxy.mdns import MDNSService, portsFromListen
     from regproxy.tls.endpoint import TLSDefaults, TLSServerEndpoint, serverEndpoint
 
     config: Config = options.config
+    for problem in unknownEnvironment(os.environ):
+        _log.warn("Ignoring {problem}", problem=problem)
+    reloads = Reloads()
+    # First, so that the lines of the other parts go to the reopened file.
+    reloads.register("log file", reopenLogFiles)
     top = RegproxyService()
+    # First, so SIGHUP is handled before any port is open.
+    HangupReloads(reactor, reloads).setServiceParent(top)
     try:
-        site = makeSite(config, reactor)
+        site = makeSite(config, reactor, reloads=reloads)
     except (OSError, ValueError) as e:
         raise SystemExit(f"regproxy: {e}") from None
+    top.connections = site.connections
+    top.reactor = reactor
+    top.grace = config.shutdown_grace
+    top.signals = signal
     defaults = TLSDefaults(config.state_dir, config.tls_name)
     for description in config.listen:
         try:
@@ -154,12 +181,12 @@ def makeService(options: Options) -> RegproxyService:
             raise SystemExit(
                 f"regproxy: --listen: cannot use {description!r}: {e}"
             ) from None
-        if isinstance(endpoint, TLSServerEndpoint):
-            top.tlsEndpoints.append(endpoint)
         listener = StreamServerEndpointService(endpoint, site)
         # As strports.service does: a port that cannot be bound stops start-up.
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
+        if isinstance(endpoint, TLSServerEndpoint):
+            registerTLSReload(reloads, endpoint)
     if config.mdns:
         httpPorts, httpsPorts = portsFromListen(config.listen)
         try:

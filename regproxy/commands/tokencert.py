@@ -20,6 +20,7 @@ import sys
 
 from regproxy.auth.jwt import generateIssuerKeyAndCertificate
 from regproxy.auth.libtrust import keyID
+from regproxy.commands.arguments import OneLineParser
 from regproxy.tls.pem import (
     certificatePEM,
     privateKeyPEM,
@@ -29,7 +30,7 @@ from regproxy.tls.pem import (
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="regproxy gen-token-auth-cert",
         description="Make the ES256 key, self-signed certificate and libtrust kid "
         "that a distribution registry in token mode needs to trust regproxy's tokens.",

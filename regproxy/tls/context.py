@@ -261,11 +261,24 @@ class ReloadingServerContext:
 
     def reload(self) -> bool:
         """
-        Re-read the files now (for C{SIGHUP}).
+        Re-read the files now, changed or not (for C{SIGHUP}).
 
-        @return: C{True} when they could be used.
+        @return: C{True} when other certificates are served from now on.
+        @raise CertificateError: The files cannot be used; the previous
+            certificates stay in use.
         """
-        return self.reloadIfChanged(force=True)
+        before = self._fingerprints()
+        self._state = self._files.state()
+        certificates = self._files.load(self._now())
+        try:
+            self._install(certificates)
+        except SSL.Error as e:
+            raise CertificateError(f"{self._files.cert}: {e}") from None
+        return self._fingerprints() != before
+
+    def _fingerprints(self) -> tuple[str, ...]:
+        served = self._certificates
+        return tuple(c.fingerprint for c in (served.default, *served.byName))
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         self.reloadIfChanged()

@@ -253,7 +253,7 @@ class TLSServerEndpoint:
         self,
         inner: interfaces.IStreamServerEndpoint,
         creator: Creator,
-        spec: TLSListenerSpec | None = None,
+        spec: TLSListenerSpec,
     ) -> None:
         self.inner = inner
         self.creator = creator
@@ -265,7 +265,9 @@ class TLSServerEndpoint:
         server certificate still fits this machine's names and is not near
         its expiry (issuing a new one if not): what C{SIGHUP} does.
 
-        @return: C{True} when the certificates were (re)installed.
+        @return: C{True} when other certificates are served from now on.
+        @raise CertificateError: They cannot be used (a L{ValueError});
+            the current ones stay in use.
         """
         return self.creator.reload()
 
@@ -284,7 +286,7 @@ class TLSServerEndpoint:
                 "TLS on port {port}: certificate {path}, SHA-256 {fingerprint}, "
                 "names {names}, expires {expires}",
                 port=number,
-                path=self.spec.cert if self.spec else None,
+                path=self.spec.cert,
                 fingerprint=certificate.fingerprint,
                 names=names,
                 expires=f"{certificate.notAfter:%Y-%m-%d}",

@@ -85,12 +85,15 @@ class RenewingServerContext:
 
         @return: C{True} when a new one was issued.
         """
-        self._due = self._clock.seconds() + self._checkEvery
         try:
-            found = ensureLocalCA(self._stateDir, self._names(), self._now())
+            return self._renew()
         except CertificateError as e:
             self._log.warn("TLS: keeping the current certificate: {reason}", reason=e)
             return False
+
+    def _renew(self) -> bool:
+        self._due = self._clock.seconds() + self._checkEvery
+        found = ensureLocalCA(self._stateDir, self._names(), self._now())
         self.localCA = found
         if found.newCA is not None:
             self._log.warn(
@@ -115,9 +118,11 @@ class RenewingServerContext:
         Look at the names now and re-read the certificate files.
 
         @return: C{True} when new certificates are served from now on.
+        @raise CertificateError: A new certificate is needed but cannot be
+            made, or the files cannot be used; the current ones stay.
         """
-        renewed = self.renewIfNeeded()
-        return self._inner.reloadIfChanged(force=True) or renewed
+        self._renew()
+        return self._inner.reload()
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         if self._clock.seconds() >= self._due:

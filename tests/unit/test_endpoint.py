@@ -31,6 +31,7 @@ from regproxy.tls.endpoint import (
     TLSDefaults,
     TLSListenerSpec,
     TLSServerEndpoint,
+    makeEndpoint,
     parseArguments,
     serverEndpoint,
 )
@@ -348,7 +349,7 @@ class ServerEndpointTests(SynchronousTestCase):
         )
         assert isinstance(endpoint, TLSServerEndpoint)
         assert isinstance(endpoint.creator, RenewingServerContext)
-        self.assertIsNone(endpoint.spec and endpoint.spec.names)
+        self.assertIsNone(endpoint.spec.names)
         names = endpoint.creator.certificates.default.names
         self.assertIn("a.example", names.dnsNames)
         self.assertEqual(endpoint.creator.localCA.paths.directory, stateDir + "/tls")
@@ -395,3 +396,55 @@ class ServerEndpointTests(SynchronousTestCase):
         self.assertEqual(
             endpoint.creator.certificates.default.names.dnsNames, ("second.example",)
         )
+
+
+class HangupTests(SynchronousTestCase):
+    """
+    What SIGHUP's TLS part (L{regproxy.daemon.registerTLSReload}) does with
+    L{TLSServerEndpoint.reload}.
+    """
+
+    def setUp(self) -> None:
+        from regproxy.app import Reloads
+        from regproxy.daemon import registerTLSReload
+
+        self.names = SubjectNames(["box.local"], [])
+        self.endpoint = makeEndpoint(
+            memoryReactor(),
+            TLSListenerSpec(5000),
+            TLSDefaults(os.path.abspath(self.mktemp())),
+            names=lambda extra: self.names,
+        )
+        self.reloads = Reloads()
+        registerTLSReload(self.reloads, self.endpoint)
+
+    def said(self) -> list[str]:
+        with capturedLogs() as events:
+            self.reloads.reloadAll()
+        return [
+            e["what"] if "what" in e else e["log_format"] for e in events if "name" in e
+        ]
+
+    def test_namesChanged(self) -> None:
+        self.assertEqual(self.said(), ["nothing new installed"])
+        self.names = SubjectNames(["box.local", "new.local"], [])
+        self.assertEqual(self.said(), ["new certificate installed"])
+        self.assertIn(
+            "new.local", self.endpoint.creator.certificates.default.names.dnsNames
+        )
+
+    def test_unusable(self) -> None:
+        """
+        A new server certificate that cannot be written (its key's path is
+        taken by a directory) keeps the certificate in use, and SIGHUP's
+        line says it kept the previous one.
+        """
+        assert isinstance(self.endpoint.creator, RenewingServerContext)
+        paths = self.endpoint.creator.localCA.paths
+        os.unlink(paths.serverKey)
+        os.mkdir(paths.serverKey)
+        self.names = SubjectNames(["other.local"], [])
+        before = self.endpoint.creator.certificates.default.fingerprint
+        [line] = self.said()
+        self.assertIn("kept the previous", line)
+        self.assertEqual(self.endpoint.creator.certificates.default.fingerprint, before)

@@ -327,3 +327,18 @@ class ReloadTests(SynchronousTestCase):
             ReloadingServerContext,
             CertificateFiles(self.files.cert, self.files.key),
         )
+
+    def test_reloadNow(self) -> None:
+        """
+        C{reload} (for SIGHUP) says whether other certificates are served,
+        and refuses files it cannot use, keeping the ones in use.
+        """
+        self.assertFalse(self.creator.reload())
+        second = self.files.write(SubjectNames(["second.example"], LOOPBACK))
+        self.assertTrue(self.creator.reload())
+        made = generateSelfSigned(SubjectNames(["third.example"], LOOPBACK))
+        with open(self.files.cert, "wb") as f:
+            f.write(made.certificatePEM())
+        error = self.assertRaises(CertificateError, self.creator.reload)
+        self.assertIn("does not match", str(error))
+        self.assertEqual(self.fingerprintSeen(), second.fingerprint)
