@@ -123,7 +123,8 @@ def show(
         lines.append(
             "note: this machine's names are now "
             f"{', '.join(current.describe())}; the running regproxy issues a new "
-            "server certificate for them within a minute, signed by the same CA"
+            "server certificate for them at a client's connection (looking at most "
+            "once a minute) or on SIGHUP, signed by the same CA"
         )
     print("\n".join(lines), file=out)
 
