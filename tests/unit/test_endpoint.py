@@ -47,7 +47,7 @@ hostNames = st.lists(labels, min_size=1, max_size=3).map(".".join)
 # Anything a file name may hold, including the characters endpoint
 # descriptions treat specially (":", "=", "\\").
 fileNames = st.text(
-    st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)),
+    st.characters(blacklist_characters="/\x00", blacklist_categories=["Cs"]),
     min_size=1,
     max_size=30,
 ).filter(lambda n: n not in (".", ".."))

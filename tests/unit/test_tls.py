@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import ipaddress
 import os
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -128,8 +129,9 @@ class GenerateTests(SynchronousTestCase):
         self.assertEqual(cert.issuer, cert.subject)
         basic = cert.extensions.get_extension_for_class(x509.BasicConstraints)
         self.assertTrue(basic.value.ca)
-        self.assertIsInstance(cert.public_key(), ec.EllipticCurvePublicKey)
-        self.assertEqual(cert.public_key().curve.name, "secp256r1")
+        key = cert.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        self.assertEqual(key.curve.name, "secp256r1")
         lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
         self.assertTrue(
             datetime.timedelta(days=360) < lifetime < datetime.timedelta(days=731)
@@ -279,7 +281,7 @@ class CACertificateResourceTests(SynchronousTestCase):
         """
         stateDir = self.mktemp()
         local = ensureLocalCA(stateDir, NAMES)
-        treq = StubTreq(CACertificateResource.inStateDir(stateDir))
+        treq: Any = StubTreq(CACertificateResource.inStateDir(stateDir))
         response = self.successResultOf(treq.get("http://x/_ca.crt"))
         self.assertEqual(response.code, 200)
         self.assertEqual(
@@ -296,6 +298,6 @@ class CACertificateResourceTests(SynchronousTestCase):
         self.assertEqual(body2, body)
 
     def test_none(self) -> None:
-        treq = StubTreq(CACertificateResource.inStateDir(self.mktemp()))
+        treq: Any = StubTreq(CACertificateResource.inStateDir(self.mktemp()))
         response = self.successResultOf(treq.get("http://x/_ca.crt"))
         self.assertEqual(response.code, 404)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from typing import Any, Protocol
 
+from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import capturedLogs
@@ -38,8 +40,17 @@ def clientContext(
     return context
 
 
+class Creator(Protocol):
+    """
+    What L{handshake} needs of a server: L{ReloadingServerContext}, or
+    any other connection creator.
+    """
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection: ...
+
+
 def handshake(
-    creator: IOpenSSLServerConnectionCreator,
+    creator: Creator,
     serverName: bytes | None = None,
     client: SSL.Context | None = None,
 ) -> SSL.Connection:
@@ -74,10 +85,14 @@ def handshake(
     return clientConnection
 
 
+def peerCertificate(connection: SSL.Connection) -> x509.Certificate:
+    certificate = connection.get_peer_certificate()
+    assert certificate is not None
+    return certificate.to_cryptography()
+
+
 def peerNames(connection: SSL.Connection) -> SubjectNames:
-    return SubjectNames.fromCertificate(
-        connection.get_peer_certificate().to_cryptography()
-    )
+    return SubjectNames.fromCertificate(peerCertificate(connection))
 
 
 class Files:
@@ -169,12 +184,9 @@ class SettingsTests(SynchronousTestCase):
         client = handshake(
             self.creator, client=clientContext(SSL.TLS1_2_VERSION, SSL.TLS1_2_VERSION)
         )
-        self.assertTrue(
-            client.get_cipher_name().startswith("ECDHE-"), client.get_cipher_name()
-        )
-        self.assertTrue(
-            "GCM" in client.get_cipher_name() or "CHACHA20" in client.get_cipher_name()
-        )
+        cipher = client.get_cipher_name() or ""
+        self.assertTrue(cipher.startswith("ECDHE-"), cipher)
+        self.assertTrue("GCM" in cipher or "CHACHA20" in cipher, cipher)
 
     def test_onlyCBCOffered(self) -> None:
         """
@@ -269,9 +281,7 @@ class ReloadTests(SynchronousTestCase):
         )
 
     def fingerprintSeen(self) -> str:
-        return fingerprint(
-            handshake(self.creator).get_peer_certificate().to_cryptography()
-        )
+        return fingerprint(peerCertificate(handshake(self.creator)))
 
     def test_unchanged(self) -> None:
         self.assertFalse(self.creator.reloadIfChanged())

@@ -40,6 +40,17 @@ from regproxy.names.scope import Scope
 from regproxy.tls.pem import certificatePEM, parseCertificates, privateKeyPEM
 
 NOW = 1_800_000_000
+
+
+def ecKey(certificate: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    """
+    The certificate's key, which for our tokens is always a P-256 one.
+    """
+    key = certificate.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    return key
+
+
 _KEY, _CERT = generateIssuerKeyAndCertificate("issuer.test")
 
 
@@ -170,7 +181,7 @@ class IssueTests(SynchronousTestCase):
         der = encode_dss_signature(
             int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
         )
-        _CERT.public_key().verify(der, signingInput.encode(), ec.ECDSA(hashes.SHA256()))
+        ecKey(_CERT).verify(der, signingInput.encode(), ec.ECDSA(hashes.SHA256()))
 
     def test_extraClaimsAndLifetime(self) -> None:
         """
@@ -457,7 +468,7 @@ class KeyFileTests(SynchronousTestCase):
         verifier = TokenVerifier.forKeys(
             "issuer.test",
             "r",
-            [c.public_key() for c in parseCertificates(certificatePEM(_CERT), "c")],
+            [ecKey(c) for c in parseCertificates(certificatePEM(_CERT), "c")],
             clock,
         )
         self.assertEqual(verifier.verify(token)["sub"], "a")
@@ -534,7 +545,7 @@ class StateDirectoryIssuerTests(SynchronousTestCase):
         second = loadOrCreateIssuer(directory, "regproxy", clock)
         self.assertEqual(first.keyID, second.keyID)
         verifier = TokenVerifier.forKeys(
-            "regproxy", "proxy", [second.chain[0].public_key()], clock
+            "regproxy", "proxy", [ecKey(second.chain[0])], clock
         )
         self.assertEqual(verifier.verify(first.issue("a", "proxy").token)["sub"], "a")
 
