@@ -3,8 +3,8 @@
 The composition root: how a L{Config} becomes a server.
 
 C{/v2/...} is relayed to the upstream, C{/token} is the token endpoint,
-C{/_health} answers without touching the upstream; anything else is a
-registry-format 404.  This is the one module that knows every part.
+C{/_health} answers without touching the upstream, C{/_ready} says whether
+the upstream can be reached; anything else is a registry-format 404.  This is the one module that knows every part.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 
 from treq.client import HTTPClient
 from twisted.web.iweb import IAgent
-from twisted.web.server import Site
 
 from regproxy.auth.access import AccessRules, AccessRulesError, loadAccessRules
 from regproxy.auth.broker import Broker
@@ -31,8 +30,10 @@ from regproxy.auth.tokenresource import TokenResource
 from regproxy.auth.upstreamlogins import UpstreamLogins
 from regproxy.auth.users import HtpasswdLogins
 from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
+from regproxy.metrics import CountedClient, Metrics
 from regproxy.proxy.agent import NoCookies, makeUpstreamAgent
 from regproxy.proxy.brokered import BrokeredRegistryResource
+from regproxy.proxy.measured import MeasuredAgent
 from regproxy.proxy.passthrough import (
     RegistryResource,
     TokenPassthroughResource,
@@ -46,6 +47,8 @@ from regproxy.resolve.identity import IdentityResolver
 from regproxy.resolve.interfaces import IResolver
 from regproxy.resolve.static import StaticResolver
 from regproxy.server.cors import CORSPolicy
+from regproxy.server.forwarded import TrustedProxies
+from regproxy.server.health import ReadyResource, UpstreamProbe
 from regproxy.server.site import RegproxySite, RootResource, healthResource
 from regproxy.server.urls import Origin
 from regproxy.tls.caresource import CACertificateResource
@@ -62,13 +65,17 @@ def resolverKind(config: Config) -> str:
     return "identity"
 
 
-def makeResolver(config: Config, reactor, apiClient=None) -> IResolver:
+def makeResolver(
+    config: Config, reactor, apiClient=None, metrics: Metrics | None = None
+) -> IResolver:
     """
     The L{IResolver} for C{config}, cached where it asks an API.
 
     @param apiClient: A treq-like client for the balena API; by default
         one with its own connection pool and no cookie jar.
+    @param metrics: Counts lookups and balena API requests.
     """
+    metrics = metrics or Metrics()
     kind = resolverKind(config)
     if kind == "identity":
         return IdentityResolver()
@@ -80,12 +87,17 @@ def makeResolver(config: Config, reactor, apiClient=None) -> IResolver:
             makeUpstreamAgent(reactor, config),
             cookiejar=NoCookies(),  # type: ignore[arg-type]
         )
-    balena = BalenaResolver(config.balena_api or DEFAULT_BALENA_API, apiClient, reactor)
+    balena = BalenaResolver(
+        config.balena_api or DEFAULT_BALENA_API,
+        CountedClient(apiClient, metrics.balenaAPIRequests),
+        reactor,
+    )
     return CachingResolver(
         balena,
         reactor,
         ttl=config.resolve_cache_ttl,
         staleAge=config.resolve_stale_age,
+        metrics=metrics,
     )
 
 
@@ -154,7 +166,11 @@ def makeBackend(config: Config, reactor, authenticator: UpstreamAuthenticator):
 
 
 def makeBroker(
-    config: Config, reactor, authenticator: UpstreamAuthenticator, environ=os.environ
+    config: Config,
+    reactor,
+    authenticator: UpstreamAuthenticator,
+    environ=os.environ,
+    metrics: Metrics | None = None,
 ) -> Broker:
     """
     Our token issuer, verifier, sealer and auth backend.
@@ -166,7 +182,13 @@ def makeBroker(
     sealer = Sealer(loadOrCreateKey(os.path.join(_stateDir(config), "sealing.key")))
     backend = makeBackend(config, reactor, authenticator)
     return Broker(
-        issuer, verifier, sealer, backend, config.service_name, config.public_url
+        issuer,
+        verifier,
+        sealer,
+        backend,
+        config.service_name,
+        config.public_url,
+        metrics=metrics or Metrics(),
     )
 
 
@@ -176,7 +198,7 @@ def makeSite(
     agent: IAgent | None = None,
     apiClient=None,
     environ=os.environ,
-) -> Site:
+) -> RegproxySite:
     """
     Build the server for C{config}.
 
@@ -188,8 +210,10 @@ def makeSite(
     """
     if agent is None:
         agent = makeUpstreamAgent(reactor, config)
+    metrics = Metrics()
+    agent = MeasuredAgent(agent, metrics, reactor)
     upstream = Origin.fromURL(config.upstream)
-    forwarder = Forwarder(agent, reactor, config.response_timeout)
+    forwarder = Forwarder(agent, reactor, config.response_timeout, metrics)
     root = RootResource()
     if config.auth == "passthrough":
         realm = UpstreamRealm(forwarder, upstream)
@@ -199,8 +223,8 @@ def makeSite(
         root.putChild(b"token", TokenPassthroughResource(forwarder, realm))
     else:
         authenticator = UpstreamAuthenticator(agent, upstream, reactor)
-        broker = makeBroker(config, reactor, authenticator, environ)
-        resolver = makeResolver(config, reactor, apiClient)
+        broker = makeBroker(config, reactor, authenticator, environ, metrics)
+        resolver = makeResolver(config, reactor, apiClient, metrics)
         root.putChild(
             b"v2",
             BrokeredRegistryResource(
@@ -216,7 +240,57 @@ def makeSite(
         )
         root.putChild(b"token", TokenResource(broker))
     root.putChild(b"_health", healthResource())
+    root.putChild(
+        b"_ready", ReadyResource(UpstreamProbe(agent, upstream.base + b"/v2/", reactor))
+    )
     root.putChild(b"_ca.crt", CACertificateResource.inStateDir(config.state_dir))
     site = RegproxySite(root, reactor=reactor)
     site.cors = CORSPolicy(config.cors_origin)
+    site.metrics = metrics
+    site.trustedProxies = TrustedProxies.fromStrings(config.trusted_proxy)
     return site
+
+
+def _tokenKeySource(config: Config, environ) -> str:
+    if config.token_key:
+        return config.token_key
+    if environ.get("REGISTRY_TOKEN_AUTH_CERT_KEY"):
+        return "openBalena's REGISTRY_TOKEN_AUTH_* variables"
+    return f"kept in {config.state_dir}"
+
+
+def startupLines(config: Config, environ=os.environ) -> list[str]:
+    """
+    What regproxy says once at start: one line each for the listeners,
+    upstream, resolver, auth mode, users, token issuer and cache (never a
+    secret: an API key or password shows only as given or not).
+    """
+    lines = [f"listening on {description}" for description in config.listen]
+    lines.append(f"metrics on {config.metrics}" if config.metrics else "metrics: off")
+    lines.append(f"upstream: {config.upstream}")
+    if config.auth == "passthrough":
+        lines.append("resolver: none (passthrough)")
+    else:
+        kind = resolverKind(config)
+        where = ""
+        if kind == "balena":
+            where = f" at {config.balena_api or DEFAULT_BALENA_API}, "
+            where += "own API key given" if config.api_token else "no API key"
+        lines.append(f"resolver: {kind}{where}")
+    lines.append(f"auth: {config.auth}")
+    if config.htpasswd:
+        lines.append(f"users: from {config.htpasswd}")
+    else:
+        lines.append("users: the upstream's (no --htpasswd)")
+    if config.auth == "passthrough":
+        lines.append("token issuer: the upstream's")
+    else:
+        lines.append(
+            f"token issuer: {config.token_issuer}, key "
+            f"{_tokenKeySource(config, environ)}, "
+            f"tokens valid {config.token_lifetime:g}s"
+        )
+    lines.append("cache: none")
+    if config.trusted_proxy:
+        lines.append(f"trusted proxies: {', '.join(config.trusted_proxy)}")
+    return lines

@@ -6,12 +6,15 @@ The C{twistd regproxy} command: its L{Options} and L{makeService}.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import attrs
 from twisted.application import service, strports
 from twisted.internet.error import CannotListenError
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 from regproxy.config import Config, ConfigError, loadConfig, optionName, settings
 
@@ -91,7 +94,22 @@ class RegproxyService(service.MultiService):
     """
     All of regproxy's services; a listener that cannot bind stops start-up
     with one line saying which, instead of a traceback.
+
+    @ivar startupLines: Logged once the listeners are bound (what listens,
+        the upstream, resolver, auth, users, token issuer, cache).
+    @ivar logObserver: Replaces twistd's text log (C{--log-format json}).
     """
+
+    startupLines: list[str] = []
+    logObserver: ILogObserver | None = None
+    _log = Logger()
+
+    def setServiceParent(self, parent) -> None:
+        # twistd starts its log with the application's ILogObserver when it
+        # has one (and no --logger was given): the way to choose the format.
+        if self.logObserver is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.logObserver)
+        super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         try:
@@ -104,6 +122,8 @@ class RegproxyService(service.MultiService):
             super().startService()
         except CannotListenError as e:
             raise SystemExit(f"regproxy: --listen: {_describeBindFailure(e)}") from None
+        for line in self.startupLines:
+            self._log.info("{line}", line=line)
 
 
 def _describeBindFailure(e: CannotListenError) -> str:
@@ -112,30 +132,42 @@ def _describeBindFailure(e: CannotListenError) -> str:
     return f"cannot listen on {where}: {reason}"
 
 
+def _listen(top, option: str, endpoint: str, factory, description: str) -> None:
+    try:
+        listener = strports.service(endpoint, factory)
+    except (ValueError, TypeError, KeyError) as e:  # includes EndpointError
+        raise SystemExit(
+            f"regproxy: {option}: cannot use {description!r}: {e}"
+        ) from None
+    listener.setServiceParent(top)
+
+
 def makeService(options: Options) -> service.IService:
     """
     Build the listeners and the resource tree from the options.
     """
     from twisted.internet import reactor
 
-    from regproxy.app import makeSite
+    from regproxy.app import makeSite, startupLines
     from regproxy.mdns import MDNSService, portsFromListen
+    from regproxy.metrics import MetricsSite
+    from regproxy.server.logformat import JSONLineObserver
     from regproxy.tls.endpoint import withConfig
 
     config: Config = options.config
     top = RegproxyService()
+    if config.log_format == "json":
+        top.logObserver = JSONLineObserver(sys.stdout)
     try:
         site = makeSite(config, reactor)
     except (OSError, ValueError) as e:
         raise SystemExit(f"regproxy: {e}") from None
+    top.startupLines = startupLines(config)
     for description in config.listen:
-        try:
-            listener = strports.service(withConfig(description, config), site)
-        except (ValueError, TypeError, KeyError) as e:  # includes EndpointError
-            raise SystemExit(
-                f"regproxy: --listen: cannot use {description!r}: {e}"
-            ) from None
-        listener.setServiceParent(top)
+        _listen(top, "--listen", withConfig(description, config), site, description)
+    if config.metrics is not None and site.metrics is not None:
+        metricsSite = MetricsSite(site.metrics, reactor)
+        _listen(top, "--metrics", config.metrics, metricsSite, config.metrics)
     if config.mdns:
         httpPorts, httpsPorts = portsFromListen(config.listen)
         try:

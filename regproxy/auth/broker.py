@@ -22,6 +22,7 @@ from regproxy.auth.credentials import BasicCredentials
 from regproxy.auth.interfaces import Account, IAuthBackend, LoginFailed
 from regproxy.auth.jwt import TokenError, TokenIssuer, TokenVerifier
 from regproxy.auth.sealing import Sealer, SealError
+from regproxy.metrics import Metrics
 from regproxy.names.challenge import bearer
 from regproxy.names.reference import BASE, RegistryPath
 from regproxy.names.scope import Scope
@@ -76,6 +77,7 @@ class Broker:
     _verified: OrderedDict[str, tuple[dict[str, Any], float]] = attrs.field(
         factory=OrderedDict
     )
+    metrics: Metrics = attrs.field(factory=Metrics)
 
     _log = Logger()
 
@@ -131,6 +133,7 @@ class Broker:
                 _UPSTREAM_CREDENTIALS,
             )
         granted = self.backend.grant(account, scopes)
+        self.metrics.tokensIssued.inc()
         return self.issuer.issue(account.name, audience, granted, extra)
 
     def refreshToken(self, credentials: BasicCredentials) -> str:

@@ -107,7 +107,9 @@ class BrokeredRegistryResource(Resource):
             raise RegistryError(
                 404 if e.code == "NOT_FOUND" else 400, e.code, str(e)
             ) from None
+        request.imageName = path.name
         account = await self._broker.authorize(request, path)
+        request.accountName = account.name
         if path.kind == BASE:
             body = b"{}"
             request.setHeader(b"Content-Type", b"application/json")
@@ -210,6 +212,7 @@ class BrokeredRegistryResource(Resource):
         account: Account,
     ) -> None:
         assert path.name is not None
+        request.upstreamRepository = resolution.repository
         actions = requiredActions(request.method, path.kind)
         upstreamCredentials = self._broker.backend.upstreamCredentials(account)
         cacheKey = None

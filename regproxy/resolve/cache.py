@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from regproxy.metrics import Metrics
 from regproxy.names.reference import ImageReference
 from regproxy.resolve.interfaces import Credentials, IResolver, Resolution, ResolveError
 
@@ -74,6 +75,7 @@ class CoalescingCache:
         staleAge: float = DEFAULT_STALE_AGE,
         maxSize: int = 4096,
         isMiss: Callable[[Failure], bool] = isDefiniteMiss,
+        metrics: Metrics | None = None,
     ) -> None:
         if not 0 <= missTTL <= MAX_MISS_TTL:
             raise ValueError(
@@ -86,6 +88,7 @@ class CoalescingCache:
         self._isMiss = isMiss
         self._entries: LRUCache = LRUCache(maxsize=maxSize)
         self._inFlight: dict[Hashable, list[Deferred]] = {}
+        self._lookups = (metrics or Metrics()).resolverLookups
 
     def get(
         self,
@@ -102,6 +105,7 @@ class CoalescingCache:
         entry = self._entries.get(key)
         now = self._clock.seconds()
         if entry is not None and now - entry.storedAt < entry.ttl:
+            self._lookups.labels("hit").inc()
             return succeed(entry.result) if entry.isAnswer else fail(entry.result)
         waiter: Deferred = Deferred()
         waiters = self._inFlight.get(key)
@@ -115,11 +119,13 @@ class CoalescingCache:
     def _settle(self, result: Any, key: Hashable, label: str) -> None:
         waiters = self._inFlight.pop(key, [])
         now = self._clock.seconds()
+        outcome = "miss"
         if not isinstance(result, Failure):
             self._entries[key] = _Entry(result, now, self._ttl)
         elif self._isMiss(result):
             self._entries[key] = _Entry(result, now, self._missTTL)
         else:
+            outcome = "error"
             stale = self._entries.get(key)
             if (
                 stale is not None
@@ -133,6 +139,8 @@ class CoalescingCache:
                     why=getattr(result.value, "message", None) or result.type.__name__,
                 )
                 result = stale.result
+                outcome = "stale"
+        self._lookups.labels(outcome).inc(len(waiters))
         for waiter in waiters:
             if waiter.called:
                 continue  # cancelled by its caller
@@ -176,9 +184,12 @@ class CachingResolver:
         missTTL: float = DEFAULT_MISS_TTL,
         staleAge: float = DEFAULT_STALE_AGE,
         maxSize: int = 4096,
+        metrics: Metrics | None = None,
     ) -> None:
         self.resolver = resolver
-        self.cache = CoalescingCache(clock, ttl, missTTL, staleAge, maxSize)
+        self.cache = CoalescingCache(
+            clock, ttl, missTTL, staleAge, maxSize, metrics=metrics
+        )
         self._clock = clock
         self._recent: LRUCache = LRUCache(maxsize=maxSize)
 
