@@ -28,7 +28,9 @@ from regproxy.server.forwarded import (
 from tests.httpclient import RawClient
 from tests.unit.test_forward import FakeRegistry
 
-TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+TOKEN_CHARS = (
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
 names = st.text(TOKEN_CHARS, min_size=1, max_size=10)
 values = st.binary(max_size=30).filter(
     # A quoted-string holds visible ASCII, space and tab.
@@ -42,9 +44,7 @@ class ParseTests(SynchronousTestCase):
         """
         The examples of RFC 7239 section 4 and 7.
         """
-        self.assertEqual(
-            parseForwarded([b'for="_gazonk"']), [{"for": b"_gazonk"}]
-        )
+        self.assertEqual(parseForwarded([b'for="_gazonk"']), [{"for": b"_gazonk"}])
         self.assertEqual(
             parseForwarded([b'For="[2001:db8:cafe::17]:4711"']),
             [{"for": b"[2001:db8:cafe::17]:4711"}],
@@ -68,9 +68,7 @@ class ParseTests(SynchronousTestCase):
         )
 
     def test_quotedEscapes(self) -> None:
-        self.assertEqual(
-            parseForwarded([rb'host="a\"b\\c"']), [{"host": b'a"b\\c'}]
-        )
+        self.assertEqual(parseForwarded([rb'host="a\"b\\c"']), [{"host": b'a"b\\c'}])
 
     def test_malformed(self) -> None:
         for value in [

@@ -112,9 +112,7 @@ class ScrapeTests(SynchronousTestCase):
         client = StubTreq(MetricsSite(metrics).resource)
         response = self.successResultOf(client.get("http://metrics/metrics"))
         self.assertEqual(response.code, 200)
-        self.assertIn(
-            b"text/plain", response.headers.getRawHeaders(b"content-type")[0]
-        )
+        self.assertIn(b"text/plain", response.headers.getRawHeaders(b"content-type")[0])
         body = self.successResultOf(response.content())
         self.assertIn(b"regproxy_balena_api_requests_total 3.0", body)
 
@@ -324,11 +322,15 @@ class RequestTraversalSmoke(SynchronousTestCase):
 
         registry = FakeRegistry()
         site = makeSite(
-            Config(upstream="http://upstream.example", listen=(), state_dir=self.mktemp()),
+            Config(
+                upstream="http://upstream.example", listen=(), state_dir=self.mktemp()
+            ),
             MemoryReactorClock(),
             agent=RequestTraversalAgent(registry),
         )
         client = RawClient(site)
         client.request(b"GET", b"/token?service=regproxy")
         self.assertEqual(client.response().status, 200)
-        self.assertEqual(scrape(site.metrics)[("regproxy_tokens_issued_total", ())], 1.0)
+        self.assertEqual(
+            scrape(site.metrics)[("regproxy_tokens_issued_total", ())], 1.0
+        )
