@@ -93,14 +93,35 @@ class ListeningProcess(ProcessProtocol):
         self.listening: Deferred[None] = Deferred()
         self.ended: Deferred[None] = Deferred()
         self.exited = False
+        self._watches: list[tuple[bytes, Deferred[None]]] = []
 
     def output(self) -> str:
         return self._buffer.decode("utf-8", "replace")
+
+    def whenOutputHas(self, needle: bytes) -> Deferred[None]:
+        """
+        Fire once the process has written C{needle} (to stdout or stderr).
+        """
+        d: Deferred[None] = Deferred()
+        self._watches.append((needle, d))
+        self._checkWatches()
+        return d
+
+    def _checkWatches(self) -> None:
+        waiting = []
+        for needle, d in self._watches:
+            if needle in self._buffer:
+                d.callback(None)
+            else:
+                waiting.append((needle, d))
+        self._watches = waiting
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self._buffer += data
         if not self.listening.called and self.ready in self._buffer:
             self.listening.callback(None)
+        if self._watches:
+            self._checkWatches()
 
     def exitedEarly(self, reason) -> Exception:
         """
