@@ -52,7 +52,7 @@ def _part(module: str) -> str:
 
 def _imports(path: FilePath) -> list[str]:
     tree = ast.parse(path.getContent(), path.path)
-    found = []
+    found: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.extend(alias.name for alias in node.names)

@@ -105,6 +105,7 @@ class PureTests(SynchronousTestCase):
             {"mdns": "box", "listen": ["tcp:80", "regproxy-tls:5000"]}, {}
         )
         service = fromConfig(MemoryReactor(), config)
+        assert service is not None
         self.assertEqual(service.hostName, "box.local.")
 
 
