@@ -10,12 +10,14 @@ upstream registry.
 from __future__ import annotations
 
 import json
+from typing import cast
 
 from twisted.internet import reactor
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.trial.unittest import TestCase
 
 from regproxy.names.challenge import parseChallenges
+from regproxy.server.site import RegproxySite
 
 from .clients import Skopeo, httpClient
 from .forwarding import readBlob, temporaryDirectory
@@ -34,7 +36,8 @@ class BehindNginxTests(TestCase):
             self, self.registry, trusted_proxy=(f"{PROXY_ADDRESS}/32",)
         )
         self.events: list[dict] = []
-        self.proxy.site._log = Logger(observer=self.events.append)
+        site = cast(RegproxySite, self.proxy.site)
+        site._log = Logger(observer=cast(ILogObserver, self.events.append))
         self.nginx = await startNginx(self, self.proxy.port)
         self.skopeo = Skopeo(self)
         self.layout = temporaryDirectory(self, "oci-src-")

@@ -39,7 +39,9 @@ class RegproxyProcess(ListeningProcess):
         return RegproxyFailed(f"regproxy exited early:\n{self.output()}")
 
     def tooSlow(self, seconds: float) -> Exception:
-        return RegproxyFailed(f"regproxy did not listen in {seconds}s:\n{self.output()}")
+        return RegproxyFailed(
+            f"regproxy did not listen in {seconds}s:\n{self.output()}"
+        )
 
 
 async def startTwistd(testCase, *arguments: str) -> tuple[int, int, RegproxyProcess]:
@@ -144,7 +146,9 @@ class OperationsTests(TestCase):
         blobs = moved("regproxy_requests_total", method="GET", route="blob", code="200")
         self.assertEqual(blobs, 1 + len(image.layers))
         self.assertGreaterEqual(
-            moved("regproxy_requests_total", method="GET", route="manifest", code="200"),
+            moved(
+                "regproxy_requests_total", method="GET", route="manifest", code="200"
+            ),
             1,
         )
         layerBytes = sum(layer.size for layer in image.layers)
@@ -152,7 +156,9 @@ class OperationsTests(TestCase):
         self.assertGreaterEqual(
             moved("regproxy_upstream_requests_total", code="200"), blobs
         )
-        self.assertGreaterEqual(moved("regproxy_upstream_duration_seconds_count"), blobs)
+        self.assertGreaterEqual(
+            moved("regproxy_upstream_duration_seconds_count"), blobs
+        )
         self.assertGreaterEqual(moved("regproxy_tokens_issued_total"), 1)
         self.assertEqual(after[("regproxy_requests_in_flight", ())], 0.0)
         self.assertEqual(

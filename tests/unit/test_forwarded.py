@@ -27,6 +27,7 @@ from regproxy.server.forwarded import (
 )
 from tests.httpclient import RawClient
 from tests.unit.test_forward import FakeRegistry
+from tests.unit.test_metrics import observer
 
 TOKEN_CHARS = (
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -150,13 +151,14 @@ class ViewTests(SynchronousTestCase):
             agent=RequestTraversalAgent(FakeRegistry()),
         )
         self.logged: list[dict] = []
-        site._log = Logger(observer=self.logged.append)
+        site._log = Logger(observer=observer(self.logged))
         return site
 
     def realm(self, site, peer: str, headers) -> bytes:
         client = RawClient(site, peer=peer)
         client.request(b"GET", b"/v2/", headers)
-        challenge = client.response().header(b"www-authenticate")
+        challenge = client.completeResponse().header(b"www-authenticate")
+        assert challenge is not None
         return challenge.split(b'realm="')[1].split(b'"')[0]
 
     def test_trustedXForwarded(self) -> None:

@@ -16,6 +16,7 @@ from regproxy.app import makeSite
 from regproxy.config import Config
 from regproxy.server.health import ReadyResource, UpstreamProbe
 from tests.httpclient import RawClient
+from tests.unit.test_metrics import agentFor, bodyProtocol
 from tests.unit.test_streaming import FakeAgent, FakeResponse
 
 
@@ -26,7 +27,7 @@ class ReadyTests(SynchronousTestCase):
         self.site = makeSite(
             Config(upstream="http://upstream.example", listen=(), auth="passthrough"),
             self.reactor,
-            agent=self.agent,
+            agent=agentFor(self.agent),
         )
 
     def ask(self) -> RawClient:
@@ -37,12 +38,11 @@ class ReadyTests(SynchronousTestCase):
     def answer(self, code: int) -> None:
         response = FakeResponse(code, {}, 2)
         self.agent.sent[-1].deferred.callback(response)
-        response.protocol.dataReceived(b"{}")
-        response.protocol.connectionLost(Failure(ResponseDone()))
+        bodyProtocol(response).dataReceived(b"{}")
+        bodyProtocol(response).connectionLost(Failure(ResponseDone()))
 
     def body(self, client: RawClient) -> tuple[int, dict]:
-        response = client.response()
-        self.assertIsNotNone(response)
+        response = client.completeResponse()
         return response.status, json.loads(response.body)
 
     def test_upstreamAnswers(self) -> None:
@@ -116,7 +116,9 @@ class ReadyTests(SynchronousTestCase):
         """
         With the upstream down, a cache that can serve keeps us ready.
         """
-        probe = UpstreamProbe(self.agent, b"http://upstream.example/v2/", self.reactor)
+        probe = UpstreamProbe(
+            agentFor(self.agent), b"http://upstream.example/v2/", self.reactor
+        )
         self.site.resource.putChild(b"_ready", ReadyResource(probe, lambda: True))
         client = self.ask()
         self.agent.sent[-1].deferred.errback(netError.ConnectionRefusedError())

@@ -5,6 +5,8 @@ Prometheus scrape of a site shows before and after requests.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from hypothesis import given
 from hypothesis import strategies as st
 from OpenSSL.SSL import Error as TLSError
@@ -13,9 +15,11 @@ from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet import error as netError
 from twisted.internet.defer import fail
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone, ResponseNeverReceived
+from twisted.web.iweb import IAgent
 
 from regproxy.app import makeSite
 from regproxy.config import Config
@@ -23,8 +27,31 @@ from regproxy.metrics import ROUTES, Metrics, MetricsSite, routeOf
 from regproxy.proxy.measured import upstreamErrorCause
 from regproxy.resolve.cache import CoalescingCache
 from regproxy.resolve.interfaces import NameUnknown, ResolverUnavailable
+from regproxy.server.site import RegproxySite
 from tests.httpclient import RawClient
 from tests.unit.test_streaming import FakeAgent, FakeResponse
+
+
+def agentFor(agent: FakeAgent) -> IAgent:
+    return cast(IAgent, agent)
+
+
+def bodyProtocol(response: FakeResponse) -> Any:
+    """
+    The protocol regproxy gave C{response}'s body to.
+    """
+    assert response.protocol is not None
+    return response.protocol
+
+
+def metricsOf(site: RegproxySite) -> Metrics:
+    assert site.metrics is not None
+    return site.metrics
+
+
+def observer(events: list[dict]) -> ILogObserver:
+    return cast(ILogObserver, events.append)
+
 
 REQUIRED = {
     "regproxy_requests_total": "counter",
@@ -109,7 +136,7 @@ class ScrapeTests(SynchronousTestCase):
         """
         metrics = Metrics()
         metrics.balenaAPIRequests.inc(3)
-        client = StubTreq(MetricsSite(metrics).resource)
+        client = cast(Any, StubTreq(MetricsSite(metrics).resource))
         response = self.successResultOf(client.get("http://metrics/metrics"))
         self.assertEqual(response.code, 200)
         self.assertIn(b"text/plain", response.headers.getRawHeaders(b"content-type")[0])
@@ -157,9 +184,9 @@ class SiteMetricsTests(SynchronousTestCase):
                 auth="passthrough",
             ),
             self.reactor,
-            agent=self.agent,
+            agent=agentFor(self.agent),
         )
-        self.metrics = self.site.metrics
+        self.metrics = metricsOf(self.site)
 
     def sample(self, name: str, **labels: str) -> float:
         return scrape(self.metrics).get((name, tuple(sorted(labels.items()))), 0.0)
@@ -176,11 +203,11 @@ class SiteMetricsTests(SynchronousTestCase):
         self.reactor.advance(0.2)
         response = FakeResponse(200, {b"Content-Type": [b"x"]}, 6)
         self.agent.sent[-1].deferred.callback(response)
-        response.protocol.dataReceived(b"abc")
-        response.protocol.dataReceived(b"def")
+        bodyProtocol(response).dataReceived(b"abc")
+        bodyProtocol(response).dataReceived(b"def")
         self.reactor.advance(0.3)
-        response.protocol.connectionLost(Failure(ResponseDone()))
-        self.assertEqual(client.response().body, b"abcdef")
+        bodyProtocol(response).connectionLost(Failure(ResponseDone()))
+        self.assertEqual(client.completeResponse().body, b"abcdef")
 
         self.assertEqual(self.sample("regproxy_requests_in_flight"), 0.0)
         self.assertEqual(
@@ -205,7 +232,7 @@ class SiteMetricsTests(SynchronousTestCase):
         """
         client = RawClient(self.site)
         client.request(b"BREW", b"/_health")
-        code = str(client.response().status)
+        code = str(client.completeResponse().status)
         self.assertEqual(
             self.sample(
                 "regproxy_requests_total", method="other", route="other", code=code
@@ -218,7 +245,7 @@ class SiteMetricsTests(SynchronousTestCase):
         client = RawClient(self.site)
         client.request(b"GET", b"/v2/")
         self.agent.sent[-1].deferred.errback(netError.ConnectionRefusedError())
-        self.assertEqual(client.response().status, 502)
+        self.assertEqual(client.completeResponse().status, 502)
         self.assertEqual(
             self.sample("regproxy_upstream_errors_total", cause="refused"), 1.0
         )
@@ -237,7 +264,7 @@ class SiteMetricsTests(SynchronousTestCase):
         client = RawClient(self.site)
         client.request(b"GET", b"/v2/")
         self.reactor.advance(30)
-        self.assertEqual(client.response().status, 504)
+        self.assertEqual(client.completeResponse().status, 504)
         samples = scrape(self.metrics)
         errors = {
             labels: value
@@ -330,7 +357,7 @@ class RequestTraversalSmoke(SynchronousTestCase):
         )
         client = RawClient(site)
         client.request(b"GET", b"/token?service=regproxy")
-        self.assertEqual(client.response().status, 200)
+        self.assertEqual(client.completeResponse().status, 200)
         self.assertEqual(
-            scrape(site.metrics)[("regproxy_tokens_issued_total", ())], 1.0
+            scrape(metricsOf(site))[("regproxy_tokens_issued_total", ())], 1.0
         )

@@ -19,7 +19,7 @@ from regproxy.server.logformat import REQUEST_FIELDS, JSONLineObserver, jsonReco
 from regproxy.testing.fakebalena import ALICE_KEY
 from tests.httpclient import RawClient
 from tests.unit.test_broker import FleetTestCase, basic
-from tests.unit.test_metrics import scrape
+from tests.unit.test_metrics import agentFor, bodyProtocol, metricsOf, observer, scrape
 from tests.unit.test_streaming import FakeAgent, FakeResponse
 
 
@@ -31,7 +31,7 @@ class BrokeredLogTests(FleetTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.events: list[dict] = []
-        self.site._log = Logger(observer=self.events.append)
+        self.site._log = Logger(observer=observer(self.events))
 
     def requestEvents(self) -> list[dict]:
         return [e for e in self.events if e.get("regproxy_request")]
@@ -84,7 +84,7 @@ class BrokeredLogTests(FleetTestCase):
         a wrong password moves the refused logins.
         """
         self.pull("acme/public-app", "1.2.3", basic("alice", ALICE_KEY))
-        samples = scrape(self.site.metrics)
+        samples = scrape(metricsOf(self.site))
         self.assertEqual(samples[("regproxy_tokens_issued_total", ())], 1.0)
         self.assertGreater(samples[("regproxy_balena_api_requests_total", ())], 0)
         self.assertEqual(
@@ -93,7 +93,7 @@ class BrokeredLogTests(FleetTestCase):
         self.assertEqual(samples[("regproxy_logins_refused_total", ())], 0.0)
         response = self.tokenResponse([], basic("alice", "wrong"))
         self.assertEqual(response.status, 401)
-        samples = scrape(self.site.metrics)
+        samples = scrape(metricsOf(self.site))
         self.assertEqual(samples[("regproxy_logins_refused_total", ())], 1.0)
 
 
@@ -108,27 +108,27 @@ class AbortedLogTests(SynchronousTestCase):
         site = makeSite(
             Config(upstream="http://upstream.example", listen=(), auth="passthrough"),
             reactor,
-            agent=agent,
+            agent=agentFor(agent),
         )
         events: list[dict] = []
-        site._log = Logger(observer=events.append)
+        site._log = Logger(observer=observer(events))
         client = RawClient(site)
         client.request(b"GET", b"/v2/lib/app/blobs/sha256:" + b"a" * 64)
         response = FakeResponse(200, {}, 1000)
         agent.sent[-1].deferred.callback(response)
-        response.protocol.dataReceived(b"x" * 300)
+        bodyProtocol(response).dataReceived(b"x" * 300)
         reactor.advance(2)
         client.disconnect()
         from twisted.web.client import ResponseDone
 
-        response.protocol.connectionLost(Failure(ResponseDone()))
+        bodyProtocol(response).connectionLost(Failure(ResponseDone()))
         (event,) = events
         self.assertTrue(event["aborted"])
         self.assertEqual(event["bytes"], 300)
         self.assertEqual(event["code"], 200)
         self.assertTrue(formatEvent(event).endswith(" aborted"))
         self.assertIn("-> 200 300B 2.000s", formatEvent(event))
-        samples = scrape(site.metrics)
+        samples = scrape(metricsOf(site))
         self.assertEqual(samples[("regproxy_response_bytes_total", ())], 300.0)
         self.assertEqual(samples[("regproxy_requests_in_flight", ())], 0.0)
 
@@ -140,10 +140,10 @@ class AbortedLogTests(SynchronousTestCase):
         site = makeSite(
             Config(upstream="http://upstream.example", listen=(), auth="passthrough"),
             MemoryReactorClock(),
-            agent=agent,
+            agent=agentFor(agent),
         )
         events: list[dict] = []
-        site._log = Logger(observer=events.append)
+        site._log = Logger(observer=observer(events))
         client = RawClient(site)
         client.request(b"GET", b"/v2/lib/app/manifests/1")
         client.disconnect()

@@ -4,9 +4,10 @@ they build.
 """
 
 import os
+from typing import cast
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, IServiceMaker
+from twisted.application.service import IService, IServiceMaker, MultiService
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -292,7 +293,7 @@ class OperationsTests(TapTestCase):
                 "tcp:9100:interface=127.0.0.1",
             )
         )
-        registry, metrics = list(top)
+        registry, metrics = list(cast(MultiService, top))
         self.assertIsInstance(metrics.factory, MetricsSite)
         self.assertEqual(metrics.endpoint._port, 9100)
         self.assertEqual(metrics.endpoint._interface, "127.0.0.1")
@@ -301,7 +302,7 @@ class OperationsTests(TapTestCase):
 
     def test_metricsOffByDefault(self) -> None:
         top = makeService(self.parse("--listen", "tcp:0:interface=127.0.0.1"))
-        self.assertEqual(len(list(top)), 1)
+        self.assertEqual(len(list(cast(MultiService, top))), 1)
 
     def test_badMetricsEndpoint(self) -> None:
         exit = self.assertRaises(
