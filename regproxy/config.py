@@ -166,10 +166,17 @@ def parseEndpoint(value: Any) -> str:
     return text
 
 
-def parseOptionalEndpoint(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return parseEndpoint(value)
+def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """
+    C{parse}, taking nothing (absent or empty) as L{None}.
+    """
+
+    def parseOptional(value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        return parse(value)
+
+    return parseOptional
 
 
 def parseCIDR(value: Any) -> str:
@@ -415,7 +422,7 @@ class Config:
     )
     metrics: str | None = setting(
         None,
-        parseOptionalEndpoint,
+        optional(parseEndpoint),
         "Serve Prometheus metrics on this endpoint of their own, e.g. "
         "tcp:9100:interface=127.0.0.1 (off by default).",
         metavar="ENDPOINT",

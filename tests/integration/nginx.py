@@ -16,21 +16,18 @@ skipped.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
 import tempfile
+from typing import cast
 
 import attrs
 from twisted.trial.unittest import SkipTest
 
-from regproxy.tls.certificates import SubjectNames, generateSelfSigned
-
-from .registry import ListeningProcess, freePort
+from .registry import ListeningProcess, makeSelfSignedCertificate, startOnFreePort
 
 NGINX = "/usr/sbin/nginx"
 PROXY_ADDRESS = "127.0.0.2"
-STARTUP_TIMEOUT = 30.0
 
 
 class NginxFailed(Exception):
@@ -133,20 +130,13 @@ async def startNginx(testCase, upstreamPort: int, reactor=None) -> Nginx:
     testCase.addCleanup(shutil.rmtree, directory, True)
     # Workers run as nobody when nginx starts as root.
     os.chmod(directory, 0o755)
-    certified = generateSelfSigned(
-        SubjectNames(["localhost"], [ipaddress.ip_address("127.0.0.1")])
-    )
+    # The certificate regproxy.tls.certificates.generateSelfSigned makes.
+    cert, key = makeSelfSignedCertificate(directory)
     certDir = os.path.join(directory, "certs.d")
     os.mkdir(certDir)
-    cert = os.path.join(certDir, "ca.crt")
-    key = os.path.join(directory, "nginx.key")
-    with open(cert, "wb") as f:
-        f.write(certified.certificatePEM())
-    with open(key, "wb") as f:
-        f.write(certified.keyPEM())
-    lastError: Exception | None = None
-    for _attempt in range(3):
-        port = freePort()
+    shutil.copy(cert, os.path.join(certDir, "ca.crt"))
+
+    def start(port: int) -> NginxProcess:
         configFile = os.path.join(directory, "nginx.conf")
         with open(configFile, "w") as f:
             f.write(nginxConfig(directory, port, upstreamPort, cert, key))
@@ -154,27 +144,17 @@ async def startNginx(testCase, upstreamPort: int, reactor=None) -> Nginx:
         argv = [NGINX, "-p", directory, "-e", "stderr", "-c", configFile]
         argv += ["-g", "daemon off;"]
         reactor.spawnProcess(process, NGINX, argv, env={"PATH": "/usr/sbin:/usr/bin"})
-        timeout = reactor.callLater(STARTUP_TIMEOUT, process.giveUp, STARTUP_TIMEOUT)
-        try:
-            await process.listening
-        except NginxFailed as e:
-            lastError = e
-            await process.stop()
-            if "Address already in use" in process.output():
-                continue
-            raise
-        finally:
-            if timeout.active():
-                timeout.cancel()
-        testCase.addCleanup(process.stop)
-        return Nginx(
-            f"https://127.0.0.1:{port}",
-            f"127.0.0.1:{port}",
-            port,
-            certDir,
-            cert,
-            directory,
-            process,
-        )
-    assert lastError is not None
-    raise lastError
+        return process
+
+    port, process = await startOnFreePort(
+        testCase, start, NginxFailed, "Address already in use", reactor
+    )
+    return Nginx(
+        f"https://127.0.0.1:{port}",
+        f"127.0.0.1:{port}",
+        port,
+        certDir,
+        cert,
+        directory,
+        cast(NginxProcess, process),
+    )

@@ -19,6 +19,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Mapping
+from typing import cast
 
 import attrs
 import bcrypt
@@ -297,9 +298,8 @@ async def serveRegistry(
     @raise SkipTest: When C{docker-registry} is not installed.
     """
     program = registryProgram()
-    lastError: Exception | None = None
-    for _attempt in range(3):
-        port = freePort()
+
+    def start(port: int) -> RegistryProcess:
         configFile = os.path.join(directory, "config.yml")
         with open(configFile, "w") as f:
             json.dump(configFor(port), f)
@@ -311,18 +311,47 @@ async def serveRegistry(
         reactor.spawnProcess(
             process, program, [program, "serve", configFile], env=environment
         )
-        timeout = reactor.callLater(STARTUP_TIMEOUT, process.giveUp, STARTUP_TIMEOUT)
+        return process
+
+    port, process = await startOnFreePort(
+        testCase, start, RegistryFailed, "address already in use", reactor
+    )
+    return port, cast(RegistryProcess, process)
+
+
+async def startOnFreePort(
+    testCase,
+    start: Callable[[int], ListeningProcess],
+    failure: type[Exception],
+    busy: str,
+    reactor,
+    timeout: float = STARTUP_TIMEOUT,
+) -> tuple[int, ListeningProcess]:
+    """
+    Start a server with C{start(port)} on a free loopback port, wait for
+    its listen line and stop it when C{testCase} ends.  Another process may
+    take the port between L{freePort} and the server's bind, so when the
+    server fails with C{busy} in its output it is tried again on another.
+
+    @param failure: What the process's L{ListeningProcess.listening}
+        fails with.
+    """
+    lastError: Exception | None = None
+    for _attempt in range(3):
+        port = freePort()
+        process = start(port)
+        timer = reactor.callLater(timeout, process.giveUp, timeout)
         try:
             await process.listening
-        except RegistryFailed as e:
+        except failure as e:
             lastError = e
             await process.stop()
-            if "address already in use" in process.output():
+            if busy in process.output():
                 continue
             raise
         finally:
-            if timeout.active():
-                timeout.cancel()
+            if timer.active():
+                timer.cancel()
         testCase.addCleanup(process.stop)
         return port, process
     assert lastError is not None

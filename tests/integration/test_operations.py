@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import cast
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
@@ -22,7 +23,7 @@ from twisted.trial.unittest import TestCase
 from .clients import Skopeo, httpClient
 from .forwarding import temporaryDirectory
 from .oci import writeImage
-from .registry import ListeningProcess, freePort, startRegistry
+from .registry import ListeningProcess, freePort, startOnFreePort, startRegistry
 
 _REPO = FilePath(__file__).parent().parent().parent()
 STARTUP_TIMEOUT = 60.0
@@ -34,6 +35,7 @@ class RegproxyFailed(Exception):
 
 class RegproxyProcess(ListeningProcess):
     ready = b'"message": "listening on '
+    metricsPort = 0
 
     def exitedEarly(self, reason) -> Exception:
         return RegproxyFailed(f"regproxy exited early:\n{self.output()}")
@@ -55,8 +57,10 @@ async def startTwistd(testCase, *arguments: str) -> tuple[int, int, RegproxyProc
     testCase.addCleanup(shutil.rmtree, directory, True)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("REGPROXY_")}
     environ["PYTHONPATH"] = _REPO.path
-    for _attempt in range(3):
-        port, metricsPort = freePort(), freePort()
+
+    def start(port: int) -> RegproxyProcess:
+        process = RegproxyProcess()
+        process.metricsPort = freePort()
         argv = [
             sys.executable,
             "-c",
@@ -67,27 +71,19 @@ async def startTwistd(testCase, *arguments: str) -> tuple[int, int, RegproxyProc
             "--listen",
             f"tcp:{port}:interface=127.0.0.1",
             "--metrics",
-            f"tcp:{metricsPort}:interface=127.0.0.1",
+            f"tcp:{process.metricsPort}:interface=127.0.0.1",
             "--state-dir",
             os.path.join(directory, "state"),
             *arguments,
         ]
-        process = RegproxyProcess()
         reactor.spawnProcess(process, sys.executable, argv, env=environ, path=directory)
-        timeout = reactor.callLater(STARTUP_TIMEOUT, process.giveUp, STARTUP_TIMEOUT)
-        try:
-            await process.listening
-        except RegproxyFailed:
-            await process.stop()
-            if "cannot listen" in process.output():
-                continue
-            raise
-        finally:
-            if timeout.active():
-                timeout.cancel()
-        testCase.addCleanup(process.stop)
-        return port, metricsPort, process
-    raise RegproxyFailed("no free ports")
+        return process
+
+    port, process = await startOnFreePort(
+        testCase, start, RegproxyFailed, "cannot listen", reactor, STARTUP_TIMEOUT
+    )
+    started = cast(RegproxyProcess, process)
+    return port, started.metricsPort, started
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:

@@ -12,11 +12,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
 
-from regproxy.app import makeSite
-from regproxy.config import Config
 from regproxy.server.health import ReadyResource, UpstreamProbe
 from tests.httpclient import RawClient
-from tests.unit.test_metrics import agentFor, bodyProtocol
+from tests.unit.test_metrics import agentFor, bodyProtocol, passthroughSite
 from tests.unit.test_streaming import FakeAgent, FakeResponse
 
 
@@ -24,11 +22,7 @@ class ReadyTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.agent = FakeAgent()
         self.reactor = MemoryReactorClock()
-        self.site = makeSite(
-            Config(upstream="http://upstream.example", listen=(), auth="passthrough"),
-            self.reactor,
-            agent=agentFor(self.agent),
-        )
+        self.site = passthroughSite(self.agent, self.reactor)
 
     def ask(self) -> RawClient:
         client = RawClient(self.site)

@@ -53,6 +53,15 @@ def observer(events: list[dict]) -> ILogObserver:
     return cast(ILogObserver, events.append)
 
 
+def passthroughSite(agent: FakeAgent, reactor, **settings: Any) -> RegproxySite:
+    """
+    A passthrough regproxy in front of a L{FakeAgent}.
+    """
+    settings.setdefault("auth", "passthrough")
+    config = Config(upstream="http://upstream.example", listen=(), **settings)
+    return makeSite(config, reactor, agent=agentFor(agent))
+
+
 REQUIRED = {
     "regproxy_requests_total": "counter",
     "regproxy_request_duration_seconds": "histogram",
@@ -176,16 +185,7 @@ class SiteMetricsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.agent = FakeAgent()
         self.reactor = MemoryReactorClock()
-        self.site = makeSite(
-            Config(
-                upstream="http://upstream.example",
-                listen=(),
-                response_timeout=30,
-                auth="passthrough",
-            ),
-            self.reactor,
-            agent=agentFor(self.agent),
-        )
+        self.site = passthroughSite(self.agent, self.reactor, response_timeout=30)
         self.metrics = metricsOf(self.site)
 
     def sample(self, name: str, **labels: str) -> float:

@@ -13,13 +13,17 @@ from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from regproxy.app import makeSite
-from regproxy.config import Config
 from regproxy.server.logformat import REQUEST_FIELDS, JSONLineObserver, jsonRecord
 from regproxy.testing.fakebalena import ALICE_KEY
 from tests.httpclient import RawClient
 from tests.unit.test_broker import FleetTestCase, basic
-from tests.unit.test_metrics import agentFor, bodyProtocol, metricsOf, observer, scrape
+from tests.unit.test_metrics import (
+    bodyProtocol,
+    metricsOf,
+    observer,
+    passthroughSite,
+    scrape,
+)
 from tests.unit.test_streaming import FakeAgent, FakeResponse
 
 
@@ -105,11 +109,7 @@ class AbortedLogTests(SynchronousTestCase):
         """
         agent = FakeAgent()
         reactor = MemoryReactorClock()
-        site = makeSite(
-            Config(upstream="http://upstream.example", listen=(), auth="passthrough"),
-            reactor,
-            agent=agentFor(agent),
-        )
+        site = passthroughSite(agent, reactor)
         events: list[dict] = []
         site._log = Logger(observer=observer(events))
         client = RawClient(site)
@@ -137,11 +137,7 @@ class AbortedLogTests(SynchronousTestCase):
         A request cut before any answer is logged as 499.
         """
         agent = FakeAgent()
-        site = makeSite(
-            Config(upstream="http://upstream.example", listen=(), auth="passthrough"),
-            MemoryReactorClock(),
-            agent=agentFor(agent),
-        )
+        site = passthroughSite(agent, MemoryReactorClock())
         events: list[dict] = []
         site._log = Logger(observer=observer(events))
         client = RawClient(site)
