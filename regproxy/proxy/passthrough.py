@@ -26,6 +26,7 @@ from regproxy.names.challenge import (
     parseChallenges,
     serializeChallenges,
 )
+from regproxy.names.reference import InvalidReference, parsePath
 from regproxy.proxy.relay import (
     BytesProducer,
     Forwarder,
@@ -162,6 +163,16 @@ class TokenPassthroughResource(TokenEndpoint):
         await self._forwarder.relayBody(request, response)
 
 
+def _nameOf(path: bytes) -> str | None:
+    """
+    The repository a passthrough request names (for the log), if any.
+    """
+    try:
+        return parsePath(path).name
+    except InvalidReference:
+        return None
+
+
 class RegistryResource(Resource):
     """
     Everything under C{/v2}: relayed to the upstream byte for byte.
@@ -188,6 +199,7 @@ class RegistryResource(Resource):
 
     async def _forward(self, request: StreamingRequest) -> None:
         public = publicBase(request, self._publicURL)
+        request.imageName = request.upstreamRepository = _nameOf(request.path)
         response = await self._forwarder.send(
             request,
             request.method,

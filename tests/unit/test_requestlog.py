@@ -186,3 +186,20 @@ class JSONObserverTests(SynchronousTestCase):
         (record,) = (json.loads(line) for line in out.getvalue().splitlines())
         self.assertEqual(record["level"], "critical")
         self.assertIn("ZeroDivisionError", record["traceback"])
+
+
+class PassthroughLogTests(SynchronousTestCase):
+    def test_nameInPassthrough(self) -> None:
+        """
+        In passthrough mode the name asked for is the repository upstream.
+        """
+        agent = FakeAgent()
+        site = passthroughSite(agent, MemoryReactorClock())
+        events: list[dict] = []
+        site._log = Logger(observer=observer(events))
+        client = RawClient(site)
+        client.request(b"HEAD", b"/v2/lib/app/manifests/1")
+        agent.sent[-1].deferred.callback(FakeResponse(404, {}, 0))
+        (event,) = events
+        self.assertEqual((event["name"], event["repository"]), ("lib/app", "lib/app"))
+        self.assertEqual((event["code"], event["upstream"]), (404, 404))
