@@ -10,10 +10,12 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 from treq.testing import RequestTraversalAgent
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
+from twisted.web.test.requesthelper import DummyRequest
 
 from regproxy.app import makeSite
 from regproxy.config import Config
@@ -251,3 +253,40 @@ class ViewTests(SynchronousTestCase):
         site = self.site()
         self.realm(site, "10.1.2.3", [(b"X-Forwarded-For", b"\xff\xfe")])
         json.dumps(self.logged[-1]["client"])
+
+
+addresses = st.ip_addresses(v=4).map(str)
+
+
+class ViewPropertyTests(SynchronousTestCase):
+    @given(
+        peer=addresses,
+        chain=st.lists(st.tuples(addresses, st.booleans()), max_size=5),
+        trustPeer=st.booleans(),
+    )
+    def test_clientIsPeerOrInChain(
+        self, peer: str, chain: list[tuple[str, bool]], trustPeer: bool
+    ) -> None:
+        """
+        The client is our peer, or, when the peer is trusted, the nearest
+        X-Forwarded-For entry that is not a trusted proxy (the oldest when
+        all are); never anything else.
+        """
+        request = DummyRequest([b""])
+        request.client = IPv4Address("TCP", peer, 1234)
+        entries = [address for address, _ in chain]
+        if entries:
+            request.requestHeaders.setRawHeaders(
+                b"x-forwarded-for", [", ".join(entries).encode()]
+            )
+        trusted = [address for address, trust in chain if trust]
+        if trustPeer:
+            trusted.append(peer)
+        proxies = TrustedProxies.fromStrings(trusted)
+        view = proxies.view(request)
+        if peer not in trusted or not entries:
+            self.assertEqual(view.address, peer)
+            return
+        untrusted = [a for a in entries if a not in trusted]
+        expected = untrusted[-1] if untrusted else entries[0]
+        self.assertEqual(view.address, expected)
