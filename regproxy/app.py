@@ -166,11 +166,7 @@ def makeBackend(config: Config, reactor, authenticator: UpstreamAuthenticator):
 
 
 def makeBroker(
-    config: Config,
-    reactor,
-    authenticator: UpstreamAuthenticator,
-    environ=os.environ,
-    metrics: Metrics | None = None,
+    config: Config, reactor, authenticator: UpstreamAuthenticator, environ=os.environ
 ) -> Broker:
     """
     Our token issuer, verifier, sealer and auth backend.
@@ -188,7 +184,6 @@ def makeBroker(
         backend,
         config.service_name,
         config.public_url,
-        metrics=metrics or Metrics(),
     )
 
 
@@ -223,7 +218,9 @@ def makeSite(
         root.putChild(b"token", TokenPassthroughResource(forwarder, realm))
     else:
         authenticator = UpstreamAuthenticator(agent, upstream, reactor)
-        broker = makeBroker(config, reactor, authenticator, environ, metrics)
+        broker = makeBroker(config, reactor, authenticator, environ)
+        metrics.read("regproxy_tokens_issued", lambda: broker.tokensIssued)
+        metrics.read("regproxy_logins_refused", lambda: broker.loginsRefused)
         resolver = makeResolver(config, reactor, apiClient, metrics)
         root.putChild(
             b"v2",

@@ -13,11 +13,14 @@ without an C{if}.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -48,6 +51,73 @@ DURATION_BUCKETS = (
     300.0,
     float("inf"),
 )
+
+
+@attrs.frozen
+class ReadMetric:
+    """
+    A metric whose value another part keeps (see L{Metrics.read}).
+    """
+
+    kind: str  # "counter" or "gauge"
+    help: str
+    label: str | None = None
+    values: tuple[str, ...] = ()
+
+
+#: Read at scrape time; names given without C{_total} (the exposition adds
+#: it to counters).
+READ_METRICS = {
+    "regproxy_tokens_issued": ReadMetric("counter", "Tokens signed at our /token."),
+    "regproxy_logins_refused": ReadMetric(
+        "counter", "Logins refused at our /token for wrong credentials."
+    ),
+    "regproxy_logins_throttled": ReadMetric(
+        "counter", "Logins turned away (429) at our /token for too many failures."
+    ),
+    "regproxy_cache_requests": ReadMetric(
+        "counter",
+        "Requests the LAN cache answered, by outcome.",
+        "result",
+        CACHE_RESULTS,
+    ),
+    "regproxy_cache_bytes": ReadMetric(
+        "counter",
+        "Bytes the LAN cache served, by where they came from.",
+        "source",
+        CACHE_SOURCES,
+    ),
+    "regproxy_cache_size_bytes": ReadMetric("gauge", "Bytes held by the LAN cache."),
+    "regproxy_cache_evictions": ReadMetric(
+        "counter", "Entries evicted from the LAN cache."
+    ),
+}
+
+
+class _Readings(Collector):
+    """
+    Yields every L{READ_METRICS} entry from its source, zero without one.
+    """
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Callable[[], Any]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        for name, spec in READ_METRICS.items():
+            source = self.sources.get(name)
+            value = source() if source is not None else None
+            family: Metric
+            if spec.kind == "counter":
+                labels = [spec.label] if spec.label else None
+                family = CounterMetricFamily(name, spec.help, labels=labels)
+            else:
+                family = GaugeMetricFamily(name, spec.help)
+            if spec.label is None:
+                family.add_metric([], float(value or 0))
+            else:
+                for label in spec.values:
+                    family.add_metric([label], float((value or {}).get(label, 0)))
+            yield family
 
 
 def routeOf(path: bytes) -> str:
@@ -144,40 +214,45 @@ class Metrics:
         self.balenaAPIRequests = _counter(
             r, "regproxy_balena_api_requests", "Requests sent to the balena API."
         )
-        self.tokensIssued = _counter(
-            r, "regproxy_tokens_issued", "Tokens signed at our /token."
-        )
-        self.loginsRefused = _counter(
-            r, "regproxy_logins_refused", "Logins refused at our /token."
-        )
-        self.loginsThrottled = _counter(
-            r,
-            "regproxy_logins_throttled",
-            "Logins turned away at our /token for too many failures.",
-        )
-        self._cacheMetrics(r)
+        self._readings = _Readings()
+        r.register(self._readings)
 
-    def _cacheMetrics(self, r: CollectorRegistry) -> None:
-        self.cacheRequests = _counter(
-            r,
+    def read(self, name: str, source: Callable[[], Any]) -> None:
+        """
+        Read metric C{name} (one of L{READ_METRICS}) from C{source} at each
+        scrape: the counters other parts keep as plain numbers (the token
+        issuer, the login throttle, the LAN cache), so that counting costs
+        them nothing.  C{source} returns a number, or for a labelled metric
+        a mapping of label value to number.
+        """
+        if name not in READ_METRICS:
+            raise KeyError(name)
+        self._readings.sources[name] = source
+
+    def readCache(self, counters: Any) -> None:
+        """
+        Read the LAN cache's metrics from its counters: the attributes
+        C{hits}, C{misses}, C{coalesced}, C{stale}, C{bytesFromCache},
+        C{bytesFromUpstream}, C{sizeBytes} and C{evictions}.
+        """
+        self.read(
             "regproxy_cache_requests",
-            "Requests the LAN cache was asked, by outcome.",
-            ("result",),
-            CACHE_RESULTS,
+            lambda: {
+                "hit": counters.hits,
+                "miss": counters.misses,
+                "coalesced": counters.coalesced,
+                "stale": counters.stale,
+            },
         )
-        self.cacheBytes = _counter(
-            r,
+        self.read(
             "regproxy_cache_bytes",
-            "Bytes the LAN cache served, by where they came from.",
-            ("source",),
-            CACHE_SOURCES,
+            lambda: {
+                "cache": counters.bytesFromCache,
+                "upstream": counters.bytesFromUpstream,
+            },
         )
-        self.cacheSize = Gauge(
-            "regproxy_cache_size_bytes", "Bytes held by the LAN cache.", registry=r
-        )
-        self.cacheEvictions = _counter(
-            r, "regproxy_cache_evictions", "Entries evicted from the LAN cache."
-        )
+        self.read("regproxy_cache_size_bytes", lambda: counters.sizeBytes)
+        self.read("regproxy_cache_evictions", lambda: counters.evictions)
 
     def observeRequest(
         self, method: bytes, path: bytes, code: int, sent: int, duration: float

@@ -59,7 +59,7 @@ class TokenResource(TokenEndpoint):
         try:
             return await self._broker.backend.login(credentials)
         except LoginFailed:
-            self._broker.metrics.loginsRefused.inc()
+            self._broker.loginsRefused += 1
             raise RegistryError(
                 401,
                 "UNAUTHORIZED",

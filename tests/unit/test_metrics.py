@@ -135,9 +135,41 @@ class ScrapeTests(SynchronousTestCase):
         Two L{Metrics} (two sites in one process) count apart.
         """
         one, two = Metrics(), Metrics()
-        one.tokensIssued.inc()
-        self.assertEqual(scrape(one)[("regproxy_tokens_issued_total", ())], 1.0)
-        self.assertEqual(scrape(two)[("regproxy_tokens_issued_total", ())], 0.0)
+        one.balenaAPIRequests.inc()
+        one.read("regproxy_tokens_issued", lambda: 4)
+        for name, value in [
+            ("regproxy_balena_api_requests_total", 1.0),
+            ("regproxy_tokens_issued_total", 4.0),
+        ]:
+            self.assertEqual(scrape(one)[(name, ())], value)
+            self.assertEqual(scrape(two)[(name, ())], 0.0)
+
+    def test_readAtScrape(self) -> None:
+        """
+        A metric another part counts is read from its counters at each
+        scrape: the LAN cache's, for instance.
+        """
+
+        class Counters:
+            hits, misses, coalesced, stale = 5, 2, 1, 0
+            bytesFromCache, bytesFromUpstream = 1000, 300
+            sizeBytes, evictions = 4096, 3
+
+        metrics = Metrics()
+        counters = Counters()
+        metrics.readCache(counters)
+        counters.hits = 6
+        samples = scrape(metrics)
+        for key, value in [
+            (("regproxy_cache_requests_total", (("result", "hit"),)), 6.0),
+            (("regproxy_cache_requests_total", (("result", "coalesced"),)), 1.0),
+            (("regproxy_cache_bytes_total", (("source", "upstream"),)), 300.0),
+            (("regproxy_cache_size_bytes", ()), 4096.0),
+            (("regproxy_cache_evictions_total", ()), 3.0),
+        ]:
+            self.assertEqual(samples[key], value, key)
+        self.assertEqual(families(metrics)["regproxy_cache_size_bytes"], "gauge")
+        self.assertRaises(KeyError, metrics.read, "regproxy_no_such", lambda: 0)
 
     def test_metricsSite(self) -> None:
         """
