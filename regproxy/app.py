@@ -43,6 +43,13 @@ from regproxy.proxy.relay import Forwarder
 from regproxy.proxy.upstreamauth import UpstreamAuthenticator
 from regproxy.resolve.balena import BalenaResolver
 from regproxy.resolve.cache import CachingResolver
+from regproxy.resolve.digests import (
+    IDigestLocations,
+    LayeredDigestLocations,
+    MemoryDigestLocations,
+    SQLiteDigestLocations,
+    runnerFor,
+)
 from regproxy.resolve.identity import IdentityResolver
 from regproxy.resolve.interfaces import IResolver
 from regproxy.resolve.static import StaticResolver
@@ -92,13 +99,14 @@ def makeResolver(
         CountedClient(apiClient, metrics.balenaAPIRequests),
         reactor,
     )
-    return CachingResolver(
+    caching = CachingResolver(
         balena,
         reactor,
         ttl=config.resolve_cache_ttl,
         staleAge=config.resolve_stale_age,
-        metrics=metrics,
     )
+    metrics.read("regproxy_resolver_lookups", lambda: caching.cache.lookups)
+    return caching
 
 
 def _stateDir(config: Config) -> str:
@@ -187,6 +195,18 @@ def makeBroker(
     )
 
 
+def makeDigestLocations(config: Config, reactor) -> IDigestLocations:
+    """
+    Where digests live for a name, shared through the state directory by
+    every instance on it.
+    """
+    path = os.path.join(_stateDir(config), "digests.sqlite3")
+    return LayeredDigestLocations(
+        MemoryDigestLocations(),
+        SQLiteDigestLocations(path, runnerFor(reactor), reactor),
+    )
+
+
 def makeSite(
     config: Config,
     reactor,
@@ -233,6 +253,7 @@ def makeSite(
                 config.public_url,
                 config.api_token,
                 fleetNames=resolverKind(config) != "identity",
+                digests=makeDigestLocations(config, reactor),
             ),
         )
         root.putChild(b"token", TokenResource(broker))

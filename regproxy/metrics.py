@@ -68,6 +68,12 @@ class ReadMetric:
 #: Read at scrape time; names given without C{_total} (the exposition adds
 #: it to counters).
 READ_METRICS = {
+    "regproxy_resolver_lookups": ReadMetric(
+        "counter",
+        "Name lookups by the resolver cache, by outcome.",
+        "result",
+        RESOLVER_RESULTS,
+    ),
     "regproxy_tokens_issued": ReadMetric("counter", "Tokens signed at our /token."),
     "regproxy_logins_refused": ReadMetric(
         "counter", "Logins refused at our /token for wrong credentials."
@@ -203,13 +209,6 @@ class Metrics:
             "Time until the upstream's response headers.",
             buckets=DURATION_BUCKETS,
             registry=r,
-        )
-        self.resolverLookups = _counter(
-            r,
-            "regproxy_resolver_lookups",
-            "Name lookups by the resolver cache, by outcome.",
-            ("result",),
-            RESOLVER_RESULTS,
         )
         self.balenaAPIRequests = _counter(
             r, "regproxy_balena_api_requests", "Requests sent to the balena API."

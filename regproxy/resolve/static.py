@@ -120,7 +120,9 @@ class StaticResolver:
         entries, passthrough = parseMap(document, path)
         return cls(entries, passthrough)
 
-    def resolve(self, reference: ImageReference, credentials: Credentials) -> Deferred:
+    def resolve(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred[Resolution]:
         tag = reference.tag
         if tag is not None and tag != DEFAULT_TAG:
             release = self.entries.get(f"{reference.name}/{tag.lower()}")
@@ -140,5 +142,5 @@ class StaticResolver:
 
     def listReleases(
         self, reference: ImageReference, credentials: Credentials
-    ) -> Deferred:
+    ) -> Deferred[list[str] | None]:
         return succeed(None)

@@ -343,7 +343,8 @@ class ResolverLookupTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         self.metrics = Metrics()
-        self.cache = CoalescingCache(self.clock, ttl=10, metrics=self.metrics)
+        self.cache = CoalescingCache(self.clock, ttl=10)
+        self.metrics.read("regproxy_resolver_lookups", lambda: self.cache.lookups)
 
     def lookups(self) -> dict[str, float]:
         samples = scrape(self.metrics)
