@@ -6,6 +6,7 @@ what a request says about its client through trusted proxies only.
 from __future__ import annotations
 
 import json
+from typing import cast
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,6 +16,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from regproxy.app import makeSite
@@ -283,7 +285,7 @@ class ViewPropertyTests(SynchronousTestCase):
         if trustPeer:
             trusted.append(peer)
         proxies = TrustedProxies.fromStrings(trusted)
-        view = proxies.view(request)
+        view = proxies.view(cast(IRequest, request))
         if peer not in trusted or not entries:
             self.assertEqual(view.address, peer)
             return

@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.server.logformat import REQUEST_FIELDS, JSONLineObserver, jsonRecord
+from regproxy.server.site import RegproxySite
 from regproxy.testing.fakebalena import ALICE_KEY
 from tests.httpclient import RawClient
 from tests.unit.test_broker import FleetTestCase, basic
@@ -101,17 +102,25 @@ class BrokeredLogTests(FleetTestCase):
         self.assertEqual(samples[("regproxy_logins_refused_total", ())], 1.0)
 
 
+def loggedSite(reactor=None) -> tuple[FakeAgent, RegproxySite, list[dict]]:
+    """
+    A passthrough site in front of a L{FakeAgent}, and the events it logs.
+    """
+    agent = FakeAgent()
+    site = passthroughSite(agent, reactor or MemoryReactorClock())
+    events: list[dict] = []
+    site._log = Logger(observer=observer(events))
+    return agent, site, events
+
+
 class AbortedLogTests(SynchronousTestCase):
     def test_clientCutsDownload(self) -> None:
         """
         A download the client cuts is logged, once, with the bytes sent
         until then, and counted in the scrape.
         """
-        agent = FakeAgent()
         reactor = MemoryReactorClock()
-        site = passthroughSite(agent, reactor)
-        events: list[dict] = []
-        site._log = Logger(observer=observer(events))
+        agent, site, events = loggedSite(reactor)
         client = RawClient(site)
         client.request(b"GET", b"/v2/lib/app/blobs/sha256:" + b"a" * 64)
         response = FakeResponse(200, {}, 1000)
@@ -136,10 +145,7 @@ class AbortedLogTests(SynchronousTestCase):
         """
         A request cut before any answer is logged as 499.
         """
-        agent = FakeAgent()
-        site = passthroughSite(agent, MemoryReactorClock())
-        events: list[dict] = []
-        site._log = Logger(observer=observer(events))
+        agent, site, events = loggedSite()
         client = RawClient(site)
         client.request(b"GET", b"/v2/lib/app/manifests/1")
         client.disconnect()
@@ -193,10 +199,7 @@ class PassthroughLogTests(SynchronousTestCase):
         """
         In passthrough mode the name asked for is the repository upstream.
         """
-        agent = FakeAgent()
-        site = passthroughSite(agent, MemoryReactorClock())
-        events: list[dict] = []
-        site._log = Logger(observer=observer(events))
+        agent, site, events = loggedSite()
         client = RawClient(site)
         client.request(b"HEAD", b"/v2/lib/app/manifests/1")
         agent.sent[-1].deferred.callback(FakeResponse(404, {}, 0))
