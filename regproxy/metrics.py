@@ -22,7 +22,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from regproxy.server.errors import methodNotAllowed
 
 ROUTES = ("ping", "manifest", "blob", "upload", "tags", "token", "other")
 UPSTREAM_ERROR_CAUSES = ("refused", "dns", "tls", "timeout", "reset", "other")
@@ -285,7 +287,10 @@ class MetricsResource(Resource):
         super().__init__()
         self._metrics = metrics
 
-    def render_GET(self, request: Request) -> bytes:
+    def render(self, request: Request) -> object:
+        if request.method not in (b"GET", b"HEAD"):
+            methodNotAllowed(request, (b"GET",))
+            return NOT_DONE_YET
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
         return self._metrics.exposition()
 

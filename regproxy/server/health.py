@@ -23,6 +23,8 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from regproxy.server.errors import methodNotAllowed
+
 
 @attrs.frozen
 class Reachability:
@@ -114,7 +116,10 @@ class ReadyResource(Resource):
         self._probe = probe
         self._cacheCanServe = cacheCanServe
 
-    def render_GET(self, request: Request) -> object:
+    def render(self, request: Request) -> object:
+        if request.method not in (b"GET", b"HEAD"):
+            methodNotAllowed(request, (b"GET",))
+            return NOT_DONE_YET
         self._probe.check().addCallback(self._answer, request)
         return NOT_DONE_YET
 

@@ -120,3 +120,14 @@ class ReadyTests(SynchronousTestCase):
         self.assertEqual(status, 200)
         self.assertFalse(body["upstream"]["reachable"])
         self.assertIn("the cache can serve", body["reason"])
+
+    def test_onlyGET(self) -> None:
+        """
+        Another method gets a registry-format 405, and no probe.
+        """
+        client = RawClient(self.site)
+        client.request(b"POST", b"/_ready", body=b"")
+        response = client.completeResponse()
+        self.assertEqual(response.status, 405)
+        self.assertEqual(json.loads(response.body)["errors"][0]["code"], "UNSUPPORTED")
+        self.assertEqual(self.agent.sent, [])

@@ -183,6 +183,8 @@ class ScrapeTests(SynchronousTestCase):
         self.assertIn(b"text/plain", response.headers.getRawHeaders(b"content-type")[0])
         body = self.successResultOf(response.content())
         self.assertIn(b"regproxy_balena_api_requests_total 3.0", body)
+        refused = self.successResultOf(client.post("http://metrics/metrics"))
+        self.assertEqual(refused.code, 405)
 
 
 class RouteTests(SynchronousTestCase):
