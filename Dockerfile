@@ -12,12 +12,10 @@ RUN pip install --no-cache-dir . && rm -rf /src
 
 RUN mkdir -p /var/lib/regproxy && chown 10001:10001 /var/lib/regproxy
 ENV REGPROXY_STATE_DIR=/var/lib/regproxy
-# Prometheus metrics on a port of their own (publish it only to the monitoring network).
-ENV REGPROXY_METRICS=tcp:9100
 VOLUME /var/lib/regproxy
 USER 10001:10001
 WORKDIR /var/lib/regproxy
-EXPOSE 80 5000 9100
+EXPOSE 80 5000
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:80/_health', timeout=4).status != 200)"
