@@ -30,6 +30,7 @@ REQUEST_FIELDS = (
     "upstream",
     "cache",
     "aborted",
+    "received",
 )
 
 

@@ -283,6 +283,20 @@ _TEXT_FORMAT = (
 )
 
 
+def _abortedNote(aborted: bool, received: int) -> str:
+    if not aborted:
+        return ""
+    return f" aborted after {received}B received" if received else " aborted"
+
+
+def _received(request: http.Request) -> int:
+    """
+    The request body bytes that came in (for uploads, which stream).
+    """
+    body = getattr(request, "bodyStream", None)
+    return body.received if body is not None else 0
+
+
 class RegproxySite(Site):
     """
     A L{Site} that streams request bodies, never shows tracebacks and logs
@@ -323,6 +337,7 @@ class RegproxySite(Site):
                 request.method, request.path, code, request.sentLength, duration
             )
         view = getattr(request, "clientView", None)
+        received = _received(request)
         self._log.info(
             _TEXT_FORMAT,
             regproxy_request=True,
@@ -338,5 +353,6 @@ class RegproxySite(Site):
             upstream=getattr(request, "upstreamStatus", None) or "-",
             cache=getattr(request, "cacheOutcome", None) or "-",
             aborted=aborted,
-            abortedNote=" aborted" if aborted else "",
+            received=received,
+            abortedNote=_abortedNote(aborted, received),
         )

@@ -80,6 +80,7 @@ class BrokeredLogTests(FleetTestCase):
                 "upstream": 200,
                 "cache": None,
                 "aborted": False,
+                "received": 0,
             },
         )
 
