@@ -220,18 +220,10 @@ class LoggingRequest(StreamingRequest):
     started, who sent it (through trusted proxies), the account, the name
     asked for and the repository it became, and the cache outcome.  A
     request the client cuts off is logged when the connection goes, with
-    the bytes sent until then.
-
-    @ivar accountName: Set where the account is known (never a secret).
-    @ivar imageName: The repository name the client asked for.
-    @ivar upstreamRepository: The upstream repository that name became.
-    @ivar cacheOutcome: Set by the LAN cache (hit, miss, ...).
+    the bytes sent until then.  (What the resources set for it, the
+    account, names and cache outcome, is declared on L{StreamingRequest}.)
     """
 
-    accountName: str | None = None
-    imageName: str | None = None
-    upstreamRepository: str | None = None
-    cacheOutcome: str | None = None
     aborted = False
     logged = False
     inFlight = False
