@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 from regproxy import __version__
 from regproxy.config import (
@@ -26,6 +27,9 @@ from regproxy.config import (
     unknownEnvironment,
 )
 from regproxy.daemon import DrainingService
+
+if TYPE_CHECKING:
+    from regproxy.tls.endpoint import TLSDefaults
 
 _log = Logger()
 
@@ -124,7 +128,22 @@ class RegproxyService(DrainingService):
     All of regproxy's services; a listener that cannot bind stops start-up
     with one line saying which, instead of a traceback.  Stopping lets
     requests in flight finish (see L{DrainingService}).
+
+    @ivar startupLines: Logged once the listeners are bound (what listens,
+        the upstream, resolver, auth, users, token issuer, cache).
+    @ivar logObserver: Replaces twistd's text log (C{--log-format json}).
     """
+
+    startupLines: list[str] = []
+    logObserver: ILogObserver | None = None
+    _log = Logger()
+
+    def setServiceParent(self, parent) -> None:
+        # twistd starts its log with the application's ILogObserver when it
+        # has one (and no --logger was given): the way to choose the format.
+        if self.logObserver is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.logObserver)
+        super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         try:
@@ -137,6 +156,8 @@ class RegproxyService(DrainingService):
             super().startService()
         except CannotListenError as e:
             raise SystemExit(f"regproxy: --listen: {_describeBindFailure(e)}") from None
+        for line in self.startupLines:
+            self._log.info("{line}", line=line)
 
 
 def _describeBindFailure(e: CannotListenError) -> str:
@@ -145,16 +166,46 @@ def _describeBindFailure(e: CannotListenError) -> str:
     return f"cannot listen on {where}: {reason}"
 
 
+def _listen(
+    top: RegproxyService,
+    option: str,
+    description: str,
+    factory: Any,
+    reactor: Any,
+    defaults: TLSDefaults,
+) -> StreamServerEndpointService:
+    """
+    A listener for C{factory} on the endpoint C{description} names, under
+    C{top}; a description that cannot be used stops start-up with one line
+    naming C{option}.
+    """
+    from regproxy.tls.endpoint import serverEndpoint
+
+    try:
+        endpoint = serverEndpoint(reactor, description, defaults)
+    except (ValueError, TypeError, KeyError) as e:  # includes EndpointError
+        raise SystemExit(
+            f"regproxy: {option}: cannot use {description!r}: {e}"
+        ) from None
+    listener = StreamServerEndpointService(endpoint, factory)
+    # As strports.service does: a port that cannot be bound stops start-up.
+    listener._raiseSynchronously = True
+    listener.setServiceParent(top)
+    return listener
+
+
 def makeService(options: Options) -> RegproxyService:
     """
     Build the listeners and the resource tree from the options.
     """
     from twisted.internet import reactor
 
-    from regproxy.app import Reloads, makeSite
+    from regproxy.app import Reloads, makeSite, startupLines
     from regproxy.daemon import HangupReloads, registerTLSReload, reopenLogFiles
     from regproxy.mdns import MDNSService, portsFromListen
-    from regproxy.tls.endpoint import TLSDefaults, TLSServerEndpoint, serverEndpoint
+    from regproxy.metrics import MetricsSite
+    from regproxy.server.logformat import JSONLineObserver
+    from regproxy.tls.endpoint import TLSDefaults, TLSServerEndpoint
 
     config: Config = options.config
     for problem in unknownEnvironment(os.environ):
@@ -163,6 +214,8 @@ def makeService(options: Options) -> RegproxyService:
     # First, so that the lines of the other parts go to the reopened file.
     reloads.register("log file", reopenLogFiles)
     top = RegproxyService()
+    if config.log_format == "json":
+        top.logObserver = JSONLineObserver(sys.stdout)
     # First, so SIGHUP is handled before any port is open.
     HangupReloads(reactor, reloads).setServiceParent(top)
     try:
@@ -173,20 +226,15 @@ def makeService(options: Options) -> RegproxyService:
     top.reactor = reactor
     top.grace = config.shutdown_grace
     top.signals = signal
+    top.startupLines = startupLines(config)
     defaults = TLSDefaults(config.state_dir, config.tls_name)
     for description in config.listen:
-        try:
-            endpoint = serverEndpoint(reactor, description, defaults)
-        except (ValueError, TypeError, KeyError) as e:  # includes EndpointError
-            raise SystemExit(
-                f"regproxy: --listen: cannot use {description!r}: {e}"
-            ) from None
-        listener = StreamServerEndpointService(endpoint, site)
-        # As strports.service does: a port that cannot be bound stops start-up.
-        listener._raiseSynchronously = True
-        listener.setServiceParent(top)
-        if isinstance(endpoint, TLSServerEndpoint):
-            registerTLSReload(reloads, endpoint)
+        listener = _listen(top, "--listen", description, site, reactor, defaults)
+        if isinstance(listener.endpoint, TLSServerEndpoint):
+            registerTLSReload(reloads, listener.endpoint)
+    if config.metrics is not None and site.metrics is not None:
+        metricsSite = MetricsSite(site.metrics, reactor)
+        _listen(top, "--metrics", config.metrics, metricsSite, reactor, defaults)
     if config.mdns:
         httpPorts, httpsPorts = portsFromListen(config.listen)
         try:
