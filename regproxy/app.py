@@ -80,7 +80,12 @@ def makeResolver(config: Config, reactor, apiClient=None) -> IResolver:
             makeUpstreamAgent(reactor, config),
             cookiejar=NoCookies(),  # type: ignore[arg-type]
         )
-    balena = BalenaResolver(config.balena_api or DEFAULT_BALENA_API, apiClient, reactor)
+    balena = BalenaResolver(
+        config.balena_api or DEFAULT_BALENA_API,
+        apiClient,
+        reactor,
+        timeout=config.response_timeout,
+    )
     return CachingResolver(
         balena,
         reactor,
@@ -198,7 +203,9 @@ def makeSite(
         )
         root.putChild(b"token", TokenPassthroughResource(forwarder, realm))
     else:
-        authenticator = UpstreamAuthenticator(agent, upstream, reactor)
+        authenticator = UpstreamAuthenticator(
+            agent, upstream, reactor, timeout=config.response_timeout
+        )
         broker = makeBroker(config, reactor, authenticator, environ)
         resolver = makeResolver(config, reactor, apiClient)
         root.putChild(

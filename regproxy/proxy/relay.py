@@ -15,7 +15,14 @@ from typing import Callable, cast
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IProducer,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,7 +33,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from regproxy.server.errors import UpstreamTimeout
+from regproxy.proxy.failures import asUpstreamError, upstreamHost
+from regproxy.server.errors import UpstreamError
 
 # RFC 9110 section 7.6.1, plus the old Proxy-Connection and Keep-Alive.
 HOP_BY_HOP = frozenset(
@@ -166,26 +174,128 @@ def _sendLarger(transport: object) -> None:
         transport.SEND_LIMIT = RELAY_READ_SIZE
 
 
-class _BodyRelay(Protocol):
+@implementer(IBodyProducer)
+class _WatchedBody:
     """
-    Writes an upstream response body to the client, with the upstream
-    transport registered as the client request's producer: when the client
-    reads slowly, the upstream socket is paused.
+    An upload that holds off the response timeout while it moves: each
+    piece the upstream takes restarts C{timer}, so a long upload is never
+    cut short, and one the upstream stops reading times out.
     """
 
-    def __init__(self, request: Request, done: Deferred[bool]) -> None:
+    def __init__(self, body: IBodyProducer, timer: IDelayedCall, timeout: float):
+        self._body = body
+        self._timer = timer
+        self._timeout = timeout
+        self.length = body.length
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        self._consumer = consumer
+        return self._body.startProducing(cast(IConsumer, self))
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._timer.reset(self._timeout)
+        except (AlreadyCalled, AlreadyCancelled):
+            pass
+        self._consumer.write(data)
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self._consumer.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._consumer.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self._body.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._body.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._body.stopProducing()
+
+
+@implementer(IPushProducer)
+class _BodyRelay(Protocol):
+    """
+    Writes an upstream response body to the client, as the producer of the
+    client's request: when the client reads slowly, the upstream socket is
+    paused.
+
+    An upstream silent for C{timeout} seconds while we wait on it (not
+    while the client holds it paused) is dropped, and so is the client's
+    connection, which then sees a truncated body and can retry.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        request: Request,
+        done: Deferred[bool],
+        clock: IReactorTime,
+        timeout: float,
+        host: str = "-",
+    ) -> None:
         self._request = request
         self._done = done
+        self._clock = clock
+        self._timeout = timeout
+        self._host = host
         self._clientGone = False
+        self._paused = False
+        self._timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         _readLarger(self.transport)
         _sendLarger(getattr(self._request.channel, "transport", None))
-        self._request.registerProducer(self.transport, True)
+        self._timer = self._clock.callLater(self._timeout, self._idle)
+        self._request.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
         if not self._clientGone:
+            cast(IDelayedCall, self._timer).reset(self._timeout)
             self._request.write(data)
+
+    # IPushProducer, for the client's connection.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        cast(IPushProducer, self.transport).pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._timeout)
+        cast(IPushProducer, self.transport).resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.clientGone()
+
+    def _idle(self) -> None:
+        if self._paused:
+            # The client is slow, not the upstream: look again later.
+            self._timer = self._clock.callLater(self._timeout, self._idle)
+            return
+        self._log.warn(
+            "{host} sent no body data for {timeout}s after {sent}B; "
+            "closed the client connection",
+            host=self._host,
+            timeout=self._timeout,
+            sent=self._request.sentLength,
+        )
+        self._request.upstreamFailure = UpstreamError(  # type: ignore[attr-defined]
+            "timeout", self._host, "the body stalled"
+        )
+        self._clientGone = True
+        self._request.unregisterProducer()
+        # An abort, not a close: closing TLS waits for the silent peer.
+        underlying = getattr(self.transport, "_producer", None)
+        if underlying is not None and hasattr(underlying, "abortConnection"):
+            underlying.abortConnection()
+        elif self.transport is not None:
+            cast(IPushProducer, self.transport).stopProducing()
+        self._finish(False)
 
     def clientGone(self) -> None:
         """
@@ -201,8 +311,15 @@ class _BodyRelay(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         complete = bool(reason.check(ResponseDone, PotentialDataLoss))
         if not self._clientGone:
+            self._clientGone = True
             self._request.unregisterProducer()
-        self._done.callback(complete)
+        self._finish(complete)
+
+    def _finish(self, complete: bool) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if not self._done.called:
+            self._done.callback(complete)
 
 
 @attrs.define
@@ -212,8 +329,10 @@ class Forwarder:
 
     @ivar agent: Speaks HTTP to the upstream; a pooled L{Agent} in
         production, a L{RequestTraversalAgent} or similar in tests.
-    @ivar clock: For the response timeout.
-    @ivar responseTimeout: Seconds to wait for response headers.
+    @ivar clock: For the timeouts.
+    @ivar responseTimeout: Seconds to wait for response headers once the
+        request is sent, for each piece of an upload, and for each piece
+        of a response body.
     """
 
     agent: IAgent
@@ -236,10 +355,10 @@ class Forwarder:
         The upstream request is cancelled when the client disconnects
         first.
 
-        @raise UpstreamTimeout: When no response headers came in time.
+        @raise UpstreamError: When the upstream could not be reached or
+            gave no response headers in time (cause C{timeout}).
         @raise CancelledError: When the client went away.
         """
-        sending = self.agent.request(method, url, headers, body)
         timedOut = []
 
         def onTimeout() -> None:
@@ -247,14 +366,22 @@ class Forwarder:
             sending.cancel()
 
         timer = self.clock.callLater(self.responseTimeout, onTimeout)
+        if body is not None:
+            body = _WatchedBody(body, timer, self.responseTimeout)
+        sending = self.agent.request(method, url, headers, body)
         gone = request.notifyFinish()
         gone.addErrback(lambda _: sending.cancel())
         try:
             return await sending
-        except CancelledError:
+        except Exception as e:
             if timedOut:
-                raise UpstreamTimeout() from None
-            raise
+                raise UpstreamError(
+                    "timeout", upstreamHost(url), "no answer in time"
+                ) from None
+            error = None if isinstance(e, CancelledError) else asUpstreamError(e, url)
+            if error is None:
+                raise
+            raise error from None
         finally:
             if timer.active():
                 timer.cancel()
@@ -264,15 +391,18 @@ class Forwarder:
         Stream C{response}'s body to the client and finish the request.
 
         @return: Whether the whole body was relayed; when it was not (the
-            upstream or the client broke off), the client connection is
-            closed so the client sees a truncated response, never a short
-            one that looks complete.
+            upstream or the client broke off, or the upstream was silent
+            for the response timeout), the client connection is closed so
+            the client sees a truncated response, never a short one that
+            looks complete.
         """
         if request.method == b"HEAD" or response.length == 0:
             request.finish()
             return True
         done: Deferred[bool] = Deferred()
-        relay = _BodyRelay(request, done)
+        sent = getattr(response, "request", None)
+        host = upstreamHost(getattr(sent, "absoluteURI", None) or b"")
+        relay = _BodyRelay(request, done, self.clock, self.responseTimeout, host)
         clientGone = []
 
         def onClientGone(reason: Failure) -> None:

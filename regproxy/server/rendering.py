@@ -21,6 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from regproxy.server.errors import (
     RegistryError,
     TranslatableError,
+    UpstreamError,
     UpstreamTimeout,
     methodNotAllowed,
     unavailable,
@@ -40,6 +41,8 @@ def errorForFailure(failure: Failure, what: str) -> RegistryError | None:
     """
     if failure.check(RegistryError):
         return failure.value
+    if failure.check(UpstreamError):
+        return failure.value.toRegistryError(what)
     if failure.check(TranslatableError):
         return failure.value.toRegistryError()
     if failure.check(CancelledError):
@@ -71,6 +74,9 @@ def renderLater(
     """
 
     def failed(failure: Failure) -> None:
+        if failure.check(UpstreamError):
+            # For the request's log line (and the upstream error count).
+            request.upstreamFailure = failure.value  # type: ignore[attr-defined]
         error = errorForFailure(failure, what)
         if error is not None:
             writeError(request, error)

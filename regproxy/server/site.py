@@ -147,5 +147,17 @@ class RegproxySite(Site):
             code=request.code,
             bytes=request.sentLength,
             duration=duration,
-            upstream=getattr(request, "upstreamStatus", None) or "-",
+            upstream=_upstreamField(request),
         )
+
+
+def _upstreamField(request: http.Request) -> object:
+    """
+    The upstream's status, and why it failed when it did:
+    C{refused@registry.example:443}, C{200,timeout@registry.example:443}.
+    """
+    status = getattr(request, "upstreamStatus", None)
+    failure = getattr(request, "upstreamFailure", None)
+    if failure is None:
+        return status or "-"
+    return f"{status},{failure}" if status else str(failure)
