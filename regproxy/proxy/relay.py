@@ -14,8 +14,7 @@ from __future__ import annotations
 from typing import Callable, cast
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.error import AlreadyCalled, AlreadyCancelled
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -33,7 +32,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from regproxy.proxy.failures import asUpstreamError, upstreamHost
+from regproxy.proxy.deadline import UpstreamDeadline
+from regproxy.proxy.failures import upstreamHost
 from regproxy.server.errors import UpstreamError
 
 # RFC 9110 section 7.6.1, plus the old Proxy-Connection and Keep-Alive.
@@ -178,14 +178,13 @@ def _sendLarger(transport: object) -> None:
 class _WatchedBody:
     """
     An upload that holds off the response timeout while it moves: each
-    piece the upstream takes restarts C{timer}, so a long upload is never
+    piece the upstream takes restarts the deadline, so a long upload is never
     cut short, and one the upstream stops reading times out.
     """
 
-    def __init__(self, body: IBodyProducer, timer: IDelayedCall, timeout: float):
+    def __init__(self, body: IBodyProducer, deadline: UpstreamDeadline) -> None:
         self._body = body
-        self._timer = timer
-        self._timeout = timeout
+        self._deadline = deadline
         self.length = body.length
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
@@ -193,10 +192,7 @@ class _WatchedBody:
         return self._body.startProducing(cast(IConsumer, self))
 
     def write(self, data: bytes) -> None:
-        try:
-            self._timer.reset(self._timeout)
-        except (AlreadyCalled, AlreadyCancelled):
-            pass
+        self._deadline.reset()
         self._consumer.write(data)
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
@@ -359,32 +355,13 @@ class Forwarder:
             gave no response headers in time (cause C{timeout}).
         @raise CancelledError: When the client went away.
         """
-        timedOut = []
-
-        def onTimeout() -> None:
-            timedOut.append(True)
-            sending.cancel()
-
-        timer = self.clock.callLater(self.responseTimeout, onTimeout)
+        deadline = UpstreamDeadline(self.clock, self.responseTimeout, url)
         if body is not None:
-            body = _WatchedBody(body, timer, self.responseTimeout)
+            body = _WatchedBody(body, deadline)
         sending = self.agent.request(method, url, headers, body)
         gone = request.notifyFinish()
         gone.addErrback(lambda _: sending.cancel())
-        try:
-            return await sending
-        except Exception as e:
-            if timedOut:
-                raise UpstreamError(
-                    "timeout", upstreamHost(url), "no answer in time"
-                ) from None
-            error = None if isinstance(e, CancelledError) else asUpstreamError(e, url)
-            if error is None:
-                raise
-            raise error from None
-        finally:
-            if timer.active():
-                timer.cancel()
+        return await deadline.wait(sending)
 
     async def relayBody(self, request: Request, response: IResponse) -> bool:
         """

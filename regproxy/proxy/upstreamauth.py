@@ -26,7 +26,7 @@ from twisted.web.iweb import IAgent, IResponse
 
 from regproxy.auth.credentials import BasicCredentials
 from regproxy.names.challenge import ChallengeParseError, parseChallenges
-from regproxy.proxy.failures import asUpstreamError
+from regproxy.proxy.deadline import UpstreamDeadline
 from regproxy.server.errors import RegistryError, unavailable
 from regproxy.server.urls import Origin
 
@@ -216,16 +216,12 @@ class UpstreamAuthenticator:
         @raise UpstreamError: When it could not be had, naming C{url}'s
             host and why.
         """
-        try:
-            response = await self.agent.request(b"GET", url, headers).addTimeout(
-                self.timeout, self.clock
-            )
-            body = await readBody(response).addTimeout(self.timeout, self.clock)
-        except Exception as e:
-            error = asUpstreamError(e, url, what)
-            if error is None:
-                raise
-            raise error from None
+        response = await UpstreamDeadline(self.clock, self.timeout, url, what).wait(
+            self.agent.request(b"GET", url, headers)
+        )
+        body = await UpstreamDeadline(self.clock, self.timeout, url, what).wait(
+            readBody(response)
+        )
         return response, body
 
 
