@@ -44,19 +44,16 @@ class SiteTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.agent = FakeAgent()
         self.reactor = MemoryReactorClock()
-        self.site = makeSite(
-            Config(
-                upstream="http://upstream.example",
-                listen=(),
-                response_timeout=TIMEOUT,
-                auth=self.auth,
-                state_dir=self.mktemp(),
-            ),
-            self.reactor,
-            agent=self.agent,
-        )
         self.events: list[dict] = []
-        self.site._log = Logger(observer=self.events.append)
+        self.site = self.makeSite(response_timeout=TIMEOUT, auth=self.auth)
+
+    def makeSite(self, **settings):
+        settings = {"upstream": "http://upstream.example", "listen": (), **settings}
+        site = makeSite(
+            Config(state_dir=self.mktemp(), **settings), self.reactor, agent=self.agent
+        )
+        site._log = Logger(observer=self.events.append)
+        return site
 
     def logged(self, key: str) -> list[object]:
         return [event[key] for event in self.events if key in event]
@@ -307,17 +304,7 @@ class BrokerWaitTests(SiteTestCase):
         answers gets 504 naming the upstream after C{--response-timeout},
         not after a fixed 30 s.
         """
-        self.site = makeSite(
-            Config(
-                upstream="http://upstream.example",
-                listen=(),
-                response_timeout=3,
-                state_dir=self.mktemp(),
-            ),
-            self.reactor,
-            agent=self.agent,
-        )
-        client = RawClient(self.site)
+        client = RawClient(self.makeSite(response_timeout=3))
         client.request(
             b"GET",
             b"/token?service=regproxy",
