@@ -218,9 +218,11 @@ class _BodyRelay(Protocol):
     client's request: when the client reads slowly, the upstream socket is
     paused.
 
-    An upstream silent for C{timeout} seconds while we wait on it (not
-    while the client holds it paused) is dropped, and so is the client's
-    connection, which then sees a truncated body and can retry.
+    An upstream silent for C{timeout} seconds while we wait on it is
+    dropped, and so is the client's connection, which then sees a truncated
+    body and can retry.  A client that paused the upstream in that time
+    gives the upstream another C{timeout} (a stall is then found within
+    twice the timeout).
     """
 
     _log = Logger()
@@ -239,7 +241,7 @@ class _BodyRelay(Protocol):
         self._timeout = timeout
         self._host = host
         self._clientGone = False
-        self._paused = False
+        self._paused = self._pausedLately = False
         self._timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -255,22 +257,25 @@ class _BodyRelay(Protocol):
 
     # IPushProducer, for the client's connection.
 
+    # A fast client pauses and resumes us once or more per piece: no timer
+    # work here, only a note that _idle reads.
+
     def pauseProducing(self) -> None:
-        self._paused = True
+        self._paused = self._pausedLately = True
         cast(IPushProducer, self.transport).pauseProducing()
 
     def resumeProducing(self) -> None:
         self._paused = False
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self._timeout)
         cast(IPushProducer, self.transport).resumeProducing()
 
     def stopProducing(self) -> None:
         self.clientGone()
 
     def _idle(self) -> None:
-        if self._paused:
-            # The client is slow, not the upstream: look again later.
+        if self._paused or self._pausedLately:
+            # The client held the upstream back, not the upstream us: give
+            # it the whole timeout again.
+            self._pausedLately = False
             self._timer = self._clock.callLater(self._timeout, self._idle)
             return
         self._log.warn(

@@ -127,6 +127,20 @@ class BodyIdleTests(SiteTestCase):
         self.reactor.advance(1)
         self.assertTrue(client.transport.disconnecting)
 
+    def test_briefPauseStillTimesOut(self) -> None:
+        """
+        A client that paused the upstream only briefly gives it one more
+        timeout at most: a stall after that is still found.
+        """
+        client, response = self.startDownload()
+        response.protocol.dataReceived(b"x" * 1000)
+        client.protocol.pauseProducing()
+        client.protocol.resumeProducing()
+        self.reactor.advance(TIMEOUT)
+        self.assertFalse(client.transport.disconnecting)
+        self.reactor.advance(TIMEOUT)
+        self.assertTrue(client.transport.disconnecting)
+
     def test_stalledBodyWithoutLengthIsNotComplete(self) -> None:
         """
         A body of unknown length (sent chunked to the client) that stalls
