@@ -20,7 +20,6 @@ import json
 from urllib.parse import quote
 
 from twisted.logger import Logger
-from twisted.web.client import readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -263,7 +262,7 @@ class BrokeredRegistryResource(Resource):
             request.upstreamStatus = response.code
             if response.code not in (401, 403):
                 break
-            await readBody(response)
+            await self._forwarder.readBody(response)
             self._upstreamAuth.learn(
                 response.headers.getRawHeaders(b"www-authenticate", [])
             )
@@ -295,7 +294,7 @@ class BrokeredRegistryResource(Resource):
             and isinstance(response.length, int)
             and response.length <= MAX_MANIFEST
         ):
-            body = await readBody(response)
+            body = await self._forwarder.readBody(response)
             references = tuple(manifestDigests(body))
             if resolution.repository != path.name:
                 self.digests.remember(

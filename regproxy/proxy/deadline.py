@@ -11,16 +11,67 @@ is told 504 "did not answer in time", never 502 "closed the connection".
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IResponse
 
 from regproxy.proxy.failures import asUpstreamError, upstreamHost
 from regproxy.server.errors import UpstreamError
 
 T = TypeVar("T")
+
+
+def abortUpstream(transport: object) -> None:
+    """
+    Drop the upstream connection under a response body's C{transport}
+    (the HTTP client's producer proxy) at once: closing a TLS connection
+    politely waits for a peer that may be the one that went silent.
+    """
+    underlying = getattr(transport, "_producer", None)
+    abort = getattr(underlying, "abortConnection", None) or getattr(
+        transport, "abortConnection", None
+    )
+    if abort is not None:
+        abort()
+    elif transport is not None:
+        cast(IPushProducer, transport).stopProducing()
+
+
+class _WholeBody(Protocol):
+    def __init__(self, done: Deferred[bytes]) -> None:
+        self._done = done
+        self._pieces: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self._pieces.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._done.called:
+            return  # cancelled
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._done.callback(b"".join(self._pieces))
+        else:
+            self._done.errback(reason)
+
+
+def readWholeBody(response: IResponse) -> Deferred[bytes]:
+    """
+    Like L{twisted.web.client.readBody}, but safe to cancel on a real
+    connection: C{readBody}'s own Deferred fails a second time (an
+    C{AlreadyCalledError}) when the connection it aborted closes later.
+    A body that ends with its connection (no length) is complete.
+    """
+    done: Deferred[bytes] = Deferred(lambda _: abortUpstream(protocol.transport))
+    protocol = _WholeBody(done)
+    response.deliverBody(protocol)
+    return done
 
 
 class UpstreamDeadline:

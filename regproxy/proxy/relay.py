@@ -32,7 +32,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from regproxy.proxy.deadline import UpstreamDeadline
+from regproxy.proxy.deadline import UpstreamDeadline, abortUpstream, readWholeBody
 from regproxy.proxy.failures import upstreamHost
 from regproxy.server.errors import UpstreamError
 
@@ -290,12 +290,7 @@ class _BodyRelay(Protocol):
         )
         self._clientGone = True
         self._request.unregisterProducer()
-        # An abort, not a close: closing TLS waits for the silent peer.
-        underlying = getattr(self.transport, "_producer", None)
-        if underlying is not None and hasattr(underlying, "abortConnection"):
-            underlying.abortConnection()
-        elif self.transport is not None:
-            cast(IPushProducer, self.transport).stopProducing()
+        abortUpstream(self.transport)
         self._finish(False)
 
     def clientGone(self) -> None:
@@ -367,6 +362,18 @@ class Forwarder:
         gone = request.notifyFinish()
         gone.addErrback(lambda _: sending.cancel())
         return await deadline.wait(sending)
+
+    async def readBody(self, response: IResponse) -> bytes:
+        """
+        The whole body of C{response} (a manifest, an error), which must
+        come within the response timeout.
+
+        @raise UpstreamError: When it did not (cause C{timeout}) or the
+            upstream broke off.
+        """
+        url = getattr(getattr(response, "request", None), "absoluteURI", None)
+        deadline = UpstreamDeadline(self.clock, self.responseTimeout, url or b"")
+        return await deadline.wait(readWholeBody(response))
 
     async def relayBody(self, request: Request, response: IResponse) -> bool:
         """

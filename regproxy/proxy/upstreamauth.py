@@ -20,13 +20,12 @@ from urllib.parse import quote
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from regproxy.auth.credentials import BasicCredentials
 from regproxy.names.challenge import ChallengeParseError, parseChallenges
-from regproxy.proxy.deadline import UpstreamDeadline
+from regproxy.proxy.deadline import UpstreamDeadline, readWholeBody
 from regproxy.server.errors import RegistryError, unavailable
 from regproxy.server.urls import Origin
 
@@ -220,7 +219,7 @@ class UpstreamAuthenticator:
             self.agent.request(b"GET", url, headers)
         )
         body = await UpstreamDeadline(self.clock, self.timeout, url, what).wait(
-            readBody(response)
+            readWholeBody(response)
         )
         return response, body
 

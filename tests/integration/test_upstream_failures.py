@@ -168,6 +168,23 @@ class UpstreamFailureTests(TestCase):
         self.assertEqual(logged, [f"{cause}@{host}"])
         return entry
 
+    async def assertLoginTimesOut(self, proxy, upstream: str) -> None:
+        """
+        A C{docker login} through C{proxy} (run with C{--response-timeout
+        1}) gets 504 naming C{upstream} within a few seconds.
+        """
+        started = reactor.seconds()
+        response = await self.client.request(
+            b"GET",
+            proxy.url.encode() + b"/token?service=regproxy",
+            Headers({b"Authorization": [b"Basic YWxpY2U6d29uZGVybGFuZA=="]}),
+        )
+        body = await readBody(response)
+        self.assertLess(reactor.seconds() - started, 5)
+        self.assertCause(
+            response, body, 504, "timeout", upstream.removeprefix("http://")
+        )
+
     async def test_refused(self) -> None:
         """
         A closed port: 502, cause C{refused}.
@@ -222,17 +239,16 @@ class UpstreamFailureTests(TestCase):
         """
         upstream = self.serve(Silent)
         proxy = self.proxy(upstream, response_timeout=1, auth="broker")
-        started = reactor.seconds()
-        response = await self.client.request(
-            b"GET",
-            proxy.url.encode() + b"/token?service=regproxy",
-            Headers({b"Authorization": [b"Basic YWxpY2U6d29uZGVybGFuZA=="]}),
-        )
-        body = await readBody(response)
-        self.assertLess(reactor.seconds() - started, 5)
-        self.assertCause(
-            response, body, 504, "timeout", upstream.removeprefix("http://")
-        )
+        await self.assertLoginTimesOut(proxy, upstream)
+
+    async def test_stalledProbeBody(self) -> None:
+        """
+        In broker mode, an upstream whose C{/v2/} answer stalls mid-body:
+        a C{docker login} gets 504 after about a second, not never.
+        """
+        upstream = self.serve(Stall)
+        proxy = self.proxy(upstream, response_timeout=1, auth="broker")
+        await self.assertLoginTimesOut(proxy, upstream)
 
     async def test_stalledBody(self) -> None:
         """

@@ -13,18 +13,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet import error as netError
+from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from regproxy.app import makeSite
 from regproxy.config import Config
 from regproxy.proxy.failures import asUpstreamError, classifyFailure, upstreamHost
+from regproxy.proxy.relay import Forwarder
 from regproxy.server.errors import UPSTREAM_CAUSES, UpstreamError
 from tests.httpclient import RawClient
 from tests.unit.test_streaming import FakeAgent, FakeResponse, RecordingConsumer
@@ -95,7 +97,7 @@ class BodyIdleTests(SiteTestCase):
         self.assertFalse(client.transport.disconnecting)
         self.reactor.advance(1)
         self.assertTrue(client.transport.disconnecting)
-        self.assertTrue(response.transport.stopped)
+        self.assertTrue(response.transport.disconnecting)
         [warning] = warnings
         self.assertEqual(warning["host"], "-")
         self.assertEqual(warning["timeout"], TIMEOUT)
@@ -213,6 +215,39 @@ class UploadWaitTests(SiteTestCase):
         self.assertTrue(self.agent.sent[0].cancelled)
         entry = self.errorEntry(client, 504)
         self.assertEqual(entry["detail"]["cause"], "timeout")
+
+
+class ReadBodyTests(SynchronousTestCase):
+    """
+    L{Forwarder.readBody}, for the small bodies read whole (a manifest to
+    cache, an error), gives up after the response timeout.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.forwarder = Forwarder(FakeAgent(), self.clock, TIMEOUT)
+
+    def test_body(self) -> None:
+        response = FakeResponse(200, {}, 6)
+        reading = Deferred.fromCoroutine(self.forwarder.readBody(response))
+        response.protocol.dataReceived(b"abcdef")
+        response.protocol.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(self.successResultOf(reading), b"abcdef")
+
+    def test_stalledBody(self) -> None:
+        """
+        A body that stops coming fails as a timeout once the response
+        timeout has passed, and the upstream connection is dropped.
+        """
+        response = FakeResponse(200, {}, 100)
+        reading = Deferred.fromCoroutine(self.forwarder.readBody(response))
+        response.protocol.dataReceived(b"abc")
+        self.clock.advance(TIMEOUT - 1)
+        self.assertNoResult(reading)
+        self.clock.advance(1)
+        failure = self.failureResultOf(reading, UpstreamError)
+        self.assertEqual(failure.value.cause, "timeout")
+        self.assertTrue(response.transport.disconnecting)
 
 
 class CauseTests(SiteTestCase):
