@@ -18,7 +18,7 @@ from OpenSSL import SSL
 from twisted.internet import error as netError
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.python.failure import Failure
-from twisted.web._newclient import _WrapperException
+from twisted.web._newclient import RequestGenerationFailed, _WrapperException
 
 from regproxy.server.errors import UpstreamError, UpstreamTimeout
 
@@ -80,6 +80,10 @@ def _classifyOne(value: BaseException) -> tuple[str, str] | None:
         return "refused", "connection refused"
     if isinstance(value, netError.ConnectError):
         return "refused", _reason(value)
+    if isinstance(value, RequestGenerationFailed):
+        # Our request body failed (the client stopped sending its upload):
+        # not the upstream's doing.
+        return None
     if isinstance(value, _WrapperException):
         inner = [_classifyOne(reason.value) for reason in value.reasons]
         found = [entry for entry in inner if entry is not None]
