@@ -272,6 +272,12 @@ class _BodyRelay(Protocol):
         self.clientGone()
 
     def _idle(self) -> None:
+        if self._clientGone:
+            # The client left and the upstream has not closed since we
+            # asked it to (a TLS close waits for the silent peer): drop it.
+            abortUpstream(self.transport)
+            self._finish(False)
+            return
         if self._paused or self._pausedLately:
             # The client held the upstream back, not the upstream us: give
             # it the whole timeout again.

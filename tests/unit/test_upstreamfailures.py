@@ -129,6 +129,25 @@ class BodyIdleTests(SiteTestCase):
         self.reactor.advance(1)
         self.assertTrue(client.transport.disconnecting)
 
+    def test_upstreamThatDoesNotCloseAfterClientLeft(self) -> None:
+        """
+        When the client leaves, the upstream is asked to stop; one that
+        has still not closed a timeout later is dropped, without a
+        warning about a stall nobody waits for.
+        """
+        from regproxy.proxy import relay
+
+        warnings: list[dict] = []
+        self.patch(relay._BodyRelay, "_log", Logger(observer=warnings.append))
+        client, response = self.startDownload()
+        response.protocol.dataReceived(b"x" * 1000)
+        client.disconnect()
+        self.assertTrue(response.transport.stopped)
+        self.assertFalse(response.transport.disconnecting)
+        self.reactor.advance(TIMEOUT)
+        self.assertTrue(response.transport.disconnecting)
+        self.assertEqual(warnings, [])
+
     def test_briefPauseStillTimesOut(self) -> None:
         """
         A client that paused the upstream only briefly gives it one more
