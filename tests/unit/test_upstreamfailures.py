@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet import error as netError
@@ -432,6 +432,7 @@ class ClassifyTests(SynchronousTestCase):
         self.assertEqual(upstreamHost("http://[::1]:5000/v2/"), "[::1]:5000")
         self.assertEqual(upstreamHost(b""), "-")
 
+    @settings(deadline=None)
     @given(st.text())
     def test_hostNeverCrashes(self, text: str) -> None:
         """
