@@ -75,10 +75,10 @@ class RawClient:
     One client connection to C{site}.
     """
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, peer: str = "127.0.0.1") -> None:
         self.transport = StringTransport(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 80),
-            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
+            peerAddress=IPv4Address("TCP", peer, 40000),
         )
         self.protocol = site.buildProtocol(self.transport.getPeer())
         self.protocol.makeConnection(self.transport)
@@ -102,6 +102,14 @@ class RawClient:
     def response(self, head: bool = False) -> RawResponse | None:
         parsed = parseResponse(self.transport.value(), head)
         return None if parsed is None else parsed[0]
+
+    def completeResponse(self, head: bool = False) -> RawResponse:
+        """
+        The response, which the test knows is complete by now.
+        """
+        response = self.response(head)
+        assert response is not None, self.transport.value()
+        return response
 
     def responseAfter(
         self, flush: Callable[[], object], head: bool = False, turns: int = 20

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from OpenSSL import SSL
 from twisted.internet import error as netError
+from twisted.internet.defer import CancelledError
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.python.failure import Failure
 from twisted.web._newclient import RequestGenerationFailed, _WrapperException
@@ -65,6 +66,17 @@ def _reason(value: BaseException) -> str:
     return text[:_MAX_REASON]
 
 
+def isCancellation(failure: Failure) -> bool:
+    """
+    Whether C{failure} is our own cancellation of a request (the client
+    left, or a deadline passed), however the HTTP client wraps it.
+    """
+    if failure.check(CancelledError, netError.ConnectingCancelledError):
+        return True
+    reasons = getattr(failure.value, "reasons", None) or []
+    return any(reason.check(CancelledError) for reason in reasons)
+
+
 def _classifyOne(value: BaseException) -> tuple[str, str] | None:
     tls = _tlsReason(value)
     if tls is not None:
@@ -85,6 +97,9 @@ def _classifyOne(value: BaseException) -> tuple[str, str] | None:
         # not the upstream's doing.
         return None
     if isinstance(value, _WrapperException):
+        if isCancellation(Failure(value)):
+            # We cancelled it (the client left): nobody's failure.
+            return None
         inner = [_classifyOne(reason.value) for reason in value.reasons]
         found = [entry for entry in inner if entry is not None]
         for cause in ("tls", "timeout"):

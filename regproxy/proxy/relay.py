@@ -32,6 +32,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from regproxy.metrics import Metrics
 from regproxy.proxy.deadline import UpstreamDeadline, abortUpstream, readWholeBody
 from regproxy.proxy.failures import upstreamHost
 from regproxy.server.errors import UpstreamError
@@ -51,9 +52,23 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# What a reverse proxy in front of us says about the client: believed only
+# from a trusted proxy (regproxy.server.forwarded), never passed upstream.
+FORWARDING = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-forwarded-proto",
+        b"x-real-ip",
+    }
+)
+
 # Set by the Agent (Host, Content-Length from the body producer) or answered
 # by us (Expect: 100-continue is handled by our own server).
-_NOT_FORWARDED_UP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+_NOT_FORWARDED_UP = HOP_BY_HOP | FORWARDING | {b"host", b"content-length", b"expect"}
 
 # twisted.web writes its own Date and Server; Content-Length is set from
 # the response's length (see relayHeaders).
@@ -101,7 +116,7 @@ def forwardedRequestHeaders(incoming: Headers) -> Headers:
     """
     The headers to send upstream: every header the client sent, each
     repeated line kept (docker sends one C{Accept} line per media type),
-    less the hop-by-hop ones.
+    less the hop-by-hop ones and those that say who the client is.
     """
     drop = _NOT_FORWARDED_UP | _connectionTokens(incoming)
     outgoing = Headers()
@@ -335,11 +350,14 @@ class Forwarder:
     @ivar responseTimeout: Seconds to wait for response headers once the
         request is sent, for each piece of an upload, and for each piece
         of a response body.
+    @ivar metrics: Counts response timeouts (the agent, cancelled, cannot
+        tell them from a client going away).
     """
 
     agent: IAgent
     clock: IReactorTime
     responseTimeout: float = 60.0
+    metrics: Metrics = attrs.field(factory=Metrics)
 
     _log = Logger()
 
@@ -367,7 +385,12 @@ class Forwarder:
         sending = self.agent.request(method, url, headers, body)
         gone = request.notifyFinish()
         gone.addErrback(lambda _: sending.cancel())
-        return await deadline.wait(sending)
+        try:
+            return await deadline.wait(sending)
+        except UpstreamError:
+            if deadline.expired:
+                self.metrics.upstreamErrors.labels("timeout").inc()
+            raise
 
     async def readBody(self, response: IResponse) -> bytes:
         """

@@ -140,7 +140,15 @@ class StreamingRequest(Request):
     """
 
     bodyStream: RequestBodyStream | None = None
+    # For the log line (regproxy.server.site), set where each is known: the
+    # upstream's status, the account (a name, never a secret), the name the
+    # client asked for, the upstream repository it became, and the LAN
+    # cache's outcome (hit, miss, coalesced, stale).
     upstreamStatus: int | None = None
+    accountName: str | None = None
+    imageName: str | None = None
+    upstreamRepository: str | None = None
+    cacheOutcome: str | None = None
     # Why the upstream could not answer, when it could not: for the log
     # line and the upstream error count (its cause is a metric label).
     upstreamFailure: UpstreamError | None = None

@@ -157,6 +157,18 @@ class UpstreamFailureTests(TestCase):
         )
         return response, await readBody(response)
 
+    def upstreamErrors(self, proxy) -> dict[str, float]:
+        """
+        The non-zero C{regproxy_upstream_errors_total} counts, by cause.
+        """
+        registry = proxy.site.metrics.registry
+        counts = {}
+        for metric in registry.collect():
+            for sample in metric.samples:
+                if sample.name == "regproxy_upstream_errors_total" and sample.value:
+                    counts[sample.labels["cause"]] = sample.value
+        return counts
+
     def assertCause(self, response, body: bytes, status: int, cause: str, host: str):
         self.assertEqual(response.code, status, body)
         [entry] = json.loads(body)["errors"]
@@ -193,6 +205,7 @@ class UpstreamFailureTests(TestCase):
         proxy = self.proxy(f"http://127.0.0.1:{port}")
         response, body = await self.get(proxy)
         self.assertCause(response, body, 502, "refused", f"127.0.0.1:{port}")
+        self.assertEqual(self.upstreamErrors(proxy), {"refused": 1.0})
 
     async def test_dns(self) -> None:
         """
@@ -213,6 +226,7 @@ class UpstreamFailureTests(TestCase):
         response, body = await self.get(proxy)
         host = upstream.removeprefix("https://")
         entry = self.assertCause(response, body, 502, "tls", host)
+        self.assertEqual(self.upstreamErrors(proxy), {"tls": 1.0})
         self.assertIn("certificate verify failed", entry["detail"]["reason"])
 
     async def test_silent(self) -> None:
@@ -230,6 +244,9 @@ class UpstreamFailureTests(TestCase):
         )
         self.assertGreaterEqual(elapsed, 1)
         self.assertLess(elapsed, 5)
+        # Counted once, as a timeout: the aborted connection under the
+        # cancelled request is not also a reset.
+        self.assertEqual(self.upstreamErrors(proxy), {"timeout": 1.0})
 
     async def test_silentBroker(self) -> None:
         """

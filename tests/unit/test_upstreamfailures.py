@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet import error as netError
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
@@ -347,6 +347,21 @@ class CauseTests(SiteTestCase):
         self.reactor.advance(TIMEOUT)
         self.assertCause(client, 504, "timeout", "did not answer in time")
 
+    def test_clientLeftIsNoUpstreamFailure(self) -> None:
+        """
+        A client that leaves before the upstream answered cancels the
+        upstream request; its log line blames no upstream, however the
+        HTTP client reports the cancellation.
+        """
+        client = RawClient(self.site)
+        client.request(b"GET", b"/v2/lib/app/manifests/latest")
+        self.agent.sent[-1].deferred._canceller = lambda d: d.errback(
+            ResponseNeverReceived([Failure(CancelledError())])
+        )
+        client.disconnect()
+        self.assertTrue(self.agent.sent[-1].deferred.called)
+        self.assertEqual(self.logged("upstream"), ["-"])
+
     def test_successLogsStatus(self) -> None:
         """
         A request the upstream answered logs its status, as before.
@@ -416,9 +431,16 @@ class ClassifyTests(SynchronousTestCase):
 
     def test_notUpstream(self) -> None:
         """
-        A bug is not an upstream failure.
+        A bug is not an upstream failure, nor is a request we cancelled
+        (however the HTTP client wraps the cancellation).
         """
         self.assertIsNone(classifyFailure(Failure(ZeroDivisionError())))
+        self.assertIsNone(
+            classifyFailure(Failure(ResponseNeverReceived([Failure(CancelledError())])))
+        )
+        self.assertIsNone(
+            classifyFailure(Failure(netError.ConnectingCancelledError(None)))
+        )
         self.assertIsNone(asUpstreamError(ZeroDivisionError(), b"http://h/"))
 
     def test_hostWithoutCredentials(self) -> None:
