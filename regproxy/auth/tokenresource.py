@@ -20,6 +20,16 @@ from regproxy.server.rendering import TokenEndpoint, renderLater
 from regproxy.server.request import firstArgument
 
 
+def _loginRefused(message: str) -> RegistryError:
+    return RegistryError(
+        401,
+        "UNAUTHORIZED",
+        message,
+        None,
+        ((b"WWW-Authenticate", b'Basic realm="regproxy"'),),
+    )
+
+
 class TokenResource(TokenEndpoint):
     """
     C{/token}: GET (the Docker token flow: repeated C{scope}, C{service},
@@ -59,16 +69,30 @@ class TokenResource(TokenEndpoint):
         try:
             return await self._broker.backend.login(credentials)
         except LoginFailed:
-            raise RegistryError(
-                401,
-                "UNAUTHORIZED",
-                "wrong user name or password",
-                None,
-                ((b"WWW-Authenticate", b'Basic realm="regproxy"'),),
-            ) from None
+            raise _loginRefused("wrong user name or password") from None
+
+    def _credentials(self, request: Request) -> BasicCredentials | None:
+        """
+        The client's Basic credentials; L{None} only when it sent no
+        C{Authorization} at all (an anonymous login).
+
+        @raise RegistryError: 401 for a header that is not one well-formed
+            Basic value: taking it as anonymous would make C{docker login}
+            report success for credentials nobody checked.
+        """
+        headers = request.requestHeaders.getRawHeaders(b"authorization")
+        if headers is None:
+            return None
+        credentials = BasicCredentials.fromHeader(headers[0])
+        if credentials is None or len(headers) != 1:
+            raise _loginRefused(
+                "malformed Authorization header: expected Basic credentials "
+                "(base64 of user:password)"
+            )
+        return credentials
 
     async def _get(self, request: Request) -> None:
-        credentials = BasicCredentials.fromHeader(request.getHeader(b"authorization"))
+        credentials = self._credentials(request)
         account = await self._login(request, credentials)
         refresh = None
         if (

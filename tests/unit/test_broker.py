@@ -364,6 +364,37 @@ class TokenGetTests(BrokerTestCase):
             + [r.header(b"authorization") for r in self.registry.tokenRequests],
         )
 
+    def test_malformedBasic(self) -> None:
+        """
+        An Authorization header that is not well-formed Basic credentials
+        (no colon, bad base64, empty, another scheme) is a failed login: a
+        401 in registry JSON, never an anonymous token that would make
+        C{docker login} report success.
+        """
+        for header in (
+            b"Basic " + base64.b64encode(b"alice"),
+            b"Basic !!not-base64!!",
+            b"Basic ",
+            b"Basic",
+            b"Bearer abc",
+        ):
+            response = self.tokenResponse([], header)
+            self.assertEqual(response.status, 401, header)
+            self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
+            self.assertNotIn("token", json.loads(response.body))
+
+    def test_emptyAuthorization(self) -> None:
+        """
+        An empty Authorization header is refused too; only a request with
+        no Authorization header at all is an anonymous login.
+        """
+        response = self.exchange(
+            b"GET", b"/token?service=regproxy", [(b"Authorization", b"")]
+        )
+        self.assertEqual(response.status, 401, response.body)
+        self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
+        self.assertEqual(self.tokenResponse([]).status, 200)
+
     def test_malformedScopeIgnored(self) -> None:
         """
         A malformed scope is dropped, not an error.
