@@ -19,6 +19,10 @@ from regproxy.server.errors import RegistryError
 from regproxy.server.rendering import TokenEndpoint, renderLater
 from regproxy.server.request import firstArgument
 
+#: The most scopes one token request may ask for: a pull asks for one, a
+#: push with cross-repository mounts for a few.
+MAX_SCOPES = 64
+
 
 def _loginRefused(message: str) -> RegistryError:
     return RegistryError(
@@ -55,8 +59,19 @@ class TokenResource(TokenEndpoint):
         return renderLater(request, coroutine)
 
     def _scopes(self, request: Request) -> tuple[Scope, ...]:
+        """
+        The scopes asked for, checked before any login so that asking for
+        thousands costs us nothing.
+
+        @raise RegistryError: 400 for more than L{MAX_SCOPES}.
+        """
+        raws = request.args.get(b"scope", [])  # type: ignore[attr-defined]
+        if sum(len(raw.split()) for raw in raws) > MAX_SCOPES:
+            raise RegistryError(
+                400, "BAD_REQUEST", f"at most {MAX_SCOPES} scopes per token request"
+            )
         values = []
-        for raw in request.args.get(b"scope", []):  # type: ignore[attr-defined]
+        for raw in raws:
             try:
                 values.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
@@ -92,6 +107,7 @@ class TokenResource(TokenEndpoint):
         return credentials
 
     async def _get(self, request: Request) -> None:
+        scopes = self._scopes(request)
         credentials = self._credentials(request)
         account = await self._login(request, credentials)
         refresh = None
@@ -100,9 +116,10 @@ class TokenResource(TokenEndpoint):
             and firstArgument(request, b"offline_token") == "true"
         ):
             refresh = self._broker.refreshToken(credentials)
-        self._answer(request, account, refresh)
+        self._answer(request, account, scopes, refresh)
 
     async def _post(self, request: Request) -> None:
+        scopes = self._scopes(request)
         grantType = firstArgument(request, b"grant_type")
         credentials: BasicCredentials | None
         if grantType == "password":
@@ -132,12 +149,16 @@ class TokenResource(TokenEndpoint):
             refresh = self._broker.refreshToken(credentials)
         elif grantType == "refresh_token":
             refresh = firstArgument(request, b"refresh_token")
-        self._answer(request, account, refresh)
+        self._answer(request, account, scopes, refresh)
 
-    def _answer(self, request: Request, account: Account, refresh: str | None) -> None:
-        issued = self._broker.issue(
-            account, self._scopes(request), firstArgument(request, b"service")
-        )
+    def _answer(
+        self,
+        request: Request,
+        account: Account,
+        scopes: tuple[Scope, ...],
+        refresh: str | None,
+    ) -> None:
+        issued = self._broker.issue(account, scopes, firstArgument(request, b"service"))
         body = tokenResponseBody(issued, refresh)
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")

@@ -22,8 +22,10 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.app import makeSite
+from regproxy.auth.tokenresource import MAX_SCOPES
 from regproxy.config import Config
 from regproxy.resolve.digests import manifestDigests
+from regproxy.server.request import MAX_BODY
 from regproxy.testing.fakebalena import (
     ALICE_KEY,
     BOB_KEY,
@@ -551,6 +553,122 @@ class TokenPostTests(BrokerTestCase):
             response = self.post(form)
             self.assertEqual(response.status, 400, form)
             self.assertEqual(len(errorCodes(response)), 1)
+
+
+class TokenLimitsTests(BrokerTestCase):
+    """
+    C{/token} bounds what it reads: the body and the number of scopes, so
+    that nobody can make it build a huge token (or hold a huge body)
+    without even logging in.
+    """
+
+    def scopes(self, count: int) -> list[str]:
+        return [f"repository:lib/app{i}:pull" for i in range(count)]
+
+    def test_tooManyScopesInQuery(self) -> None:
+        """
+        More than 64 scopes in the query, counted across values and within
+        space-separated values, get a 400 in registry JSON; 64 are fine.
+        """
+        response = self.tokenResponse(self.scopes(MAX_SCOPES))
+        self.assertEqual(response.status, 200, response.body)
+        for scopes in (
+            self.scopes(MAX_SCOPES + 1),
+            [" ".join(self.scopes(MAX_SCOPES + 1))],
+        ):
+            response = self.tokenResponse(scopes)
+            self.assertEqual(response.status, 400, response.body)
+            self.assertEqual(errorCodes(response), ["BAD_REQUEST"])
+
+    def test_tooManyScopesInForm(self) -> None:
+        """
+        The same holds for the POST form.
+        """
+        response = self.post(
+            {
+                "grant_type": "password",
+                "username": "alice",
+                "password": "alice-secret",
+                "scope": " ".join(self.scopes(MAX_SCOPES + 1)),
+            }
+        )
+        self.assertEqual(response.status, 400, response.body)
+        self.assertEqual(errorCodes(response), ["BAD_REQUEST"])
+
+    def test_bodyTooLarge(self) -> None:
+        """
+        A POST announcing a body over the cap is answered with 413 as soon
+        as its headers are in, before the body is read, and the connection
+        is closed rather than drained.
+        """
+        client = RawClient(self.site)
+        client.send(
+            b"POST /token HTTP/1.1\r\nHost: proxy.example:8080\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n" % (8 * 1024 * 1024,)
+        )
+        client.send(b"scope=repository:a:pull&" * 100)
+        response = client.response()
+        self.assertIsNotNone(response)
+        assert response is not None
+        self.assertEqual(response.status, 413, response.body)
+        self.assertEqual(errorCodes(response), ["SIZE_INVALID"])
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_bodyTooLargeExpectingContinue(self) -> None:
+        """
+        A client that waits for C{100 Continue} before sending its body
+        (curl does) gets the 413 alone, never an invitation to send.
+        """
+        client = RawClient(self.site)
+        client.send(
+            b"POST /token HTTP/1.1\r\nHost: proxy.example:8080\r\n"
+            b"Expect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % (MAX_BODY + 1,)
+        )
+        self.assertTrue(client.transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertNotIn(b"100 Continue", client.transport.value())
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_chunkedBodyTooLarge(self) -> None:
+        """
+        A chunked body gets its 413 once it passes the cap, not before.
+        """
+        client = RawClient(self.site)
+        client.send(
+            b"POST /token HTTP/1.1\r\nHost: proxy.example:8080\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"scope=repository:a:pull&" * 600
+        sent = 0
+        while sent + len(chunk) <= MAX_BODY:
+            client.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+        self.assertIsNone(client.response())
+        client.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        response = client.response()
+        self.assertIsNotNone(response)
+        assert response is not None
+        self.assertEqual(response.status, 413, response.body)
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_bodyAtCap(self) -> None:
+        """
+        A body of exactly the cap is read and answered as usual.
+        """
+        form = urlencode(
+            {"grant_type": "password", "username": "alice", "password": "nope"}
+        ).encode()
+        body = form + b"&pad=" + b"x" * (MAX_BODY - len(form) - 5)
+        self.assertEqual(len(body), MAX_BODY)
+        response = self.exchange(
+            b"POST",
+            b"/token",
+            [(b"Content-Type", b"application/x-www-form-urlencoded")],
+            body,
+        )
+        self.assertEqual(response.status, 401, response.body)
 
 
 class ForwardingTests(BrokerTestCase):
