@@ -27,6 +27,7 @@ from regproxy.auth.jwt import (
     loadOrCreateIssuer,
 )
 from regproxy.auth.sealing import Sealer, loadOrCreateKey
+from regproxy.auth.throttle import LoginThrottle
 from regproxy.auth.tokenresource import TokenResource
 from regproxy.auth.upstreamlogins import UpstreamLogins
 from regproxy.auth.users import HtpasswdLogins
@@ -165,8 +166,17 @@ def makeBroker(
     )
     sealer = Sealer(loadOrCreateKey(os.path.join(_stateDir(config), "sealing.key")))
     backend = makeBackend(config, reactor, authenticator)
+    # Our own bcrypt checks are what a flood of wrong passwords exhausts;
+    # upstream logins are the upstream's to throttle.
+    throttle = LoginThrottle(reactor) if config.htpasswd is not None else None
     return Broker(
-        issuer, verifier, sealer, backend, config.service_name, config.public_url
+        issuer,
+        verifier,
+        sealer,
+        backend,
+        config.service_name,
+        config.public_url,
+        throttle,
     )
 
 

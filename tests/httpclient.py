@@ -75,10 +75,10 @@ class RawClient:
     One client connection to C{site}.
     """
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, peer: str = "127.0.0.1") -> None:
         self.transport = StringTransport(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 80),
-            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
+            peerAddress=IPv4Address("TCP", peer, 40000),
         )
         self.protocol = site.buildProtocol(self.transport.getPeer())
         self.protocol.makeConnection(self.transport)

@@ -22,6 +22,7 @@ from regproxy.auth.credentials import BasicCredentials
 from regproxy.auth.interfaces import Account, IAuthBackend, LoginFailed
 from regproxy.auth.jwt import TokenError, TokenIssuer, TokenVerifier
 from regproxy.auth.sealing import Sealer, SealError
+from regproxy.auth.throttle import Attempt, LoginThrottle, Throttled
 from regproxy.names.challenge import bearer
 from regproxy.names.reference import BASE, RegistryPath
 from regproxy.names.scope import Scope
@@ -61,6 +62,10 @@ def _allowed(access: Any, name: str, actions: tuple[str, ...]) -> bool:
     return "*" in granted or all(action in granted for action in actions)
 
 
+def _clientHost(request: Request) -> str:
+    return getattr(request.getClientAddress(), "host", None) or "local"
+
+
 @attrs.define
 class Broker:
     """
@@ -73,9 +78,12 @@ class Broker:
     backend: IAuthBackend
     serviceName: str
     publicURL: str | None = None
+    throttle: LoginThrottle | None = None
     _verified: OrderedDict[str, tuple[dict[str, Any], float]] = attrs.field(
         factory=OrderedDict
     )
+    #: How many logins were refused for wrong credentials (for metrics).
+    loginsRefused: int = 0
 
     _log = Logger()
 
@@ -108,6 +116,49 @@ class Broker:
             None,
             self.challengeFor(request, scope, error),
         )
+
+    @property
+    def loginsThrottled(self) -> int:
+        """
+        How many logins were answered 429 (for metrics).
+        """
+        return self.throttle.throttled if self.throttle is not None else 0
+
+    async def login(
+        self, request: Request, credentials: BasicCredentials | None
+    ) -> Account:
+        """
+        Who C{credentials} (L{None}: anonymous) are, as the backend says,
+        throttled by account and client address when we have a throttle.
+
+        @raise LoginFailed: The credentials are wrong.
+        @raise RegistryError: 429 when this account or address has used up
+            its budget of failed logins or its share of checks.
+        """
+        attempt: Attempt | None = None
+        if credentials is not None and self.throttle is not None:
+            try:
+                attempt = self.throttle.admit(
+                    credentials.username, _clientHost(request)
+                )
+            except Throttled as e:
+                raise RegistryError(
+                    429,
+                    "TOOMANYREQUESTS",
+                    f"too many login attempts; try again in {e.retryAfter}s",
+                    None,
+                    ((b"Retry-After", b"%d" % (e.retryAfter,)),),
+                ) from None
+        failed = False
+        try:
+            return await self.backend.login(credentials)
+        except LoginFailed:
+            failed = True
+            self.loginsRefused += 1
+            raise
+        finally:
+            if attempt is not None:
+                attempt.finished(failed)
 
     # Issuing
 
@@ -187,7 +238,7 @@ class Broker:
             if credentials is None:
                 raise self.unauthorized(request, "authentication required", needed)
             try:
-                account = await self.backend.login(credentials)
+                account = await self.login(request, credentials)
             except LoginFailed:
                 raise self.unauthorized(
                     request, "wrong user name or password"

@@ -82,7 +82,7 @@ class TokenResource(TokenEndpoint):
         self, request: Request, credentials: BasicCredentials | None
     ) -> Account:
         try:
-            return await self._broker.backend.login(credentials)
+            return await self._broker.login(request, credentials)
         except LoginFailed:
             raise _loginRefused("wrong user name or password") from None
 

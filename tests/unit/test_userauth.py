@@ -590,6 +590,99 @@ class BusyTests(SiteTestCase):
         self.assertIsNone(first.response())
 
 
+class ReactorThread:
+    """
+    Enough of a reactor for L{ThreadPoolRunner}: work done "in a thread"
+    reports back at once.
+    """
+
+    def callFromThread(self, f, *args, **kwargs) -> None:
+        f(*args, **kwargs)
+
+    def addSystemEventTrigger(self, *args) -> None:
+        pass
+
+
+class FloodTests(SiteTestCase):
+    """
+    A flood of wrong passwords against one account, from one address,
+    while other clients log in: the production pool (2 threads, 32 more
+    waiting), whose checks the test runs when it chooses.
+    """
+
+    def setUp(self) -> None:
+        self.pool = HeldPool()
+        self.runner = ThreadPoolRunner(ReactorThread(), pool=self.pool)
+        super().setUp()
+
+    def login(self, user: str, password: str, peer: str) -> RawClient:
+        client = RawClient(self.site, peer)
+        client.request(b"GET", b"/token", [(b"Authorization", basic(user, password))])
+        return client
+
+    def runChecks(self) -> None:
+        while self.pool.calls:
+            onResult, f, args = self.pool.calls.pop(0)
+            onResult(True, f(*args))
+
+    def test_floodOnOneAccount(self) -> None:
+        """
+        40 concurrent wrong passwords for alice from one address: some are
+        checked (401), the rest get 429 with Retry-After at once; all the
+        while bob, and alice from another address, log in.  Once the
+        address has used its budget, it is answered 429 without a check.
+        """
+        flood = [self.login("alice", f"guess-{i}", "192.0.2.66") for i in range(40)]
+        bob = self.login("bob", "builder", "198.51.100.7")
+        alice = self.login("alice", "wonderland", "203.0.113.9")
+        self.runChecks()
+        self.assertEqual(bob.response().status, 200, bob.response().body)
+        self.assertEqual(alice.response().status, 200, alice.response().body)
+        statuses = [client.response().status for client in flood]
+        self.assertEqual(set(statuses), {401, 429}, statuses)
+        broker = self.site.resource.children[b"token"]._broker
+        self.assertEqual(broker.loginsRefused, statuses.count(401))
+        self.assertEqual(broker.loginsThrottled, statuses.count(429))
+        throttled = [c.response() for c in flood if c.response().status == 429]
+        self.assertEqual(errorCodes(throttled[0]), ["TOOMANYREQUESTS"])
+        self.assertGreaterEqual(int(throttled[0].header(b"retry-after")), 1)
+
+        for _ in range(10):
+            more = [self.login("alice", f"again-{i}", "192.0.2.66") for i in range(4)]
+            self.runChecks()
+        self.assertEqual([c.response().status for c in more], [429] * 4)
+        self.assertEqual(self.pool.calls, [])
+        bob = self.login("bob", "builder", "198.51.100.8")
+        self.runChecks()
+        self.assertEqual(bob.response().status, 200)
+
+    def test_floodFromManyAddresses(self) -> None:
+        """
+        Wrong passwords for alice from 40 addresses at once hold only a
+        share of the pool: bob still logs in.
+        """
+        flood = [self.login("alice", f"guess-{i}", f"192.0.2.{i}") for i in range(40)]
+        bob = self.login("bob", "builder", "198.51.100.7")
+        self.runChecks()
+        self.assertEqual(bob.response().status, 200, bob.response().body)
+        statuses = {client.response().status for client in flood}
+        self.assertEqual(statuses, {401, 429})
+
+    def test_budgetComesBack(self) -> None:
+        """
+        A throttled address may try again once its budget refills, on the
+        reactor clock.
+        """
+        for _ in range(10):
+            client = self.login("alice", "nope", "192.0.2.66")
+            self.runChecks()
+        self.assertEqual(client.response().status, 429)
+        self.reactor.advance(int(client.response().header(b"retry-after")))
+        client = self.login("alice", "wonderland", "192.0.2.66")
+        self.runChecks()
+        self.assertEqual(client.response().status, 200)
+
+
 class StartupTests(SynchronousTestCase):
     """
     Files regproxy refuses at start-up, with a message that says why.
