@@ -136,10 +136,12 @@ class UpstreamAuthenticator:
         credentials: BasicCredentials | None,
         repository: str,
         actions: tuple[str, ...],
+        resourceType: str = "repository",
     ) -> bytes | None:
         """
         The C{Authorization} value for a request on the upstream's
-        C{repository}, or L{None} to send none.
+        C{repository} (or, with C{resourceType="registry"}, on a registry
+        resource such as the C{catalog}), or L{None} to send none.
 
         @raise RegistryError: 401 when the upstream's token service refused
             the credentials, 502/504 when it could not be asked.
@@ -149,7 +151,7 @@ class UpstreamAuthenticator:
             return None
         if scheme.scheme == "basic":
             return credentials.header() if credentials is not None else None
-        scope = f"repository:{repository}:{','.join(actions)}"
+        scope = f"{resourceType}:{repository}:{','.join(actions)}"
         key = (credentials.cacheKey if credentials else "anonymous", scope)
         cached = self._tokens.get(key)
         now = self.clock.seconds()
