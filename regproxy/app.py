@@ -13,6 +13,7 @@ import os
 
 from treq.client import HTTPClient
 from twisted.web.iweb import IAgent
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from regproxy.auth.access import AccessRules, AccessRulesError, loadAccessRules
@@ -34,6 +35,7 @@ from regproxy.auth.users import HtpasswdLogins
 from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
 from regproxy.proxy.agent import NoCookies, makeUpstreamAgent
 from regproxy.proxy.brokered import BrokeredRegistryResource
+from regproxy.proxy.catalog import CatalogResource, CatalogRoot
 from regproxy.proxy.passthrough import (
     RegistryResource,
     TokenPassthroughResource,
@@ -211,19 +213,24 @@ def makeSite(
         authenticator = UpstreamAuthenticator(agent, upstream, reactor)
         broker = makeBroker(config, reactor, authenticator, environ)
         resolver = makeResolver(config, reactor, apiClient)
-        root.putChild(
-            b"v2",
-            BrokeredRegistryResource(
-                broker,
-                resolver,
-                authenticator,
-                forwarder,
-                upstream,
-                config.public_url,
-                config.api_token,
-                fleetNames=resolverKind(config) != "identity",
-            ),
+        registry: Resource = BrokeredRegistryResource(
+            broker,
+            resolver,
+            authenticator,
+            forwarder,
+            upstream,
+            config.public_url,
+            config.api_token,
+            fleetNames=resolverKind(config) != "identity",
         )
+        if config.htpasswd is not None:
+            # Our own rules say who may list what; elsewhere the catalog
+            # would list names (fleet images) a client may not see.
+            catalog = CatalogResource(
+                broker, authenticator, agent, upstream, reactor, config.response_timeout
+            )
+            registry = CatalogRoot(registry, catalog)
+        root.putChild(b"v2", registry)
         root.putChild(b"token", TokenResource(broker))
     root.putChild(b"_health", healthResource())
     root.putChild(b"_ca.crt", CACertificateResource.inStateDir(config.state_dir))

@@ -48,18 +48,18 @@ def requiredActions(method: bytes, kind: str) -> tuple[str, ...]:
     return ("pull", "push")
 
 
-def _allowed(access: Any, name: str, actions: tuple[str, ...]) -> bool:
+def _allowed(access: Any, needed: Scope) -> bool:
     granted: set[str] = set()
     if isinstance(access, list):
         for entry in access:
             if (
                 isinstance(entry, dict)
-                and entry.get("type") == "repository"
-                and entry.get("name") == name
+                and entry.get("type") == needed.resourceType
+                and entry.get("name") == needed.name
                 and isinstance(entry.get("actions"), list)
             ):
                 granted.update(a for a in entry["actions"] if isinstance(a, str))
-    return "*" in granted or all(action in granted for action in actions)
+    return "*" in granted or all(action in granted for action in needed.actions)
 
 
 def _clientHost(request: Request) -> str:
@@ -223,6 +223,15 @@ class Broker:
                 path.name,
                 requiredActions(request.method, path.kind),
             )
+        return await self.authorizeScope(request, needed)
+
+    async def authorizeScope(self, request: Request, needed: Scope | None) -> Account:
+        """
+        Who is asking, if our token (or Basic credentials) grants C{needed}
+        (L{None}: any valid login, or none).
+
+        @raise RegistryError: 401 with our challenge otherwise.
+        """
         header = request.getHeader(b"authorization") or b""
         if header[:7].lower() == b"bearer ":
             try:
@@ -247,7 +256,7 @@ class Broker:
                 {"type": s.resourceType, "name": s.name, "actions": list(s.actions)}
                 for s in self.backend.grant(account, (needed,) if needed else ())
             ]
-        if needed is not None and not _allowed(access, needed.name, needed.actions):
+        if needed is not None and not _allowed(access, needed):
             raise self.unauthorized(
                 request,
                 "the token does not grant this access",

@@ -1,0 +1,162 @@
+# -*- test-case-name: tests.unit.test_catalog -*-
+"""
+C{/v2/_catalog} in front-door mode (regproxy's own users and rules): the
+upstream's repositories that the client may pull, for clients whose rules
+say C{catalog = true}.
+
+The upstream is asked with regproxy's service credentials, page by page,
+and the list is filtered through the access rules before the client's own
+C{n} / C{last} paging, so a client never learns a name it could not pull.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from regproxy.auth.broker import Broker
+from regproxy.auth.interfaces import Account
+from regproxy.names.reference import isRepositoryName
+from regproxy.names.scope import Scope
+from regproxy.proxy.upstreamauth import UpstreamAuthenticator
+from regproxy.server.errors import (
+    API_VERSION,
+    API_VERSION_HEADER,
+    methodNotAllowed,
+    unavailable,
+)
+from regproxy.server.pagination import pageOf
+from regproxy.server.rendering import renderLater
+from regproxy.server.urls import Origin
+
+CATALOG_SCOPE = Scope("registry", None, "catalog", ("*",))
+CATALOG_PATH = "/v2/_catalog"
+# The upstream is read this many names a page, for at most this many pages.
+_PAGE = 1000
+_MAX_PAGES = 100
+_NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
+
+
+class CatalogRoot(Resource):
+    """
+    C{/v2}: C{_catalog} here, everything else to the registry resource
+    (a leaf that reads the whole path itself).
+    """
+
+    def __init__(self, registry: Resource, catalog: Resource) -> None:
+        super().__init__()
+        self._registry = registry
+        self._catalog = catalog
+
+    def getChildWithDefault(self, name: bytes, request: Request) -> Resource:
+        if name == b"_catalog" and not request.postpath:  # type: ignore[attr-defined]
+            return self._catalog
+        return self._registry
+
+    def render(self, request: Request) -> Any:
+        return self._registry.render(request)
+
+
+class CatalogResource(Resource):
+    """
+    C{GET /v2/_catalog}: the repositories the client may pull.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        broker: Broker,
+        upstreamAuth: UpstreamAuthenticator,
+        agent: IAgent,
+        upstream: Origin,
+        clock: IReactorTime,
+        timeout: float = 30.0,
+    ) -> None:
+        super().__init__()
+        self._broker = broker
+        self._upstreamAuth = upstreamAuth
+        self._agent = agent
+        self._upstream = upstream
+        self._clock = clock
+        self._timeout = timeout
+
+    def render(self, request: Request) -> object:
+        request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
+        if request.method not in (b"GET", b"HEAD"):
+            methodNotAllowed(request, (b"GET", b"HEAD"))
+            return NOT_DONE_YET
+        return renderLater(request, self._serve(request))
+
+    async def _serve(self, request: Request) -> None:
+        account = await self._broker.authorizeScope(request, CATALOG_SCOPE)
+        names = await self._upstreamNames(account)
+        wanted = tuple(Scope("repository", None, name, ("pull",)) for name in names)
+        visible = [scope.name for scope in self._broker.backend.grant(account, wanted)]
+        page = pageOf(request, visible, CATALOG_PATH)
+        body = json.dumps({"repositories": page}).encode("utf-8")
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"%d" % (len(body),))
+        if request.method != b"HEAD":
+            request.write(body)
+        request.finish()
+
+    async def _upstreamNames(self, account: Account) -> list[str]:
+        """
+        Every repository the upstream lists, following its C{Link} pages
+        (on the upstream only, never to another origin).
+        """
+        credentials = self._broker.backend.upstreamCredentials(account)
+        authorization = await self._upstreamAuth.authorization(
+            credentials, "catalog", ("*",), resourceType="registry"
+        )
+        headers = Headers()
+        if authorization is not None:
+            headers.setRawHeaders(b"authorization", [authorization])
+        names: list[str] = []
+        path: str | None = f"{CATALOG_PATH}?n={_PAGE}"
+        for _ in range(_MAX_PAGES):
+            if path is None:
+                break
+            response = await self._agent.request(
+                b"GET", self._upstream.base + path.encode("utf-8"), headers
+            ).addTimeout(self._timeout, self._clock)
+            body = await readBody(response)
+            if response.code != 200:
+                raise unavailable(
+                    f"the upstream registry answered {response.code} for its catalog"
+                )
+            names.extend(_repositories(body))
+            path = _nextPath(response.headers.getRawHeaders(b"link", []))
+        return names
+
+
+def _repositories(body: bytes) -> list[str]:
+    try:
+        listed = json.loads(body).get("repositories")
+    except (ValueError, AttributeError):
+        raise unavailable("the upstream registry's catalog is not JSON") from None
+    if not isinstance(listed, list):
+        return []
+    return [name for name in listed if isinstance(name, str) and isRepositoryName(name)]
+
+
+def _nextPath(links: list[bytes]) -> str | None:
+    for value in links:
+        match = _NEXT.search(value.decode("latin-1"))
+        if match is None:
+            continue
+        url = urlsplit(match.group(1))
+        if url.path != CATALOG_PATH:
+            return None
+        return url.path + ("?" + url.query if url.query else "")
+    return None
