@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
+from cachetools import TTLCache
 from twisted.logger import Logger
 from twisted.web.client import readBody
 from twisted.web.resource import Resource
@@ -41,6 +42,7 @@ from regproxy.names.scope import Scope
 from regproxy.proxy.manifests import CachedManifest, ManifestCache, acceptable
 from regproxy.proxy.relay import Forwarder, forwardedRequestHeaders, relayHeaders
 from regproxy.proxy.upstreamauth import UpstreamAuthenticator
+from regproxy.resolve.cache import DEFAULT_MISS_TTL
 from regproxy.resolve.digests import DigestLocations, manifestDigests
 from regproxy.resolve.interfaces import (
     SERVER,
@@ -95,6 +97,12 @@ class BrokeredRegistryResource(Resource):
         self._fleetNames = fleetNames
         self.digests = DigestLocations()
         self.manifests = ManifestCache(broker.issuer.clock)
+        # Upstream refusals of a fleet's repository, remembered as long as
+        # a missing name is, so that an outsider gets both answers from
+        # memory alike and cannot tell them apart by time.
+        self.denials: TTLCache[tuple[str, str, tuple[str, ...]], bool] = TTLCache(
+            4096, DEFAULT_MISS_TTL, timer=broker.issuer.clock.seconds
+        )
 
     def render(self, request: StreamingRequest) -> object:
         request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
@@ -212,6 +220,10 @@ class BrokeredRegistryResource(Resource):
         assert path.name is not None
         actions = requiredActions(request.method, path.kind)
         upstreamCredentials = self._broker.backend.upstreamCredentials(account)
+        who = upstreamCredentials.cacheKey if upstreamCredentials else "anonymous"
+        denial = (who, resolution.repository, actions)
+        if denial in self.denials:
+            raise self._denied(request, path, account)
         cacheKey = None
         if (
             path.kind == MANIFESTS
@@ -252,6 +264,7 @@ class BrokeredRegistryResource(Resource):
             except RegistryError as e:
                 if e.status != 401:
                     raise
+                self._rememberDenial(path, denial)
                 raise self._refused(request, path, account) from None
             headers = forwardedRequestHeaders(request.requestHeaders)
             headers.removeHeader(b"authorization")
@@ -271,6 +284,7 @@ class BrokeredRegistryResource(Resource):
                 upstreamCredentials, resolution.repository, actions
             )
             if attempt == 2 or body is not None or authorization is None:
+                self._rememberDenial(path, denial)
                 raise self._denied(request, path, account)
         public = publicBase(request, self._publicURL)
         realPrefix = f"/v2/{resolution.repository}/".encode("utf-8")
@@ -320,6 +334,10 @@ class BrokeredRegistryResource(Resource):
             request.finish()
             return
         await self._forwarder.relayBody(request, response)
+
+    def _rememberDenial(self, path: RegistryPath, key: tuple) -> None:
+        if self._fleetNames and path.imageReference().fleetName() is not None:
+            self.denials[key] = True
 
     def _immutable(self, path: RegistryPath, resolution: Resolution) -> bool:
         """
