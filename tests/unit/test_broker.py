@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from regproxy.app import makeSite
 from regproxy.auth.tokenresource import MAX_SCOPES
 from regproxy.config import Config
+from regproxy.resolve.cache import DEFAULT_MISS_TTL
 from regproxy.resolve.digests import manifestDigests
 from regproxy.server.request import MAX_BODY
 from regproxy.testing.fakebalena import (
@@ -1598,6 +1599,74 @@ class FleetWithServerKeyTests(FleetTestCase):
         """
         response = self.pull("acme/private-app", credentials=basic("alice", ALICE_KEY))
         self.assertEqual(response.status, 200, response.body)
+
+
+class FleetTimingTests(FleetTestCase):
+    """
+    With regproxy's own API key, an outsider must not tell a private fleet
+    from a missing one by how long the answer takes: once warm, both are
+    answered from remembered decisions, with no call to the balena API,
+    the registry or its token service.
+    """
+
+    apiToken = ALICE_KEY
+
+    def outsideCalls(self) -> int:
+        return (
+            len(self.balena.calls)
+            + len(self.registry.received)
+            + len(self.registry.tokenRequests)
+        )
+
+    def callsFor(self, path: str, name: str, times: int = 20, warm=True) -> int:
+        """
+        The calls C{times} anonymous requests for C{path} make, after one
+        to warm up when C{warm}.
+        """
+        token = self.bearer([f"repository:{name}:pull"])
+        if warm:
+            self.get(path.format(name).encode(), token)
+        before = self.outsideCalls()
+        for _ in range(times):
+            response = self.get(path.format(name).encode(), token)
+            self.assertEqual(response.status, 404)
+        return self.outsideCalls() - before
+
+    def test_manifest(self) -> None:
+        """
+        Repeated anonymous manifest requests for the private fleet make as
+        many calls (none) as those for a missing fleet.
+        """
+        path = "/v2/{}/manifests/latest"
+        private = self.callsFor(path, "acme/private-app")
+        missing = self.callsFor(path, "acme/nothing")
+        self.assertEqual((private, missing), (0, 0))
+
+    def test_blobAfterMember(self) -> None:
+        """
+        So do anonymous blob requests for a digest of the private fleet a
+        member has pulled, against one for a missing fleet.
+        """
+        response = self.pull("acme/private-app", "1.0.0", basic("alice", ALICE_KEY))
+        self.assertEqual(response.status, 200, response.body)
+        digest = manifestDigests(response.body)[-1]
+        path = "/v2/{}/blobs/" + digest
+        private = self.callsFor(path, "acme/private-app")
+        missing = self.callsFor(path, "acme/nothing")
+        self.assertEqual((private, missing), (0, 0))
+        self.assertLooksMissing("acme/private-app", path)
+
+    def test_decisionsExpire(self) -> None:
+        """
+        Both kinds of decision are remembered for the same short time, then
+        asked again: a member added to the fleet gets in after that.
+        """
+        path = "/v2/{}/manifests/latest"
+        self.callsFor(path, "acme/private-app", 1)
+        self.callsFor(path, "acme/nothing", 1)
+        self.reactor.advance(DEFAULT_MISS_TTL + 1)
+        self.assertGreater(self.callsFor(path, "acme/private-app", 1, False), 0)
+        self.assertGreater(self.callsFor(path, "acme/nothing", 1, False), 0)
 
 
 class SecretsTests(FleetTestCase):
