@@ -129,14 +129,20 @@ class Broker:
     ) -> Account:
         """
         Who C{credentials} (L{None}: anonymous) are, as the backend says,
-        throttled by account and client address when we have a throttle.
+        throttled by account and client address when we have a throttle
+        (unless they were accepted lately: that costs no check, and keeps
+        an account's owner in while others guess its password).
 
         @raise LoginFailed: The credentials are wrong.
         @raise RegistryError: 429 when this account or address has used up
             its budget of failed logins or its share of checks.
         """
         attempt: Attempt | None = None
-        if credentials is not None and self.throttle is not None:
+        if (
+            credentials is not None
+            and self.throttle is not None
+            and not self.backend.knownGood(credentials)
+        ):
             try:
                 attempt = self.throttle.admit(
                     credentials.username, _clientHost(request)

@@ -668,6 +668,24 @@ class FloodTests(SiteTestCase):
         statuses = {client.response().status for client in flood}
         self.assertEqual(statuses, {401, 429})
 
+    def test_ownerRemembered(self) -> None:
+        """
+        An owner who logged in lately gets in without a check while fresh
+        addresses flood her account, even from an address that has used up
+        its budget: remembered credentials cost nothing to check.
+        """
+        alice = self.login("alice", "wonderland", "203.0.113.9")
+        self.runChecks()
+        self.assertEqual(alice.response().status, 200)
+        for _ in range(10):
+            self.login("alice", "nope", "203.0.113.9")
+            self.runChecks()
+        flood = [self.login("alice", f"guess-{i}", f"192.0.2.{i}") for i in range(40)]
+        alice = self.login("alice", "wonderland", "203.0.113.9")
+        self.assertEqual(alice.response().status, 200)
+        self.runChecks()
+        self.assertEqual({c.response().status for c in flood}, {401, 429})
+
     def test_budgetComesBack(self) -> None:
         """
         A throttled address may try again once its budget refills, on the
