@@ -35,7 +35,7 @@ from regproxy.auth.users import HtpasswdLogins
 from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
 from regproxy.proxy.agent import NoCookies, makeUpstreamAgent
 from regproxy.proxy.brokered import BrokeredRegistryResource
-from regproxy.proxy.catalog import CatalogResource, CatalogRoot
+from regproxy.proxy.catalog import CatalogResource, CatalogRoot, UpstreamCatalog
 from regproxy.proxy.passthrough import (
     RegistryResource,
     TokenPassthroughResource,
@@ -226,10 +226,10 @@ def makeSite(
         if config.htpasswd is not None:
             # Our own rules say who may list what; elsewhere the catalog
             # would list names (fleet images) a client may not see.
-            catalog = CatalogResource(
-                broker, authenticator, agent, upstream, reactor, config.response_timeout
+            catalog = UpstreamCatalog(
+                authenticator, agent, upstream, reactor, config.response_timeout
             )
-            registry = CatalogRoot(registry, catalog)
+            registry = CatalogRoot(registry, CatalogResource(broker, catalog))
         root.putChild(b"v2", registry)
         root.putChild(b"token", TokenResource(broker))
     root.putChild(b"_health", healthResource())

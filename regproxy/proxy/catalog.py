@@ -16,6 +16,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
@@ -24,7 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from regproxy.auth.broker import Broker
-from regproxy.auth.interfaces import Account
+from regproxy.auth.credentials import BasicCredentials
 from regproxy.names.reference import isRepositoryName
 from regproxy.names.scope import Scope
 from regproxy.proxy.upstreamauth import UpstreamAuthenticator
@@ -73,22 +74,10 @@ class CatalogResource(Resource):
 
     isLeaf = True
 
-    def __init__(
-        self,
-        broker: Broker,
-        upstreamAuth: UpstreamAuthenticator,
-        agent: IAgent,
-        upstream: Origin,
-        clock: IReactorTime,
-        timeout: float = 30.0,
-    ) -> None:
+    def __init__(self, broker: Broker, upstream: UpstreamCatalog) -> None:
         super().__init__()
         self._broker = broker
-        self._upstreamAuth = upstreamAuth
-        self._agent = agent
         self._upstream = upstream
-        self._clock = clock
-        self._timeout = timeout
 
     def render(self, request: Request) -> object:
         request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
@@ -99,9 +88,10 @@ class CatalogResource(Resource):
 
     async def _serve(self, request: Request) -> None:
         account = await self._broker.authorizeScope(request, CATALOG_SCOPE)
-        names = await self._upstreamNames(account)
+        backend = self._broker.backend
+        names = await self._upstream.names(backend.upstreamCredentials(account))
         wanted = tuple(Scope("repository", None, name, ("pull",)) for name in names)
-        visible = [scope.name for scope in self._broker.backend.grant(account, wanted)]
+        visible = [scope.name for scope in backend.grant(account, wanted)]
         page = pageOf(request, visible, CATALOG_PATH)
         body = json.dumps({"repositories": page}).encode("utf-8")
         request.setHeader(b"Content-Type", b"application/json")
@@ -110,13 +100,25 @@ class CatalogResource(Resource):
             request.write(body)
         request.finish()
 
-    async def _upstreamNames(self, account: Account) -> list[str]:
+
+@attrs.frozen
+class UpstreamCatalog:
+    """
+    The upstream's own catalog, read whole.
+    """
+
+    authenticator: UpstreamAuthenticator
+    agent: IAgent
+    upstream: Origin
+    clock: IReactorTime
+    timeout: float = 30.0
+
+    async def names(self, credentials: BasicCredentials | None) -> list[str]:
         """
-        Every repository the upstream lists, following its C{Link} pages
-        (on the upstream only, never to another origin).
+        Every repository the upstream lists to C{credentials}, following
+        its C{Link} pages (on the upstream only, never to another origin).
         """
-        credentials = self._broker.backend.upstreamCredentials(account)
-        authorization = await self._upstreamAuth.authorization(
+        authorization = await self.authenticator.authorization(
             credentials, "catalog", ("*",), resourceType="registry"
         )
         headers = Headers()
@@ -127,9 +129,9 @@ class CatalogResource(Resource):
         for _ in range(_MAX_PAGES):
             if path is None:
                 break
-            response = await self._agent.request(
-                b"GET", self._upstream.base + path.encode("utf-8"), headers
-            ).addTimeout(self._timeout, self._clock)
+            response = await self.agent.request(
+                b"GET", self.upstream.base + path.encode("utf-8"), headers
+            ).addTimeout(self.timeout, self.clock)
             body = await readBody(response)
             if response.code != 200:
                 raise unavailable(
