@@ -17,7 +17,6 @@ repository with the client's own credentials, and forward.
 from __future__ import annotations
 
 import json
-from urllib.parse import quote
 
 from cachetools import TTLCache
 from twisted.logger import Logger
@@ -58,8 +57,9 @@ from regproxy.server.errors import (
     API_VERSION_HEADER,
     RegistryError,
 )
+from regproxy.server.pagination import pageOf
 from regproxy.server.rendering import renderLater
-from regproxy.server.request import StreamingRequest, firstArgument
+from regproxy.server.request import StreamingRequest
 from regproxy.server.urls import Origin, publicBase, rewriteLocation
 
 # Manifests of fleet names are read whole to learn which real repository
@@ -411,29 +411,7 @@ class BrokeredRegistryResource(Resource):
         Answer C{tags/list} ourselves, paginated with C{n} and C{last} as
         the distribution spec says.
         """
-        tags = sorted(set(tags))
-        last = firstArgument(request, b"last")
-        if last is not None:
-            tags = [tag for tag in tags if tag > last]
-        limit = firstArgument(request, b"n")
-        if limit is not None:
-            try:
-                count = int(limit)
-            except ValueError:
-                raise RegistryError(
-                    400, "PAGINATION_NUMBER_INVALID", "n must be a number"
-                ) from None
-            if count < 0:
-                raise RegistryError(
-                    400, "PAGINATION_NUMBER_INVALID", "n must not be negative"
-                )
-            if len(tags) > count:
-                tags = tags[:count]
-                if tags:
-                    nextURL = f"/v2/{name}/tags/list?n={count}&last={quote(tags[-1])}"
-                    request.setHeader(
-                        b"Link", f'<{nextURL}>; rel="next"'.encode("utf-8")
-                    )
+        tags = pageOf(request, tags, f"/v2/{name}/tags/list")
         body = json.dumps({"name": name, "tags": tags}).encode("utf-8")
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Content-Length", b"%d" % (len(body),))
