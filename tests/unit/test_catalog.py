@@ -8,8 +8,18 @@ regproxy's service account.
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qsl, urlsplit
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 
 import regproxy.proxy.catalog
+from regproxy.names.reference import isRepositoryName
+from regproxy.proxy.catalog import CATALOG_PATH, _nextPath, _repositories
+from regproxy.server.errors import RegistryError
+from regproxy.server.pagination import pageOf
 from tests.unit.test_userauth import RULES, SiteTestCase, basic, errorCodes
 
 CATALOG_RULES = (
@@ -130,3 +140,67 @@ class CatalogTests(SiteTestCase):
         self.assertEqual(response.status, 200, response.body)
         self.assertEqual(self.get(b"/v2/").status, 401)
         self.assertEqual(self.get(b"/v2").status, 401)
+
+
+class ParsingTests(SynchronousTestCase):
+    """
+    What the upstream sends for its catalog is parsed without crashing, and
+    its pages are followed only on the upstream's own catalog path.
+    """
+
+    @given(st.lists(st.binary(max_size=80), max_size=3))
+    def test_anyLink(self, values: list[bytes]) -> None:
+        """
+        Any C{Link} values give no next page or one at C{/v2/_catalog}.
+        """
+        found = _nextPath(values)
+        self.assertTrue(found is None or found.startswith(CATALOG_PATH))
+
+    def test_linkElsewhere(self) -> None:
+        """
+        A next page on another origin or path is not followed; one on the
+        catalog keeps its query.
+        """
+        self.assertIsNone(_nextPath([b'<http://evil.example/x?n=1>; rel="next"']))
+        self.assertEqual(
+            _nextPath([b'<http://up.example/v2/_catalog?last=a&n=2>; rel="next"']),
+            "/v2/_catalog?last=a&n=2",
+        )
+
+    @given(st.binary(max_size=200) | st.text(max_size=50).map(str.encode))
+    def test_anyBody(self, body: bytes) -> None:
+        """
+        Any body is a list of valid repository names, or a 502.
+        """
+        try:
+            names = _repositories(body)
+        except RegistryError as e:
+            self.assertEqual(e.status, 502)
+        else:
+            self.assertTrue(all(isRepositoryName(name) for name in names))
+
+
+class PageTests(SynchronousTestCase):
+    """
+    L{pageOf} gives every name exactly once, page by page.
+    """
+
+    @given(
+        st.lists(st.from_regex(r"[a-z]{1,4}(/[a-z]{1,3})?", fullmatch=True)),
+        st.integers(min_value=1, max_value=5),
+    )
+    def test_pagesCoverAll(self, names: list[str], n: int) -> None:
+        """
+        Following C{Link} from the first page visits the sorted names once.
+        """
+        seen: list[str] = []
+        query = f"?n={n}"
+        for _ in range(len(names) + 2):
+            request = DummyRequest([b""])
+            request.args = {k.encode(): [v.encode()] for k, v in parse_qsl(query[1:])}
+            seen += pageOf(request, names, CATALOG_PATH)
+            link = request.responseHeaders.getRawHeaders(b"link")
+            if not link:
+                break
+            query = "?" + urlsplit(link[0].decode()[1:].split(">")[0]).query
+        self.assertEqual(seen, sorted(set(names)))
