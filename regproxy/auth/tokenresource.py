@@ -49,6 +49,14 @@ class TokenResource(TokenEndpoint):
         super().__init__()
         self._broker = broker
 
+    @property
+    def broker(self) -> Broker:
+        """
+        The broker, whose C{loginsRefused} and C{loginsThrottled} count
+        refused and throttled logins (for metrics).
+        """
+        return self._broker
+
     def render_GET(self, request: Request) -> object:
         return self._start(request, self._get(request))
 

@@ -1787,6 +1787,27 @@ class PropertyTests(BrokerTestCase):
             )
 
     @settings(max_examples=50, deadline=None)
+    @given(st.binary(max_size=60))
+    def test_anyTokenAuthorization(self, value: bytes) -> None:
+        """
+        Any Authorization header on C{/token} is a 401 in registry JSON
+        unless it names a user the upstream accepts: never an anonymous
+        token, never a 500.
+        """
+        value = bytes(b for b in value if b >= 0x20 and b != 0x7F).strip()
+        for header in (value, b"Basic " + value, b"Basic " + base64.b64encode(value)):
+            response = self.exchange(
+                b"GET", b"/token?service=regproxy", [(b"Authorization", header)]
+            )
+            if response.status == 200:
+                self.assertNotEqual(
+                    jwtPart(json.loads(response.body)["token"], 1)["sub"], ""
+                )
+            else:
+                self.assertEqual(response.status, 401, header)
+                self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
+
+    @settings(max_examples=50, deadline=None)
     @given(st.text(max_size=80))
     def test_anyRefreshToken(self, value: str) -> None:
         """

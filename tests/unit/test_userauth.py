@@ -640,7 +640,7 @@ class FloodTests(SiteTestCase):
         self.assertEqual(alice.response().status, 200, alice.response().body)
         statuses = [client.response().status for client in flood]
         self.assertEqual(set(statuses), {401, 429}, statuses)
-        broker = self.site.resource.children[b"token"]._broker
+        broker = self.site.resource.children[b"token"].broker
         self.assertEqual(broker.loginsRefused, statuses.count(401))
         self.assertEqual(broker.loginsThrottled, statuses.count(429))
         throttled = [c.response() for c in flood if c.response().status == 429]
