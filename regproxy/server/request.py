@@ -12,6 +12,7 @@ from typing import IO, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from twisted.web.server import Request
@@ -144,6 +145,7 @@ class StreamingRequest(Request):
     take the channel's end-of-body call as the end of the stream.
     """
 
+    _log = Logger()
     bodyStream: RequestBodyStream | None = None
     upstreamStatus: int | None = None
     # twisted.web's stubs type this as None (its class default); it is the
@@ -183,6 +185,13 @@ class StreamingRequest(Request):
         hold all of it before the resource could say no.
         """
         self._bodyRefused = True
+        path = getattr(self.channel, "_path", b"").split(b"?", 1)[0]
+        self._log.info(
+            "{method} {path} -> 413: body over {limit} bytes, not read",
+            method=getattr(self.channel, "_command", b"").decode("latin-1"),
+            path=path.decode("latin-1")[:300],
+            limit=MAX_BODY,
+        )
         # Nor invite the client to send it (HTTPChannel answers an
         # "Expect: 100-continue" once the headers are in).
         self.requestHeaders.removeHeader(b"expect")
