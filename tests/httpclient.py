@@ -54,20 +54,20 @@ def parseResponse(data: bytes, head: bool = False) -> tuple[RawResponse, bytes] 
             size, separator, rest = rest.partition(b"\r\n")
             if not separator:
                 return None
-            length = int(size, 16)
-            if len(rest) < length + 2:
+            chunkSize = int(size, 16)
+            if len(rest) < chunkSize + 2:
                 return None
-            body += rest[:length]
-            rest = rest[length + 2 :]
-            if length == 0:
+            body += rest[:chunkSize]
+            rest = rest[chunkSize + 2 :]
+            if chunkSize == 0:
                 return attrs.evolve(response, body=body, chunked=True), rest
-    length = response.header(b"content-length")
-    if length is None:
+    contentLength = response.header(b"content-length")
+    if contentLength is None:
         return attrs.evolve(response, body=rest), b""
-    size = int(length)
-    if len(rest) < size:
+    length = int(contentLength)
+    if len(rest) < length:
         return None
-    return attrs.evolve(response, body=rest[:size]), rest[size:]
+    return attrs.evolve(response, body=rest[:length]), rest[length:]
 
 
 class RawClient:

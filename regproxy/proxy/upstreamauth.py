@@ -25,8 +25,10 @@ from twisted.logger import Logger
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
+from zope.interface import implementer
 
 from regproxy.auth.credentials import BasicCredentials
+from regproxy.auth.interfaces import ILoginChecker
 from regproxy.names.challenge import ChallengeParseError, parseChallenges
 from regproxy.server.errors import RegistryError, unavailable
 from regproxy.server.urls import Origin
@@ -53,6 +55,7 @@ class UpstreamScheme:
     service: str | None = None
 
 
+@implementer(ILoginChecker)
 @attrs.define
 class UpstreamAuthenticator:
     """

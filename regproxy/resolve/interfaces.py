@@ -19,8 +19,10 @@ import hashlib
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
+from regproxy.names.reference import ImageReference
 from regproxy.server.errors import RegistryError, TranslatableError
 
 #: Where an API key came from.
@@ -223,17 +225,19 @@ class IResolver(Interface):
     Turns the names clients use into upstream repositories.
     """
 
-    def resolve(reference: Any, credentials: Credentials) -> Any:
+    def resolve(
+        reference: ImageReference, credentials: Credentials
+    ) -> Deferred[Resolution]:
         """
-        Where the image C{reference} (an
-        L{regproxy.names.reference.ImageReference}) lives, as C{credentials} may
-        see it.
+        Where the image C{reference} lives, as C{credentials} may see it.
 
         @return: A Deferred firing with a L{Resolution}, or failing with a
             L{ResolveError}.
         """
 
-    def listReleases(reference: Any, credentials: Credentials) -> Any:
+    def listReleases(
+        reference: ImageReference, credentials: Credentials
+    ) -> Deferred[list[str] | None]:
         """
         The tags a client may pull for the repository C{reference} (its
         name alone matters), for C{GET /v2/<name>/tags/list}.

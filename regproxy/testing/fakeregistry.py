@@ -237,7 +237,7 @@ class FakeRegistry(Resource):
             name.lower(): list(values)
             for name, values in request.requestHeaders.getAllRawHeaders()
         }
-        body = request.content.read()
+        body = request.content.read() if request.content is not None else b""
         if request.path == TOKEN_PATH:
             return self._token(request, headers, body)
         return self._registry(request, headers, body)

@@ -130,6 +130,7 @@ class ListeningProcess(ProcessProtocol):
 
     def signal(self, name: str) -> None:
         try:
+            assert self.transport is not None
             self.transport.signalProcess(name)
         except ProcessExitedAlready:
             pass

@@ -304,9 +304,8 @@ class TokenRegistryTests(FrontDoorTests, TestCase):
         """
         await self.push("public/tool")
         with self.assertRaises(ClientFailed):
-            await self.skopeo.inspect(
+            await self.skopeo.inspectRaw(
                 f"docker://{self.registry.host}/public/tool:v1",
-                raw=True,
                 tlsVerify=False,
                 creds=None,
             )
@@ -339,9 +338,8 @@ class BasicRegistryTests(FrontDoorTests, TestCase):
         """
         await self.push("team/app")
         with self.assertRaises(ClientFailed) as caught:
-            await self.skopeo.inspect(
+            await self.skopeo.inspectRaw(
                 f"docker://{self.registry.host}/team/app:v1",
-                raw=True,
                 certDir=self.registry.certDir,
                 creds=("alice", "wonderland"),
             )

@@ -233,7 +233,7 @@ class ParsePathTests(SynchronousTestCase):
             (b"/v2/\xff/tags/list", "NAME_INVALID"),
         ]:
             with self.assertRaises(InvalidReference) as e:
-                parsePath(path)
+                parsePath(path)  # type: ignore[arg-type]
             self.assertEqual(e.exception.code, code, path)
 
     @given(

@@ -99,7 +99,7 @@ class StaticResolverTests(SynchronousTestCase):
             ({"passthrough": "yes"}, "passthrough"),
         ]:
             with self.assertRaises(StaticMapError) as e:
-                parseMap(document)
+                parseMap(document)  # type: ignore[arg-type]
             self.assertIn(fragment, str(e.exception))
 
     def test_unreadable(self) -> None:

@@ -4,7 +4,6 @@ they build.
 """
 
 import os
-import socket
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, IServiceMaker
@@ -271,23 +270,6 @@ class MakeServiceTests(TapTestCase):
         exit = self.assertRaises(SystemExit, makeService, options)
         self.assertIn("--upstream-ca", str(exit.code))
         self.assertNotIn("\n", str(exit.code))
-
-    def test_portInUse(self) -> None:
-        """
-        A port that cannot be bound stops start-up with one line naming
-        C{--listen} and the address.
-        """
-        held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(held.close)
-        held.bind(("127.0.0.1", 0))
-        held.listen(1)
-        port = held.getsockname()[1]
-        top = makeService(self.parse("--listen", f"tcp:{port}:interface=127.0.0.1"))
-        exit = self.assertRaises(SystemExit, top.privilegedStartService)
-        message = str(exit.code)
-        self.assertIn("--listen", message)
-        self.assertIn(str(port), message)
-        self.assertNotIn("\n", message)
 
 
 class PluginTests(SynchronousTestCase):
