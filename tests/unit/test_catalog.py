@@ -8,11 +8,13 @@ regproxy's service account.
 from __future__ import annotations
 
 import json
+from typing import cast
 from urllib.parse import parse_qsl, urlsplit
 
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyRequest
 
 import regproxy.proxy.catalog
@@ -198,7 +200,7 @@ class PageTests(SynchronousTestCase):
         for _ in range(len(names) + 2):
             request = DummyRequest([b""])
             request.args = {k.encode(): [v.encode()] for k, v in parse_qsl(query[1:])}
-            seen += pageOf(request, names, CATALOG_PATH)
+            seen += pageOf(cast(Request, request), names, CATALOG_PATH)
             link = request.responseHeaders.getRawHeaders(b"link")
             if not link:
                 break
