@@ -10,13 +10,16 @@ registry-format 404.  This is the one module that knows every part.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import ClassVar
 
+import attrs
 from treq.client import HTTPClient
+from twisted.logger import Logger
 from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
-from regproxy.auth.access import AccessRules, AccessRulesError, loadAccessRules
+from regproxy.auth.access import AccessRules, AccessRulesError, AccessRulesFile
 from regproxy.auth.broker import Broker
 from regproxy.auth.credentials import BasicCredentials
 from regproxy.auth.htpasswd import HtpasswdError, HtpasswdUsers, ThreadPoolRunner
@@ -45,13 +48,68 @@ from regproxy.proxy.relay import Forwarder
 from regproxy.proxy.upstreamauth import UpstreamAuthenticator
 from regproxy.resolve.balena import BalenaResolver
 from regproxy.resolve.cache import CachingResolver
+from regproxy.resolve.digests import (
+    IDigestLocations,
+    LayeredDigestLocations,
+    MemoryDigestLocations,
+    SQLiteDigestLocations,
+    runnerFor,
+)
 from regproxy.resolve.identity import IdentityResolver
 from regproxy.resolve.interfaces import IResolver
-from regproxy.resolve.static import StaticResolver
+from regproxy.resolve.static import StaticMapFile
 from regproxy.server.cors import CORSPolicy
+from regproxy.server.drain import Connections
 from regproxy.server.site import RegproxySite, RootResource, healthResource
 from regproxy.server.urls import Origin
 from regproxy.tls.caresource import CACertificateResource
+
+
+@attrs.define
+class Reloads:
+    """
+    What SIGHUP re-reads: named parts, each registered by whoever builds it
+    with L{register}, run in registration order by L{reloadAll}.
+
+    A part's callable re-reads its files and returns a few words on what it
+    now holds ("3 users"); when the new version cannot be used it keeps the
+    old one and raises L{ValueError} saying why.
+    """
+
+    _parts: list[tuple[str, Callable[[], str]]] = attrs.Factory(list)
+    _log: ClassVar[Logger] = Logger()
+
+    def register(self, name: str, reload: Callable[[], str]) -> None:
+        """
+        Have C{reload} run on every SIGHUP; C{name} says what it is in the
+        log ("htpasswd /etc/regproxy/users").
+        """
+        self._parts.append((name, reload))
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self._parts]
+
+    def reloadAll(self) -> bool:
+        """
+        Reload every part, one log line each, whatever the others do.
+
+        @return: Whether every part reloaded.
+        """
+        ok = True
+        for name, reload in self._parts:
+            try:
+                what = reload()
+            except ValueError as e:
+                ok = False
+                self._log.warn(
+                    "SIGHUP: kept the previous {name}: {reason}", name=name, reason=e
+                )
+            except Exception:
+                ok = False
+                self._log.failure("SIGHUP: reloading {name} failed", name=name)
+            else:
+                self._log.info("SIGHUP: reloaded {name}: {what}", name=name, what=what)
+        return ok
 
 
 def resolverKind(config: Config) -> str:
@@ -65,18 +123,26 @@ def resolverKind(config: Config) -> str:
     return "identity"
 
 
-def makeResolver(config: Config, reactor, apiClient=None) -> IResolver:
+def makeResolver(
+    config: Config, reactor, apiClient=None, reloads: Reloads | None = None
+) -> IResolver:
     """
     The L{IResolver} for C{config}, cached where it asks an API.
 
     @param apiClient: A treq-like client for the balena API; by default
         one with its own connection pool and no cookie jar.
+    @param reloads: Where a static map registers its reload.
     """
     kind = resolverKind(config)
     if kind == "identity":
         return IdentityResolver()
     if kind.startswith("static:"):
-        return StaticResolver.fromFile(kind[len("static:") :])
+        static = StaticMapFile(kind[len("static:") :])
+        if reloads is not None:
+            reloads.register(
+                f"static name map {static.path}", lambda: f"{static.reload()} names"
+            )
+        return static
     if apiClient is None:
         apiClient = HTTPClient(
             # treq documents any CookieJar as accepted but types its own.
@@ -137,27 +203,46 @@ def serviceCredentials(config: Config) -> BasicCredentials | None:
     return BasicCredentials(config.upstream_user, password or "")
 
 
-def makeBackend(config: Config, reactor, authenticator: UpstreamAuthenticator):
+def makeBackend(
+    config: Config,
+    reactor,
+    authenticator: UpstreamAuthenticator,
+    reloads: Reloads | None = None,
+):
     """
     Who judges logins: our own htpasswd users and rules when configured,
     else the upstream.
+
+    @param reloads: Where the htpasswd file and the rules register their
+        reloads.
     """
     if config.htpasswd is None:
         if config.access is not None:
             raise ValueError("--access needs --htpasswd")
         return UpstreamLogins(authenticator, reactor)
+    rules: AccessRules | AccessRulesFile = AccessRules.default()
     try:
         users = HtpasswdUsers(config.htpasswd, reactor, ThreadPoolRunner(reactor))
-        rules = (
-            loadAccessRules(config.access) if config.access else AccessRules.default()
-        )
+        if config.access:
+            rules = AccessRulesFile(config.access)
     except (HtpasswdError, AccessRulesError) as e:
         raise ValueError(str(e)) from None
+    if reloads is not None:
+        reloads.register(f"htpasswd {users.path}", lambda: f"{users.reload()} users")
+        if isinstance(rules, AccessRulesFile):
+            ruleFile = rules
+            reloads.register(
+                f"access rules {ruleFile.path}", lambda: f"{ruleFile.reload()} rules"
+            )
     return HtpasswdLogins(users, rules, serviceCredentials(config))
 
 
 def makeBroker(
-    config: Config, reactor, authenticator: UpstreamAuthenticator, environ=os.environ
+    config: Config,
+    reactor,
+    authenticator: UpstreamAuthenticator,
+    environ=os.environ,
+    reloads: Reloads | None = None,
 ) -> Broker:
     """
     Our token issuer, verifier, sealer and auth backend.
@@ -167,7 +252,7 @@ def makeBroker(
         issuer.issuer, config.service_name, [issuer.key.public_key()], reactor
     )
     sealer = Sealer(loadOrCreateKey(os.path.join(_stateDir(config), "sealing.key")))
-    backend = makeBackend(config, reactor, authenticator)
+    backend = makeBackend(config, reactor, authenticator, reloads)
     # Our own bcrypt checks are what a flood of wrong passwords exhausts;
     # upstream logins are the upstream's to throttle.
     throttle = LoginThrottle(reactor) if config.htpasswd is not None else None
@@ -182,13 +267,26 @@ def makeBroker(
     )
 
 
+def makeDigestLocations(config: Config, reactor) -> IDigestLocations:
+    """
+    Where digests live for a name, shared through the state directory by
+    every instance on it.
+    """
+    path = os.path.join(_stateDir(config), "digests.sqlite3")
+    return LayeredDigestLocations(
+        MemoryDigestLocations(),
+        SQLiteDigestLocations(path, runnerFor(reactor), reactor),
+    )
+
+
 def makeSite(
     config: Config,
     reactor,
     agent: IAgent | None = None,
     apiClient=None,
     environ=os.environ,
-) -> Site:
+    reloads: Reloads | None = None,
+) -> RegproxySite:
     """
     Build the server for C{config}.
 
@@ -197,6 +295,7 @@ def makeSite(
     @param apiClient: A treq-like client for the balena API.
     @param environ: Where openBalena's C{REGISTRY_TOKEN_AUTH_*} variables
         are read from.
+    @param reloads: Where the parts that SIGHUP re-reads register.
     """
     if agent is None:
         agent = makeUpstreamAgent(reactor, config)
@@ -211,8 +310,8 @@ def makeSite(
         root.putChild(b"token", TokenPassthroughResource(forwarder, realm))
     else:
         authenticator = UpstreamAuthenticator(agent, upstream, reactor)
-        broker = makeBroker(config, reactor, authenticator, environ)
-        resolver = makeResolver(config, reactor, apiClient)
+        broker = makeBroker(config, reactor, authenticator, environ, reloads)
+        resolver = makeResolver(config, reactor, apiClient, reloads)
         registry: Resource = BrokeredRegistryResource(
             broker,
             resolver,
@@ -222,6 +321,7 @@ def makeSite(
             config.public_url,
             config.api_token,
             fleetNames=resolverKind(config) != "identity",
+            digests=makeDigestLocations(config, reactor),
         )
         if config.htpasswd is not None:
             # Our own rules say who may list what; elsewhere the catalog
@@ -236,4 +336,6 @@ def makeSite(
     root.putChild(b"_ca.crt", CACertificateResource.inStateDir(config.state_dir))
     site = RegproxySite(root, reactor=reactor)
     site.cors = CORSPolicy(config.cors_origin)
+    site.headerTimeout = config.header_timeout
+    site.connections = Connections()
     return site

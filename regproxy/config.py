@@ -12,6 +12,7 @@ users type, so they are snake_case where the rest of the code is camelCase.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -252,6 +253,20 @@ class Config:
         "Seconds to wait for the upstream's response headers.",
         metavar="SECONDS",
     )
+    header_timeout: float = setting(
+        30.0,
+        parsePositiveFloat,
+        "Seconds a client has to send each request's line and headers, "
+        "however slowly it trickles them; then the connection is closed.",
+        metavar="SECONDS",
+    )
+    shutdown_grace: float = setting(
+        30.0,
+        parsePositiveFloat,
+        "On SIGTERM, stop accepting connections and give requests in flight "
+        "this many seconds to finish before stopping.",
+        metavar="SECONDS",
+    )
     tls_name: tuple[str, ...] = setting(
         (),
         parseText,
@@ -406,6 +421,24 @@ def optionName(field: attrs.Attribute) -> str:
 
 def environmentName(field: attrs.Attribute) -> str:
     return ENV_PREFIX + field.name.upper()
+
+
+def unknownEnvironment(environ: Mapping[str, str]) -> list[str]:
+    """
+    The C{REGPROXY_*} variables that name no setting (a typo guard), each
+    with the one it probably meant.
+    """
+    known = {environmentName(field) for field, _ in settings()}
+    known.add(ENV_PREFIX + "CONFIG")
+    problems = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            problem = f"{name}: it matches no setting"
+            close = difflib.get_close_matches(name, sorted(known), 1)
+            if close:
+                problem += f" (did you mean {close[0]}?)"
+            problems.append(problem)
+    return problems
 
 
 def _describe(value: Any, spec: Setting) -> str:

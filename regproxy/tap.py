@@ -6,14 +6,28 @@ The C{twistd regproxy} command: its L{Options} and L{makeService}.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from typing import Any
 
 import attrs
 from twisted.application import service, strports
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
 
-from regproxy.config import Config, ConfigError, loadConfig, optionName, settings
+from regproxy import __version__
+from regproxy.config import (
+    Config,
+    ConfigError,
+    loadConfig,
+    optionName,
+    settings,
+    unknownEnvironment,
+)
+from regproxy.daemon import DrainingService
+
+_log = Logger()
 
 
 def _repeatableHandler(name: str):
@@ -51,6 +65,24 @@ class Options(usage.Options):
         super().__init__()
         self.given: dict[str, Any] = {}
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            # One line that names the option, not twistd's whole usage text.
+            raise SystemExit(
+                f"twistd regproxy: {e}; see 'twistd regproxy --help'"
+            ) from None
+
+    def opt_version(self) -> None:
+        """
+        Show regproxy's version (and Twisted's) and exit.
+        """
+        from twisted import copyright
+
+        print(f"regproxy {__version__} (Twisted {copyright.version})")
+        sys.exit(0)
+
     def postOptions(self) -> None:
         for field, spec in settings():
             if spec.repeatable or spec.switch:
@@ -87,10 +119,11 @@ for _field, _spec in settings():
         Options.optParameters.append([_name, None, None, _doc])
 
 
-class RegproxyService(service.MultiService):
+class RegproxyService(DrainingService):
     """
     All of regproxy's services; a listener that cannot bind stops start-up
-    with one line saying which, instead of a traceback.
+    with one line saying which, instead of a traceback.  Stopping lets
+    requests in flight finish (see L{DrainingService}).
     """
 
     def privilegedStartService(self) -> None:
@@ -118,16 +151,28 @@ def makeService(options: Options) -> service.IService:
     """
     from twisted.internet import reactor
 
-    from regproxy.app import makeSite
+    from regproxy.app import Reloads, makeSite
+    from regproxy.daemon import HangupReloads, registerTLSReload, reopenLogFiles
     from regproxy.mdns import MDNSService, portsFromListen
-    from regproxy.tls.endpoint import withConfig
+    from regproxy.tls.endpoint import TLSServerEndpoint, withConfig
 
     config: Config = options.config
+    for problem in unknownEnvironment(os.environ):
+        _log.warn("Ignoring {problem}", problem=problem)
+    reloads = Reloads()
+    # First, so that the lines of the other parts go to the reopened file.
+    reloads.register("log file", reopenLogFiles)
     top = RegproxyService()
+    # First, so SIGHUP is handled before any port is open.
+    HangupReloads(reactor, reloads).setServiceParent(top)
     try:
-        site = makeSite(config, reactor)
+        site = makeSite(config, reactor, reloads=reloads)
     except (OSError, ValueError) as e:
         raise SystemExit(f"regproxy: {e}") from None
+    top.connections = site.connections
+    top.reactor = reactor
+    top.grace = config.shutdown_grace
+    top.signals = signal
     for description in config.listen:
         try:
             listener = strports.service(withConfig(description, config), site)
@@ -136,6 +181,8 @@ def makeService(options: Options) -> service.IService:
                 f"regproxy: --listen: cannot use {description!r}: {e}"
             ) from None
         listener.setServiceParent(top)
+        if isinstance(listener.endpoint, TLSServerEndpoint):
+            registerTLSReload(reloads, listener.endpoint)
     if config.mdns:
         httpPorts, httpsPorts = portsFromListen(config.listen)
         try:

@@ -31,7 +31,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from regproxy.names.reference import ImageReference
-from regproxy.resolve.interfaces import Credentials, IResolver, Resolution, ResolveError
+from regproxy.resolve.interfaces import (
+    Credentials,
+    IResolver,
+    Resolution,
+    ResolveError,
+)
 
 DEFAULT_TTL = 300.0
 DEFAULT_MISS_TTL = 10.0
@@ -156,17 +161,7 @@ class CachingResolver:
     """
     An L{IResolver} that asks another one at most once per name and asker
     while the answer is fresh (see the module docstring).
-
-    It also remembers, per name and asker, the repositories that manifest
-    requests resolved to, and lists them as L{Resolution.alternatives} of
-    a request without a tag or digest (a blob request): a client that pulled
-    C{org/fleet:1.2.3} asks for that release's blobs as C{org/fleet}.
     """
-
-    #: How many repositories are remembered per name and asker, and for how
-    #: long: blobs are fetched right after their manifest.
-    recentRepositories = 8
-    recentAge = 3600.0
 
     def __init__(
         self,
@@ -179,42 +174,19 @@ class CachingResolver:
     ) -> None:
         self.resolver = resolver
         self.cache = CoalescingCache(clock, ttl, missTTL, staleAge, maxSize)
-        self._clock = clock
-        self._recent: LRUCache = LRUCache(maxsize=maxSize)
 
-    def resolve(self, reference: ImageReference, credentials: Credentials) -> Deferred:
-        d = self.cache.get(
+    def resolve(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred[Resolution]:
+        return self.cache.get(
             ("resolve", str(reference), credentials.cacheKey),
             lambda: self.resolver.resolve(reference, credentials),
             str(reference),
         )
-        return d.addCallback(self._withRecent, reference, credentials)
-
-    def _withRecent(
-        self,
-        resolution: Resolution,
-        reference: ImageReference,
-        credentials: Credentials,
-    ) -> Resolution:
-        key = (reference.name, credentials.cacheKey)
-        now = self._clock.seconds()
-        recent = [
-            (repository, seen)
-            for repository, seen in self._recent.get(key, ())
-            if now - seen <= self.recentAge and repository != resolution.repository
-        ]
-        if reference.manifestReference is not None:
-            self._recent[key] = [(resolution.repository, now)] + recent[
-                : self.recentRepositories - 1
-            ]
-            return resolution
-        if not recent:
-            return resolution
-        return attrs.evolve(resolution, alternatives=tuple(r for r, _ in recent))
 
     def listReleases(
         self, reference: ImageReference, credentials: Credentials
-    ) -> Deferred:
+    ) -> Deferred[list[str] | None]:
         return self.cache.get(
             ("tags", reference.name, credentials.cacheKey),
             lambda: self.resolver.listReleases(reference, credentials),

@@ -104,11 +104,6 @@ class Resolution:
         C{1.2.3-1648554962021}), when known.
     @ivar contentHash: The image's manifest digest, when known.
     @ivar service: The service the image is a build of, when known.
-    @ivar alternatives: Other repositories the same client recently pulled
-        under the same name, most recent first.  A blob request carries no
-        tag, so C{org/fleet/blobs/...} after a pull of C{org/fleet:1.2.3}
-        resolves to the target release; the blob may live in one of these
-        instead (try them when the upstream answers 404).
     """
 
     repository: str
@@ -118,7 +113,6 @@ class Resolution:
     version: str | None = None
     contentHash: str | None = None
     service: str | None = None
-    alternatives: tuple[str, ...] = ()
 
 
 class ResolveError(TranslatableError):

@@ -14,7 +14,11 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (
+    RequestGenerationFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -60,6 +64,16 @@ def errorForFailure(failure: Failure, what: str) -> RegistryError | None:
     return RegistryError(500, "UNKNOWN", "internal error")
 
 
+def _logAbortedUpload(request: Request) -> None:
+    body = getattr(request, "bodyStream", None)
+    _log.info(
+        "{method} {path}: the client aborted its upload after {received}B",
+        method=request.method.decode("latin-1"),
+        path=request.path.decode("latin-1")[:300],
+        received=body.received if body is not None else 0,
+    )
+
+
 def renderLater(
     request: Request,
     coroutine: Coroutine[Any, Any, None],
@@ -71,6 +85,13 @@ def renderLater(
     """
 
     def failed(failure: Failure) -> None:
+        if failure.check(RequestGenerationFailed) and getattr(
+            request, "clientGone", False
+        ):
+            # The request body could not be sent on because the client
+            # stopped sending it: an ordinary event, not our error.
+            _logAbortedUpload(request)
+            return
         error = errorForFailure(failure, what)
         if error is not None:
             writeError(request, error)

@@ -151,6 +151,8 @@ class StreamingRequest(Request):
     # twisted.web's stubs type this as None (its class default); it is the
     # body file once the headers are in.
     content: IO[bytes]  # type: ignore[assignment]
+    #: The client's connection closed before the response was finished.
+    clientGone = False
     _dispatchedEarly = False
     _finishWhenBodyDone = False
     _bodyRefused = False
@@ -244,6 +246,7 @@ class StreamingRequest(Request):
         super().finish()
 
     def connectionLost(self, reason: Failure) -> None:
+        self.clientGone = True
         if self.bodyStream is not None:
             self.bodyStream.connectionLost(reason)
         super().connectionLost(reason)

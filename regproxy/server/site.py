@@ -9,13 +9,18 @@ What hangs under the root is decided by L{regproxy.app}.
 from __future__ import annotations
 
 import json
+from typing import cast
 
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from regproxy.server.cors import CORSPolicy
+from regproxy.server.drain import Connections
 from regproxy.server.errors import errorBody, notFound
 from regproxy.server.request import StreamingRequest
 
@@ -67,11 +72,114 @@ class RegproxyChannel(http.HTTPChannel):
     told that a registry is insecure try HTTPS first and fall back to HTTP
     only when that fails, and without this they wait for their handshake
     timeout (ten seconds for docker and skopeo) on every command.
+
+    A request's line and headers must all arrive within the site's
+    C{headerTimeout} seconds of the head's first byte (of the connection's
+    start, for the first), however slowly they trickle: Twisted's own idle
+    timeout restarts with every byte, so it never ends a slowloris.  Bodies
+    and the wait between requests on a kept-alive connection are not
+    covered.
+
+    It tells the site's L{Connections} that it is open, so that a stop can
+    let its request in flight finish (L{stopAfterRequest}).
     """
 
+    _log = Logger()
     _firstBytesSeen = False
+    _headDeadline: IDelayedCall | None = None
+    _awaitingHead = False
+    _connections: Connections | None = None
+    _stopping = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._startHeadDeadline()
+        connections = getattr(getattr(self, "site", None), "connections", None)
+        if connections is not None:
+            self._connections = connections
+            connections.opened(self)
+
+    def stopAfterRequest(self) -> None:
+        """
+        Stop at shutdown: close now if no request is in flight, else once
+        it is answered (with C{Connection: close} when the answer has not
+        started yet).
+        """
+        self._stopping = True
+        if not self.requests:
+            self.loseConnection()
+            return
+        self.persistent = False
+        for request in self.requests:
+            if not request.startedWriting:
+                request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+
+    def abort(self) -> None:
+        # A TCP or TLS transport; ITransport itself has no abortConnection.
+        cast(ITCPTransport, self.transport).abortConnection()
+
+    def checkPersistence(self, request: http.Request, version: bytes) -> bool:
+        if self._stopping:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
+
+    def _startHeadDeadline(self) -> None:
+        timeout = getattr(getattr(self, "site", None), "headerTimeout", None)
+        if timeout is not None:
+            # TimeoutMixin types callLater without arguments; it is the
+            # reactor's.
+            self._headDeadline = self.callLater(  # type: ignore[call-arg]
+                timeout, self._headTooSlow, timeout
+            )
+
+    def _cancelHeadDeadline(self) -> None:
+        if self._headDeadline is not None:
+            if self._headDeadline.active():
+                self._headDeadline.cancel()
+            self._headDeadline = None
+
+    def _headTooSlow(self, timeout: float) -> None:
+        self._headDeadline = None
+        assert self.transport is not None
+        self._log.info(
+            "Closing the connection from {peer}: no complete request head "
+            "after {timeout}s",
+            peer=str(self.transport.getPeer()),
+            timeout=timeout,
+        )
+        self._respondToBadRequestAndDisconnect(
+            f"the request's line and headers did not arrive within {timeout:g}s",
+            408,
+            b"Request Timeout",
+        )
+        if self.abortTimeout is not None:
+            # A client that reads nothing of the answer is cut off, as
+            # HTTPChannel does for its idle timeout.
+            self._abortingCall = self.callLater(
+                self.abortTimeout, self.forceAbortClient
+            )
+
+    def allHeadersReceived(self) -> None:
+        self._cancelHeadDeadline()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: http.Request) -> None:
+        # The next byte read (perhaps one already buffered, which the call
+        # below replays) starts the next head.
+        self._awaitingHead = True
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancelHeadDeadline()
+        super().connectionLost(reason)
+        if self._connections is not None:
+            self._connections.closed(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._awaitingHead and data:
+            self._awaitingHead = False
+            self._startHeadDeadline()
         if not self._firstBytesSeen and data:
             self._firstBytesSeen = True
             if data[:1] == b"\x16":
@@ -134,6 +242,10 @@ class RegproxySite(Site):
     protocol = RegproxyChannel  # type: ignore[assignment]
     requestFactory = LoggingRequest
     cors: CORSPolicy | None = None
+    #: Seconds a client has to send a request's head (see L{RegproxyChannel}).
+    headerTimeout: float | None = None
+    #: The open connections, for a graceful stop.
+    connections: Connections | None = None
     displayTracebacks = False
     _log = Logger()
 

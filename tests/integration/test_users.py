@@ -45,6 +45,11 @@ actions = ["pull"]
 [[rule]]
 users = ["alice", "bob"]
 catalog = true
+
+[[rule]]
+users = ["bob"]
+repositories = ["bob/*"]
+actions = ["pull", "push"]
 """
 
 
@@ -220,6 +225,43 @@ class FrontDoorTests(OneImageClient):
         self.assertEqual(link, ['</v2/_catalog?n=1&last=public%2Ftool>; rel="next"'])
         code, body, link = await self.catalog("bob", "?n=1&last=public%2Ftool")
         self.assertEqual((body["repositories"], link), (["shared/tool"], []))
+
+    async def test_mountNeedsPull(self) -> None:
+        """
+        bob may push to C{bob/*} but not pull C{team/secret}: a mount of
+        one of its layers into his repository starts an ordinary upload
+        (202) instead of copying it (201), and the layer is not his to
+        download.
+        """
+        await self.push("team/secret")
+        layer = self.image.layers[0].digest
+        http = httpClient(self)
+        response = await http.get(
+            self.proxy.url + "/token",
+            params=[
+                ("service", "regproxy"),
+                ("scope", "repository:bob/x:pull,push"),
+                ("scope", "repository:team/secret:pull"),
+            ],
+            headers={
+                "Authorization": ["Basic " + base64.b64encode(b"bob:builder").decode()]
+            },
+        )
+        self.assertEqual(response.code, 200)
+        bearer = "Bearer " + json.loads(await response.content())["token"]
+        mount = await http.post(
+            self.proxy.url + f"/v2/bob/x/blobs/uploads/?mount={layer}&from=team/secret",
+            headers={"Authorization": [bearer]},
+        )
+        await mount.content()
+        self.assertEqual(mount.code, 202)
+        blob = await http.get(
+            self.proxy.url + f"/v2/bob/x/blobs/{layer}",
+            headers={"Authorization": [bearer]},
+        )
+        body = json.loads(await blob.content())
+        self.assertEqual(blob.code, 404)
+        self.assertEqual(body["errors"][0]["code"], "BLOB_UNKNOWN")
 
     async def test_newUserPickedUp(self) -> None:
         """

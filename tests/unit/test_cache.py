@@ -238,26 +238,3 @@ class CachingResolverTests(SynchronousTestCase):
             self.stub.flush()
             self.assertIn("2.0.0", self.successResultOf(d))
         self.assertEqual(len(self.api.apiCalls), 1)
-
-    def test_blobAlternatives(self) -> None:
-        """
-        After pulling C{acme/public-app:1.2.3}, a blob request for
-        C{acme/public-app} (no tag: the target release) lists 1.2.3's
-        repository as an alternative, for that client only.
-        """
-        release = self.successResultOf(self.resolve("acme/public-app:1.2.3"))
-        blob = self.successResultOf(self.resolve("acme/public-app"))
-        self.assertNotEqual(blob.repository, release.repository)
-        self.assertEqual(blob.alternatives, (release.repository,))
-        other = self.successResultOf(self.resolve("acme/public-app", ALICE))
-        self.assertEqual(other.alternatives, ())
-        self.clock.advance(3601)
-        self.assertEqual(
-            self.successResultOf(self.resolve("acme/public-app")).alternatives, ()
-        )
-
-    def test_targetNotItsOwnAlternative(self) -> None:
-        self.successResultOf(self.resolve("acme/public-app:latest"))
-        self.assertEqual(
-            self.successResultOf(self.resolve("acme/public-app")).alternatives, ()
-        )

@@ -35,6 +35,7 @@ RANKS = {
     "proxy": 4,
     "app": 5,
     "commands": 5,
+    "daemon": 6,
     "tap": 6,
     "cli": 6,
 }

@@ -7,6 +7,7 @@ side, and upstream failures become registry-format errors.
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import attrs
 from twisted.internet import error as netError
@@ -15,11 +16,16 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import ResponseDone, ResponseNeverReceived
+from twisted.web.client import (
+    RequestGenerationFailed,
+    ResponseDone,
+    ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from regproxy.app import makeSite
@@ -273,6 +279,40 @@ class StreamingTests(SynchronousTestCase):
         finished = producer.startProducing(RecordingConsumer())
         client.disconnect()
         self.failureResultOf(finished)
+
+    def test_uploadAbortLoggedAsOneLine(self) -> None:
+        """
+        A client aborting an upload is an ordinary event: one info line
+        naming the request, no critical event and no traceback, even when
+        the HTTP client reports it as a failure to send the request.
+        """
+        events: list[dict] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        client = RawClient(self.site)
+        client.send(
+            b"PATCH /v2/lib/app/blobs/uploads/u-1?_state=secret HTTP/1.1\r\n"
+            b"Host: proxy\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
+        )
+        sent = self.agent.sent[0]
+        finished = cast(IBodyProducer, sent.bodyProducer).startProducing(
+            RecordingConsumer()
+        )
+        # What HTTP11ClientProtocol does when the body producer fails.
+        finished.addErrback(
+            lambda f: sent.deferred.errback(RequestGenerationFailed([f]))
+        )
+        client.disconnect()
+        self.assertEqual(
+            [e for e in events if e.get("log_level") == LogLevel.critical], []
+        )
+        lines = [formatEvent(e) for e in events if "abort" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("PATCH /v2/lib/app/blobs/uploads/u-1", lines[0])
+        self.assertIn("10", lines[0])
+        self.assertNotIn("secret", lines[0])
+        self.assertNotIn("\n", lines[0])
 
     def test_earlyAnswerToUpload(self) -> None:
         """

@@ -4,14 +4,17 @@ they build.
 """
 
 import os
+import sys
+from typing import cast
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, IServiceMaker
+from twisted.application.service import IService, IServiceMaker, MultiService
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.plugin import getPlugins
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from regproxy.daemon import HangupReloads
 from regproxy.tap import Options, makeService
 
 
@@ -177,9 +180,25 @@ class OptionsTests(TapTestCase):
 
     def test_unknownOption(self) -> None:
         """
-        An unknown option is a usage error, as for any twistd plugin.
+        An unknown option exits with one line that names it and points to
+        C{--help}, not twistd's whole usage text.
         """
-        self.assertRaises(usage.UsageError, self.parse, "--upstreams", "http://a")
+        message = self.assertExitsNaming("--upstreams", "--upstreams", "http://a")
+        self.assertIn("see 'twistd regproxy --help'", message)
+
+    def test_version(self) -> None:
+        """
+        C{--version} prints regproxy's version and exits.
+        """
+        from io import StringIO
+
+        from regproxy import __version__
+
+        out = StringIO()
+        self.patch(sys, "stdout", out)
+        exit = self.assertRaises(SystemExit, self.parse, "--version")
+        self.assertEqual(exit.code, 0)
+        self.assertIn(f"regproxy {__version__}", out.getvalue())
 
     def test_help(self) -> None:
         """
@@ -213,7 +232,9 @@ class MakeServiceTests(TapTestCase):
         top = makeService(self.parse(*argv))
         self.assertTrue(IService.providedBy(top))
         self.assertFalse(top.running)
-        children = list(top)
+        children = [
+            c for c in cast(MultiService, top) if not isinstance(c, HangupReloads)
+        ]
         for child in children:
             self.assertIsInstance(child, StreamServerEndpointService)
             self.assertFalse(child.running)
@@ -248,6 +269,69 @@ class MakeServiceTests(TapTestCase):
         self.assertEqual(plain.endpoint._port, 80)
         self.assertIsInstance(tls.endpoint, TLSServerEndpoint)
         self.assertIs(plain.factory, tls.factory)
+
+    def reloadNames(self, top: IService) -> list[str]:
+        (hangup,) = [c for c in cast(MultiService, top) if isinstance(c, HangupReloads)]
+        return hangup._reloads.names()
+
+    def test_reloadsRegistered(self) -> None:
+        """
+        SIGHUP re-reads the htpasswd file, the access rules, the static
+        name map and the TLS certificate, and reopens the log file.
+        """
+        users = self.mktemp()
+        with open(users, "w") as f:
+            f.write("")
+        rules = self.mktemp()
+        with open(rules, "w") as f:
+            f.write("")
+        names = self.mktemp()
+        with open(names, "w") as f:
+            f.write("[names]\n")
+        top = self.startUp(
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--listen",
+            "regproxy-tls:0:interface=127.0.0.1",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--htpasswd",
+            users,
+            "--access",
+            rules,
+            "--resolver",
+            "static:" + names,
+        )
+        self.assertEqual(
+            self.reloadNames(top),
+            [
+                "log file",
+                f"htpasswd {users}",
+                f"access rules {rules}",
+                f"static name map {names}",
+                "TLS certificate of port 0",
+            ],
+        )
+
+    def test_unknownEnvironment(self) -> None:
+        """
+        A C{REGPROXY_*} variable that names no setting is reported at start,
+        with the setting it probably meant.
+        """
+        events: list[dict] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.environ["REGPROXY_UPSTREM"] = "http://typo.example"
+        self.startUp("--listen", "tcp:0:interface=127.0.0.1")
+        lines = [formatEvent(e) for e in events if "REGPROXY_" in formatEvent(e)]
+        self.assertEqual(
+            lines,
+            [
+                "Ignoring REGPROXY_UPSTREM: it matches no setting "
+                "(did you mean REGPROXY_UPSTREAM?)"
+            ],
+        )
 
     def test_badEndpoint(self) -> None:
         """
