@@ -3,8 +3,8 @@
 The composition root: how a L{Config} becomes a server.
 
 C{/v2/...} is relayed to the upstream, C{/token} is the token endpoint,
-C{/_health} answers without touching the upstream; anything else is a
-registry-format 404.  This is the one module that knows every part.
+C{/_health} answers without touching the upstream, C{/_ready} says whether
+the upstream can be reached; anything else is a registry-format 404.  This is the one module that knows every part.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ from regproxy.auth.tokenresource import TokenResource
 from regproxy.auth.upstreamlogins import UpstreamLogins
 from regproxy.auth.users import HtpasswdLogins
 from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
+from regproxy.metrics import CountedClient, Metrics
 from regproxy.proxy.agent import NoCookies, makeUpstreamAgent
 from regproxy.proxy.brokered import BrokeredRegistryResource
 from regproxy.proxy.catalog import CatalogResource, CatalogRoot, UpstreamCatalog
+from regproxy.proxy.measured import MeasuredAgent
 from regproxy.proxy.passthrough import (
     RegistryResource,
     TokenPassthroughResource,
@@ -60,6 +62,8 @@ from regproxy.resolve.interfaces import IResolver
 from regproxy.resolve.static import StaticMapFile
 from regproxy.server.cors import CORSPolicy
 from regproxy.server.drain import Connections
+from regproxy.server.forwarded import TrustedProxies
+from regproxy.server.health import ReadyResource, UpstreamProbe
 from regproxy.server.site import RegproxySite, RootResource, healthResource
 from regproxy.server.urls import Origin
 from regproxy.tls.caresource import CACertificateResource
@@ -124,7 +128,11 @@ def resolverKind(config: Config) -> str:
 
 
 def makeResolver(
-    config: Config, reactor, apiClient=None, reloads: Reloads | None = None
+    config: Config,
+    reactor,
+    apiClient=None,
+    reloads: Reloads | None = None,
+    metrics: Metrics | None = None,
 ) -> IResolver:
     """
     The L{IResolver} for C{config}, cached where it asks an API.
@@ -132,7 +140,9 @@ def makeResolver(
     @param apiClient: A treq-like client for the balena API; by default
         one with its own connection pool and no cookie jar.
     @param reloads: Where a static map registers its reload.
+    @param metrics: Counts lookups and balena API requests.
     """
+    metrics = metrics or Metrics()
     kind = resolverKind(config)
     if kind == "identity":
         return IdentityResolver()
@@ -149,13 +159,19 @@ def makeResolver(
             makeUpstreamAgent(reactor, config),
             cookiejar=NoCookies(),  # type: ignore[arg-type]
         )
-    balena = BalenaResolver(config.balena_api or DEFAULT_BALENA_API, apiClient, reactor)
-    return CachingResolver(
+    balena = BalenaResolver(
+        config.balena_api or DEFAULT_BALENA_API,
+        CountedClient(apiClient, metrics.balenaAPIRequests),
+        reactor,
+    )
+    caching = CachingResolver(
         balena,
         reactor,
         ttl=config.resolve_cache_ttl,
         staleAge=config.resolve_stale_age,
     )
+    metrics.read("regproxy_resolver_lookups", lambda: caching.cache.lookups)
+    return caching
 
 
 def _stateDir(config: Config) -> str:
@@ -299,8 +315,10 @@ def makeSite(
     """
     if agent is None:
         agent = makeUpstreamAgent(reactor, config)
+    metrics = Metrics()
+    agent = MeasuredAgent(agent, metrics, reactor)
     upstream = Origin.fromURL(config.upstream)
-    forwarder = Forwarder(agent, reactor, config.response_timeout)
+    forwarder = Forwarder(agent, reactor, config.response_timeout, metrics)
     root = RootResource()
     if config.auth == "passthrough":
         realm = UpstreamRealm(forwarder, upstream)
@@ -311,7 +329,10 @@ def makeSite(
     else:
         authenticator = UpstreamAuthenticator(agent, upstream, reactor)
         broker = makeBroker(config, reactor, authenticator, environ, reloads)
-        resolver = makeResolver(config, reactor, apiClient, reloads)
+        metrics.read("regproxy_tokens_issued", lambda: broker.tokensIssued)
+        metrics.read("regproxy_logins_refused", lambda: broker.loginsRefused)
+        metrics.read("regproxy_logins_throttled", lambda: broker.loginsThrottled)
+        resolver = makeResolver(config, reactor, apiClient, reloads, metrics)
         registry: Resource = BrokeredRegistryResource(
             broker,
             resolver,
@@ -333,9 +354,59 @@ def makeSite(
         root.putChild(b"v2", registry)
         root.putChild(b"token", TokenResource(broker))
     root.putChild(b"_health", healthResource())
+    root.putChild(
+        b"_ready", ReadyResource(UpstreamProbe(agent, upstream.base + b"/v2/", reactor))
+    )
     root.putChild(b"_ca.crt", CACertificateResource.inStateDir(config.state_dir))
     site = RegproxySite(root, reactor=reactor)
     site.cors = CORSPolicy(config.cors_origin)
     site.headerTimeout = config.header_timeout
     site.connections = Connections()
+    site.metrics = metrics
+    site.trustedProxies = TrustedProxies.fromStrings(config.trusted_proxy)
     return site
+
+
+def _tokenKeySource(config: Config, environ) -> str:
+    if config.token_key:
+        return config.token_key
+    if environ.get("REGISTRY_TOKEN_AUTH_CERT_KEY"):
+        return "openBalena's REGISTRY_TOKEN_AUTH_* variables"
+    return f"kept in {config.state_dir}"
+
+
+def startupLines(config: Config, environ=os.environ) -> list[str]:
+    """
+    What regproxy says once at start: one line each for the listeners,
+    upstream, resolver, auth mode, users, token issuer and cache (never a
+    secret: an API key or password shows only as given or not).
+    """
+    lines = [f"listening on {description}" for description in config.listen]
+    lines.append(f"metrics on {config.metrics}" if config.metrics else "metrics: off")
+    lines.append(f"upstream: {config.upstream}")
+    if config.auth == "passthrough":
+        lines.append("resolver: none (passthrough)")
+    else:
+        kind = resolverKind(config)
+        where = ""
+        if kind == "balena":
+            where = f" at {config.balena_api or DEFAULT_BALENA_API}, "
+            where += "own API key given" if config.api_token else "no API key"
+        lines.append(f"resolver: {kind}{where}")
+    lines.append(f"auth: {config.auth}")
+    if config.htpasswd:
+        lines.append(f"users: from {config.htpasswd}")
+    else:
+        lines.append("users: the upstream's (no --htpasswd)")
+    if config.auth == "passthrough":
+        lines.append("token issuer: the upstream's")
+    else:
+        lines.append(
+            f"token issuer: {config.token_issuer}, key "
+            f"{_tokenKeySource(config, environ)}, "
+            f"tokens valid {config.token_lifetime:g}s"
+        )
+    lines.append("cache: none")
+    if config.trusted_proxy:
+        lines.append(f"trusted proxies: {', '.join(config.trusted_proxy)}")
+    return lines

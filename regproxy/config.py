@@ -13,6 +13,7 @@ users type, so they are snake_case where the rest of the code is camelCase.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -163,6 +164,37 @@ def parseEndpoint(value: Any) -> str:
             f"not an endpoint description (e.g. tcp:80 or "
             f"tcp:8080:interface=127.0.0.1): {text!r}"
         )
+    return text
+
+
+def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """
+    C{parse}, taking nothing (absent or empty) as L{None}.
+    """
+
+    def parseOptional(value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        return parse(value)
+
+    return parseOptional
+
+
+def parseCIDR(value: Any) -> str:
+    """
+    An IP network (C{10.0.0.0/8}, C{::1}); a bare address is one host.
+    """
+    text = parseText(value)
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError(f"not an IP address or network: {text!r}") from None
+
+
+def parseLogFormat(value: Any) -> str:
+    text = parseText(value)
+    if text not in ("text", "json"):
+        raise ValueError(f"expected text or json, got {text!r}")
     return text
 
 
@@ -402,6 +434,28 @@ class Config:
         "API from JavaScript (repeatable; * for any).",
         repeatable=True,
         metavar="ORIGIN",
+    )
+    metrics: str | None = setting(
+        None,
+        optional(parseEndpoint),
+        "Serve Prometheus metrics on this endpoint of their own, e.g. "
+        "tcp:9100:interface=127.0.0.1 (off by default).",
+        metavar="ENDPOINT",
+    )
+    log_format: str = setting(
+        "text",
+        parseLogFormat,
+        "text (twistd's lines) or json (one JSON object per line on standard output).",
+        metavar="FORMAT",
+    )
+    trusted_proxy: tuple[str, ...] = setting(
+        (),
+        parseCIDR,
+        "A reverse proxy (address or CIDR) whose Forwarded and X-Forwarded-* "
+        "headers are believed for the client address and the public URL "
+        "(repeatable); from any other peer they are ignored.",
+        repeatable=True,
+        metavar="CIDR",
     )
 
 

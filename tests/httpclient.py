@@ -103,6 +103,14 @@ class RawClient:
         parsed = parseResponse(self.transport.value(), head)
         return None if parsed is None else parsed[0]
 
+    def completeResponse(self, head: bool = False) -> RawResponse:
+        """
+        The response, which the test knows is complete by now.
+        """
+        response = self.response(head)
+        assert response is not None, self.transport.value()
+        return response
+
     def responseAfter(
         self, flush: Callable[[], object], head: bool = False, turns: int = 20
     ) -> RawResponse | None:

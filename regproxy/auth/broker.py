@@ -63,6 +63,13 @@ def _allowed(access: Any, needed: Scope) -> bool:
 
 
 def _clientHost(request: Request) -> str:
+    """
+    The client's address: through trusted proxies, the client's own (a
+    proxy in front must not make every client share one budget).
+    """
+    view = getattr(request, "clientView", None)
+    if view is not None:
+        return view.address
     return getattr(request.getClientAddress(), "host", None) or "local"
 
 
@@ -82,7 +89,9 @@ class Broker:
     _verified: OrderedDict[str, tuple[dict[str, Any], float]] = attrs.field(
         factory=OrderedDict
     )
-    #: How many logins were refused for wrong credentials (for metrics).
+    #: How many tokens were signed, and logins refused for wrong
+    #: credentials (read by the metrics).
+    tokensIssued: int = 0
     loginsRefused: int = 0
 
     _log = Logger()
@@ -188,6 +197,7 @@ class Broker:
                 _UPSTREAM_CREDENTIALS,
             )
         granted = self.backend.grant(account, scopes)
+        self.tokensIssued += 1
         return self.issuer.issue(account.name, audience, granted, extra)
 
     def refreshToken(self, credentials: BasicCredentials) -> str:

@@ -166,6 +166,7 @@ class TokenResource(TokenEndpoint):
         scopes: tuple[Scope, ...],
         refresh: str | None,
     ) -> None:
+        request.accountName = account.name  # type: ignore[attr-defined]
         issued = self._broker.issue(account, scopes, firstArgument(request, b"service"))
         body = tokenResponseBody(issued, refresh)
         request.setHeader(b"Content-Type", b"application/json")

@@ -146,7 +146,9 @@ class BrokeredRegistryResource(Resource):
 
     async def _handle(self, request: StreamingRequest) -> None:
         path = _parse(request)
+        request.imageName = path.name
         account = await self._broker.authorize(request, path)
+        request.accountName = account.name
         if path.kind == BASE:
             return _writePing(request)
         assert path.name is not None  # every other kind has one
@@ -157,6 +159,7 @@ class BrokeredRegistryResource(Resource):
             if tags is not None:
                 return writeTags(request, path.name, tags)
         resolution = await self._resolve(path, account)
+        request.upstreamRepository = resolution.repository
         fetch = await self._upstreamFetch(request, path, resolution, account)
         denial = self._denialKey(path, fetch)
         if denial is not None and denial in self.denials:

@@ -26,6 +26,7 @@ from regproxy.names.challenge import (
     parseChallenges,
     serializeChallenges,
 )
+from regproxy.names.reference import InvalidReference, parsePath
 from regproxy.proxy.fetch import (
     HeaderRewriter,
     IRegistryFetcher,
@@ -157,6 +158,16 @@ class TokenPassthroughResource(TokenEndpoint):
         await self._fetcher.deliver(request, response, None, registry=False)
 
 
+def _nameOf(path: bytes) -> str | None:
+    """
+    The repository a passthrough request names (for the log), if any.
+    """
+    try:
+        return parsePath(path).name
+    except InvalidReference:
+        return None
+
+
 class RegistryResource(Resource):
     """
     Everything under C{/v2}: relayed to the upstream byte for byte.
@@ -187,6 +198,7 @@ class RegistryResource(Resource):
 
     async def _forward(self, request: StreamingRequest) -> None:
         public = publicBase(request, self._publicURL)
+        request.imageName = request.upstreamRepository = _nameOf(request.path)
         fetch = UpstreamFetch(
             request.method,
             self._upstream.base + request.uri,

@@ -19,6 +19,7 @@ against the injected clock on each lookup.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -91,6 +92,8 @@ class CoalescingCache:
         self._isMiss = isMiss
         self._entries: LRUCache = LRUCache(maxsize=maxSize)
         self._inFlight: dict[Hashable, list[Deferred]] = {}
+        #: Lookups by outcome (hit, miss, stale, error), for the metrics.
+        self.lookups: Counter[str] = Counter()
 
     def get(
         self,
@@ -107,6 +110,7 @@ class CoalescingCache:
         entry = self._entries.get(key)
         now = self._clock.seconds()
         if entry is not None and now - entry.storedAt < entry.ttl:
+            self.lookups["hit"] += 1
             return succeed(entry.result) if entry.isAnswer else fail(entry.result)
         waiter: Deferred = Deferred()
         waiters = self._inFlight.get(key)
@@ -120,11 +124,13 @@ class CoalescingCache:
     def _settle(self, result: Any, key: Hashable, label: str) -> None:
         waiters = self._inFlight.pop(key, [])
         now = self._clock.seconds()
+        outcome = "miss"
         if not isinstance(result, Failure):
             self._entries[key] = _Entry(result, now, self._ttl)
         elif self._isMiss(result):
             self._entries[key] = _Entry(result, now, self._missTTL)
         else:
+            outcome = "error"
             stale = self._entries.get(key)
             if (
                 stale is not None
@@ -138,6 +144,8 @@ class CoalescingCache:
                     why=getattr(result.value, "message", None) or result.type.__name__,
                 )
                 result = stale.result
+                outcome = "stale"
+        self.lookups[outcome] += len(waiters)
         for waiter in waiters:
             if waiter.called:
                 continue  # cancelled by its caller

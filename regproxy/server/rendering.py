@@ -64,16 +64,6 @@ def errorForFailure(failure: Failure, what: str) -> RegistryError | None:
     return RegistryError(500, "UNKNOWN", "internal error")
 
 
-def _logAbortedUpload(request: Request) -> None:
-    body = getattr(request, "bodyStream", None)
-    _log.info(
-        "{method} {path}: the client aborted its upload after {received}B",
-        method=request.method.decode("latin-1"),
-        path=request.path.decode("latin-1")[:300],
-        received=body.received if body is not None else 0,
-    )
-
-
 def renderLater(
     request: Request,
     coroutine: Coroutine[Any, Any, None],
@@ -89,8 +79,9 @@ def renderLater(
             request, "clientGone", False
         ):
             # The request body could not be sent on because the client
-            # stopped sending it: an ordinary event, not our error.
-            _logAbortedUpload(request)
+            # stopped sending it: an ordinary event, not our error.  The
+            # request's own log line says it was aborted, and after how
+            # many bytes (regproxy.server.site).
             return
         error = errorForFailure(failure, what)
         if error is not None:

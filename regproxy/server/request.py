@@ -147,7 +147,15 @@ class StreamingRequest(Request):
 
     _log = Logger()
     bodyStream: RequestBodyStream | None = None
+    # For the log line (regproxy.server.site), set where each is known: the
+    # upstream's status, the account (a name, never a secret), the name the
+    # client asked for, the upstream repository it became, and the LAN
+    # cache's outcome (hit, miss, coalesced, stale).
     upstreamStatus: int | None = None
+    accountName: str | None = None
+    imageName: str | None = None
+    upstreamRepository: str | None = None
+    cacheOutcome: str | None = None
     # twisted.web's stubs type this as None (its class default); it is the
     # body file once the headers are in.
     content: IO[bytes]  # type: ignore[assignment]

@@ -19,9 +19,11 @@ from twisted.web import http
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from regproxy.metrics import Metrics
 from regproxy.server.cors import CORSPolicy
 from regproxy.server.drain import Connections
 from regproxy.server.errors import errorBody, notFound
+from regproxy.server.forwarded import ClientView, TrustedProxies
 from regproxy.server.request import StreamingRequest
 
 _log = Logger()
@@ -214,15 +216,41 @@ class RegproxyChannel(http.HTTPChannel):
 
 class LoggingRequest(StreamingRequest):
     """
-    Notes when the request started, for the one log line per request.
+    Notes what the one log line per request needs: when the request
+    started, who sent it (through trusted proxies), the account, the name
+    asked for and the repository it became, and the cache outcome.  A
+    request the client cuts off is logged when the connection goes, with
+    the bytes sent until then.  (What the resources set for it, the
+    account, names and cache outcome, is declared on L{StreamingRequest}.)
     """
+
+    aborted = False
+    logged = False
+    inFlight = False
+    _clientView: ClientView | None = None
 
     def __init__(self, channel, *args, **kwargs) -> None:
         super().__init__(channel, *args, **kwargs)
-        reactor = getattr(getattr(channel, "site", None), "reactor", None)
+        self.site = getattr(channel, "site", None)
+        reactor = getattr(self.site, "reactor", None)
         self.startedAt = reactor.seconds() if reactor is not None else None
 
+    @property
+    def clientView(self) -> ClientView:
+        """
+        The client's address and the scheme and host it used, as far as
+        trusted proxies tell (see L{regproxy.server.forwarded}).
+        """
+        if self._clientView is None:
+            trusted = getattr(self.site, "trustedProxies", None) or TrustedProxies()
+            self._clientView = trusted.view(self)
+        return self._clientView
+
     def process(self) -> None:
+        metrics = getattr(self.site, "metrics", None)
+        if metrics is not None and not self.inFlight:
+            self.inFlight = True
+            metrics.inFlight.inc()
         # Site.buildProtocol sets the channel's site; HTTPChannel does not
         # declare it.
         policy = getattr(self.channel.site, "cors", None)  # type: ignore[attr-defined]
@@ -230,11 +258,44 @@ class LoggingRequest(StreamingRequest):
             return
         super().process()
 
+    def connectionLost(self, reason: Failure) -> None:
+        site = self.site
+        # Resolve the client view while the transport is still known.
+        self.clientView  # noqa: B018
+        super().connectionLost(reason)
+        if not self.finished and not self.logged and isinstance(site, RegproxySite):
+            self.aborted = True
+            site.log(self)
+
+
+_TEXT_FORMAT = (
+    "{client} {account} {method} {path} -> {code} {bytes}B {duration:.3f}s"
+    " name={name} repository={repository} upstream={upstream} cache={cache}"
+    "{abortedNote}"
+)
+
+
+def _abortedNote(aborted: bool, received: int) -> str:
+    if not aborted:
+        return ""
+    return f" aborted after {received}B received" if received else " aborted"
+
+
+def _received(request: http.Request) -> int:
+    """
+    The request body bytes that came in (for uploads, which stream).
+    """
+    body = getattr(request, "bodyStream", None)
+    return body.received if body is not None else 0
+
 
 class RegproxySite(Site):
     """
     A L{Site} that streams request bodies, never shows tracebacks and logs
     one line per request without query strings (which may carry secrets).
+
+    @ivar metrics: Counts every request (see L{regproxy.metrics}).
+    @ivar trustedProxies: The peers whose forwarding headers we believe.
     """
 
     # Twisted types this as a factory of its HTTP/2-negotiating wrapper;
@@ -247,17 +308,43 @@ class RegproxySite(Site):
     #: The open connections, for a graceful stop.
     connections: Connections | None = None
     displayTracebacks = False
+    metrics: Metrics | None = None
+    trustedProxies: TrustedProxies | None = None
     _log = Logger()
 
     def log(self, request: http.Request) -> None:
+        if getattr(request, "logged", False):
+            return
+        request.logged = True  # type: ignore[attr-defined]
         started = getattr(request, "startedAt", None)
         duration = self.reactor.seconds() - started if started is not None else 0.0
+        aborted = getattr(request, "aborted", False)
+        # An aborted request's status is what it would have been; 499 (as
+        # nginx logs it) when none was sent.
+        code = request.code if request.startedWriting or not aborted else 499
+        if self.metrics is not None:
+            if getattr(request, "inFlight", False):
+                self.metrics.inFlight.dec()
+            self.metrics.observeRequest(
+                request.method, request.path, code, request.sentLength, duration
+            )
+        view = getattr(request, "clientView", None)
+        received = _received(request)
         self._log.info(
-            "{method} {path} -> {code} {bytes}B {duration:.3f}s upstream={upstream}",
+            _TEXT_FORMAT,
+            regproxy_request=True,
+            client=view.address if view is not None else "-",
+            account=getattr(request, "accountName", None) or "-",
             method=request.method.decode("latin-1"),
             path=request.path.decode("latin-1")[:300],
-            code=request.code,
+            name=getattr(request, "imageName", None) or "-",
+            repository=getattr(request, "upstreamRepository", None) or "-",
+            code=code,
             bytes=request.sentLength,
             duration=duration,
             upstream=getattr(request, "upstreamStatus", None) or "-",
+            cache=getattr(request, "cacheOutcome", None) or "-",
+            aborted=aborted,
+            received=received,
+            abortedNote=_abortedNote(aborted, received),
         )

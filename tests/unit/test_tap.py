@@ -356,6 +356,114 @@ class MakeServiceTests(TapTestCase):
         self.assertNotIn("\n", str(exit.code))
 
 
+class OperationsTests(TapTestCase):
+    """
+    C{--metrics}, C{--log-format} and the start-up lines.
+    """
+
+    def listenersOf(self, top: IService) -> list[StreamServerEndpointService]:
+        return [
+            child
+            for child in cast(MultiService, top)
+            if isinstance(child, StreamServerEndpointService)
+        ]
+
+    def test_metricsListener(self) -> None:
+        """
+        C{--metrics} adds a listener of its own, serving the site's
+        metrics, not the registry.
+        """
+        from regproxy.metrics import MetricsSite
+
+        top = makeService(
+            self.parse(
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--metrics",
+                "tcp:9100:interface=127.0.0.1",
+            )
+        )
+        registry, metrics = self.listenersOf(top)
+        self.assertIsInstance(metrics.factory, MetricsSite)
+        self.assertEqual(metrics.endpoint._port, 9100)
+        self.assertEqual(metrics.endpoint._interface, "127.0.0.1")
+        scraped = metrics.factory.resource._metrics
+        self.assertIs(scraped, registry.factory.metrics)
+
+    def test_metricsOffByDefault(self) -> None:
+        top = makeService(self.parse("--listen", "tcp:0:interface=127.0.0.1"))
+        self.assertEqual(len(self.listenersOf(top)), 1)
+
+    def test_badMetricsEndpoint(self) -> None:
+        exit = self.assertRaises(
+            SystemExit, makeService, self.parse("--metrics", "tcp:notaport")
+        )
+        self.assertIn("--metrics", str(exit.code))
+
+    def test_jsonLogFormat(self) -> None:
+        """
+        With C{--log-format json} the application twistd runs carries a
+        JSON log observer, which twistd starts its log with.
+        """
+        from twisted.application.service import Application
+        from twisted.logger import ILogObserver
+
+        from regproxy.server.logformat import JSONLineObserver
+
+        application = Application("regproxy")
+        top = makeService(self.parse("--log-format", "json", "--listen", "tcp:0"))
+        top.setServiceParent(application)
+        self.assertIsInstance(application.getComponent(ILogObserver), JSONLineObserver)
+
+    def test_textLogByDefault(self) -> None:
+        from twisted.application.service import Application
+        from twisted.logger import ILogObserver
+
+        application = Application("regproxy")
+        makeService(self.parse("--listen", "tcp:0")).setServiceParent(application)
+        self.assertIsNone(application.getComponent(ILogObserver, None))
+
+    def test_badLogFormat(self) -> None:
+        self.assertExitsNaming("--log-format", "--log-format", "xml")
+
+    def test_trustedProxy(self) -> None:
+        options = self.parse(
+            "--trusted-proxy", "10.0.0.1", "--trusted-proxy", "::1/128"
+        )
+        self.assertEqual(options.config.trusted_proxy, ("10.0.0.1/32", "::1/128"))
+        self.assertExitsNaming("--trusted-proxy", "--trusted-proxy", "nginx")
+
+    def test_startupLines(self) -> None:
+        """
+        Start-up says, a line each, what listens, the upstream, resolver,
+        auth mode, users, token issuer and cache, and never the API key.
+        """
+        from regproxy.app import startupLines
+
+        options = self.parse(
+            "--listen",
+            "tcp:8080",
+            "--metrics",
+            "tcp:9100",
+            "--upstream",
+            "https://registry.example",
+            "--balena-api",
+            "https://api.example",
+            "--api-token",
+            "sekrit-key",
+        )
+        lines = startupLines(options.config, {})
+        self.assertEqual(lines[0], "listening on tcp:8080")
+        self.assertEqual(lines[1], "metrics on tcp:9100")
+        self.assertEqual(lines[2], "upstream: https://registry.example")
+        self.assertEqual(
+            lines[3], "resolver: balena at https://api.example, own API key given"
+        )
+        for start in ("auth: broker", "users: ", "token issuer: regproxy", "cache: "):
+            self.assertEqual(len([line for line in lines if line.startswith(start)]), 1)
+        self.assertNotIn("sekrit", "\n".join(lines))
+
+
 class PluginTests(SynchronousTestCase):
     """
     twistd finds the C{regproxy} command.

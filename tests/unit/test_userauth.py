@@ -702,6 +702,30 @@ class FloodTests(SiteTestCase):
         self.runChecks()
         self.assertEqual({self.answer(c).status for c in flood}, {401, 429})
 
+    def test_behindTrustedProxy(self) -> None:
+        """
+        Behind a trusted proxy, budgets are kept per client as the proxy
+        names it, not for the proxy: one client's flood does not throttle
+        another's login through the same proxy.
+        """
+        self.site = self.makeSite(trusted_proxy=("10.9.9.9/32",))
+
+        def viaProxy(user: str, password: str, client: str) -> RawClient:
+            raw = RawClient(self.site, "10.9.9.9")
+            headers = [
+                (b"Authorization", basic(user, password)),
+                (b"X-Forwarded-For", client.encode()),
+            ]
+            raw.request(b"GET", b"/token", headers)
+            self.runChecks()
+            return raw
+
+        for i in range(25):
+            flooding = viaProxy(f"user{i}", "nope", "192.0.2.66")
+        self.assertEqual(self.answer(flooding).status, 429)
+        other = viaProxy("bob", "builder", "198.51.100.7")
+        self.assertEqual(self.answer(other).status, 200)
+
     def test_budgetComesBack(self) -> None:
         """
         A throttled address may try again once its budget refills, on the
