@@ -71,17 +71,22 @@ def openTemporary(root: str) -> tuple[str, int]:
     return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
 
 
-def keep(fd: int, temporary: str, final: str) -> None:
+def keep(fd: int, temporary: str, final: str, durable: bool = True) -> None:
     """
     Make a fill's file an entry: flush it to the disk, then rename it into
     place and flush the directory, so a power cut leaves either no entry or
     a whole one.
+
+    @param durable: Whether to flush (only tests that hammer the store
+        with thousands of fills turn it off).
     """
-    os.fsync(fd)
+    if durable:
+        os.fsync(fd)
     directory = os.path.dirname(final)
     os.makedirs(directory, exist_ok=True)
     os.rename(temporary, final)
-    syncDirectory(directory)
+    if durable:
+        syncDirectory(directory)
 
 
 def syncDirectory(directory: str) -> None:

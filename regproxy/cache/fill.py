@@ -39,6 +39,7 @@ class Keeper(Protocol):
     """
 
     run: Runner
+    durable: bool
 
     def kept(self, download: Download) -> Awaitable[None]:
         """
@@ -145,7 +146,9 @@ class Download:
             return False
         path, fd = self._temporary
         try:
-            await self._keeper.run(files.keep, fd, path, self._final)
+            await self._keeper.run(
+                files.keep, fd, path, self._final, self._keeper.durable
+            )
         except Exception:
             self._log.failure("Keeping {digest}", digest=self.digest)
             self._discard()

@@ -73,6 +73,8 @@ class BlobStore:
     @param diskRunner: Runs blocking disk calls (reads, fsync, rename,
         hashing); a small thread pool when not given.
     @param freeSpace: Free bytes of the filesystem at a path (tests fake it).
+    @param durable: Whether fills are flushed to the disk before they count
+        as kept; only tests turn it off.
     """
 
     _log = Logger()
@@ -87,7 +89,9 @@ class BlobStore:
         protectFor: float = DEFAULT_PROTECT,
         diskRunner: Runner | None = None,
         freeSpace: Callable[[str], int] = _freeSpace,
+        durable: bool = True,
     ) -> None:
+        self.durable = durable
         self.root = root
         self.index = index
         self.maxSize = maxSize
@@ -102,7 +106,7 @@ class BlobStore:
         self._fills: dict[str, Download] = {}
         self._reserved: dict[Download, int] = {}
         self._pinned: set[str] = set()
-        self._evicting: Deferred[None] | None = None
+        self._evicting = False
         self._evictAgain = False
         self._key: bytes | None = None
         files.prepare(root)
@@ -241,11 +245,10 @@ class BlobStore:
         """
         if not self._overLimit():
             return
-        if self._evicting is not None:
+        if self._evicting:
             self._evictAgain = True
             return
-        self._evicting = self.evict()
-        self._evicting.addErrback(lambda f: self._log.failure("Evicting", f))
+        self.evict().addErrback(lambda f: self._log.failure("Evicting", f))
 
     @deferred
     async def evict(self) -> None:
@@ -253,6 +256,10 @@ class BlobStore:
         Evict until the entries and the running fills' reservations fit in
         C{maxSize}: least recently used first, protected entries last.
         """
+        if self._evicting:
+            self._evictAgain = True
+            return
+        self._evicting = True
         try:
             while True:
                 self._evictAgain = False
@@ -261,7 +268,7 @@ class BlobStore:
                 if not self._evictAgain:
                     break
         finally:
-            self._evicting = None
+            self._evicting = False
 
     async def _evictOnce(self) -> None:
         order = await self.index.evictionOrder(self.protectFor, self._pinned)
