@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from regproxy.cache import files
-from regproxy.cache.streaming import SourceFailed, Streamer
+from regproxy.cache.streaming import FOLLOW_READ_SIZE, SourceFailed, Streamer
 from regproxy.cache.threads import Runner, deferred
 
 # How much of a download that is not being kept (too big for the cache, or
@@ -359,4 +359,5 @@ class Fill:
         first, end = (
             (0, self._download.size) if range is None else (range[0], range[1] + 1)
         )
-        return await Streamer(request, self._download.source(), first, end).stream()
+        source = self._download.source()
+        return await Streamer(request, source, first, end, FOLLOW_READ_SIZE).stream()

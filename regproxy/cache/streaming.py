@@ -19,6 +19,10 @@ from zope.interface import implementer
 # of Twisted's 64 KiB, and one send call per read with _sendLarger.
 SERVE_READ_SIZE = 1024 * 1024
 
+# Readers of a fill go no faster than the upstream: smaller reads keep
+# twenty of them on one blob well within the daemon's memory budget.
+FOLLOW_READ_SIZE = 256 * 1024
+
 
 class Source(Protocol):
     """

@@ -115,8 +115,9 @@ class ClientTransport(StringTransport):
 
     def write(self, data: bytes) -> None:
         super().write(data)
-        self.most = max(self.most, len(self.io.getvalue()))
-        if self.limit is not None and len(self.io.getvalue()) > self.limit:
+        waiting = self.io.tell()
+        self.most = max(self.most, waiting)
+        if self.limit is not None and waiting > self.limit:
             if not self.serverPaused and self.producer is not None:
                 self.serverPaused = True
                 self.producer.pauseProducing()
@@ -171,9 +172,14 @@ class Client:
     One client connection asking C{resource} for one body.
     """
 
-    def __init__(self, resource: Resource, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        resource: Resource,
+        limit: int | None = None,
+        transport: ClientTransport | None = None,
+    ) -> None:
         self.site = Site(resource)
-        self.transport = ClientTransport(limit)
+        self.transport = transport or ClientTransport(limit)
         self.protocol = self.site.buildProtocol(self.transport.getPeer())
         self.protocol.makeConnection(self.transport)
         self.protocol.dataReceived(b"GET /blob HTTP/1.1\r\nHost: cache\r\n\r\n")

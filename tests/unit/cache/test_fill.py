@@ -10,7 +10,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.cache.fill import MEMORY_WINDOW
-from regproxy.cache.streaming import SERVE_READ_SIZE, SourceFailed
+from regproxy.cache.streaming import FOLLOW_READ_SIZE, SourceFailed
 from tests.unit.cache.helpers import (
     Client,
     Disk,
@@ -167,7 +167,7 @@ class FillTests(SynchronousTestCase):
         while client.transport.drain():
             pass
         self.assertEqual(client.body(), body)
-        self.assertLessEqual(client.transport.most, 64 * 1024 + SERVE_READ_SIZE + 1024)
+        self.assertLessEqual(client.transport.most, 64 * 1024 + FOLLOW_READ_SIZE + 1024)
 
     def test_rangeFromPartialFile(self) -> None:
         """
