@@ -25,7 +25,12 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from regproxy.cache import files
-from regproxy.cache.streaming import FOLLOW_READ_SIZE, SourceFailed, Streamer
+from regproxy.cache.streaming import (
+    FOLLOW_READ_SIZE,
+    SourceFailed,
+    Streamer,
+    readAt,
+)
 from regproxy.cache.threads import Runner, deferred
 
 # How much of a download that is not being kept (too big for the cache, or
@@ -275,7 +280,7 @@ class _Reader:
     def read(self, offset: int, length: int) -> Deferred[bytes]:
         if self._fd is None:
             return succeed(self._download.readWindow(offset, length))
-        return self._download._keeper.run(os.pread, self._fd, length, offset)
+        return readAt(self._download._keeper.run, self._fd, length, offset)
 
     def release(self) -> None:
         if self._fd is not None:

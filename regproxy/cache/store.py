@@ -20,7 +20,8 @@ from regproxy.cache import files
 from regproxy.cache.eviction import chooseEvictions
 from regproxy.cache.fill import Download, Fill
 from regproxy.cache.index import CacheIndex
-from regproxy.cache.streaming import SourceFailed, Streamer
+from regproxy.cache.sendfile import SendfileStreamer, sendfileTransport
+from regproxy.cache.streaming import SourceFailed, Streamer, readAt
 from regproxy.cache.threads import Runner, deferred, poolRunner, startedPool
 
 DEFAULT_PROTECT = 7 * 24 * 3600.0
@@ -54,7 +55,8 @@ class _EntrySource:
         pass
 
     def read(self, offset: int, length: int) -> Deferred[bytes]:
-        return self._run(os.pread, self._fd, length, offset)
+        assert self._fd is not None
+        return readAt(self._run, self._fd, length, offset)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -73,6 +75,7 @@ class BlobStore:
     @param diskRunner: Runs blocking disk calls (reads, fsync, rename,
         hashing); a small thread pool when not given.
     @param freeSpace: Free bytes of the filesystem at a path (tests fake it).
+    @param zeroCopy: Whether hits on plain TCP go by C{sendfile}.
     @param durable: Whether fills are flushed to the disk before they count
         as kept; only tests turn it off.
     """
@@ -90,8 +93,10 @@ class BlobStore:
         diskRunner: Runner | None = None,
         freeSpace: Callable[[str], int] = _freeSpace,
         durable: bool = True,
+        zeroCopy: bool = True,
     ) -> None:
         self.durable = durable
+        self.zeroCopy = zeroCopy
         self.root = root
         self.index = index
         self.maxSize = maxSize
@@ -175,6 +180,11 @@ class BlobStore:
             raise SourceFailed(f"{digest} is no longer held whole")
         self.index.touch(digest)
         first, end = (0, size) if range is None else (range[0], range[1] + 1)
+        transport = sendfileTransport(request) if self.zeroCopy else None
+        if transport is not None:
+            return await SendfileStreamer(
+                request, transport, fd, first, end, self.run
+            ).stream()
         source = _EntrySource(fd, size, self.run)
         return await Streamer(request, source, first, end).stream()
 

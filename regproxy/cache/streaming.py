@@ -7,13 +7,17 @@ The same loop serves a complete entry and follows a fill's growing file.
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
+
+from regproxy.cache import files
+from regproxy.cache.threads import Runner
 
 # Like the relay's RELAY_READ_SIZE: a sixteenth of the Python calls per byte
 # of Twisted's 64 KiB, and one send call per read with _sendLarger.
@@ -55,6 +59,19 @@ class Source(Protocol):
         """
         This reader is done: close what it holds.
         """
+
+
+def readAt(run: Runner, fd: int, length: int, offset: int) -> Deferred[bytes]:
+    """
+    Read C{length} bytes at C{offset}: at once from the page cache when
+    they are there (the common case for a hit, and always for readers of a
+    fill), else the rest on C{run}'s threads, so a cold disk never blocks
+    the reactor.
+    """
+    data = files.readCached(fd, length, offset)
+    if data is not None:
+        return succeed(data)
+    return run(os.pread, fd, length, offset)
 
 
 class SourceFailed(Exception):
@@ -170,6 +187,6 @@ class Streamer:
                     await self._paused
         finally:
             self._source.release()
-            if not self._gone:
+            if not getattr(self._request, "_disconnected", False):
                 self._request.unregisterProducer()
         return sent

@@ -178,7 +178,7 @@ class Client:
         limit: int | None = None,
         transport: ClientTransport | None = None,
     ) -> None:
-        self.site = Site(resource)
+        self.site = Site(resource, timeout=None)
         self.transport = transport or ClientTransport(limit)
         self.protocol = self.site.buildProtocol(self.transport.getPeer())
         self.protocol.makeConnection(self.transport)

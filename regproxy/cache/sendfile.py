@@ -1,0 +1,170 @@
+# -*- test-case-name: tests.unit.cache.test_sendfile -*-
+"""
+Serving a hit with C{sendfile(2)}: the kernel moves the file's pages to the
+client's socket, and Python touches no byte of the body.
+
+Only for a plain TCP connection (never TLS) and a response whose length is
+set (so no chunked framing goes around the body).  Every call happens on
+the reactor thread, between reactor turns, so the socket is never written
+by anything else meanwhile and never closed under us; the wait for the
+socket to drain uses the transport's own producer hand-shake: we tell the
+transport its producer is paused and ask it to write, and it resumes us
+when the kernel can take more.  A chunk not in the page cache is read on a
+thread instead, so a cold disk never blocks the reactor.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from regproxy.cache import files
+from regproxy.cache.streaming import SERVE_READ_SIZE, SourceFailed
+from regproxy.cache.threads import Runner
+
+# At most this much per sendfile call, so one client cannot hold the
+# reactor for long; the socket's buffer usually takes less anyway.
+SENDFILE_TURN = 4 * 1024 * 1024
+
+
+def sendfileTransport(request: Request) -> tcp.Connection | None:
+    """
+    The TCP connection under C{request} when its body can go by
+    C{sendfile}, else L{None}.
+    """
+    transport = getattr(request.channel, "transport", None)
+    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
+        return None
+    if not hasattr(os, "sendfile") or request.method == b"HEAD":
+        return None
+    if not request.responseHeaders.hasHeader(b"content-length"):
+        return None
+    return transport
+
+
+def _drained(transport: tcp.Connection) -> bool:
+    return not transport._tempDataLen and transport.offset == len(transport.dataBuffer)
+
+
+@implementer(IPushProducer)
+class SendfileStreamer:
+    """
+    Sends C{fd}'s bytes C{start} to C{end} to C{request} over C{transport}.
+    """
+
+    def __init__(
+        self,
+        request: Request,
+        transport: tcp.Connection,
+        fd: int,
+        start: int,
+        end: int,
+        run: Runner,
+    ) -> None:
+        self._request = request
+        self._transport = transport
+        self._fd = fd
+        self._offset = start
+        self._end = end
+        self._run = run
+        self._gone = False
+        self._resumed: Deferred[None] | None = None
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self._clientGone(None)
+
+    def _clientGone(self, reason: Failure | None) -> None:
+        self._gone = True
+        self.resumeProducing()
+
+    def _open(self) -> bool:
+        return (
+            not self._gone
+            and bool(self._transport.connected)
+            and not (self._transport.disconnecting)
+        )
+
+    async def _writable(self) -> None:
+        """
+        Wait until the transport's buffer is empty and the socket can take
+        more (or the client went away).
+        """
+        resumed: Deferred[None] = Deferred()
+        self._resumed = resumed
+        self._transport.producerPaused = True
+        self._transport.startWriting()
+        await resumed
+
+    async def _sendCold(self) -> None:
+        """
+        Send the next chunk the ordinary way, read on a thread: its pages
+        are not in memory, and sendfile would block the reactor on the disk.
+        """
+        length = min(SERVE_READ_SIZE, self._end - self._offset)
+        data = await self._run(os.pread, self._fd, length, self._offset)
+        if len(data) != length:
+            raise SourceFailed("the file is shorter than it should be")
+        if self._open():
+            self._request.write(data)
+            self._offset += length
+
+    def _sendSome(self) -> bool:
+        """
+        One sendfile call; whether the socket took anything.
+        """
+        count = min(SENDFILE_TURN, self._end - self._offset)
+        try:
+            sent = os.sendfile(self._transport.fileno(), self._fd, self._offset, count)
+        except BlockingIOError:
+            return False
+        except OSError:
+            # The client went away; the reactor will see it too.
+            self._gone = True
+            return False
+        if sent == 0:
+            raise SourceFailed("the file is shorter than it should be")
+        self._offset += sent
+        self._request.sentLength += sent
+        resetTimeout = getattr(self._request.channel, "resetTimeout", None)
+        if resetTimeout is not None:
+            resetTimeout()
+        return True
+
+    async def stream(self) -> int:
+        """
+        Send the bytes; fires with how many were sent.
+        """
+        start = self._offset
+        self._request.notifyFinish().addErrback(self._clientGone)
+        self._request.registerProducer(self, True)
+        self._request.write(b"")
+        try:
+            while self._offset < self._end and self._open():
+                if not _drained(self._transport):
+                    await self._writable()
+                    continue
+                last = min(self._end, self._offset + SENDFILE_TURN) - 1
+                if files.readCached(self._fd, 1, last) is None:
+                    await self._sendCold()
+                    continue
+                self._sendSome()
+                await self._writable()
+        finally:
+            os.close(self._fd)
+            if not getattr(self._request, "_disconnected", False):
+                self._request.unregisterProducer()
+        return self._offset - start
