@@ -25,12 +25,8 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from regproxy.cache import files
-from regproxy.cache.streaming import (
-    FOLLOW_READ_SIZE,
-    SourceFailed,
-    Streamer,
-    readAt,
-)
+from regproxy.cache.sendfile import stream
+from regproxy.cache.streaming import FOLLOW_READ_SIZE, SourceFailed, readAt
 from regproxy.cache.threads import Runner, deferred
 
 # How much of a download that is not being kept (too big for the cache, or
@@ -45,6 +41,7 @@ class Keeper(Protocol):
 
     run: Runner
     durable: bool
+    zeroCopy: bool
 
     def kept(self, download: Download) -> Awaitable[None]:
         """
@@ -282,6 +279,9 @@ class _Reader:
             return succeed(self._download.readWindow(offset, length))
         return readAt(self._download._keeper.run, self._fd, length, offset)
 
+    def fileno(self) -> int | None:
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -364,5 +364,13 @@ class Fill:
         first, end = (
             (0, self._download.size) if range is None else (range[0], range[1] + 1)
         )
-        source = self._download.source()
-        return await Streamer(request, source, first, end, FOLLOW_READ_SIZE).stream()
+        download = self._download
+        return await stream(
+            request,
+            download.source(),
+            first,
+            end,
+            download._keeper.run,
+            download._keeper.zeroCopy,
+            FOLLOW_READ_SIZE,
+        )

@@ -25,7 +25,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from regproxy.cache import files
-from regproxy.cache.streaming import SERVE_READ_SIZE, SourceFailed
+from regproxy.cache.streaming import SERVE_READ_SIZE, Source, SourceFailed, Streamer
 from regproxy.cache.threads import Runner
 
 # At most this much per sendfile call, so one client cannot hold the
@@ -55,41 +55,49 @@ def _drained(transport: tcp.Connection) -> bool:
 @implementer(IPushProducer)
 class SendfileStreamer:
     """
-    Sends C{fd}'s bytes C{start} to C{end} to C{request} over C{transport}.
+    Sends C{source}'s bytes C{start} to C{end} (L{None}: to its end,
+    whenever that comes) to C{request} over C{transport}; a fill's growing
+    file is followed as L{regproxy.cache.streaming.Streamer} follows it.
     """
 
     def __init__(
         self,
         request: Request,
         transport: tcp.Connection,
-        fd: int,
+        source: Source,
         start: int,
-        end: int,
+        end: int | None,
         run: Runner,
     ) -> None:
+        fd = source.fileno()
+        assert fd is not None
         self._request = request
         self._transport = transport
+        self._source = source
         self._fd = fd
         self._offset = start
         self._end = end
         self._run = run
         self._gone = False
-        self._resumed: Deferred[None] | None = None
+        self._waiting: Deferred[None] | None = None
 
     def pauseProducing(self) -> None:
         pass
 
     def resumeProducing(self) -> None:
-        resumed, self._resumed = self._resumed, None
-        if resumed is not None:
-            resumed.callback(None)
+        self._wake(None)
 
     def stopProducing(self) -> None:
         self._clientGone(None)
 
     def _clientGone(self, reason: Failure | None) -> None:
         self._gone = True
-        self.resumeProducing()
+        self._wake(None)
+
+    def _wake(self, _: object) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
 
     def _open(self) -> bool:
         return (
@@ -103,18 +111,27 @@ class SendfileStreamer:
         Wait until the transport's buffer is empty and the socket can take
         more (or the client went away).
         """
-        resumed: Deferred[None] = Deferred()
-        self._resumed = resumed
+        waiting: Deferred[None] = Deferred()
+        self._waiting = waiting
         self._transport.producerPaused = True
         self._transport.startWriting()
-        await resumed
+        await waiting
 
-    async def _sendCold(self) -> None:
+    async def _more(self) -> None:
+        """
+        Wait for the source to grow (or the client to go away).
+        """
+        waiting: Deferred[None] = Deferred()
+        self._waiting = waiting
+        self._source.whenMore().addCallback(self._wake)
+        await waiting
+
+    async def _sendCold(self, available: int) -> None:
         """
         Send the next chunk the ordinary way, read on a thread: its pages
         are not in memory, and sendfile would block the reactor on the disk.
         """
-        length = min(SERVE_READ_SIZE, self._end - self._offset)
+        length = min(SERVE_READ_SIZE, available - self._offset)
         data = await self._run(os.pread, self._fd, length, self._offset)
         if len(data) != length:
             raise SourceFailed("the file is shorter than it should be")
@@ -122,19 +139,16 @@ class SendfileStreamer:
             self._request.write(data)
             self._offset += length
 
-    def _sendSome(self) -> bool:
-        """
-        One sendfile call; whether the socket took anything.
-        """
-        count = min(SENDFILE_TURN, self._end - self._offset)
+    def _sendSome(self, available: int) -> None:
+        count = min(SENDFILE_TURN, available - self._offset)
         try:
             sent = os.sendfile(self._transport.fileno(), self._fd, self._offset, count)
         except BlockingIOError:
-            return False
+            return
         except OSError:
             # The client went away; the reactor will see it too.
             self._gone = True
-            return False
+            return
         if sent == 0:
             raise SourceFailed("the file is shorter than it should be")
         self._offset += sent
@@ -142,7 +156,20 @@ class SendfileStreamer:
         resetTimeout = getattr(self._request.channel, "resetTimeout", None)
         if resetTimeout is not None:
             resetTimeout()
-        return True
+
+    def _available(self) -> int | None:
+        """
+        How far we may send now; L{None} when everything has been sent.
+        """
+        self._source.check()
+        available = self._source.available()
+        if self._end is not None:
+            available = min(available, self._end)
+        if available <= self._offset and self._source.complete():
+            if self._end is None or self._offset >= self._end:
+                return None
+            raise SourceFailed("the bytes end before the range asked for")
+        return available
 
     async def stream(self) -> int:
         """
@@ -153,18 +180,42 @@ class SendfileStreamer:
         self._request.registerProducer(self, True)
         self._request.write(b"")
         try:
-            while self._offset < self._end and self._open():
-                if not _drained(self._transport):
+            while self._open():
+                available = self._available()
+                if available is None:
+                    break
+                if available <= self._offset:
+                    await self._more()
+                elif not _drained(self._transport):
                     await self._writable()
-                    continue
-                last = min(self._end, self._offset + SENDFILE_TURN) - 1
-                if files.readCached(self._fd, 1, last) is None:
-                    await self._sendCold()
-                    continue
-                self._sendSome()
-                await self._writable()
+                elif files.readCached(self._fd, 1, available - 1) is None:
+                    await self._sendCold(available)
+                else:
+                    self._sendSome(available)
+                    await self._writable()
         finally:
-            os.close(self._fd)
+            self._source.release()
             if not getattr(self._request, "_disconnected", False):
                 self._request.unregisterProducer()
         return self._offset - start
+
+
+async def stream(
+    request: Request,
+    source: Source,
+    start: int,
+    end: int | None,
+    run: Runner,
+    zeroCopy: bool = True,
+    readSize: int = SERVE_READ_SIZE,
+) -> int:
+    """
+    Send C{source} to C{request} by sendfile where the connection allows,
+    else by reads of C{readSize}; fires with the bytes sent.
+    """
+    transport = sendfileTransport(request) if zeroCopy else None
+    if transport is not None and source.fileno() is not None:
+        return await SendfileStreamer(
+            request, transport, source, start, end, run
+        ).stream()
+    return await Streamer(request, source, start, end, readSize).stream()

@@ -20,8 +20,8 @@ from regproxy.cache import files
 from regproxy.cache.eviction import chooseEvictions
 from regproxy.cache.fill import Download, Fill
 from regproxy.cache.index import CacheIndex
-from regproxy.cache.sendfile import SendfileStreamer, sendfileTransport
-from regproxy.cache.streaming import SourceFailed, Streamer, readAt
+from regproxy.cache.sendfile import stream
+from regproxy.cache.streaming import SourceFailed, readAt
 from regproxy.cache.threads import Runner, deferred, poolRunner, startedPool
 
 DEFAULT_PROTECT = 7 * 24 * 3600.0
@@ -57,6 +57,9 @@ class _EntrySource:
     def read(self, offset: int, length: int) -> Deferred[bytes]:
         assert self._fd is not None
         return readAt(self._run, self._fd, length, offset)
+
+    def fileno(self) -> int | None:
+        return self._fd
 
     def release(self) -> None:
         if self._fd is not None:
@@ -180,13 +183,8 @@ class BlobStore:
             raise SourceFailed(f"{digest} is no longer held whole")
         self.index.touch(digest)
         first, end = (0, size) if range is None else (range[0], range[1] + 1)
-        transport = sendfileTransport(request) if self.zeroCopy else None
-        if transport is not None:
-            return await SendfileStreamer(
-                request, transport, fd, first, end, self.run
-            ).stream()
         source = _EntrySource(fd, size, self.run)
-        return await Streamer(request, source, first, end).stream()
+        return await stream(request, source, first, end, self.run, self.zeroCopy)
 
     # Filling.
 

@@ -55,6 +55,11 @@ class Source(Protocol):
 
     def read(self, offset: int, length: int) -> Deferred[bytes]: ...
 
+    def fileno(self) -> int | None:
+        """
+        The file the bytes are in, for sendfile; L{None} when in memory.
+        """
+
     def release(self) -> None:
         """
         This reader is done: close what it holds.

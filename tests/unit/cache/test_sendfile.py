@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
 from regproxy.cache import files, sendfile
-from tests.unit.cache.helpers import MiB, ServeResource, keep, makeStore
+from tests.unit.cache.helpers import MiB, ServeResource, digestOf, keep, makeStore
 
 BODY = os.urandom(12 * MiB + 3)
 
@@ -48,7 +48,12 @@ class Reader(Protocol):
         self.done.callback(self.data.partition(b"\r\n\r\n")[2])
 
 
-class SendfileTests(TestCase):
+class LoopbackMixin:
+    """
+    A store holding L{BODY}, served on a loopback port, counting sendfile
+    calls.
+    """
+
     def setUp(self) -> None:
         self.store = makeStore(self, reactor=None)
         self.digest = keep(self.store, BODY)
@@ -71,6 +76,8 @@ class SendfileTests(TestCase):
         await connectProtocol(endpoint, reader)
         return await reader.done
 
+
+class SendfileTests(LoopbackMixin, TestCase):
     async def test_cachedBySendfile(self) -> None:
         """
         A hit whose pages are cached goes out by sendfile, whole.
@@ -118,3 +125,47 @@ class SendfileTests(TestCase):
         self.addCleanup(client.disconnect)
         self.assertEqual(client.body(), BODY)
         self.assertEqual(self.calls, 0)
+
+
+class SendfileFillTests(LoopbackMixin, TestCase):
+    """
+    Readers of a fill on plain TCP follow the growing file by sendfile too.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.digest = digestOf(BODY + b"!")
+        self.fill = self.store.fill(self.digest, len(BODY))
+        self.resource.serve = self.fill.serveTo
+
+    async def writeSlowly(self, body: bytes) -> None:
+        for offset in range(0, len(body), MiB):
+            self.fill.write(body[offset : offset + MiB])
+            d: Deferred[None] = Deferred()
+            reactor.callLater(0, d.callback, None)
+            await d
+
+    async def test_followedBySendfile(self) -> None:
+        """
+        A reader gets every byte of the fill as it arrives, by sendfile.
+        """
+        self.digest = digestOf(BODY)
+        self.fill = self.store.fill(self.digest, len(BODY))
+        self.resource.serve = self.fill.serveTo
+        reading = Deferred.fromCoroutine(self.fetch(Reader()))
+        await self.writeSlowly(BODY)
+        self.assertTrue(await self.fill.finish())
+        self.assertEqual(await reading, BODY)
+        self.assertGreater(self.calls, 0)
+
+    async def test_badDigest(self) -> None:
+        """
+        Bytes that do not match their digest never reach the reader whole.
+        """
+        reading = Deferred.fromCoroutine(self.fetch(Reader()))
+        await self.writeSlowly(BODY)
+        self.assertFalse(await self.fill.finish())
+        body = await reading
+        self.assertEqual(body, BODY[: len(body)])
+        self.assertLess(len(body), len(BODY))
+        self.assertGreater(self.calls, 0)
