@@ -26,7 +26,12 @@ from twisted.web.server import Request
 
 from regproxy.cache import files
 from regproxy.cache.sendfile import stream
-from regproxy.cache.streaming import FOLLOW_READ_SIZE, SourceFailed, readAt
+from regproxy.cache.streaming import (
+    FOLLOW_READ_SIZE,
+    FileHandle,
+    SourceFailed,
+    readAt,
+)
 from regproxy.cache.threads import Runner, deferred
 
 # How much of a download that is not being kept (too big for the cache, or
@@ -251,14 +256,14 @@ class Download:
         return b"".join(pieces)
 
 
-class _Reader:
+class _Reader(FileHandle):
     """
     One reader's view of a L{Download}, as a L{regproxy.cache.streaming.Source}.
     """
 
     def __init__(self, download: Download, fd: int | None) -> None:
+        super().__init__(fd)
         self._download = download
-        self._fd = fd
 
     def available(self) -> int:
         return self._download.readable()
@@ -278,14 +283,6 @@ class _Reader:
         if self._fd is None:
             return succeed(self._download.readWindow(offset, length))
         return readAt(self._download._keeper.run, self._fd, length, offset)
-
-    def fileno(self) -> int | None:
-        return self._fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class Fill:

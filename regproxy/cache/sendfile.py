@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+import attrs
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -53,33 +54,28 @@ def _drained(transport: tcp.Connection) -> bool:
 
 
 @implementer(IPushProducer)
+@attrs.define(eq=False)
 class SendfileStreamer:
     """
-    Sends C{source}'s bytes C{start} to C{end} (L{None}: to its end,
+    Sends C{source}'s bytes C{offset} to C{end} (L{None}: to its end,
     whenever that comes) to C{request} over C{transport}; a fill's growing
     file is followed as L{regproxy.cache.streaming.Streamer} follows it.
     """
 
-    def __init__(
-        self,
-        request: Request,
-        transport: tcp.Connection,
-        source: Source,
-        start: int,
-        end: int | None,
-        run: Runner,
-    ) -> None:
-        fd = source.fileno()
+    _request: Request
+    _transport: tcp.Connection
+    _source: Source
+    _offset: int
+    _end: int | None
+    _run: Runner
+    _fd: int = attrs.field(init=False)
+    _gone: bool = attrs.field(init=False, default=False)
+    _waiting: Deferred[None] | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        fd = self._source.fileno()
         assert fd is not None
-        self._request = request
-        self._transport = transport
-        self._source = source
         self._fd = fd
-        self._offset = start
-        self._end = end
-        self._run = run
-        self._gone = False
-        self._waiting: Deferred[None] | None = None
 
     def pauseProducing(self) -> None:
         pass

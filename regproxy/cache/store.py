@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web.server import Request
@@ -21,24 +22,24 @@ from regproxy.cache.eviction import chooseEvictions
 from regproxy.cache.fill import Download, Fill
 from regproxy.cache.index import CacheIndex
 from regproxy.cache.sendfile import stream
-from regproxy.cache.streaming import SourceFailed, readAt
+from regproxy.cache.streaming import FileHandle, SourceFailed, readAt
 from regproxy.cache.threads import Runner, deferred, poolRunner, startedPool
 
 DEFAULT_PROTECT = 7 * 24 * 3600.0
 
 
-def _freeSpace(path: str) -> int:
+def filesystemFree(path: str) -> int:
     stat = os.statvfs(path)
     return stat.f_bavail * stat.f_frsize
 
 
-class _EntrySource:
+class _EntrySource(FileHandle):
     """
     A complete entry, as a L{regproxy.cache.streaming.Source}.
     """
 
     def __init__(self, fd: int, size: int, run: Runner) -> None:
-        self._fd: int | None = fd
+        super().__init__(fd)
         self._size = size
         self._run = run
 
@@ -58,15 +59,8 @@ class _EntrySource:
         assert self._fd is not None
         return readAt(self._run, self._fd, length, offset)
 
-    def fileno(self) -> int | None:
-        return self._fd
 
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
+@attrs.define(eq=False)
 class BlobStore:
     """
     Blobs and manifests by digest under C{root}/blobs.
@@ -85,39 +79,31 @@ class BlobStore:
 
     _log = Logger()
 
-    def __init__(
-        self,
-        root: str,
-        index: CacheIndex,
-        reactor: Any,
-        maxSize: int,
-        minFree: int,
-        protectFor: float = DEFAULT_PROTECT,
-        diskRunner: Runner | None = None,
-        freeSpace: Callable[[str], int] = _freeSpace,
-        durable: bool = True,
-        zeroCopy: bool = True,
-    ) -> None:
-        self.durable = durable
-        self.zeroCopy = zeroCopy
-        self.root = root
-        self.index = index
-        self.maxSize = maxSize
-        self.minFree = minFree
-        self.protectFor = protectFor
-        if diskRunner is None:
-            diskRunner = poolRunner(
-                reactor, startedPool(reactor, "regproxy-cache-disk", 2)
-            )
-        self.run = diskRunner
-        self._freeSpace = freeSpace
-        self._fills: dict[str, Download] = {}
-        self._reserved: dict[Download, int] = {}
-        self._pinned: set[str] = set()
-        self._evicting = False
-        self._evictAgain = False
-        self._key: bytes | None = None
-        files.prepare(root)
+    root: str
+    index: CacheIndex
+    reactor: Any
+    maxSize: int
+    minFree: int
+    protectFor: float = DEFAULT_PROTECT
+    diskRunner: Runner | None = None
+    _freeSpace: Callable[[str], int] = filesystemFree
+    durable: bool = True
+    zeroCopy: bool = True
+    run: Runner = attrs.field(init=False)
+    _fills: dict[str, Download] = attrs.field(init=False, factory=dict)
+    _reserved: dict[Download, int] = attrs.field(init=False, factory=dict)
+    _pinned: set[str] = attrs.field(init=False, factory=set)
+    _evicting: bool = attrs.field(init=False, default=False)
+    _evictAgain: bool = attrs.field(init=False, default=False)
+    _key: bytes | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.diskRunner is None:
+            pool = startedPool(self.reactor, "regproxy-cache-disk", 2)
+            self.run = poolRunner(self.reactor, pool)
+        else:
+            self.run = self.diskRunner
+        files.prepare(self.root)
 
     @property
     def counters(self) -> Any:

@@ -79,6 +79,23 @@ def readAt(run: Runner, fd: int, length: int, offset: int) -> Deferred[bytes]:
     return run(os.pread, fd, length, offset)
 
 
+class FileHandle:
+    """
+    A reader's own descriptor on a cache file, closed when it is done.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int | None:
+        return self._fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class SourceFailed(Exception):
     """
     The bytes could not be sent whole (the fill broke off or did not match
