@@ -10,6 +10,7 @@ keeping them (each run off the reactor thread by the store).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import os
@@ -53,22 +54,38 @@ def tempDirectory(root: str) -> str:
 def prepare(root: str) -> None:
     """
     Make the store's directories and remove what a crash left of fills in
-    progress: a temporary file is never an entry.
+    progress: a temporary file is never an entry.  A running fill holds a
+    lock on its file, so a second process on the same directory
+    (C{regproxy cache verify} beside the daemon) leaves it alone.
     """
     temp = tempDirectory(root)
     os.makedirs(temp, exist_ok=True)
     os.makedirs(os.path.join(root, "blobs"), exist_ok=True)
     for name in os.listdir(temp):
-        os.unlink(os.path.join(temp, name))
+        path = os.path.join(temp, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        else:
+            removeFile(path)
+        finally:
+            os.close(fd)
 
 
 def openTemporary(root: str) -> tuple[str, int]:
     """
     A new temporary file for a fill: (path, descriptor open for reading and
-    writing).
+    writing, holding the lock that marks it as in progress).
     """
     path = os.path.join(tempDirectory(root), secrets.token_hex(16))
-    return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return path, fd
 
 
 def keep(fd: int, temporary: str, final: str, durable: bool = True) -> None:

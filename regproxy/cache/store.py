@@ -60,6 +60,10 @@ class _EntrySource(FileHandle):
         return readAt(self._run, self._fd, length, offset)
 
 
+# For callers that hold the key themselves (see CACHE_API.md).
+credentialFingerprint = files.credentialFingerprint
+
+
 @attrs.define(eq=False)
 class BlobStore:
     """
@@ -303,7 +307,8 @@ class BlobStore:
         """
         Re-hash every entry, and every entry file the index does not know
         (left by a crash after the rename); drop what is wrong, adopt what
-        is right.  Fires with (checked, dropped).
+        is right.  Fires with (checked, dropped).  Evicts nothing: the
+        command runs it on a store opened without a size.
         """
         checked = dropped = 0
         known = await self.index.entries()
@@ -328,7 +333,6 @@ class BlobStore:
             else:
                 await self.run(files.removeFile, self._path(digest))
                 dropped += 1
-        self._makeRoom()
         return checked, dropped
 
     def _isWhole(self, digest: str, size: int) -> bool:

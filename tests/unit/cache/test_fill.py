@@ -238,9 +238,24 @@ class FillTests(SynchronousTestCase):
         fill = self.store.fill(self.digest, len(BODY))
         fill.write(BODY[:-1])
         self.assertEqual(len(self.temporaryFiles()), 1)
+        # The process dies: its descriptor (and the lock on it) goes.
+        os.close(fill._download._temporary[1])
         store = makeStore(self, directory=self.store.root)
         self.assertEqual(os.listdir(os.path.join(store.root, "tmp")), [])
         self.assertIsNone(self.successResultOf(store.lookup(self.digest)))
+
+    def test_secondProcessLeavesRunningFillsAlone(self) -> None:
+        """
+        A store opened on the same directory while a fill runs (as
+        C{regproxy cache verify} beside the daemon) keeps its file: the fill
+        is still kept.
+        """
+        fill = self.store.fill(self.digest, len(BODY))
+        fill.write(BODY[:100])
+        makeStore(self, directory=self.store.root)
+        self.assertEqual(len(self.temporaryFiles()), 1)
+        fill.write(BODY[100:])
+        self.assertTrue(self.successResultOf(fill.finish()))
 
     def test_linkWhenKept(self) -> None:
         """

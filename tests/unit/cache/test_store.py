@@ -158,6 +158,17 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(self.store.counters.entries, 2)
         self.assertEqual(self.successResultOf(self.store.verifyAll()), (2, 0))
 
+    def test_verifyWithoutSizeEvictsNothing(self) -> None:
+        """
+        C{regproxy cache verify} opens the store with no size; checking
+        evicts nothing.
+        """
+        self.store.maxSize = 0
+        self.assertEqual(self.successResultOf(self.store.verifyAll()), (1, 0))
+        self.assertEqual(
+            self.successResultOf(self.store.lookup(self.digest)), len(BODY)
+        )
+
     def test_surviveRestart(self) -> None:
         """
         A new store and index on the same directory find the entry.
