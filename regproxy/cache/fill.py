@@ -53,6 +53,11 @@ class Keeper(Protocol):
         The download is now an entry: index it and link it.
         """
 
+    def grow(self, download: Download, size: int) -> bool:
+        """
+        Reserve C{size} more bytes for C{download}; whether they fit.
+        """
+
     def ended(self, download: Download) -> None:
         """
         The download is over (kept or not): release what it reserved.
@@ -117,6 +122,10 @@ class Download:
         if self.size is not None and self.written > self.size:
             self.fail(Failure(SourceFailed("the upstream sent more than its length")))
             return
+        if self.keeping and self.size is None:
+            # No length to reserve up front: reserve as it comes, and stop
+            # keeping (the file still serves its readers) once it cannot fit.
+            self.keeping = self._keeper.grow(self, len(data))
         self._wake()
 
     def _remember(self, data: bytes) -> None:
@@ -239,8 +248,17 @@ class Download:
         A new reader; it holds its own descriptor on the file, so it can
         finish after the file is renamed or removed.
         """
-        fd = None if self._temporary is None else os.dup(self._temporary[1])
-        return _Reader(self, fd)
+        if self._temporary is not None:
+            return _Reader(self, os.dup(self._temporary[1]))
+        if not self.over:
+            return _Reader(self, None)
+        if self.verified and self.keeping:
+            # Renamed into place already: read the entry.
+            try:
+                return _Reader(self, os.open(self._final, os.O_RDONLY))
+            except FileNotFoundError:
+                pass
+        raise SourceFailed("this download is over and its bytes are not held")
 
     def readWindow(self, offset: int, length: int) -> bytes:
         if offset < self._windowStart:

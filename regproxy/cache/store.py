@@ -217,6 +217,16 @@ class BlobStore:
             await self.index.link(upstream, repository, download.digest)
         self._makeRoom()
 
+    def grow(self, download: Download, size: int) -> bool:
+        reserved = self._reserved.get(download, 0) + size
+        others = sum(self._reserved.values()) - self._reserved.get(download, 0)
+        if reserved > self.maxSize - others:
+            self._reserved.pop(download, None)
+            return False
+        self._reserved[download] = reserved
+        self._makeRoom()
+        return True
+
     def ended(self, download: Download) -> None:
         self._reserved.pop(download, None)
         if self._fills.get(download.digest) is download:

@@ -70,6 +70,35 @@ class FillTests(SynchronousTestCase):
         self.assertFalse(again.existing)
         again.fail()
 
+    def test_joinAfterKept(self) -> None:
+        """
+        A reader that comes after the fill was kept reads the entry.
+        """
+        fill = self.store.fill(self.digest, len(BODY))
+        fill.write(BODY)
+        self.assertTrue(self.successResultOf(fill.finish()))
+        client, resource = self.follow(fill)
+        self.assertEqual(client.body(), BODY)
+        self.assertEqual(resource.outcomes, [len(BODY)])
+
+    def test_unknownSizeReservedAsItComes(self) -> None:
+        """
+        A fill without a length reserves room as its bytes arrive, and is
+        not kept once they cannot fit; its readers still get them all.
+        """
+        self.store.maxSize = len(BODY) // 2
+        fill = self.store.fill(self.digest, None)
+        self.assertTrue(fill.keeping)
+        client, _ = self.follow(fill)
+        fill.write(BODY[: len(BODY) // 4])
+        self.assertTrue(fill.keeping)
+        fill.write(BODY[len(BODY) // 4 :])
+        self.assertFalse(fill.keeping)
+        self.assertFalse(self.successResultOf(fill.finish()))
+        self.assertEqual(client.body(), BODY)
+        self.assertEqual(self.temporaryFiles(), [])
+        self.assertEqual(self.store._reserved, {})
+
     def test_readerWaitsWithoutPolling(self) -> None:
         """
         A reader that has caught up schedules nothing: it waits for the next
