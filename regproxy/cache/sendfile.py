@@ -188,7 +188,8 @@ class SendfileStreamer:
                     await self._sendCold(available)
                 else:
                     self._sendSome(available)
-                    await self._writable()
+                    if self._end is None or self._offset < self._end:
+                        await self._writable()
         finally:
             self._source.release()
             if not getattr(self._request, "_disconnected", False):
