@@ -22,7 +22,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, readBody
 from twisted.web.http_headers import Headers
 
-from regproxy.tls.certificates import SubjectNames, generateSelfSigned
+from regproxy.tls.hostnames import SubjectNames
+from regproxy.tls.selfsigned import generateSelfSigned
 
 from .proxy import startProxy
 
