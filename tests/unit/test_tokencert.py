@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -63,8 +64,10 @@ class GenTokenAuthCertTests(SynchronousTestCase):
         issuer = loadIssuer(
             "api.example.com", self.path("pem"), self.path("crt"), clock
         )
+        publicKey = issuer.chain[0].public_key()
+        assert isinstance(publicKey, ec.EllipticCurvePublicKey)
         verifier = TokenVerifier.forKeys(
-            "api.example.com", "registry", [issuer.chain[0].public_key()], clock
+            "api.example.com", "registry", [publicKey], clock
         )
         self.assertEqual(
             verifier.verify(issuer.issue("a", "registry").token)["sub"], "a"
