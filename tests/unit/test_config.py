@@ -18,9 +18,8 @@ from regproxy.config import (
     ConfigError,
     loadConfig,
     optionName,
-    parseHTTPURL,
-    parsePositiveFloat,
 )
+from regproxy.names.settingvalues import parseHTTPURL, parsePositiveFloat
 from regproxy.testing.strategies import httpURLs, tomlValues, toTOML
 
 _examples = settings(max_examples=200, deadline=None)
