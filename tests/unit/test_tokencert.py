@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -20,6 +19,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from regproxy.auth.jwt import TokenVerifier, loadIssuer
 from regproxy.auth.libtrust import keyID
 from regproxy.commands.tokencert import main
+
+from .test_tokens import ecKey
 
 
 class GenTokenAuthCertTests(SynchronousTestCase):
@@ -64,10 +65,8 @@ class GenTokenAuthCertTests(SynchronousTestCase):
         issuer = loadIssuer(
             "api.example.com", self.path("pem"), self.path("crt"), clock
         )
-        publicKey = issuer.chain[0].public_key()
-        assert isinstance(publicKey, ec.EllipticCurvePublicKey)
         verifier = TokenVerifier.forKeys(
-            "api.example.com", "registry", [publicKey], clock
+            "api.example.com", "registry", [ecKey(issuer.chain[0])], clock
         )
         self.assertEqual(
             verifier.verify(issuer.issue("a", "registry").token)["sub"], "a"
