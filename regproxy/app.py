@@ -160,6 +160,7 @@ def makeResolver(
         config.balena_api or DEFAULT_BALENA_API,
         CountedClient(apiClient, metrics.balenaAPIRequests),
         reactor,
+        timeout=config.response_timeout,
     )
     caching = CachingResolver(
         balena,
@@ -315,7 +316,9 @@ def makeSite(
         )
         root.putChild(b"token", TokenPassthroughResource(forwarder, realm))
     else:
-        authenticator = UpstreamAuthenticator(agent, upstream, reactor)
+        authenticator = UpstreamAuthenticator(
+            agent, upstream, reactor, timeout=config.response_timeout
+        )
         broker = makeBroker(config, reactor, authenticator, environ, reloads)
         metrics.read("regproxy_tokens_issued", lambda: broker.tokensIssued)
         metrics.read("regproxy_logins_refused", lambda: broker.loginsRefused)

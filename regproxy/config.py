@@ -27,13 +27,13 @@ from regproxy.names.settingvalues import (
     parseBool,
     parseCIDR,
     parseEndpoint,
-    parseHTTPURL,
     parseLogFormat,
     parseOptionalHTTPURL,
     parseOptionalText,
     parsePositiveFloat,
     parseResolver,
     parseText,
+    parseUpstreamURL,
 )
 
 ENV_PREFIX = "REGPROXY_"
@@ -129,8 +129,9 @@ class Config:
     )
     upstream: str = setting(
         DEFAULT_UPSTREAM,
-        parseHTTPURL,
-        "The registry to forward to (http or https URL).",
+        parseUpstreamURL,
+        "The registry to forward to (http or https URL, without /v2; a path "
+        "is a prefix the registry is served under).",
         metavar="URL",
     )
     public_url: str | None = setting(
@@ -156,13 +157,17 @@ class Config:
     connect_timeout: float = setting(
         10.0,
         parsePositiveFloat,
-        "Seconds to wait for a connection to the upstream.",
+        "Seconds to wait for a connection to an upstream (registry, token "
+        "service, balena API); past it the client gets 504.",
         metavar="SECONDS",
     )
     response_timeout: float = setting(
         60.0,
         parsePositiveFloat,
-        "Seconds to wait for the upstream's response headers.",
+        "Seconds to wait for an upstream's answer (registry, token service, "
+        "balena API), and at most this long between pieces of an upload or "
+        "of a body; past it the client gets 504, or its connection is closed "
+        "mid-body.",
         metavar="SECONDS",
     )
     header_timeout: float = setting(

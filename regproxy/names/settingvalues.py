@@ -54,6 +54,25 @@ def parseHTTPURL(value: Any) -> str:
     return text.rstrip("/")
 
 
+def parseUpstreamURL(value: Any) -> str:
+    """
+    The upstream registry's base URL.  A path is a prefix the registry is
+    mounted under (C{https://host/mirror}); a C{/v2} in it is the API
+    root, which regproxy adds itself, and would make every request
+    C{/v2/v2/...} (every pull then fails with "manifest unknown").
+    """
+    text = parseHTTPURL(value)
+    url = URL.from_text(text)
+    if "v2" in url.path:
+        base = url.replace(path=url.path[: url.path.index("v2")]).to_text()
+        base = base.rstrip("/")
+        raise ValueError(
+            f"give the registry's base URL without /v2 (regproxy adds "
+            f"/v2/ itself): {base!r}, not {text!r}"
+        )
+    return text
+
+
 def parseOptionalHTTPURL(value: Any) -> str | None:
     if value is None or value == "":
         return None

@@ -17,6 +17,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from regproxy.server.errors import UpstreamError
+
 # How much of a request body we hold before the upstream is ready for it.
 _UPLOAD_BUFFER = 256 * 1024
 
@@ -147,6 +149,9 @@ class StreamingRequest(Request):
     imageName: str | None = None
     upstreamRepository: str | None = None
     cacheOutcome: str | None = None
+    # Why the upstream could not answer, when it could not: for the log
+    # line and the upstream error count (its cause is a metric label).
+    upstreamFailure: UpstreamError | None = None
     # twisted.web's stubs type this as None (its class default); it is the
     # body file once the headers are in.
     content: IO[bytes]  # type: ignore[assignment]

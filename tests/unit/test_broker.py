@@ -1420,7 +1420,8 @@ class FleetErrorTests(FleetTestCase):
 
     def test_apiHangs(self) -> None:
         """
-        The balena API never answering: a 504 once the timeout passes.
+        The balena API never answering: a 504 once C{--response-timeout}
+        (60 s by default) passes.
         """
         token = self.bearer(["repository:acme/public-app:pull"])
         self.balena.stop("hang")
@@ -1429,8 +1430,10 @@ class FleetErrorTests(FleetTestCase):
             b"GET", b"/v2/acme/public-app/manifests/1.2.3", [(b"Authorization", token)]
         )
         self.api.flush()
+        self.reactor.advance(59)
+        self.api.flush()
         self.assertIsNone(client.response())
-        self.reactor.advance(31)
+        self.reactor.advance(1)
         self.api.flush()
         response = client.completeResponse()
         self.assertEqual(response.status, 504, response.body)
