@@ -14,6 +14,7 @@ from twisted.internet import error as netError
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
@@ -105,12 +106,19 @@ class FakeResponse:
         self.phrase = b"OK"
         self.headers = Headers(headers or {})
         self.length = length
-        self.protocol = None
+        self.protocol: IProtocol | None = None
         self.transport = UpstreamBodyTransport()
 
-    def deliverBody(self, protocol) -> None:
+    def deliverBody(self, protocol: IProtocol) -> None:
         self.protocol = protocol
         protocol.makeConnection(self.transport)
+
+    def delivered(self) -> IProtocol:
+        """
+        The protocol the body goes to, which the test knows was given by now.
+        """
+        assert self.protocol is not None
+        return self.protocol
 
     def setPreviousResponse(self, response) -> None:
         pass
