@@ -17,6 +17,7 @@ import attrs
 from treq.client import HTTPClient
 from twisted.logger import Logger
 from twisted.web.iweb import IAgent
+from twisted.web.resource import Resource
 
 from regproxy.auth.access import AccessRules, AccessRulesError, AccessRulesFile
 from regproxy.auth.broker import Broker
@@ -30,6 +31,7 @@ from regproxy.auth.jwt import (
     loadOrCreateIssuer,
 )
 from regproxy.auth.sealing import Sealer, loadOrCreateKey
+from regproxy.auth.throttle import LoginThrottle
 from regproxy.auth.tokenresource import TokenResource
 from regproxy.auth.upstreamlogins import UpstreamLogins
 from regproxy.auth.users import HtpasswdLogins
@@ -37,6 +39,7 @@ from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
 from regproxy.metrics import CountedClient, Metrics
 from regproxy.proxy.agent import NoCookies, makeUpstreamAgent
 from regproxy.proxy.brokered import BrokeredRegistryResource
+from regproxy.proxy.catalog import CatalogResource, CatalogRoot, UpstreamCatalog
 from regproxy.proxy.measured import MeasuredAgent
 from regproxy.proxy.passthrough import (
     RegistryResource,
@@ -267,8 +270,17 @@ def makeBroker(
     )
     sealer = Sealer(loadOrCreateKey(os.path.join(_stateDir(config), "sealing.key")))
     backend = makeBackend(config, reactor, authenticator, reloads)
+    # Our own bcrypt checks are what a flood of wrong passwords exhausts;
+    # upstream logins are the upstream's to throttle.
+    throttle = LoginThrottle(reactor) if config.htpasswd is not None else None
     return Broker(
-        issuer, verifier, sealer, backend, config.service_name, config.public_url
+        issuer,
+        verifier,
+        sealer,
+        backend,
+        config.service_name,
+        config.public_url,
+        throttle,
     )
 
 
@@ -322,21 +334,27 @@ def makeSite(
         broker = makeBroker(config, reactor, authenticator, environ, reloads)
         metrics.read("regproxy_tokens_issued", lambda: broker.tokensIssued)
         metrics.read("regproxy_logins_refused", lambda: broker.loginsRefused)
+        metrics.read("regproxy_logins_throttled", lambda: broker.loginsThrottled)
         resolver = makeResolver(config, reactor, apiClient, reloads, metrics)
-        root.putChild(
-            b"v2",
-            BrokeredRegistryResource(
-                broker,
-                resolver,
-                authenticator,
-                forwarder,
-                upstream,
-                config.public_url,
-                config.api_token,
-                fleetNames=resolverKind(config) != "identity",
-                digests=makeDigestLocations(config, reactor),
-            ),
+        registry: Resource = BrokeredRegistryResource(
+            broker,
+            resolver,
+            authenticator,
+            forwarder,
+            upstream,
+            config.public_url,
+            config.api_token,
+            fleetNames=resolverKind(config) != "identity",
+            digests=makeDigestLocations(config, reactor),
         )
+        if config.htpasswd is not None:
+            # Our own rules say who may list what; elsewhere the catalog
+            # would list names (fleet images) a client may not see.
+            catalog = UpstreamCatalog(
+                authenticator, agent, upstream, reactor, config.response_timeout
+            )
+            registry = CatalogRoot(registry, CatalogResource(broker, catalog))
+        root.putChild(b"v2", registry)
         root.putChild(b"token", TokenResource(broker))
     root.putChild(b"_health", healthResource())
     root.putChild(

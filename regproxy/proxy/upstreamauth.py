@@ -140,6 +140,7 @@ class UpstreamAuthenticator:
         repository: str,
         actions: tuple[str, ...],
         also: tuple[Scope, ...] = (),
+        resourceType: str = "repository",
     ) -> bytes | None:
         """
         The C{Authorization} value for a request on the upstream's
@@ -147,6 +148,8 @@ class UpstreamAuthenticator:
 
         @param also: Further scopes the request needs (a mount's pull of
             its source repository).
+        @param resourceType: C{registry} for a registry resource such as
+            the C{catalog} instead of a repository.
 
         @raise RegistryError: 401 when the upstream's token service refused
             the credentials, 502/504 when it could not be asked.
@@ -156,7 +159,7 @@ class UpstreamAuthenticator:
             return None
         if scheme.scheme == "basic":
             return credentials.header() if credentials is not None else None
-        scope = _scopeText(repository, actions, also)
+        scope = _scopeText(repository, actions, also, resourceType)
         key = (credentials.cacheKey if credentials else "anonymous", scope)
         cached = self._tokens.get(key)
         now = self.clock.seconds()
@@ -237,9 +240,12 @@ class UpstreamAuthenticator:
 
 
 def _scopeText(
-    repository: str, actions: tuple[str, ...], also: tuple[Scope, ...]
+    repository: str,
+    actions: tuple[str, ...],
+    also: tuple[Scope, ...],
+    resourceType: str = "repository",
 ) -> str:
-    needed = Scope("repository", None, repository, actions)
+    needed = Scope(resourceType, None, repository, actions)
     return " ".join(scope.serialize() for scope in (needed, *also))
 
 
