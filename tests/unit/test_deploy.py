@@ -185,7 +185,8 @@ class KubernetesTests(DeployTestCase):
         self.assertEqual(probes["readinessProbe"]["path"], "/_ready")
         for probe in probes.values():
             self.assertEqual(
-                healthURL(config.listen), f"http://127.0.0.1:{ports[probe['port']]}/_health"
+                healthURL(config.listen),
+                f"http://127.0.0.1:{ports[probe['port']]}/_health",
             )
             self.assertServed(config, probe["path"])
 
