@@ -14,9 +14,24 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from hyperlink import URL
+
+T = TypeVar("T")
+
+
+def optional(parse: Callable[[Any], T]) -> Callable[[Any], T | None]:
+    """
+    C{parse}, taking nothing (absent or empty) as L{None}.
+    """
+
+    def parseOptional(value: Any) -> T | None:
+        if value is None or value == "":
+            return None
+        return parse(value)
+
+    return parseOptional
 
 
 def parseText(value: Any) -> str:
@@ -27,10 +42,7 @@ def parseText(value: Any) -> str:
     return value
 
 
-def parseOptionalText(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return parseText(value)
+parseOptionalText = optional(parseText)
 
 
 def parseHTTPURL(value: Any) -> str:
@@ -73,10 +85,7 @@ def parseUpstreamURL(value: Any) -> str:
     return text
 
 
-def parseOptionalHTTPURL(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return parseHTTPURL(value)
+parseOptionalHTTPURL = optional(parseHTTPURL)
 
 
 def parsePositiveFloat(value: Any) -> float:
@@ -115,19 +124,6 @@ def parseEndpoint(value: Any) -> str:
             f"tcp:8080:interface=127.0.0.1): {text!r}"
         )
     return text
-
-
-def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """
-    C{parse}, taking nothing (absent or empty) as L{None}.
-    """
-
-    def parseOptional(value: Any) -> Any:
-        if value is None or value == "":
-            return None
-        return parse(value)
-
-    return parseOptional
 
 
 def parseCIDR(value: Any) -> str:
