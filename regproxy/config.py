@@ -8,19 +8,33 @@ L{setting}: the field's name gives the command-line option (C{public_url}
 is C{--public-url}), the environment variable (C{REGPROXY_PUBLIC_URL}) and
 the file key (C{public-url}, or C{public_url}).  Field names are the names
 users type, so they are snake_case where the rest of the code is camelCase.
+The grammars of the values are in L{regproxy.names.settingvalues}.
 """
 
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
-from hyperlink import URL
+
+from regproxy.names.settingvalues import (
+    optional,
+    parseAuthMode,
+    parseBool,
+    parseCIDR,
+    parseEndpoint,
+    parseLogFormat,
+    parseOptionalHTTPURL,
+    parseOptionalText,
+    parsePositiveFloat,
+    parseResolver,
+    parseText,
+    parseUpstreamURL,
+)
 
 ENV_PREFIX = "REGPROXY_"
 DEFAULT_UPSTREAM = "https://registry2.balena-cloud.com"
@@ -82,160 +96,6 @@ def setting(
             )
         },
     )
-
-
-# Parsers.  Each takes one raw value and returns the field's value or raises
-# ValueError saying what is wrong (never echoing a secret).
-
-
-def parseText(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected text, got {type(value).__name__}")
-    if not value:
-        raise ValueError("must not be empty")
-    return value
-
-
-def parseOptionalText(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return parseText(value)
-
-
-def parseHTTPURL(value: Any) -> str:
-    """
-    An absolute http or https URL, returned without a trailing slash.
-    """
-    text = parseText(value)
-    if any(c.isspace() for c in text):
-        raise ValueError(f"must not contain white space: {text!r}")
-    try:
-        url = URL.from_text(text)
-        port = url.port
-    except Exception as e:
-        raise ValueError(f"not a URL: {e}") from None
-    if port is not None and not 0 < port < 65536:
-        raise ValueError(f"port out of range: {text!r}")
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"not an http or https URL: {text!r}")
-    if url.query or url.fragment:
-        raise ValueError(f"must not have a query or fragment: {text!r}")
-    return text.rstrip("/")
-
-
-def parseUpstreamURL(value: Any) -> str:
-    """
-    The upstream registry's base URL.  A path is a prefix the registry is
-    mounted under (C{https://host/mirror}); a C{/v2} in it is the API
-    root, which regproxy adds itself, and would make every request
-    C{/v2/v2/...} (every pull then fails with "manifest unknown").
-    """
-    text = parseHTTPURL(value)
-    url = URL.from_text(text)
-    if "v2" in url.path:
-        base = url.replace(path=url.path[: url.path.index("v2")]).to_text()
-        base = base.rstrip("/")
-        raise ValueError(
-            f"give the registry's base URL without /v2 (regproxy adds "
-            f"/v2/ itself): {base!r}, not {text!r}"
-        )
-    return text
-
-
-def parseOptionalHTTPURL(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return parseHTTPURL(value)
-
-
-def parsePositiveFloat(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a number of seconds")
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"expected a number of seconds, got {value!r}") from None
-    if not number > 0 or number == float("inf"):
-        raise ValueError(f"must be a positive number of seconds, got {value!r}")
-    return number
-
-
-def parseBool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off", ""):
-            return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def parseEndpoint(value: Any) -> str:
-    """
-    A Twisted server endpoint description, checked for its shape here and
-    for its meaning when the listener is made.
-    """
-    text = parseText(value)
-    if ":" not in text:
-        raise ValueError(
-            f"not an endpoint description (e.g. tcp:80 or "
-            f"tcp:8080:interface=127.0.0.1): {text!r}"
-        )
-    return text
-
-
-def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """
-    C{parse}, taking nothing (absent or empty) as L{None}.
-    """
-
-    def parseOptional(value: Any) -> Any:
-        if value is None or value == "":
-            return None
-        return parse(value)
-
-    return parseOptional
-
-
-def parseCIDR(value: Any) -> str:
-    """
-    An IP network (C{10.0.0.0/8}, C{::1}); a bare address is one host.
-    """
-    text = parseText(value)
-    try:
-        return str(ipaddress.ip_network(text, strict=False))
-    except ValueError:
-        raise ValueError(f"not an IP address or network: {text!r}") from None
-
-
-def parseLogFormat(value: Any) -> str:
-    text = parseText(value)
-    if text not in ("text", "json"):
-        raise ValueError(f"expected text or json, got {text!r}")
-    return text
-
-
-def parseResolver(value: Any) -> str | None:
-    """
-    C{balena}, C{identity} or C{static:FILE}.
-    """
-    if value is None or value == "":
-        return None
-    text = parseText(value)
-    if text in ("balena", "identity"):
-        return text
-    if text.startswith("static:") and len(text) > len("static:"):
-        return text
-    raise ValueError(f"expected balena, identity or static:FILE, got {text!r}")
-
-
-def parseAuthMode(value: Any) -> str:
-    text = parseText(value)
-    if text not in ("broker", "passthrough"):
-        raise ValueError(f"expected broker or passthrough, got {text!r}")
-    return text
 
 
 def defaultStateDir() -> str:

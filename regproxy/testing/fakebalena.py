@@ -516,17 +516,19 @@ class _Parser:
         return node
 
     def orExpr(self) -> Any:
-        node = self.andExpr()
-        while self.peek() == ("name", "or"):
-            self.take()
-            node = ("or", node, self.andExpr())
-        return node
+        return self.chain("or", self.andExpr)
 
     def andExpr(self) -> Any:
-        node = self.notExpr()
-        while self.peek() == ("name", "and"):
+        return self.chain("and", self.notExpr)
+
+    def chain(self, operator: str, operand: Callable[[], Any]) -> Any:
+        """
+        C{operand (operator operand)*}, grouped from the left.
+        """
+        node = operand()
+        while self.peek() == ("name", operator):
             self.take()
-            node = ("and", node, self.notExpr())
+            node = (operator, node, operand())
         return node
 
     def notExpr(self) -> Any:

@@ -11,17 +11,21 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+from typing import cast
 
 import attrs
 from twisted.internet import reactor, ssl
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.internet.interfaces import IReactorSSL
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, readBody
 from twisted.web.http_headers import Headers
 
+from regproxy.server.site import RegproxySite
 from regproxy.tls.hostnames import SubjectNames
 from regproxy.tls.selfsigned import generateSelfSigned
 
@@ -89,7 +93,7 @@ class Collect(Protocol):
         self.done.callback(None)
 
 
-class TrackedFactory(Factory):
+class TrackedFactory(ServerFactory):
     """
     A server whose connections the test aborts at cleanup.
     """
@@ -126,7 +130,9 @@ class UpstreamFailureTests(TestCase):
             options = ssl.PrivateCertificate.loadPEM(
                 certified.keyPEM() + certified.certificatePEM()
             ).options()
-            port = reactor.listenSSL(0, factory, options, interface="127.0.0.1")
+            port = cast(IReactorSSL, reactor).listenSSL(
+                0, factory, options, interface="127.0.0.1"
+            )
         else:
             port = reactor.listenTCP(0, factory, interface="127.0.0.1")
 
@@ -140,7 +146,9 @@ class UpstreamFailureTests(TestCase):
 
         self.addCleanup(stop)
         scheme = "https" if tls else "http"
-        return f"{scheme}://127.0.0.1:{port.getHost().port}"
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        return f"{scheme}://127.0.0.1:{address.port}"
 
     def proxy(self, upstream: str, **settings):
         proxy = startProxy(
@@ -149,7 +157,8 @@ class UpstreamFailureTests(TestCase):
             auth=settings.pop("auth", "passthrough"),
             **settings,
         )
-        proxy.site._log = Logger(observer=self.events.append)
+        site = cast(RegproxySite, proxy.site)
+        site._log = Logger(observer=cast(ILogObserver, self.events.append))
         return proxy
 
     async def get(self, proxy, path: bytes = b"/v2/lib/app/manifests/latest"):
@@ -285,4 +294,5 @@ class UpstreamFailureTests(TestCase):
         await collector.done
         self.assertLess(reactor.seconds() - started, 5)
         self.assertEqual(collector.received, 100_000)
+        assert collector.reason is not None
         self.assertFalse(collector.reason.check(ResponseDone), collector.reason)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import cast
 from urllib.parse import parse_qs, quote, urlencode
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.app import makeSite
@@ -50,7 +51,7 @@ PUBLIC = b"http://proxy.example:8080"
 CHALLENGE = b'Bearer realm="http://proxy.example:8080/token",service="regproxy"'
 REPO = "lib/app"
 USERS = {"alice": "alice-secret", "bob": "bob-secret"}
-GRANTS = {
+GRANTS: dict[str | None, dict[str, tuple[str, ...]]] = {
     "alice": {"*": ("pull", "push")},
     "bob": {REPO: ("pull",)},
     None: {"public/app": ("pull",)},
@@ -87,7 +88,7 @@ class BrokerTestCase(SynchronousTestCase):
         self.registry.addImage(REPO)
         self.registry.addImage("public/app")
         self.registry.addImage("lib/other")
-        self.api = None
+        self.api: StubTreq | None = None
         self.stateDir = self.mktemp()
         self.site = self.makeSite()
 
@@ -115,7 +116,7 @@ class BrokerTestCase(SynchronousTestCase):
                 self.api.flush()
 
         response = client.responseAfter(flush, head=method == b"HEAD")
-        self.assertIsNotNone(response, client.transport.value())
+        assert response is not None, client.transport.value()
         return response
 
     def get(self, path: bytes, authorization: bytes | None = None, **kw) -> RawResponse:
@@ -180,9 +181,9 @@ class ChallengeTests(BrokerTestCase):
         """
         response = self.get(b"/v2/")
         self.assertChallenge(response)
-        self.assertTrue(
-            response.header(b"content-type").startswith(b"application/json")
-        )
+        contentType = response.header(b"content-type")
+        assert contentType is not None
+        self.assertTrue(contentType.startswith(b"application/json"))
 
     def test_sameForEveryClient(self) -> None:
         """
@@ -720,9 +721,9 @@ class ForwardingTests(BrokerTestCase):
         """
         response = self.get(b"/v2/lib/app/manifests/latest", basic("bob", "nope"))
         self.assertEqual(response.status, 401)
-        self.assertEqual(
-            response.header(b"www-authenticate").split(b",")[:2], CHALLENGE.split(b",")
-        )
+        challenge = response.header(b"www-authenticate")
+        assert challenge is not None
+        self.assertEqual(challenge.split(b",")[:2], CHALLENGE.split(b","))
         self.assertNotIn(b"nope", response.body)
 
     def test_otherRepository(self) -> None:
@@ -962,6 +963,7 @@ class BearerUpstreamTests(BrokerTestCase):
             b"scope=" + quote("repository:lib/app:pull", safe="").encode(), request.uri
         )
         sent = self.upstreamAuthorizations()[-1]
+        assert sent is not None
         self.assertTrue(sent.startswith(b"Bearer "))
         self.assertEqual(self.registry.tokens[sent[7:].decode()].user, "bob")
         self.assertNotEqual(sent, token)
@@ -1015,9 +1017,9 @@ class BearerUpstreamTests(BrokerTestCase):
         response = self.get(b"/v2/lib/app/manifests/latest", token)
         self.assertEqual(response.status, 401, response.body)
         self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
-        self.assertEqual(
-            response.header(b"www-authenticate").split(b",")[:2], CHALLENGE.split(b",")
-        )
+        challenge = response.header(b"www-authenticate")
+        assert challenge is not None
+        self.assertEqual(challenge.split(b",")[:2], CHALLENGE.split(b","))
 
     def test_refusalRetriedOnce(self) -> None:
         """
@@ -1150,6 +1152,7 @@ class FleetTestCase(BrokerTestCase):
 
     mode = BEARER
     apiToken: str | None = None
+    api: StubTreq
 
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
@@ -1582,7 +1585,7 @@ class FleetErrorTests(FleetTestCase):
         self.assertIsNone(client.response())
         self.reactor.advance(1)
         self.api.flush()
-        response = client.response()
+        response = client.completeResponse()
         self.assertEqual(response.status, 504, response.body)
         self.assertEqual(errorCodes(response), ["UNAVAILABLE"])
 
@@ -1826,8 +1829,9 @@ class SecretsTests(FleetTestCase):
         super().setUp()
         self.fixture.addUser("server", self.apiToken, ["acme"])
         self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def test_secretsStayHidden(self) -> None:
         """

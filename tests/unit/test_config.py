@@ -18,6 +18,8 @@ from regproxy.config import (
     ConfigError,
     loadConfig,
     optionName,
+)
+from regproxy.names.settingvalues import (
     parseHTTPURL,
     parsePositiveFloat,
     parseUpstreamURL,

@@ -47,6 +47,7 @@ class FakeRegistry(Resource):
             name.lower(): list(values)
             for name, values in request.requestHeaders.getAllRawHeaders()
         }
+        assert request.content is not None
         self.received.append(
             (request.method, request.uri, headers, request.content.read())
         )
@@ -345,7 +346,7 @@ class LocalAnswersTests(SynchronousTestCase):
         """
         client = RawClient(self.site)
         client.request(b"GET", b"/_health")
-        response = client.response()
+        response = client.completeResponse()
         self.assertEqual(response.status, 200)
         self.assertEqual(self.registry.received, [])
 
@@ -356,7 +357,7 @@ class LocalAnswersTests(SynchronousTestCase):
         for path in (b"/", b"/v1/_ping", b"/nothing/here"):
             client = RawClient(self.site)
             client.request(b"GET", path)
-            response = client.response()
+            response = client.completeResponse()
             self.assertEqual(response.status, 404, path)
             self.assertEqual(
                 json.loads(response.body)["errors"][0]["code"], "NOT_FOUND"
@@ -369,7 +370,7 @@ class LocalAnswersTests(SynchronousTestCase):
         """
         client = RawClient(self.site)
         client.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40)
-        response = client.response()
+        response = client.completeResponse()
         self.assertEqual(response.status, 400)
         self.assertEqual(json.loads(response.body)["errors"][0]["code"], "BAD_REQUEST")
         self.assertTrue(client.transport.disconnecting)
@@ -383,7 +384,7 @@ class LocalAnswersTests(SynchronousTestCase):
         client.send(
             b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n"
         )
-        response = client.response()
+        response = client.completeResponse()
         self.assertEqual(response.status, 431)
         self.assertEqual(json.loads(response.body)["errors"][0]["code"], "BAD_REQUEST")
         self.assertTrue(client.transport.disconnecting)
@@ -396,7 +397,7 @@ class LocalAnswersTests(SynchronousTestCase):
         client = RawClient(self.site)
         lines = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(300))
         client.send(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n")
-        response = client.response()
+        response = client.completeResponse()
         self.assertEqual(response.status, 400)
         self.assertTrue(client.transport.disconnecting)
 

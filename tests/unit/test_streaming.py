@@ -14,6 +14,7 @@ from twisted.internet import error as netError
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
@@ -25,7 +26,7 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from regproxy.app import makeSite
@@ -38,11 +39,19 @@ class SentRequest:
     method: bytes
     uri: bytes
     headers: Headers
-    bodyProducer: object
-    deferred: Deferred
+    bodyProducer: IBodyProducer | None
+    deferred: Deferred[IResponse]
     cancelled: bool = False
 
+    def body(self) -> IBodyProducer:
+        """
+        The request's body, which the test knows it was sent with.
+        """
+        assert self.bodyProducer is not None
+        return self.bodyProducer
 
+
+@implementer(IAgent)
 class FakeAgent:
     """
     An upstream whose every move the test makes by hand.
@@ -51,11 +60,23 @@ class FakeAgent:
     def __init__(self) -> None:
         self.sent: list[SentRequest] = []
 
-    def request(self, method, uri, headers=None, bodyProducer=None):
-        def cancel(d):
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        def cancel(d: Deferred[IResponse]) -> None:
             sent.cancelled = True
 
-        sent = SentRequest(method, uri, headers, bodyProducer, Deferred(cancel))
+        sent = SentRequest(
+            method,
+            uri,
+            Headers() if headers is None else headers,
+            bodyProducer,
+            Deferred(cancel),
+        )
         self.sent.append(sent)
         return sent.deferred
 
@@ -85,12 +106,19 @@ class FakeResponse:
         self.phrase = b"OK"
         self.headers = Headers(headers or {})
         self.length = length
-        self.protocol = None
+        self.protocol: IProtocol | None = None
         self.transport = UpstreamBodyTransport()
 
-    def deliverBody(self, protocol) -> None:
+    def deliverBody(self, protocol: IProtocol) -> None:
         self.protocol = protocol
         protocol.makeConnection(self.transport)
+
+    def delivered(self) -> IProtocol:
+        """
+        The protocol the body goes to, which the test knows was given by now.
+        """
+        assert self.protocol is not None
+        return self.protocol
 
     def setPreviousResponse(self, response) -> None:
         pass
@@ -203,7 +231,7 @@ class StreamingTests(SynchronousTestCase):
         self.assertEqual(
             sent.uri, b"http://upstream.example/v2/lib/app/blobs/uploads/u-1?_state=s"
         )
-        producer = sent.bodyProducer
+        producer = sent.body()
         self.assertIs(producer.length, UNKNOWN_LENGTH)
         self.assertFalse(sent.headers.hasHeader(b"transfer-encoding"))
         consumer = RecordingConsumer()
@@ -219,7 +247,7 @@ class StreamingTests(SynchronousTestCase):
                 202, {b"Location": [b"/v2/lib/app/blobs/uploads/u-1?_state=t"]}, 0
             )
         )
-        received = client.response()
+        received = client.completeResponse()
         self.assertEqual(received.status, 202)
         self.assertEqual(
             received.header(b"location"),
@@ -235,7 +263,7 @@ class StreamingTests(SynchronousTestCase):
             b"PUT /v2/lib/app/blobs/uploads/u-1?digest=sha256:0 HTTP/1.1\r\n"
             b"Host: proxy\r\nContent-Length: 10\r\n\r\n01234"
         )
-        producer = self.agent.sent[0].bodyProducer
+        producer = self.agent.sent[0].body()
         self.assertEqual(producer.length, 10)
         consumer = RecordingConsumer()
         finished = producer.startProducing(consumer)
@@ -255,7 +283,7 @@ class StreamingTests(SynchronousTestCase):
             b"Host: proxy\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 300000
         )
         self.assertEqual(client.transport.producerState, "paused")
-        producer = self.agent.sent[0].bodyProducer
+        producer = self.agent.sent[0].body()
         consumer = RecordingConsumer()
         producer.startProducing(consumer)
         self.assertEqual(client.transport.producerState, "producing")
@@ -275,7 +303,7 @@ class StreamingTests(SynchronousTestCase):
             b"PATCH /v2/lib/app/blobs/uploads/u-1 HTTP/1.1\r\n"
             b"Host: proxy\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
         )
-        producer = self.agent.sent[0].bodyProducer
+        producer = self.agent.sent[0].body()
         finished = producer.startProducing(RecordingConsumer())
         client.disconnect()
         self.failureResultOf(finished)
@@ -327,12 +355,12 @@ class StreamingTests(SynchronousTestCase):
             b"Host: proxy\r\nContent-Length: 20\r\n\r\n" + b"x" * 10
         )
         self.agent.sent[0].deferred.callback(FakeResponse(401, {}, 0))
-        self.assertEqual(client.response().status, 401)
+        self.assertEqual(client.completeResponse().status, 401)
         client.send(b"GET /_health HTTP/1.1\r\n")  # the body's last 10 bytes + 13
         self.assertEqual(len(self.agent.sent), 1)
 
     def assertUnavailable(self, client: RawClient, status: int) -> dict:
-        received = client.response()
+        received = client.completeResponse()
         self.assertEqual(received.status, status)
         body = json.loads(received.body)
         self.assertEqual(body["errors"][0]["code"], "UNAVAILABLE")
@@ -393,7 +421,7 @@ class StreamingTests(SynchronousTestCase):
         client = RawClient(self.site)
         client.request(b"GET", b"/v2/")
         self.agent.sent[-1].deferred.errback(ZeroDivisionError("oops"))
-        received = client.response()
+        received = client.completeResponse()
         self.assertEqual(received.status, 500)
         self.assertNotIn(b"Traceback", received.body)
         self.assertNotIn(b"oops", received.body)

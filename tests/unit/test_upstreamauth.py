@@ -509,11 +509,11 @@ class ParsingTests(SynchronousTestCase):
     @settings(max_examples=200, deadline=None)
     @given(
         st.text(
-            st.characters(blacklist_characters=":", blacklist_categories=("Cs",)),
+            st.characters(exclude_characters=":", exclude_categories=["Cs"]),
             min_size=0,
             max_size=30,
         ),
-        st.text(st.characters(blacklist_categories=("Cs",)), max_size=40),
+        st.text(st.characters(exclude_categories=["Cs"]), max_size=40),
     )
     def test_basicRoundTrip(self, username: str, password: str) -> None:
         """

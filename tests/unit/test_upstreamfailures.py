@@ -8,6 +8,7 @@ body and in the request's log line.
 from __future__ import annotations
 
 import json
+from typing import cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +17,7 @@ from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
@@ -54,7 +55,7 @@ class SiteTestCase(SynchronousTestCase):
         site = makeSite(
             Config(state_dir=self.mktemp(), **settings), self.reactor, agent=self.agent
         )
-        site._log = Logger(observer=self.events.append)
+        site._log = Logger(observer=cast(ILogObserver, self.events.append))
         return site
 
     def logged(self, key: str) -> list[object]:
@@ -62,7 +63,7 @@ class SiteTestCase(SynchronousTestCase):
 
     def errorEntry(self, client: RawClient, status: int) -> dict:
         received = client.response()
-        self.assertIsNotNone(received, "no answer yet")
+        assert received is not None, "no answer yet"
         self.assertEqual(received.status, status)
         return json.loads(received.body)["errors"][0]
 
@@ -90,7 +91,11 @@ class BodyIdleTests(SiteTestCase):
         from regproxy.proxy import relay
 
         warnings: list[dict] = []
-        self.patch(relay._BodyRelay, "_log", Logger(observer=warnings.append))
+        self.patch(
+            relay._BodyRelay,
+            "_log",
+            Logger(observer=cast(ILogObserver, warnings.append)),
+        )
         client, response = self.startDownload()
         response.protocol.dataReceived(b"x" * 100_000)
         self.reactor.advance(TIMEOUT - 1)
@@ -138,7 +143,11 @@ class BodyIdleTests(SiteTestCase):
         from regproxy.proxy import relay
 
         warnings: list[dict] = []
-        self.patch(relay._BodyRelay, "_log", Logger(observer=warnings.append))
+        self.patch(
+            relay._BodyRelay,
+            "_log",
+            Logger(observer=cast(ILogObserver, warnings.append)),
+        )
         client, response = self.startDownload()
         response.protocol.dataReceived(b"x" * 1000)
         client.disconnect()
@@ -182,7 +191,11 @@ class BodyIdleTests(SiteTestCase):
         from regproxy.proxy import relay
 
         warnings: list[dict] = []
-        self.patch(relay._BodyRelay, "_log", Logger(observer=warnings.append))
+        self.patch(
+            relay._BodyRelay,
+            "_log",
+            Logger(observer=cast(ILogObserver, warnings.append)),
+        )
         client, response = self.startDownload(length=3)
         response.protocol.dataReceived(b"abc")
         response.protocol.connectionLost(Failure(PotentialDataLoss()))
@@ -249,8 +262,8 @@ class ReadBodyTests(SynchronousTestCase):
     def test_body(self) -> None:
         response = FakeResponse(200, {}, 6)
         reading = Deferred.fromCoroutine(self.forwarder.readBody(response))
-        response.protocol.dataReceived(b"abcdef")
-        response.protocol.connectionLost(Failure(ResponseDone()))
+        response.delivered().dataReceived(b"abcdef")
+        response.delivered().connectionLost(Failure(ResponseDone()))
         self.assertEqual(self.successResultOf(reading), b"abcdef")
 
     def test_stalledBody(self) -> None:
@@ -260,7 +273,7 @@ class ReadBodyTests(SynchronousTestCase):
         """
         response = FakeResponse(200, {}, 100)
         reading = Deferred.fromCoroutine(self.forwarder.readBody(response))
-        response.protocol.dataReceived(b"abc")
+        response.delivered().dataReceived(b"abc")
         self.clock.advance(TIMEOUT - 1)
         self.assertNoResult(reading)
         self.clock.advance(1)
@@ -369,7 +382,7 @@ class CauseTests(SiteTestCase):
         client = RawClient(self.site)
         client.request(b"GET", b"/v2/lib/app/manifests/latest")
         self.agent.sent[-1].deferred.callback(FakeResponse(404, {}, 0))
-        self.assertEqual(client.response().status, 404)
+        self.assertEqual(client.completeResponse().status, 404)
         self.assertEqual(self.logged("upstream"), [404])
 
 
@@ -425,7 +438,7 @@ class ClassifyTests(SynchronousTestCase):
         ]
         for value, cause in cases:
             found = classifyFailure(Failure(value))
-            self.assertIsNotNone(found, value)
+            assert found is not None, value
             self.assertEqual(found[0], cause, value)
             self.assertIn(found[0], UPSTREAM_CAUSES)
 

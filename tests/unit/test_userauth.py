@@ -238,7 +238,10 @@ class HtpasswdLoginsTests(SynchronousTestCase):
         registry error (try again), not a wrong-password answer.
         """
         runner = ThreadPoolRunner(
-            MemoryReactorClock(), threads=1, maxWaiting=0, pool=HeldPool()
+            MemoryReactorClock(),
+            threads=1,
+            maxWaiting=0,
+            pool=cast(ThreadPool, HeldPool()),
         )
         logins = HtpasswdLogins(
             HtpasswdUsers(self.path, self.clock, runner), self.logins.rules
@@ -307,7 +310,7 @@ class SiteTestCase(SynchronousTestCase):
     def exchange(self, method, path, headers=(), body=None) -> RawResponse:
         client = self.send(method, path, headers, body)
         response = client.responseAfter(self.agent.flush, head=method == b"HEAD")
-        self.assertIsNotNone(response, client.transport.value())
+        assert response is not None, client.transport.value()
         return response
 
     def get(self, path: bytes, authorization: bytes | None = None) -> RawResponse:
@@ -331,9 +334,9 @@ class SiteTestCase(SynchronousTestCase):
     def assertUnauthorized(self, response: RawResponse) -> None:
         self.assertEqual(response.status, 401, response.body)
         self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
-        self.assertTrue(
-            response.header(b"content-type").startswith(b"application/json")
-        )
+        contentType = response.header(b"content-type")
+        assert contentType is not None
+        self.assertTrue(contentType.startswith(b"application/json"))
 
 
 class FrontDoorTests(SiteTestCase):
@@ -413,10 +416,9 @@ class FrontDoorTests(SiteTestCase):
         """
         response = self.manifest("team/app", basic("alice", "looking-glass"))
         self.assertUnauthorized(response)
-        self.assertTrue(
-            response.header(b"www-authenticate").startswith(b"Bearer realm="),
-            response.headers,
-        )
+        challenge = response.header(b"www-authenticate")
+        assert challenge is not None, response.headers
+        self.assertTrue(challenge.startswith(b"Bearer realm="), response.headers)
         self.assertEqual(
             [r for r in self.registry.received if r.path.startswith(b"/v2/team/")],
             [],
@@ -582,7 +584,10 @@ class BusyTests(SiteTestCase):
     def setUp(self) -> None:
         self.pool = HeldPool()
         self.runner = ThreadPoolRunner(
-            MemoryReactorClock(), threads=1, maxWaiting=0, pool=self.pool
+            MemoryReactorClock(),
+            threads=1,
+            maxWaiting=0,
+            pool=cast(ThreadPool, self.pool),
         )
         super().setUp()
 

@@ -5,13 +5,16 @@ Tests for L{regproxy.auth.htpasswd}.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import cast
 
 import bcrypt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from regproxy.auth.htpasswd import (
@@ -48,7 +51,7 @@ class HeldRunner:
     """
 
     def __init__(self) -> None:
-        self.held: list[tuple[Deferred, object, tuple]] = []
+        self.held: list[tuple[Deferred, Callable[..., object], tuple]] = []
 
     def __call__(self, f, *args):
         d: Deferred = Deferred()
@@ -153,7 +156,7 @@ class UsersTests(SynchronousTestCase):
         self.users = HtpasswdUsers(
             self.path, self.clock, self.runner, recheckInterval=5, rememberFor=60
         )
-        self.users._log = Logger(observer=self.events.append)
+        self.users._log = Logger(observer=cast(ILogObserver, self.events.append))
 
     def write(self, users: dict[str, str], extra: bytes = b"") -> None:
         """
@@ -375,7 +378,9 @@ class ThreadPoolRunnerTests(SynchronousTestCase):
         when one finishes, there is room again.
         """
         pool, reactor = FakePool(), FakeReactor()
-        runner = ThreadPoolRunner(reactor, threads=2, maxWaiting=1, pool=pool)
+        runner = ThreadPoolRunner(
+            reactor, threads=2, maxWaiting=1, pool=cast(ThreadPool, pool)
+        )
         calls = [runner(lambda: 1) for _ in range(3)]
         self.failureResultOf(runner(lambda: 1), TooManyChecks)
         self.assertTrue(pool.started)
@@ -390,7 +395,7 @@ class ThreadPoolRunnerTests(SynchronousTestCase):
         The pool is stopped when the reactor shuts down.
         """
         pool, reactor = FakePool(), FakeReactor()
-        runner = ThreadPoolRunner(reactor, pool=pool)
+        runner = ThreadPoolRunner(reactor, pool=cast(ThreadPool, pool))
         runner(lambda: 1)
         [(phase, event, stop)] = reactor.triggers
         self.assertEqual((phase, event), ("during", "shutdown"))

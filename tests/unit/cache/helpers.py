@@ -89,7 +89,7 @@ def keep(store: BlobStore, data: bytes) -> str:
     digest = digestOf(data)
     fill = store.fill(digest, len(data))
     fill.write(data)
-    kept = []
+    kept: list[bool] = []
     fill.finish().addCallback(kept.append)
     assert kept == [True], kept
     return digest
@@ -130,6 +130,7 @@ class ClientTransport(StringTransport):
         self.clear()
         self.received += data
         if self.serverPaused:
+            assert self.producer is not None
             self.serverPaused = False
             self.producer.resumeProducing()
         return len(data)
@@ -165,6 +166,22 @@ class ServeResource(Resource):
 
         d.addCallbacks(sent, failed)
         return NOT_DONE_YET
+
+    def failure(self, index: int = 0) -> Failure:
+        """
+        How serving C{index} failed, which the test knows it did.
+        """
+        outcome = self.outcomes[index]
+        assert isinstance(outcome, Failure), outcome
+        return outcome
+
+    def sent(self, index: int = 0) -> int:
+        """
+        The bytes serving C{index} sent, which the test knows it finished.
+        """
+        outcome = self.outcomes[index]
+        assert isinstance(outcome, int), outcome
+        return outcome
 
 
 class Client:

@@ -38,7 +38,7 @@ _FAST = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
 def result(d: Deferred):
-    box = []
+    box: list[object] = []
     d.addBoth(box.append)
     (value,) = box
     if hasattr(value, "raiseException"):

@@ -128,7 +128,7 @@ class FillTests(SynchronousTestCase):
         self.assertFalse(self.successResultOf(fill.finish()))
         self.assertEqual(client.body(), wrong[:-1])
         self.assertTrue(client.transport.disconnecting)
-        resource.outcomes[0].trap(SourceFailed)
+        resource.failure().trap(SourceFailed)
         self.assertIsNone(self.successResultOf(self.store.lookup(self.digest)))
         self.assertEqual(self.temporaryFiles(), [])
 
@@ -140,7 +140,7 @@ class FillTests(SynchronousTestCase):
         client, resource = self.follow(fill)
         fill.write(BODY[:-5])
         self.assertFalse(self.successResultOf(fill.finish()))
-        resource.outcomes[0].trap(SourceFailed)
+        resource.failure().trap(SourceFailed)
         self.assertIsNone(self.successResultOf(self.store.lookup(self.digest)))
 
     def test_longBodyNotKept(self) -> None:
@@ -162,7 +162,7 @@ class FillTests(SynchronousTestCase):
         fill.write(BODY[:100])
         fill.fail(ConnectionError("gone"))
         self.assertFalse(self.successResultOf(fill.done()))
-        resource.outcomes[0].trap(SourceFailed)
+        resource.failure().trap(SourceFailed)
         self.assertEqual(client.body(), BODY[:100])
         self.assertEqual(self.temporaryFiles(), [])
         self.assertFalse(self.store.fill(self.digest, len(BODY)).existing)
@@ -243,7 +243,7 @@ class FillTests(SynchronousTestCase):
             fill.write(body[offset : offset + MiB])
         while client.transport.drain():
             pass
-        resource.outcomes[0].trap(SourceFailed)
+        resource.failure().trap(SourceFailed)
         self.assertLess(len(client.body()), len(body))
 
     def test_tooBigStreamsWithoutKeeping(self) -> None:
@@ -268,7 +268,9 @@ class FillTests(SynchronousTestCase):
         fill.write(BODY[:-1])
         self.assertEqual(len(self.temporaryFiles()), 1)
         # The process dies: its descriptor (and the lock on it) goes.
-        os.close(fill._download._temporary[1])
+        temporary = fill._download._temporary
+        assert temporary is not None
+        os.close(temporary[1])
         store = makeStore(self, directory=self.store.root)
         self.assertEqual(os.listdir(os.path.join(store.root, "tmp")), [])
         self.assertIsNone(self.successResultOf(store.lookup(self.digest)))

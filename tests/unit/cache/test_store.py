@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.cache import files
@@ -102,7 +103,7 @@ class StoreTests(SynchronousTestCase):
         """
         os.truncate(files.entryPath(self.store.root, self.digest), 100)
         client, resource = self.serve(self.digest, len(BODY))
-        resource.outcomes[0].trap(SourceFailed)
+        resource.failure().trap(SourceFailed)
         self.assertEqual(client.body(), b"")
         self.assertIsNone(self.successResultOf(self.store.lookup(self.digest)))
         self.assertEqual(self.store.counters.entries, 0)
@@ -205,8 +206,10 @@ class StoreTests(SynchronousTestCase):
 
 class EvictionTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.store = makeStore(self, maxSize=3000, protectFor=3600)
-        self.reactor = self.store.index._reactor
+        self.reactor = MemoryReactorClock()
+        self.store = makeStore(
+            self, maxSize=3000, protectFor=3600, reactor=self.reactor
+        )
 
     def keepAt(self, data: bytes) -> str:
         self.reactor.advance(1)

@@ -32,7 +32,7 @@ class HashingTransport(ClientTransport):
 
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
-        self.head = b""
+        self.head: bytes | None = b""
         self.hasher = hashlib.sha256()
         self.bodyLength = 0
 
@@ -48,6 +48,7 @@ class HashingTransport(ClientTransport):
         self.hasher.update(data)
         self.bodyLength += len(data)
         if self.serverPaused:
+            assert self.producer is not None
             self.serverPaused = False
             self.producer.resumeProducing()
         return len(data)
@@ -73,14 +74,15 @@ class StressTests(SynchronousTestCase):
         clients = []
         for n in range(READERS):
             resource = ServeResource(store.fill(digest, BLOB).serveTo, BLOB)
-            client = Client(resource, transport=HashingTransport(LIMIT))
-            clients.append((client, resource, n % 4 + 1))
+            transport = HashingTransport(LIMIT)
+            client = Client(resource, transport=transport)
+            clients.append((client, transport, resource, n % 4 + 1))
 
         def drainSome(round: int) -> bool:
             moved = False
-            for client, _, every in clients:
+            for _, transport, _, every in clients:
                 if round % every == 0:
-                    moved = client.transport.drain() > 0 or moved
+                    moved = transport.drain() > 0 or moved
             return moved
 
         for n in range(BLOB // MiB):
@@ -94,9 +96,9 @@ class StressTests(SynchronousTestCase):
         tracemalloc.stop()
 
         self.assertTrue(self.successResultOf(kept))
-        for client, resource, _ in clients:
+        for _, transport, resource, _ in clients:
             self.assertEqual(resource.outcomes, [BLOB])
-            self.assertEqual(client.transport.bodyLength, BLOB)
-            self.assertEqual("sha256:" + client.transport.hasher.hexdigest(), digest)
-            self.assertLessEqual(client.transport.most, LIMIT + FOLLOW_READ_SIZE + 1024)
+            self.assertEqual(transport.bodyLength, BLOB)
+            self.assertEqual("sha256:" + transport.hasher.hexdigest(), digest)
+            self.assertLessEqual(transport.most, LIMIT + FOLLOW_READ_SIZE + 1024)
         self.assertLess(peak, READERS * 3 * FOLLOW_READ_SIZE + 8 * MiB)
