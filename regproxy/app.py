@@ -30,8 +30,11 @@ from regproxy.auth.sealing import Sealer, loadOrCreateKey
 from regproxy.auth.tokenresource import TokenResource
 from regproxy.auth.upstreamlogins import UpstreamLogins
 from regproxy.auth.users import HtpasswdLogins
+from regproxy.cache.index import CacheIndex
+from regproxy.cache.store import BlobStore
 from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
 from regproxy.proxy.agent import NoCookies, makeUpstreamAgent
+from regproxy.proxy.caching import CachingForwarder
 from regproxy.proxy.brokered import BrokeredRegistryResource
 from regproxy.proxy.passthrough import (
     RegistryResource,
@@ -170,6 +173,54 @@ def makeBroker(
     )
 
 
+DEFAULT_CACHE_LIMIT = 20 * 1024**3
+
+
+def cacheDir(config: Config) -> str:
+    return config.cache_dir or os.path.join(config.state_dir, "cache")
+
+
+def cacheSize(config: Config, directory: str) -> int:
+    """
+    C{--cache-size}, or half the free space of the cache's filesystem now,
+    at most 20 GiB.
+    """
+    if config.cache_size is not None:
+        return config.cache_size
+    stat = os.statvfs(directory)
+    return min(stat.f_bavail * stat.f_frsize // 2, DEFAULT_CACHE_LIMIT)
+
+
+def makeForwarder(config: Config, reactor, agent: IAgent) -> Forwarder:
+    """
+    The relay to the upstream, with the LAN cache in front unless
+    C{--cache-size 0} turned it off.
+    """
+    if config.cache_size == 0:
+        return Forwarder(agent, reactor, config.response_timeout)
+    directory = cacheDir(config)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    index = CacheIndex.open(os.path.join(directory, "index.sqlite"), reactor)
+    store = BlobStore(
+        directory,
+        index,
+        reactor,
+        cacheSize(config, directory),
+        config.cache_min_free,
+        protectFor=config.cache_protect,
+    )
+    return CachingForwarder(
+        agent,
+        reactor,
+        config.response_timeout,
+        store=store,
+        index=index,
+        authTTL=config.cache_auth_ttl,
+        offlineGrace=config.cache_offline_grace,
+        staleFor=config.cache_stale,
+    )
+
+
 def makeSite(
     config: Config,
     reactor,
@@ -189,7 +240,7 @@ def makeSite(
     if agent is None:
         agent = makeUpstreamAgent(reactor, config)
     upstream = Origin.fromURL(config.upstream)
-    forwarder = Forwarder(agent, reactor, config.response_timeout)
+    forwarder = makeForwarder(config, reactor, agent)
     root = RootResource()
     if config.auth == "passthrough":
         realm = UpstreamRealm(forwarder, upstream)
@@ -218,5 +269,7 @@ def makeSite(
     root.putChild(b"_health", healthResource())
     root.putChild(b"_ca.crt", CACertificateResource.inStateDir(config.state_dir))
     site = RegproxySite(root, reactor=reactor)
+    # What must be closed at shutdown (the cache's index), for tap and tests.
+    site.cache = forwarder if isinstance(forwarder, CachingForwarder) else None
     site.cors = CORSPolicy(config.cors_origin)
     return site

@@ -106,6 +106,20 @@ class RegproxyService(service.MultiService):
             raise SystemExit(f"regproxy: --listen: {_describeBindFailure(e)}") from None
 
 
+class CacheService(service.Service):
+    """
+    Closes the LAN cache's index when regproxy stops, so its counters are
+    written out.
+    """
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.cache.close()
+
+
 def _describeBindFailure(e: CannotListenError) -> str:
     reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
     where = f"{e.interface or '*'}:{e.port}"
@@ -128,6 +142,9 @@ def makeService(options: Options) -> service.IService:
         site = makeSite(config, reactor)
     except (OSError, ValueError) as e:
         raise SystemExit(f"regproxy: {e}") from None
+    cache = getattr(site, "cache", None)
+    if cache is not None:
+        CacheService(cache).setServiceParent(top)
     for description in config.listen:
         try:
             listener = strports.service(withConfig(description, config), site)

@@ -38,6 +38,7 @@ from regproxy.names.reference import (
     parsePath,
 )
 from regproxy.names.scope import Scope
+from regproxy.proxy.caching import UNREACHABLE, canServeOffline, servesFor
 from regproxy.proxy.manifests import CachedManifest, ManifestCache, acceptable
 from regproxy.proxy.relay import Forwarder, forwardedRequestHeaders, relayHeaders
 from regproxy.proxy.upstreamauth import UpstreamAuthenticator
@@ -212,6 +213,7 @@ class BrokeredRegistryResource(Resource):
         assert path.name is not None
         actions = requiredActions(request.method, path.kind)
         upstreamCredentials = self._broker.backend.upstreamCredentials(account)
+        servesFor(request, upstreamCredentials)  # whom the LAN cache answers
         cacheKey = None
         if (
             path.kind == MANIFESTS
@@ -253,6 +255,10 @@ class BrokeredRegistryResource(Resource):
                 if e.status != 401:
                     raise
                 raise self._refused(request, path, account) from None
+            except UNREACHABLE:
+                if not canServeOffline(self._forwarder, request):
+                    raise
+                authorization = None
             headers = forwardedRequestHeaders(request.requestHeaders)
             headers.removeHeader(b"authorization")
             if authorization is not None:

@@ -141,11 +141,12 @@ class RegproxySite(Site):
         started = getattr(request, "startedAt", None)
         duration = self.reactor.seconds() - started if started is not None else 0.0
         self._log.info(
-            "{method} {path} -> {code} {bytes}B {duration:.3f}s upstream={upstream}",
+            "{method} {path} -> {code} {bytes}B {duration:.3f}s upstream={upstream} cache={cache}",
             method=request.method.decode("latin-1"),
             path=request.path.decode("latin-1")[:300],
             code=request.code,
             bytes=request.sentLength,
             duration=duration,
             upstream=getattr(request, "upstreamStatus", None) or "-",
+            cache=getattr(request, "cacheOutcome", None) or "-",
         )

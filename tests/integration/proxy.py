@@ -69,6 +69,11 @@ def startProxy(testCase, registry: Registry, reactor=None, **settings) -> Proxy:
     agent = makeUpstreamAgent(reactor, config)
     site = makeSite(config, reactor, agent=agent)
     site.noisy = False
+    cache = getattr(site, "cache", None)
+    if cache is not None:
+        # Cleanups run last-added first: the index closes after the
+        # connections (added below) have.
+        testCase.addCleanup(cache.close)
     # Clients are gone by the cleanup; once their connections are closed,
     # close ours to the registry.
     number = serveOnLoopback(

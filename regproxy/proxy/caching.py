@@ -1,0 +1,568 @@
+# -*- test-case-name: tests.unit.test_caching -*-
+"""
+The LAN cache's policy: which GET or HEAD of a blob or manifest is answered
+from the cache, for whom, and what the log line says about it.
+
+L{CachingForwarder} stands where a L{Forwarder} does: the brokered and the
+pass-through resources send every upstream request through it and never
+know whether the answer came from the upstream or from disk.  It keeps
+authorization as the upstream decides it:
+
+  - bytes are served for repository R only when they were fetched through R
+    (a link in the index) or the upstream has just confirmed R has them;
+  - and only to a client whose credentials the upstream allowed on R within
+    C{authTTL} seconds (C{offlineGrace} while the upstream is unreachable);
+    otherwise a C{HEAD} upstream with the client's own authorization asks.
+
+A tag is revalidated with a C{HEAD} on every request; its body comes from
+the cache when the digest it names is held.  While the upstream cannot be
+reached, a tag is answered with its last known manifest (up to
+C{staleFor} seconds old) and a C{Warning} header.
+
+Each answer sets C{request.cacheOutcome} (hit, miss, coalesced or stale)
+for the request's log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Awaitable, Callable
+
+import attrs
+from twisted.internet import error as netError
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed, readBody
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.server import Request
+
+from regproxy.auth.credentials import BasicCredentials
+from regproxy.cache.index import CacheIndex, TagEntry
+from regproxy.cache.store import BlobStore, Fill
+from regproxy.proxy.cachedresponse import (
+    BytesResponse,
+    StreamedResponse,
+    parseRange,
+)
+from regproxy.proxy.manifests import acceptable
+from regproxy.proxy.relay import Forwarder
+from regproxy.resolve.digests import manifestDigests
+from regproxy.server.errors import UpstreamTimeout
+
+# Manifests are read whole (the spec caps them at 4 MiB).
+MAX_MANIFEST = 4 * 1024 * 1024
+
+STALE_WARNING = b'110 - "Response is Stale"'
+
+# What "the upstream cannot be reached" looks like.
+UNREACHABLE = (
+    netError.ConnectError,
+    netError.DNSLookupError,
+    netError.TimeoutError,
+    UpstreamTimeout,
+    ResponseFailed,
+)
+
+_PATH = re.compile(
+    rb"^/v2/(?P<repository>.+)/(?P<kind>blobs|manifests)/(?P<reference>[^/?]+)$"
+)
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@attrs.frozen
+class CacheTarget:
+    """
+    What one upstream request asks for, as the cache sees it.
+    """
+
+    upstream: str
+    repository: str
+    kind: str
+    reference: str
+
+    @property
+    def byDigest(self) -> bool:
+        return _DIGEST.match(self.reference) is not None
+
+    @classmethod
+    def fromURL(cls, url: bytes) -> CacheTarget | None:
+        scheme, sep, rest = url.partition(b"://")
+        host, slash, path = rest.partition(b"/")
+        if not sep or not slash or b"?" in path:
+            return None
+        match = _PATH.match(b"/" + path)
+        if match is None:
+            return None
+        try:
+            return cls(
+                (scheme + sep + host).decode("ascii"),
+                match.group("repository").decode("utf-8"),
+                match.group("kind").decode("ascii"),
+                match.group("reference").decode("utf-8"),
+            )
+        except UnicodeDecodeError:
+            return None
+
+
+def clientCredentials(request: Request) -> tuple[str | None, str | None]:
+    """
+    Whose request this is, as a user name and secret to fingerprint.
+
+    The brokered resource says so in C{request.cacheCredentials} (the
+    client's upstream credentials, or L{None} for anonymous); elsewhere the
+    client's own C{Authorization} header is what the upstream judges.
+    """
+    if hasattr(request, "cacheCredentials"):
+        given = request.cacheCredentials  # type: ignore[attr-defined]
+        if given is None:
+            return None, None
+        return given.username, given.password
+    value = (request.requestHeaders.getRawHeaders(b"authorization") or [None])[-1]
+    if value is None:
+        return None, None
+    basic = BasicCredentials.fromHeader(value)
+    if basic is not None:
+        return basic.username, basic.password
+    return None, value.decode("latin-1")
+
+
+def servesFor(request: Request, credentials: BasicCredentials | None) -> None:
+    """
+    Say whose request this is (the brokered resource knows the client's
+    upstream credentials; L{None} is anonymous).
+    """
+    request.cacheCredentials = credentials  # type: ignore[attr-defined]
+
+
+def canServeOffline(forwarder: object, request: Request) -> bool:
+    """
+    Called where getting an upstream authorization failed because the
+    upstream is unreachable: with a cache, carry on and let it answer from
+    what it holds (it will not try the upstream again for this request).
+    """
+    if not isinstance(forwarder, CachingForwarder):
+        return False
+    request.upstreamUnreachable = True  # type: ignore[attr-defined]
+    return True
+
+
+Sender = Callable[[bytes], Awaitable[IResponse]]
+
+
+class _Running:
+    """
+    A fill being started: clients that ask meanwhile wait for it.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[Deferred[tuple[Fill, int] | None]] = []
+
+    def wait(self) -> Deferred[tuple[Fill, int] | None]:
+        waiting: Deferred[tuple[Fill, int] | None] = Deferred()
+        self._waiting.append(waiting)
+        return waiting
+
+    def started(self, running: tuple[Fill, int] | None) -> None:
+        waiting, self._waiting = self._waiting, []
+        for each in waiting:
+            each.callback(running)
+
+
+@attrs.define
+class CachingForwarder(Forwarder):
+    """
+    A L{Forwarder} with the LAN cache in front of it.
+
+    @ivar store: The bytes.
+    @ivar index: Links, tags, authorizations, counters.
+    @ivar authTTL: Seconds an upstream's decision on a client and a
+        repository holds while the upstream is reachable.
+    @ivar offlineGrace: ... while it is not.
+    @ivar staleFor: Oldest tag answer served while it is not.
+    """
+
+    store: BlobStore = attrs.field(kw_only=True)
+    index: CacheIndex = attrs.field(kw_only=True)
+    authTTL: float = attrs.field(default=300.0, kw_only=True)
+    offlineGrace: float = attrs.field(default=86400.0, kw_only=True)
+    staleFor: float = attrs.field(default=86400.0, kw_only=True)
+    _fills: dict[str, _Running] = attrs.field(factory=dict, kw_only=True)
+
+    _log = Logger()
+
+    def close(self) -> Deferred[None]:
+        """
+        Write the counters out and close the index (at shutdown).
+        """
+        return self.index.close()
+
+    async def send(
+        self,
+        request: Request,
+        method: bytes,
+        url: bytes,
+        headers: Headers,
+        body: IBodyProducer | None,
+    ) -> IResponse:
+        """
+        Like L{Forwarder.send}; a cached answer comes back as a response
+        that L{relayBody} streams from disk.
+        """
+        target = CacheTarget.fromURL(url) if body is None else None
+        if target is None or method not in (b"GET", b"HEAD"):
+            return await Forwarder.send(self, request, method, url, headers, body)
+
+        async def upstream(verb: bytes) -> IResponse:
+            if getattr(request, "upstreamUnreachable", False):
+                raise netError.ConnectError(string="the upstream is unreachable")
+            return await Forwarder.send(self, request, verb, url, headers, None)
+
+        fingerprint = self.store.credentialFingerprint(*clientCredentials(request))
+        if target.kind == "blobs":
+            return await self._blob(request, target, fingerprint, upstream)
+        return await self._manifest(request, target, fingerprint, upstream)
+
+    async def relayBody(self, request: Request, response: IResponse) -> bool:
+        """
+        Like L{Forwarder.relayBody}, streaming cached answers from disk.
+        """
+        if isinstance(response, StreamedResponse):
+            return await response.relay(request)
+        return await Forwarder.relayBody(self, request, response)
+
+    # Authorization
+
+    async def _allowed(
+        self, fingerprint: str, target: CacheTarget, window: float
+    ) -> bool:
+        decision = await self.index.getAuthorization(
+            fingerprint, target.upstream, target.repository
+        )
+        if decision is None:
+            return False
+        allowed, checkedAt = decision
+        return allowed and self.clock.seconds() - checkedAt <= window
+
+    async def _remember(
+        self, fingerprint: str, target: CacheTarget, code: int
+    ) -> None:
+        if code in (401, 403):
+            await self.index.setAuthorization(
+                fingerprint,
+                target.upstream,
+                target.repository,
+                False,
+                self.clock.seconds(),
+            )
+        elif 200 <= code < 300:
+            await self.index.setAuthorization(
+                fingerprint,
+                target.upstream,
+                target.repository,
+                True,
+                self.clock.seconds(),
+            )
+
+    async def _servable(
+        self,
+        target: CacheTarget,
+        fingerprint: str,
+        digest: str,
+        upstream: Sender,
+    ) -> tuple[bool, IResponse | None]:
+        """
+        Whether the cached C{digest} may go to this client under
+        C{target.repository}: (yes or no, the upstream's refusal to relay).
+
+        A link and a fresh authorization answer at once; otherwise a
+        C{HEAD} upstream decides (and confirms the repository has the
+        digest).  Unreachable, remembered decisions count up to the grace.
+        """
+        linked = await self.index.isLinked(target.upstream, target.repository, digest)
+        if linked and await self._allowed(fingerprint, target, self.authTTL):
+            return True, None
+        try:
+            response = await upstream(b"HEAD")
+        except UNREACHABLE:
+            return (
+                linked and await self._allowed(fingerprint, target, self.offlineGrace)
+            ), None
+        await self._remember(fingerprint, target, response.code)
+        if response.code == 200:
+            await self.index.link(target.upstream, target.repository, digest)
+            return True, None
+        if response.code in (401, 403):
+            return False, response
+        return False, None
+
+    # Blobs
+
+    async def _blob(
+        self,
+        request: Request,
+        target: CacheTarget,
+        fingerprint: str,
+        upstream: Sender,
+    ) -> IResponse:
+        digest = target.reference
+        size = await self.store.lookup(digest) if target.byDigest else None
+        if size is not None:
+            allowed, refusal = await self._servable(
+                target, fingerprint, digest, upstream
+            )
+            if refusal is not None:
+                return refusal
+            if allowed:
+                return self._blobHit(request, target, digest, size)
+        elif target.byDigest and digest in self._fills:
+            allowed, refusal = await self._servable(
+                target, fingerprint, digest, upstream
+            )
+            if refusal is not None:
+                return refusal
+            running = await self._fills[digest].wait() if allowed else None
+            if running is not None:
+                fill, fillSize = running
+                self._outcome(request, "coalesced", target)
+                if request.method == b"GET":
+                    self.index.record("coalesced", target.repository, fillSize, "cache")
+                return StreamedResponse.forFill(fill, digest, fillSize)
+        return await self._blobMiss(request, target, fingerprint, upstream)
+
+    def _blobHit(
+        self, request: Request, target: CacheTarget, digest: str, size: int
+    ) -> IResponse:
+        wanted = parseRange(request.requestHeaders, size)
+        self._outcome(request, "hit", target)
+        response = StreamedResponse.forEntry(self.store, digest, size, wanted)
+        if request.method == b"GET":
+            self.index.record("hit", target.repository, response.length, "cache")
+        return response
+
+    async def _blobMiss(
+        self,
+        request: Request,
+        target: CacheTarget,
+        fingerprint: str,
+        upstream: Sender,
+    ) -> IResponse:
+        """
+        Fetch the blob; a whole GET by digest also fills the cache, and
+        clients asking for it meanwhile are streamed from that one fill.
+        """
+        fills = (
+            target.byDigest
+            and request.method == b"GET"
+            and not request.requestHeaders.hasHeader(b"range")
+            and target.reference not in self._fills
+        )
+        if not fills:
+            return await upstream(request.method)
+        pending = self._fills[target.reference] = _Running()
+        try:
+            response = await upstream(b"GET")
+        except BaseException:
+            self._fills.pop(target.reference, None)
+            pending.started(None)
+            raise
+        await self._remember(fingerprint, target, response.code)
+        if response.code != 200 or not isinstance(response.length, int):
+            self._fills.pop(target.reference, None)
+            pending.started(None)
+            return response
+        fill = self.store.fill(target.reference, response.length)
+        response.deliverBody(_FillWriter(fill, self._filled(target, response.length)))
+        pending.started((fill, response.length))
+        self._outcome(request, "miss", target)
+        return StreamedResponse.forFill(
+            fill, target.reference, response.length, response
+        )
+
+    def _filled(self, target: CacheTarget, size: int) -> Callable[[bool], None]:
+        def done(kept: bool) -> None:
+            self._fills.pop(target.reference, None)
+            self.index.record("miss", target.repository, size, "upstream")
+            if kept:
+                self.index.link(target.upstream, target.repository, target.reference)
+
+        return done
+
+    # Manifests
+
+    async def _manifest(
+        self,
+        request: Request,
+        target: CacheTarget,
+        fingerprint: str,
+        upstream: Sender,
+    ) -> IResponse:
+        if target.byDigest:
+            return await self._manifestByDigest(request, target, fingerprint, upstream)
+        try:
+            response = await upstream(b"HEAD")
+        except UNREACHABLE:
+            return await self._staleTag(request, target, fingerprint)
+        await self._remember(fingerprint, target, response.code)
+        digest = (response.headers.getRawHeaders(b"docker-content-digest") or [b""])[
+            -1
+        ].decode("latin-1")
+        if response.code != 200 or _DIGEST.match(digest) is None:
+            return await self._other(request, response, upstream)
+        cached = await self._cachedManifest(request, target, digest)
+        if cached is None:
+            return await self._manifestMiss(request, target, upstream)
+        await self._rememberTag(target, digest, cached)
+        self._outcome(request, "hit", target)
+        return cached
+
+    async def _other(
+        self, request: Request, response: IResponse, upstream: Sender
+    ) -> IResponse:
+        """
+        An answer to a revalidating C{HEAD} the cache does not use: a
+        client's HEAD gets it as it is; a GET is sent on.
+        """
+        if request.method == b"HEAD" or response.code in (401, 403):
+            return response
+        return await upstream(b"GET")
+
+    async def _manifestByDigest(
+        self,
+        request: Request,
+        target: CacheTarget,
+        fingerprint: str,
+        upstream: Sender,
+    ) -> IResponse:
+        digest = target.reference
+        if await self.store.lookup(digest) is not None:
+            allowed, refusal = await self._servable(
+                target, fingerprint, digest, upstream
+            )
+            if refusal is not None:
+                return refusal
+            cached = (
+                await self._cachedManifest(request, target, digest) if allowed else None
+            )
+            if cached is not None:
+                self._outcome(request, "hit", target)
+                return cached
+        return await self._manifestMiss(request, target, upstream)
+
+    async def _staleTag(
+        self, request: Request, target: CacheTarget, fingerprint: str
+    ) -> IResponse:
+        entry = await self.index.getTag(target.upstream, target.repository, target.reference)
+        if (
+            entry is None
+            or self.clock.seconds() - entry.fetchedAt > self.staleFor
+            or not await self._allowed(fingerprint, target, self.offlineGrace)
+        ):
+            raise netError.ConnectError(string="the upstream is unreachable")
+        cached = await self._cachedManifest(request, target, entry.digest)
+        if cached is None:
+            raise netError.ConnectError(string="the upstream is unreachable")
+        cached.headers.setRawHeaders(b"warning", [STALE_WARNING])
+        self._outcome(request, "stale", target)
+        self._log.info(
+            "stale answer for {repository}:{tag} ({age:.0f}s old)",
+            repository=target.repository,
+            tag=target.reference,
+            age=self.clock.seconds() - entry.fetchedAt,
+        )
+        return cached
+
+    async def _cachedManifest(
+        self, request: Request, target: CacheTarget, digest: str
+    ) -> BytesResponse | None:
+        """
+        The held manifest C{digest} as a response, if it is held whole and
+        the client accepts its media type.
+        """
+        entry = await self.index.getTag(target.upstream, target.repository, digest)
+        if entry is None or not acceptable(
+            request.requestHeaders, entry.mediaType.encode("latin-1")
+        ):
+            return None
+        if await self.store.lookup(digest) is None:
+            return None
+        body = await self.store.read(digest)
+        if body is None or hashlib.sha256(body).hexdigest() != digest[7:]:
+            return None
+        if request.method == b"GET":
+            self.index.record("hit", target.repository, len(body), "cache")
+        return BytesResponse.manifest(body, entry.mediaType, digest)
+
+    async def _manifestMiss(
+        self, request: Request, target: CacheTarget, upstream: Sender
+    ) -> IResponse:
+        response = await upstream(request.method)
+        if (
+            request.method != b"GET"
+            or response.code != 200
+            or not isinstance(response.length, int)
+            or response.length > MAX_MANIFEST
+        ):
+            return response
+        body = await readBody(response)
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        mediaType = (response.headers.getRawHeaders(b"content-type") or [b""])[
+            -1
+        ].decode("latin-1")
+        fill = self.store.fill(digest, len(body))
+        fill.write(body)
+        if await fill.finish():
+            entry = TagEntry(digest, mediaType, len(body), self.clock.seconds())
+            await self.index.link(target.upstream, target.repository, digest)
+            await self.index.setTag(target.upstream, target.repository, digest, entry)
+            await self.index.setReferences(digest, manifestDigests(body))
+            if not target.byDigest:
+                await self.index.setTag(
+                    target.upstream, target.repository, target.reference, entry
+                )
+        self.index.record("miss", target.repository, len(body), "upstream")
+        self._outcome(request, "miss", target)
+        return BytesResponse(response.code, response.phrase, response.headers, body)
+
+    async def _rememberTag(
+        self, target: CacheTarget, digest: str, cached: BytesResponse
+    ) -> None:
+        entry = TagEntry(
+            digest, cached.mediaType, len(cached.body), self.clock.seconds()
+        )
+        await self.index.setTag(target.upstream, target.repository, target.reference, entry)
+
+    def _outcome(self, request: Request, outcome: str, target: CacheTarget) -> None:
+        request.cacheOutcome = outcome  # type: ignore[attr-defined]
+
+
+class _FillWriter(Protocol):
+    """
+    Writes an upstream body into a L{Fill}, at the upstream's pace: readers
+    follow the file, so a slow or departed client never holds it up.
+    """
+
+    _log = Logger()
+
+    def __init__(self, fill: Fill, done: Callable[[bool], None]) -> None:
+        self._fill = fill
+        self._done = done
+
+    def dataReceived(self, data: bytes) -> None:
+        self._fill.write(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._fill.finish().addCallbacks(self._done, self._broken)
+        else:
+            self._fill.fail(reason)
+            self._done(False)
+
+    def _broken(self, failure: Failure) -> None:
+        _FillWriter._log.failure("Could not keep a fill", failure=failure)
+        self._done(False)

@@ -1,0 +1,216 @@
+# -*- test-case-name: tests.integration.test_cache -*-
+"""
+The LAN cache with the real registry and real clients: pulls through the
+cache, pulls again with the registry stopped, authorization kept on a
+token-auth registry, and one upstream GET per blob for concurrent pulls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from twisted.internet.defer import DeferredList, ensureDeferred
+from twisted.trial.unittest import TestCase
+
+from .clients import ClientFailed, Podman, Skopeo
+from .forwarding import readBlob, temporaryDirectory
+from .oci import sha256File, writeImage
+from .proxy import startProxy
+from .registry import Registry, registryConfig, serveRegistry, startRegistry
+
+
+async def startCountingRegistry(testCase) -> Registry:
+    """
+    An open registry whose access log is on, so a test can count the
+    requests it served.
+    """
+    from twisted.internet import reactor
+
+    directory = temporaryDirectory(testCase, "registry-counting-")
+
+    def configFor(port: int) -> dict:
+        config = registryConfig(directory, port, "open")
+        config["log"]["accesslog"] = {"disabled": False}
+        return config
+
+    port, process = await serveRegistry(testCase, directory, configFor, reactor)
+    return Registry(
+        mode="open",
+        url=f"http://127.0.0.1:{port}",
+        host=f"127.0.0.1:{port}",
+        port=port,
+        caFile=None,
+        certDir=None,
+        users={},
+        tokenServer=None,
+        directory=directory,
+        process=process,
+    )
+
+
+def blobGETs(registry: Registry, digest: str) -> int:
+    """
+    How many GETs of blob C{digest} the registry's access log shows.
+    """
+    pattern = re.compile(r'"GET /v2/[^ ]+/blobs/' + re.escape(digest) + r" HTTP")
+    return len(pattern.findall(registry.output()))
+
+
+class CacheTestsMixin:
+    """
+    Push one image through regproxy and read it back.
+    """
+
+    timeout = 300
+    credentials: tuple[str, str] | None = None
+
+    async def pushImage(self, repository: str, layerSizes=(300_000, 2_000_000)):
+        self.layout = temporaryDirectory(self, "oci-src-")
+        self.image = writeImage(self.layout, "v1", layerSizes, seed=repository)
+        await self.skopeo.copy(
+            self.image.reference,
+            self.proxy.reference(repository, "v1"),
+            destTLSVerify=False,
+            destCreds=self.credentials,
+        )
+
+    async def pullTo(self, reference: str, creds=None) -> str:
+        destination = temporaryDirectory(self, "pulled-")
+        await self.skopeo.copy(
+            reference,
+            "dir:" + destination,
+            srcTLSVerify=False,
+            srcCreds=creds,
+        )
+        return destination
+
+    def assertHoldsImage(self, directory: str) -> None:
+        with open(os.path.join(directory, "manifest.json"), "rb") as f:
+            self.assertEqual(f.read(), readBlob(self.layout, self.image.digest))
+        for blob in (self.image.config, *self.image.layers):
+            self.assertEqual(sha256File(os.path.join(directory, blob.hex)), blob.digest)
+
+    async def stats(self):
+        return await self.proxy.site.cache.index.stats()
+
+
+class OfflineTests(CacheTestsMixin, TestCase):
+    """
+    Pull through the cache, stop the registry, pull again.
+    """
+
+    async def setUp(self) -> None:
+        self.registry = await startRegistry(self, mode="open")
+        self.proxy = startProxy(self, self.registry)
+        self.skopeo = Skopeo(self)
+
+    async def test_pullWithRegistryStopped(self) -> None:
+        """
+        skopeo and podman pull an image through the cache; once the
+        registry is stopped, they pull it again by tag (the last known
+        manifest, marked stale) and by digest.
+        """
+        podman = Podman(self)
+        await podman.check()
+        await self.pushImage("offline/app")
+        byTag = self.proxy.reference("offline/app", "v1")
+        byDigest = f"docker://{self.proxy.host}/offline/app@{self.image.digest}"
+        self.assertHoldsImage(await self.pullTo(byTag))
+        await podman.pull(byTag.removeprefix("docker://"), tlsVerify=False)
+        before = await self.stats()
+        self.assertGreater(before.hits, 0)
+
+        await self.registry.process.stop()
+
+        self.assertHoldsImage(await self.pullTo(byTag))
+        self.assertHoldsImage(await self.pullTo(byDigest))
+        offline = Podman(self)
+        await offline.pull(byTag.removeprefix("docker://"), tlsVerify=False)
+        await offline.pull(byDigest.removeprefix("docker://"), tlsVerify=False)
+        self.assertEqual(
+            await offline.imageDigest(byTag.removeprefix("docker://")),
+            self.image.digest,
+        )
+        after = await self.stats()
+        self.assertGreater(after.stale, before.stale)
+
+    async def test_concurrentPullsOneGETPerBlob(self) -> None:
+        """
+        Ten clients pulling a fresh image at once cause one upstream GET per
+        blob, counted in the registry's own access log.
+        """
+        self.registry = await startCountingRegistry(self)
+        self.proxy = startProxy(self, self.registry)
+        await self.pushImage("fresh/app", layerSizes=(3_000_000, 6_000_000))
+        reference = self.proxy.reference("fresh/app", "v1")
+        pulls = [ensureDeferred(self.pullTo(reference)) for _ in range(10)]
+        results = await DeferredList(pulls, consumeErrors=True)
+        for ok, result in results:
+            self.assertTrue(ok, result)
+            self.assertHoldsImage(result)
+        for blob in (self.image.config, *self.image.layers):
+            self.assertEqual(blobGETs(self.registry, blob.digest), 1, blob.digest)
+        stats = await self.stats()
+        self.assertEqual(stats.misses + stats.hits + stats.coalesced >= 30, True)
+
+
+class AuthorizationTests(CacheTestsMixin, TestCase):
+    """
+    On a token-auth registry, cached content goes only to clients the
+    registry allows.
+    """
+
+    credentials = ("alice", "wonderland")
+
+    async def setUp(self) -> None:
+        self.registry = await startRegistry(
+            self, mode="token", users={"alice": "wonderland"}, anonymous="none"
+        )
+        self.proxy = startProxy(self, self.registry)
+        self.skopeo = Skopeo(self)
+
+    async def test_otherClientRefused(self) -> None:
+        """
+        alice pulls (so everything is cached); a client without her
+        credentials is refused the manifest by tag and by digest, and the
+        blobs, although all of it is on disk.
+        """
+        await self.pushImage("private/app")
+        reference = self.proxy.reference("private/app", "v1")
+        self.assertHoldsImage(await self.pullTo(reference, creds=self.credentials))
+        store = self.proxy.site.cache.store
+        for blob in (self.image.config, *self.image.layers):
+            self.assertIsNotNone(await store.lookup(blob.digest))
+        byDigest = f"docker://{self.proxy.host}/private/app@{self.image.digest}"
+        for ref in (reference, byDigest):
+            with self.assertRaises(ClientFailed):
+                await self.pullTo(ref)
+            with self.assertRaises(ClientFailed):
+                await self.pullTo(ref, creds=("alice", "wrong"))
+        # And the blobs themselves, asked for with an anonymous token.
+        from .clients import httpClient
+
+        http = httpClient(self)
+        token = await self._anonymousToken(http, "private/app")
+        for blob in (self.image.config, *self.image.layers):
+            response = await http.get(
+                f"{self.proxy.url}/v2/private/app/blobs/{blob.digest}",
+                headers={"Authorization": [f"Bearer {token}"]},
+            )
+            body = await response.content()
+            self.assertIn(response.code, (401, 403, 404), body[:200])
+            self.assertNotIn(b"\x1f\x8b", body[:2])
+
+    async def _anonymousToken(self, http, repository: str) -> str:
+        ping = await http.get(self.proxy.url + "/v2/")
+        await ping.content()
+        realm = re.search(
+            r'realm="([^"]+)"', ping.headers.getRawHeaders("www-authenticate")[0]
+        )
+        assert realm is not None
+        response = await http.get(
+            realm.group(1), params={"scope": f"repository:{repository}:pull"}
+        )
+        return json.loads(await response.content())["token"]
