@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 from twisted.internet import error as netError
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -157,18 +157,27 @@ Sender = Callable[[bytes], Awaitable[IResponse]]
 
 class _Running:
     """
-    A fill being started: clients that ask meanwhile wait for it.
+    A fill being started, or running: clients that ask meanwhile wait for
+    it to start, then follow it.
     """
 
     def __init__(self) -> None:
         self._waiting: list[Deferred[tuple[Fill, int] | None]] = []
+        self.running: tuple[Fill, int] | None = None
+        self._started = False
+        # The upstream body is all in: the fill is being checked and kept,
+        # and a new reader must wait for the entry instead of joining.
+        self.ending = False
 
     def wait(self) -> Deferred[tuple[Fill, int] | None]:
+        if self._started:
+            return succeed(self.running)
         waiting: Deferred[tuple[Fill, int] | None] = Deferred()
         self._waiting.append(waiting)
         return waiting
 
     def started(self, running: tuple[Fill, int] | None) -> None:
+        self.running, self._started = running, True
         waiting, self._waiting = self._waiting, []
         for each in waiting:
             each.callback(running)
@@ -195,6 +204,19 @@ class CachingForwarder(Forwarder):
     _fills: dict[str, _Running] = attrs.field(factory=dict, kw_only=True)
 
     _log = Logger()
+
+    def settled(self) -> Deferred[object]:
+        """
+        Fires once every fill running now has ended (kept or not).
+        """
+        return DeferredList(
+            [
+                running.running[0].done()
+                for running in self._fills.values()
+                if running.running is not None
+            ],
+            consumeErrors=True,
+        )
 
     def close(self) -> Deferred[None]:
         """
@@ -311,38 +333,41 @@ class CachingForwarder(Forwarder):
         upstream: Sender,
     ) -> IResponse:
         digest = target.reference
-        size = await self.store.lookup(digest) if target.byDigest else None
-        if size is not None:
-            allowed, refusal = await self._servable(
-                target, fingerprint, digest, upstream
-            )
-            if refusal is not None:
-                return refusal
-            if allowed:
-                return self._blobHit(request, target, digest, size)
-        elif target.byDigest and digest in self._fills:
-            allowed, refusal = await self._servable(
-                target, fingerprint, digest, upstream
-            )
-            if refusal is not None:
-                return refusal
-            running = await self._fills[digest].wait() if allowed else None
-            if running is not None:
-                fill, fillSize = running
-                self._outcome(request, "coalesced", target)
-                if request.method == b"GET":
-                    self.index.record("coalesced", target.repository, fillSize, "cache")
+        running = self._fills.get(digest) if target.byDigest else None
+        size = None
+        if running is None and target.byDigest:
+            size = await self.store.lookup(digest)
+            # Another client may have started a fill while we looked.
+            running = self._fills.get(digest) if size is None else None
+        if size is None and running is None:
+            return await self._blobMiss(request, target, fingerprint, upstream)
+        allowed, refusal = await self._servable(target, fingerprint, digest, upstream)
+        if refusal is not None:
+            return refusal
+        if not allowed:
+            return await self._blobMiss(request, target, fingerprint, upstream)
+        if running is not None:
+            started = await running.wait()
+            if started is not None and not running.ending:
+                fill, fillSize = started
+                self._outcome(request, "coalesced", target, fillSize)
                 return StreamedResponse.forFill(fill, digest, fillSize)
-        return await self._blobMiss(request, target, fingerprint, upstream)
+            if started is not None and await started[0].done():
+                size = started[1]
+            else:
+                # It did not start, or was not kept: fetch it again.
+                size = await self.store.lookup(digest)
+            if size is None:
+                return await self._blobMiss(request, target, fingerprint, upstream)
+        assert size is not None
+        return self._blobHit(request, target, digest, size)
 
     def _blobHit(
         self, request: Request, target: CacheTarget, digest: str, size: int
     ) -> IResponse:
         wanted = parseRange(request.requestHeaders, size)
-        self._outcome(request, "hit", target)
         response = StreamedResponse.forEntry(self.store, digest, size, wanted)
-        if request.method == b"GET":
-            self.index.record("hit", target.repository, response.length, "cache")
+        self._outcome(request, "hit", target, response.length)
         return response
 
     async def _blobMiss(
@@ -377,9 +402,11 @@ class CachingForwarder(Forwarder):
             pending.started(None)
             return response
         fill = self.store.fill(target.reference, response.length)
-        response.deliverBody(_FillWriter(fill, self._filled(target, response.length)))
+        response.deliverBody(
+            _FillWriter(fill, pending, self._filled(target, response.length))
+        )
         pending.started((fill, response.length))
-        self._outcome(request, "miss", target)
+        request.cacheOutcome = "miss"  # type: ignore[attr-defined]
         return StreamedResponse.forFill(
             fill, target.reference, response.length, response
         )
@@ -418,7 +445,7 @@ class CachingForwarder(Forwarder):
         if cached is None:
             return await self._manifestMiss(request, target, upstream)
         await self._rememberTag(target, digest, cached)
-        self._outcome(request, "hit", target)
+        self._outcome(request, "hit", target, cached.length)
         return cached
 
     async def _other(
@@ -450,7 +477,7 @@ class CachingForwarder(Forwarder):
                 await self._cachedManifest(request, target, digest) if allowed else None
             )
             if cached is not None:
-                self._outcome(request, "hit", target)
+                self._outcome(request, "hit", target, cached.length)
                 return cached
         return await self._manifestMiss(request, target, upstream)
 
@@ -468,7 +495,7 @@ class CachingForwarder(Forwarder):
         if cached is None:
             raise netError.ConnectError(string="the upstream is unreachable")
         cached.headers.setRawHeaders(b"warning", [STALE_WARNING])
-        self._outcome(request, "stale", target)
+        self._outcome(request, "stale", target, cached.length)
         self._log.info(
             "stale answer for {repository}:{tag} ({age:.0f}s old)",
             repository=target.repository,
@@ -494,8 +521,6 @@ class CachingForwarder(Forwarder):
         body = await self.store.read(digest)
         if body is None or hashlib.sha256(body).hexdigest() != digest[7:]:
             return None
-        if request.method == b"GET":
-            self.index.record("hit", target.repository, len(body), "cache")
         return BytesResponse.manifest(body, entry.mediaType, digest)
 
     async def _manifestMiss(
@@ -525,8 +550,7 @@ class CachingForwarder(Forwarder):
                 await self.index.setTag(
                     target.upstream, target.repository, target.reference, entry
                 )
-        self.index.record("miss", target.repository, len(body), "upstream")
-        self._outcome(request, "miss", target)
+        self._outcome(request, "miss", target, len(body), "upstream")
         return BytesResponse(response.code, response.phrase, response.headers, body)
 
     async def _rememberTag(
@@ -537,8 +561,21 @@ class CachingForwarder(Forwarder):
         )
         await self.index.setTag(target.upstream, target.repository, target.reference, entry)
 
-    def _outcome(self, request: Request, outcome: str, target: CacheTarget) -> None:
+    def _outcome(
+        self,
+        request: Request,
+        outcome: str,
+        target: CacheTarget,
+        nbytes: int,
+        source: str = "cache",
+    ) -> None:
+        """
+        Say on the request (for its log line) how the cache answered it,
+        and count it: a HEAD counts nothing, it sent no bytes.
+        """
         request.cacheOutcome = outcome  # type: ignore[attr-defined]
+        if request.method == b"GET":
+            self.index.record(outcome, target.repository, nbytes, source)
 
 
 class _FillWriter(Protocol):
@@ -549,14 +586,18 @@ class _FillWriter(Protocol):
 
     _log = Logger()
 
-    def __init__(self, fill: Fill, done: Callable[[bool], None]) -> None:
+    def __init__(
+        self, fill: Fill, running: _Running, done: Callable[[bool], None]
+    ) -> None:
         self._fill = fill
+        self._running = running
         self._done = done
 
     def dataReceived(self, data: bytes) -> None:
         self._fill.write(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._running.ending = True
         if reason.check(ResponseDone, PotentialDataLoss):
             self._fill.finish().addCallbacks(self._done, self._broken)
         else:
