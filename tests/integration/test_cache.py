@@ -8,6 +8,8 @@ token-auth registry, and one upstream GET per blob for concurrent pulls.
 from __future__ import annotations
 
 import json
+
+import attrs
 import os
 import re
 
@@ -15,10 +17,12 @@ from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from .clients import ClientFailed, Podman, Skopeo
+from .fleets import PUBLIC, TARGET_VERSION
 from .forwarding import readBlob, temporaryDirectory
 from .oci import sha256File, writeImage
 from .proxy import startProxy
 from .registry import Registry, registryConfig, serveRegistry, startRegistry
+from .test_fleets import SkopeoMixin
 
 
 async def startCountingRegistry(testCase) -> Registry:
@@ -231,3 +235,35 @@ class AuthorizationTests(CacheTestsMixin, TestCase):
             realm.group(1), params={"scope": f"repository:{repository}:pull"}
         )
         return json.loads(await response.content())["token"]
+
+
+class FleetOfflineTests(SkopeoMixin, TestCase):
+    """
+    Fleet names through the cache, and again from a restarted regproxy
+    while the registry is stopped.
+    """
+
+    async def test_fleetNameWithRegistryStopped(self) -> None:
+        """
+        A fleet name, a version of it and a digest pulled once are pulled
+        again by a new regproxy on the same cache directory after the
+        registry has stopped: the new instance has nothing in memory, so
+        every byte comes from the disk cache.
+        """
+        cacheDir = temporaryDirectory(self, "shared-cache-")
+        first = self.startProxy(cache_dir=cacheDir)
+        target = self.fleets.digest(PUBLIC, TARGET_VERSION)
+        names = (PUBLIC, f"{PUBLIC}/1.2.3", f"{PUBLIC}@{target}")
+        expected = [await self.pull(name, proxy=first) for name in names]
+        await first.site.cache.settled()
+
+        await self.fleets.registry.process.stop()
+        second = self.startProxy(cache_dir=cacheDir)
+        counters = second.site.cache.index.counters
+        before = attrs.asdict(counters)
+        again = [await self.pull(name, proxy=second) for name in names]
+        self.assertEqual(again, expected)
+        self.assertEqual(again[0], target)
+        self.assertEqual(counters.misses, before["misses"])
+        self.assertGreater(counters.stale, before["stale"])
+        self.assertGreater(counters.hits, before["hits"])
