@@ -10,6 +10,7 @@ from the file (a complete entry or a running fill), never held in memory.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -48,6 +49,27 @@ def parseRange(headers: Headers, size: int) -> tuple[int, int] | None:
     if start > end or start >= size:
         return None
     return start, end
+
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def manifestMediaType(body: bytes) -> str:
+    """
+    A manifest's media type from its own C{mediaType} field; an OCI image
+    or index by its shape when the field is left out (the spec allows it).
+    """
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return "application/octet-stream"
+    if not isinstance(document, dict):
+        return "application/octet-stream"
+    declared = document.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared
+    return OCI_INDEX if "manifests" in document else OCI_MANIFEST
 
 
 @implementer(IPushProducer)

@@ -48,6 +48,7 @@ from regproxy.cache.store import BlobStore, Fill
 from regproxy.proxy.cachedresponse import (
     BytesResponse,
     StreamedResponse,
+    manifestMediaType,
     parseRange,
 )
 from regproxy.proxy.manifests import acceptable
@@ -441,7 +442,10 @@ class CachingForwarder(Forwarder):
         ].decode("latin-1")
         if response.code != 200 or _DIGEST.match(digest) is None:
             return await self._other(request, response, upstream)
-        cached = await self._cachedManifest(request, target, digest)
+        mediaType = (response.headers.getRawHeaders(b"content-type") or [b""])[-1]
+        cached = await self._cachedManifest(
+            request, digest, mediaType.decode("latin-1") or None
+        )
         if cached is None:
             return await self._manifestMiss(request, target, upstream)
         await self._rememberTag(target, digest, cached)
@@ -474,7 +478,7 @@ class CachingForwarder(Forwarder):
             if refusal is not None:
                 return refusal
             cached = (
-                await self._cachedManifest(request, target, digest) if allowed else None
+                await self._cachedManifest(request, digest) if allowed else None
             )
             if cached is not None:
                 self._outcome(request, "hit", target, cached.length)
@@ -491,7 +495,7 @@ class CachingForwarder(Forwarder):
             or not await self._allowed(fingerprint, target, self.offlineGrace)
         ):
             raise netError.ConnectError(string="the upstream is unreachable")
-        cached = await self._cachedManifest(request, target, entry.digest)
+        cached = await self._cachedManifest(request, entry.digest, entry.mediaType)
         if cached is None:
             raise netError.ConnectError(string="the upstream is unreachable")
         cached.headers.setRawHeaders(b"warning", [STALE_WARNING])
@@ -505,23 +509,20 @@ class CachingForwarder(Forwarder):
         return cached
 
     async def _cachedManifest(
-        self, request: Request, target: CacheTarget, digest: str
+        self, request: Request, digest: str, mediaType: str | None = None
     ) -> BytesResponse | None:
         """
         The held manifest C{digest} as a response, if it is held whole and
-        the client accepts its media type.
+        the client accepts its media type (the upstream's word for it when
+        known, else the manifest's own C{mediaType}).
         """
-        entry = await self.index.getTag(target.upstream, target.repository, digest)
-        if entry is None or not acceptable(
-            request.requestHeaders, entry.mediaType.encode("latin-1")
-        ):
-            return None
-        if await self.store.lookup(digest) is None:
-            return None
         body = await self.store.read(digest)
         if body is None or hashlib.sha256(body).hexdigest() != digest[7:]:
             return None
-        return BytesResponse.manifest(body, entry.mediaType, digest)
+        mediaType = mediaType or manifestMediaType(body)
+        if not acceptable(request.requestHeaders, mediaType.encode("latin-1")):
+            return None
+        return BytesResponse.manifest(body, mediaType, digest)
 
     async def _manifestMiss(
         self, request: Request, target: CacheTarget, upstream: Sender
@@ -544,7 +545,6 @@ class CachingForwarder(Forwarder):
         if await fill.finish():
             entry = TagEntry(digest, mediaType, len(body), self.clock.seconds())
             await self.index.link(target.upstream, target.repository, digest)
-            await self.index.setTag(target.upstream, target.repository, digest, entry)
             await self.index.setReferences(digest, manifestDigests(body))
             if not target.byDigest:
                 await self.index.setTag(
