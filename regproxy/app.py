@@ -10,8 +10,10 @@ registry-format 404.  This is the one module that knows every part.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from treq.client import HTTPClient
+from twisted.internet.interfaces import IReactorThreads
 from twisted.web.iweb import IAgent
 from twisted.web.server import Site
 
@@ -34,8 +36,8 @@ from regproxy.cache.index import CacheIndex
 from regproxy.cache.store import BlobStore
 from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
 from regproxy.proxy.agent import NoCookies, makeUpstreamAgent
-from regproxy.proxy.caching import CachingForwarder
 from regproxy.proxy.brokered import BrokeredRegistryResource
+from regproxy.proxy.caching import CachingForwarder
 from regproxy.proxy.passthrough import (
     RegistryResource,
     TokenPassthroughResource,
@@ -191,30 +193,36 @@ def cacheSize(config: Config, directory: str) -> int:
     return min(stat.f_bavail * stat.f_frsize // 2, DEFAULT_CACHE_LIMIT)
 
 
-def makeForwarder(config: Config, reactor, agent: IAgent) -> Forwarder:
+def makeForwarder(config: Config, reactor: Any, agent: IAgent) -> Forwarder:
     """
     The relay to the upstream, with the LAN cache in front unless
-    C{--cache-size 0} turned it off.
+    C{--cache-size 0} turned it off.  The cache reads and writes its files
+    and its index on threads: a reactor without them (the in-memory ones
+    of unit tests) gets the plain relay.
     """
-    if config.cache_size == 0:
+    clock: Any = reactor  # what the cache times itself with
+    if config.cache_size == 0 or not IReactorThreads.providedBy(reactor):
         return Forwarder(agent, reactor, config.response_timeout)
-    directory = cacheDir(config)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    index = CacheIndex.open(os.path.join(directory, "index.sqlite"), reactor)
-    store = BlobStore(
-        directory,
-        index,
-        reactor,
-        cacheSize(config, directory),
-        config.cache_min_free,
-        protectFor=config.cache_protect,
-    )
+
+    def openCache() -> tuple[BlobStore, CacheIndex]:
+        directory = cacheDir(config)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        index = CacheIndex.open(os.path.join(directory, "index.sqlite"), reactor)
+        store = BlobStore(
+            directory,
+            index,
+            reactor,
+            cacheSize(config, directory),
+            config.cache_min_free,
+            protectFor=config.cache_protect,
+        )
+        return store, index
+
     return CachingForwarder(
         agent,
-        reactor,
+        clock,
         config.response_timeout,
-        store=store,
-        index=index,
+        opener=openCache,
         authTTL=config.cache_auth_ttl,
         offlineGrace=config.cache_offline_grace,
         staleFor=config.cache_stale,

@@ -425,8 +425,7 @@ class Config:
     cache_dir: str | None = setting(
         None,
         parseOptionalText,
-        "Directory of the LAN cache of blobs and manifests [default: "
-        "STATE_DIR/cache].",
+        "Directory of the LAN cache of blobs and manifests [default: STATE_DIR/cache].",
         metavar="DIR",
     )
     cache_size: int | None = setting(

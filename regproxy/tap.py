@@ -108,12 +108,17 @@ class RegproxyService(service.MultiService):
 
 class CacheService(service.Service):
     """
-    Closes the LAN cache's index when regproxy stops, so its counters are
+    Opens the LAN cache when regproxy starts (its index and disk threads
+    and its timers) and closes it when regproxy stops, so its counters are
     written out.
     """
 
     def __init__(self, cache: Any) -> None:
         self.cache = cache
+
+    def startService(self) -> None:
+        super().startService()
+        self.cache.open()
 
     def stopService(self) -> Any:
         super().stopService()

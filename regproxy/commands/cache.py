@@ -81,8 +81,11 @@ def formatStats(stats: Any) -> str:
         f"evictions         {stats.evictions}",
     ]
     if stats.perRepository:
-        lines += ["", f"{'repository or fleet':40} {'hit':>6} {'miss':>6} "
-                  f"{'from cache':>12} {'upstream':>12}"]
+        lines += [
+            "",
+            f"{'repository or fleet':40} {'hit':>6} {'miss':>6} "
+            f"{'from cache':>12} {'upstream':>12}",
+        ]
         for name, counts in sorted(stats.perRepository.items()):
             lines.append(
                 f"{name[:40]:40} {counts.get('hits', 0):>6} "

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from regproxy.names.challenge import ChallengeParseError, parseChallenges
 
@@ -59,7 +60,7 @@ class Puller:
         self,
         base: str,
         basic: tuple[str, str] | None = None,
-        opener: Callable[..., object] = urllib.request.urlopen,
+        opener: Callable[..., Any] = urllib.request.urlopen,
     ) -> None:
         self.base = base.rstrip("/")
         self.basic = basic
@@ -103,8 +104,9 @@ class Puller:
                 if not realm:
                     continue
                 query = {"scope": f"repository:{name}:pull"}
-                if challenge.get("service"):
-                    query["service"] = challenge.get("service")
+                service = challenge.get("service")
+                if service:
+                    query["service"] = service
                 url = realm + ("&" if "?" in realm else "?")
                 request = urllib.request.Request(url + urllib.parse.urlencode(query))
                 if self.basic is not None:

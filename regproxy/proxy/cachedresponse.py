@@ -183,7 +183,9 @@ class StreamedResponse:
             )
         first, last = wanted
         headers = _blobHeaders(digest, last - first + 1)
-        headers.setRawHeaders(b"content-range", [b"bytes %d-%d/%d" % (first, last, size)])
+        headers.setRawHeaders(
+            b"content-range", [b"bytes %d-%d/%d" % (first, last, size)]
+        )
         return cls(
             206,
             b"Partial Content",

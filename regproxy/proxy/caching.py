@@ -32,7 +32,6 @@ from collections.abc import Awaitable, Callable
 import attrs
 from twisted.internet import error as netError
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -124,9 +123,10 @@ def clientCredentials(request: Request) -> tuple[str | None, str | None]:
         if given is None:
             return None, None
         return given.username, given.password
-    value = (request.requestHeaders.getRawHeaders(b"authorization") or [None])[-1]
-    if value is None:
+    values = request.requestHeaders.getRawHeaders(b"authorization")
+    if not values:
         return None, None
+    value = values[-1]
     basic = BasicCredentials.fromHeader(value)
     if basic is not None:
         return basic.username, basic.password
@@ -189,16 +189,19 @@ class CachingForwarder(Forwarder):
     """
     A L{Forwarder} with the LAN cache in front of it.
 
-    @ivar store: The bytes.
-    @ivar index: Links, tags, authorizations, counters.
+    @ivar opener: Opens the store and the index (at start-up: they run
+        threads and timers, which a service starts, not a constructor).
+    @ivar store: The bytes, once open; until then requests go upstream.
+    @ivar index: Links, tags, authorizations, counters, once open.
     @ivar authTTL: Seconds an upstream's decision on a client and a
         repository holds while the upstream is reachable.
     @ivar offlineGrace: ... while it is not.
     @ivar staleFor: Oldest tag answer served while it is not.
     """
 
-    store: BlobStore = attrs.field(kw_only=True)
-    index: CacheIndex = attrs.field(kw_only=True)
+    opener: Callable[[], tuple[BlobStore, CacheIndex]] = attrs.field(kw_only=True)
+    _store: BlobStore | None = attrs.field(default=None, kw_only=True)
+    _index: CacheIndex | None = attrs.field(default=None, kw_only=True)
     authTTL: float = attrs.field(default=300.0, kw_only=True)
     offlineGrace: float = attrs.field(default=86400.0, kw_only=True)
     staleFor: float = attrs.field(default=86400.0, kw_only=True)
@@ -206,7 +209,7 @@ class CachingForwarder(Forwarder):
 
     _log = Logger()
 
-    def settled(self) -> Deferred[object]:
+    def settled(self) -> Deferred[list[tuple[bool, bool]]]:
         """
         Fires once every fill running now has ended (kept or not).
         """
@@ -219,11 +222,31 @@ class CachingForwarder(Forwarder):
             consumeErrors=True,
         )
 
+    @property
+    def store(self) -> BlobStore:
+        assert self._store is not None, "the cache is not open"
+        return self._store
+
+    @property
+    def index(self) -> CacheIndex:
+        assert self._index is not None, "the cache is not open"
+        return self._index
+
+    def open(self) -> None:
+        """
+        Open the store and the index; from now on the cache answers.
+        """
+        if self._store is None:
+            self._store, self._index = self.opener()
+
     def close(self) -> Deferred[None]:
         """
         Write the counters out and close the index (at shutdown).
         """
-        return self.index.close()
+        index, self._store, self._index = self._index, None, None
+        if index is None:
+            return succeed(None)
+        return index.close()
 
     async def send(
         self,
@@ -238,7 +261,7 @@ class CachingForwarder(Forwarder):
         that L{relayBody} streams from disk.
         """
         target = CacheTarget.fromURL(url) if body is None else None
-        if target is None or method not in (b"GET", b"HEAD"):
+        if target is None or method not in (b"GET", b"HEAD") or self._store is None:
             return await Forwarder.send(self, request, method, url, headers, body)
 
         async def upstream(verb: bytes) -> IResponse:
@@ -272,9 +295,7 @@ class CachingForwarder(Forwarder):
         allowed, checkedAt = decision
         return allowed and self.clock.seconds() - checkedAt <= window
 
-    async def _remember(
-        self, fingerprint: str, target: CacheTarget, code: int
-    ) -> None:
+    async def _remember(self, fingerprint: str, target: CacheTarget, code: int) -> None:
         if code in (401, 403):
             await self.index.setAuthorization(
                 fingerprint,
@@ -477,9 +498,7 @@ class CachingForwarder(Forwarder):
             )
             if refusal is not None:
                 return refusal
-            cached = (
-                await self._cachedManifest(request, digest) if allowed else None
-            )
+            cached = await self._cachedManifest(request, digest) if allowed else None
             if cached is not None:
                 self._outcome(request, "hit", target, cached.length)
                 return cached
@@ -488,7 +507,9 @@ class CachingForwarder(Forwarder):
     async def _staleTag(
         self, request: Request, target: CacheTarget, fingerprint: str
     ) -> IResponse:
-        entry = await self.index.getTag(target.upstream, target.repository, target.reference)
+        entry = await self.index.getTag(
+            target.upstream, target.repository, target.reference
+        )
         if (
             entry is None
             or self.clock.seconds() - entry.fetchedAt > self.staleFor
@@ -559,7 +580,9 @@ class CachingForwarder(Forwarder):
         entry = TagEntry(
             digest, cached.mediaType, len(cached.body), self.clock.seconds()
         )
-        await self.index.setTag(target.upstream, target.repository, target.reference, entry)
+        await self.index.setTag(
+            target.upstream, target.repository, target.reference, entry
+        )
 
     def _outcome(
         self,

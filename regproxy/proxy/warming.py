@@ -25,8 +25,8 @@ from twisted.web.http_headers import Headers
 
 from regproxy.auth.credentials import BasicCredentials
 from regproxy.names.reference import ImageReference
-from regproxy.proxy.caching import CachingForwarder, servesFor
 from regproxy.proxy.cachedresponse import StreamedResponse
+from regproxy.proxy.caching import CachingForwarder, servesFor
 from regproxy.proxy.upstreamauth import UpstreamAuthenticator
 from regproxy.resolve.interfaces import (
     Credentials,
@@ -97,7 +97,9 @@ class FleetWarmer:
         @return: Whether anything was fetched.
         """
         images = await self._targetImages(slug)
-        key = tuple(sorted(f"{r.repository}@{r.contentHash or r.reference}" for r in images))
+        key = tuple(
+            sorted(f"{r.repository}@{r.contentHash or r.reference}" for r in images)
+        )
         if self._warmed.get(slug) == key:
             return False
         for resolution in images:

@@ -134,6 +134,8 @@ class RegproxySite(Site):
     protocol = RegproxyChannel  # type: ignore[assignment]
     requestFactory = LoggingRequest
     cors: CORSPolicy | None = None
+    # The LAN cache's forwarder, closed at shutdown (set by regproxy.app).
+    cache: object = None
     displayTracebacks = False
     _log = Logger()
 

@@ -71,8 +71,9 @@ def startProxy(testCase, registry: Registry, reactor=None, **settings) -> Proxy:
     site.noisy = False
     cache = getattr(site, "cache", None)
     if cache is not None:
-        # Cleanups run last-added first: the index closes after the
-        # connections (added below) have.
+        # What CacheService does in twistd.  Cleanups run last-added first:
+        # the index closes after the connections (added below) have.
+        cache.open()
         testCase.addCleanup(cache.close)
     # Clients are gone by the cleanup; once their connections are closed,
     # close ours to the registry.

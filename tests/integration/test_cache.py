@@ -8,11 +8,10 @@ token-auth registry, and one upstream GET per blob for concurrent pulls.
 from __future__ import annotations
 
 import json
-
-import attrs
 import os
 import re
 
+import attrs
 from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.trial.unittest import TestCase
 
@@ -54,12 +53,12 @@ async def startCountingRegistry(testCase) -> Registry:
     )
 
 
-def blobGETs(registry: Registry, digest: str) -> int:
+def blobGETs(registry: Registry, digest: str) -> list[str]:
     """
-    How many GETs of blob C{digest} the registry's access log shows.
+    The registry's access log lines for GETs of blob C{digest}.
     """
     pattern = re.compile(r'"GET /v2/[^ ]+/blobs/' + re.escape(digest) + r" HTTP")
-    return len(pattern.findall(registry.output))
+    return [line for line in registry.output.splitlines() if pattern.search(line)]
 
 
 class CacheTestsMixin:
@@ -141,7 +140,6 @@ class OfflineTests(CacheTestsMixin, TestCase):
         self.assertGreater(after.stale, before.stale)
 
 
-
 class ConcurrencyTests(CacheTestsMixin, TestCase):
     """
     Concurrent pulls share one upstream download.
@@ -166,13 +164,11 @@ class ConcurrencyTests(CacheTestsMixin, TestCase):
             self.assertHoldsImage(result)
         await self.proxy.site.cache.settled()
         for blob in (self.image.config, *self.image.layers):
-            self.assertEqual(
-                blobGETs(self.registry, blob.digest),
-                1,
-                [l for l in self.registry.output.splitlines() if '"GET' in l and blob.digest in l],
-            )
+            self.assertEqual(len(blobGETs(self.registry, blob.digest)), 1, blob)
+        # Ten clients times three blobs, three of them fetched: the rest
+        # came from the cache, joining the fill or after it.
         stats = await self.stats()
-        self.assertEqual(stats.misses + stats.hits + stats.coalesced >= 30, True)
+        self.assertGreaterEqual(stats.hits + stats.coalesced, 27)
 
 
 class AuthorizationTests(CacheTestsMixin, TestCase):
@@ -267,3 +263,38 @@ class FleetOfflineTests(SkopeoMixin, TestCase):
         self.assertEqual(counters.misses, before["misses"])
         self.assertGreater(counters.stale, before["stale"])
         self.assertGreater(counters.hits, before["hits"])
+
+
+class ChainTests(CacheTestsMixin, TestCase):
+    """
+    A site's regproxy with a region's regproxy as its upstream.
+    """
+
+    async def setUp(self) -> None:
+        self.registry = await startCountingRegistry(self)
+        self.region = startProxy(self, self.registry)
+        regionAsUpstream = attrs.evolve(self.registry, url=self.region.url)
+        self.sites = [
+            startProxy(self, regionAsUpstream, auth="passthrough") for _ in range(2)
+        ]
+        self.proxy = self.sites[0]
+        self.skopeo = Skopeo(self)
+
+    async def test_twoSitesOneRegion(self) -> None:
+        """
+        An image pushed and pulled through one site is in that site's cache
+        and the region's; a second site pulling it is served by the region
+        (the registry still sent each blob once), and keeps its own copy.
+        """
+        await self.pushImage("chain/app")
+        blobs = (self.image.config, *self.image.layers)
+        for site in self.sites:
+            self.assertHoldsImage(await self.pullTo(site.reference("chain/app", "v1")))
+            await site.site.cache.settled()
+            await self.region.site.cache.settled()
+            for blob in blobs:
+                self.assertIsNotNone(await site.site.cache.store.lookup(blob.digest))
+        for blob in blobs:
+            self.assertIsNotNone(await self.region.site.cache.store.lookup(blob.digest))
+            self.assertEqual(len(blobGETs(self.registry, blob.digest)), 1, blob)
+        self.assertGreaterEqual(self.region.site.cache.index.counters.hits, len(blobs))

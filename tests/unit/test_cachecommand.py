@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.cache.index import CacheStats
 from regproxy.commands.cache import formatStats, main
-from regproxy.commands.warmpull import splitReference, _wanted
+from regproxy.commands.warmpull import _wanted, splitReference
 
 
 class SplitReferenceTests(SynchronousTestCase):

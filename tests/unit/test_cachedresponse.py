@@ -82,7 +82,9 @@ class CacheTargetTests(SynchronousTestCase):
 
     def test_tag(self) -> None:
         target = CacheTarget.fromURL(b"https://r.example/v2/a/b/c/manifests/v1")
-        self.assertEqual(target, CacheTarget("https://r.example", "a/b/c", "manifests", "v1"))
+        self.assertEqual(
+            target, CacheTarget("https://r.example", "a/b/c", "manifests", "v1")
+        )
         assert target is not None
         self.assertFalse(target.byDigest)
 

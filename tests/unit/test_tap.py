@@ -13,7 +13,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from regproxy.tap import Options, makeService
+from regproxy.tap import CacheService, Options, makeService
 
 
 class TapTestCase(SynchronousTestCase):
@@ -214,11 +214,29 @@ class MakeServiceTests(TapTestCase):
         top = makeService(self.parse(*argv))
         self.assertTrue(IService.providedBy(top))
         self.assertFalse(top.running)
-        children = list(top)
+        children = [c for c in top if not isinstance(c, CacheService)]
         for child in children:
             self.assertIsInstance(child, StreamServerEndpointService)
             self.assertFalse(child.running)
         return children
+
+    def test_cacheOnByDefault(self) -> None:
+        """
+        The LAN cache is on by default, as a service that opens it only when
+        regproxy starts: making the service touches no disk.
+        """
+        stateDir = self.mktemp()
+        top = makeService(self.parse("--state-dir", stateDir))
+        (cache,) = [c for c in top if isinstance(c, CacheService)]
+        self.assertFalse(cache.running)
+        self.assertFalse(os.path.exists(os.path.join(stateDir, "cache")))
+
+    def test_cacheOff(self) -> None:
+        """
+        C{--cache-size 0} turns it off.
+        """
+        top = makeService(self.parse("--cache-size", "0"))
+        self.assertEqual([c for c in top if isinstance(c, CacheService)], [])
 
     def test_twoListeners(self) -> None:
         """
