@@ -209,15 +209,18 @@ class CachingForwarder(Forwarder):
 
     _log = Logger()
 
-    def settled(self) -> Deferred[list[tuple[bool, bool]]]:
+    def settled(self, ending: bool = False) -> Deferred[list[tuple[bool, bool]]]:
         """
         Fires once every fill running now has ended (kept or not).
+
+        @param ending: Only those whose upstream body is all in (being
+            checked and kept), as at shutdown: they end in a moment.
         """
         return DeferredList(
             [
                 running.running[0].done()
                 for running in self._fills.values()
-                if running.running is not None
+                if running.running is not None and (running.ending or not ending)
             ],
             consumeErrors=True,
         )
@@ -239,14 +242,19 @@ class CachingForwarder(Forwarder):
         if self._store is None:
             self._store, self._index = self.opener()
 
+    async def _close(self) -> None:
+        await self.settled(ending=True)
+        index, self._store, self._index = self._index, None, None
+        if index is not None:
+            await index.close()
+
     def close(self) -> Deferred[None]:
         """
-        Write the counters out and close the index (at shutdown).
+        Let fills that are being kept finish, write the counters out and
+        close the index (at shutdown).  Fills still downloading are left:
+        their temporary files are never taken for entries.
         """
-        index, self._store, self._index = self._index, None, None
-        if index is None:
-            return succeed(None)
-        return index.close()
+        return Deferred.fromCoroutine(self._close())
 
     async def send(
         self,
