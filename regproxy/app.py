@@ -45,6 +45,7 @@ from regproxy.proxy.passthrough import (
 )
 from regproxy.proxy.relay import Forwarder
 from regproxy.proxy.upstreamauth import UpstreamAuthenticator
+from regproxy.proxy.warming import FleetWarmer
 from regproxy.resolve.balena import BalenaResolver
 from regproxy.resolve.cache import CachingResolver
 from regproxy.resolve.identity import IdentityResolver
@@ -249,6 +250,7 @@ def makeSite(
         agent = makeUpstreamAgent(reactor, config)
     upstream = Origin.fromURL(config.upstream)
     forwarder = makeForwarder(config, reactor, agent)
+    warmer = None
     root = RootResource()
     if config.auth == "passthrough":
         realm = UpstreamRealm(forwarder, upstream)
@@ -274,10 +276,21 @@ def makeSite(
             ),
         )
         root.putChild(b"token", TokenResource(broker))
+        if config.warm_fleet and isinstance(forwarder, CachingForwarder):
+            warmer = FleetWarmer(
+                resolver,
+                forwarder,
+                authenticator,
+                upstream,
+                config.warm_fleet,
+                config.api_token,
+                reactor,
+            )
     root.putChild(b"_health", healthResource())
     root.putChild(b"_ca.crt", CACertificateResource.inStateDir(config.state_dir))
     site = RegproxySite(root, reactor=reactor)
     # What must be closed at shutdown (the cache's index), for tap and tests.
     site.cache = forwarder if isinstance(forwarder, CachingForwarder) else None
+    site.warmer = warmer
     site.cors = CORSPolicy(config.cors_origin)
     return site

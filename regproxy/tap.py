@@ -10,6 +10,8 @@ from typing import Any
 
 import attrs
 from twisted.application import service, strports
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
@@ -106,6 +108,10 @@ class RegproxyService(service.MultiService):
             raise SystemExit(f"regproxy: --listen: {_describeBindFailure(e)}") from None
 
 
+# Seconds between looks at the --warm-fleet fleets' target releases.
+WARM_INTERVAL = 60.0
+
+
 class CacheService(service.Service):
     """
     Opens the LAN cache when regproxy starts (its index and disk threads
@@ -150,6 +156,12 @@ def makeService(options: Options) -> service.IService:
     cache = getattr(site, "cache", None)
     if cache is not None:
         CacheService(cache).setServiceParent(top)
+    warmer = getattr(site, "warmer", None)
+    if warmer is not None:
+        # After the cache's service, so the cache is open when it first runs.
+        TimerService(
+            WARM_INTERVAL, lambda: Deferred.fromCoroutine(warmer.warmAll())
+        ).setServiceParent(top)
     for description in config.listen:
         try:
             listener = strports.service(withConfig(description, config), site)

@@ -44,7 +44,7 @@ MANIFEST_ACCEPT = [
 ]
 
 
-@attrs.define
+@attrs.define(slots=False)
 class WarmRequest:
     """
     What L{CachingForwarder.send} needs of a request, for a fetch no client

@@ -136,6 +136,8 @@ class RegproxySite(Site):
     cors: CORSPolicy | None = None
     # The LAN cache's forwarder, closed at shutdown (set by regproxy.app).
     cache: object = None
+    # The --warm-fleet follower, run by regproxy.tap on a timer.
+    warmer: object = None
     displayTracebacks = False
     _log = Logger()
 

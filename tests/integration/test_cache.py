@@ -13,9 +13,10 @@ import re
 
 import attrs
 from twisted.internet.defer import DeferredList, ensureDeferred
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from .clients import ClientFailed, Podman, Skopeo
+from .clients import ClientFailed, Podman, Skopeo, httpClient
 from .fleets import PUBLIC, TARGET_VERSION
 from .forwarding import readBlob, temporaryDirectory
 from .oci import sha256File, writeImage
@@ -89,6 +90,9 @@ class CacheTestsMixin:
         )
         return destination
 
+    def manifestBytes(self) -> bytes:
+        return readBlob(self.layout, self.image.digest)
+
     def assertHoldsImage(self, directory: str) -> None:
         with open(os.path.join(directory, "manifest.json"), "rb") as f:
             self.assertEqual(f.read(), readBlob(self.layout, self.image.digest))
@@ -97,6 +101,18 @@ class CacheTestsMixin:
 
     async def stats(self):
         return await self.proxy.site.cache.index.stats()
+
+    async def anonymousToken(self, http, repository: str) -> str:
+        ping = await http.get(self.proxy.url + "/v2/")
+        await ping.content()
+        realm = re.search(
+            r'realm="([^"]+)"', ping.headers.getRawHeaders("www-authenticate")[0]
+        )
+        assert realm is not None
+        response = await http.get(
+            realm.group(1), params={"scope": f"repository:{repository}:pull"}
+        )
+        return json.loads(await response.content())["token"]
 
 
 class OfflineTests(CacheTestsMixin, TestCase):
@@ -138,6 +154,30 @@ class OfflineTests(CacheTestsMixin, TestCase):
         )
         after = await self.stats()
         self.assertGreater(after.stale, before.stale)
+
+        # What a client sees of a stale answer, and what the log says.
+        http = httpClient(self)
+        token = await self.anonymousToken(http, "offline/app")
+        lines: list[str] = []
+
+        def observe(event: dict) -> None:
+            if "cache" in event and event.get("path", "").endswith("/v1"):
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        response = await http.get(
+            f"{self.proxy.url}/v2/offline/app/manifests/v1",
+            headers={
+                "Authorization": [f"Bearer {token}"],
+                "Accept": [self.image.manifest.mediaType],
+            },
+        )
+        self.assertEqual(await response.content(), self.manifestBytes())
+        self.assertEqual(
+            response.headers.getRawHeaders("warning"), ['110 - "Response is Stale"']
+        )
+        self.assertIn("cache=stale", lines[-1])
 
 
 class ConcurrencyTests(CacheTestsMixin, TestCase):
@@ -207,10 +247,8 @@ class AuthorizationTests(CacheTestsMixin, TestCase):
             with self.assertRaises(ClientFailed):
                 await self.pullTo(ref, creds=("alice", "wrong"))
         # And the blobs themselves, asked for with an anonymous token.
-        from .clients import httpClient
-
         http = httpClient(self)
-        token = await self._anonymousToken(http, "private/app")
+        token = await self.anonymousToken(http, "private/app")
         for blob in (self.image.config, *self.image.layers):
             response = await http.get(
                 f"{self.proxy.url}/v2/private/app/blobs/{blob.digest}",
@@ -220,20 +258,8 @@ class AuthorizationTests(CacheTestsMixin, TestCase):
             self.assertIn(response.code, (401, 403, 404), body[:200])
             self.assertNotIn(b"\x1f\x8b", body[:2])
 
-    async def _anonymousToken(self, http, repository: str) -> str:
-        ping = await http.get(self.proxy.url + "/v2/")
-        await ping.content()
-        realm = re.search(
-            r'realm="([^"]+)"', ping.headers.getRawHeaders("www-authenticate")[0]
-        )
-        assert realm is not None
-        response = await http.get(
-            realm.group(1), params={"scope": f"repository:{repository}:pull"}
-        )
-        return json.loads(await response.content())["token"]
 
-
-class FleetOfflineTests(SkopeoMixin, TestCase):
+class FleetTests(SkopeoMixin, TestCase):
     """
     Fleet names through the cache, and again from a restarted regproxy
     while the registry is stopped.
@@ -263,6 +289,27 @@ class FleetOfflineTests(SkopeoMixin, TestCase):
         self.assertEqual(counters.misses, before["misses"])
         self.assertGreater(counters.stale, before["stale"])
         self.assertGreater(counters.hits, before["hits"])
+
+    async def test_warmFleet(self) -> None:
+        """
+        C{--warm-fleet} fetches the fleet's target release into the cache
+        (once: a second look at an unchanged release fetches nothing); a
+        device pulling it afterwards gets every blob from the cache, after
+        the registry confirms the device may pull it.
+        """
+        proxy = self.startProxy(warm_fleet=(PUBLIC,))
+        warmer = proxy.site.warmer
+        self.assertTrue(await warmer.warmFleet(PUBLIC))
+        self.assertFalse(await warmer.warmFleet(PUBLIC))
+        await proxy.site.cache.settled()
+        counters = proxy.site.cache.index.counters
+        misses, hits = counters.misses, counters.hits
+        self.assertEqual(
+            await self.pull(PUBLIC, proxy=proxy),
+            self.fleets.digest(PUBLIC, TARGET_VERSION),
+        )
+        self.assertEqual(counters.misses, misses)
+        self.assertGreater(counters.hits, hits)
 
 
 class ChainTests(CacheTestsMixin, TestCase):
