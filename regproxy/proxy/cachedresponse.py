@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -24,6 +23,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
+
+from regproxy.proxy.relay import BytesProducer
 
 _RANGE = re.compile(rb"^bytes=(\d*)-(\d*)$")
 
@@ -72,22 +73,6 @@ def manifestMediaType(body: bytes) -> str:
     return OCI_INDEX if "manifests" in document else OCI_MANIFEST
 
 
-@implementer(IPushProducer)
-class _Nothing:
-    """
-    The transport of a body already in memory: nothing to pause.
-    """
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 @implementer(IResponse)
 @attrs.define
 class BytesResponse:
@@ -126,7 +111,8 @@ class BytesResponse:
         return cls(200, b"OK", headers, body)
 
     def deliverBody(self, protocol: Protocol) -> None:
-        protocol.makeConnection(_Nothing())  # type: ignore[arg-type]
+        # A producer with nothing to pause stands for the transport.
+        protocol.makeConnection(BytesProducer(b""))  # type: ignore[arg-type]
         if self.body:
             protocol.dataReceived(self.body)
         protocol.connectionLost(Failure(ResponseDone()))

@@ -156,6 +156,20 @@ def canServeOffline(forwarder: object, request: Request) -> bool:
 Sender = Callable[[bytes], Awaitable[IResponse]]
 
 
+@attrs.frozen
+class _Ask:
+    """
+    One request the cache may answer: the client's request, what it asks
+    the upstream for, whose it is (a fingerprint), and how to ask the
+    upstream with the client's own authorization.
+    """
+
+    request: Request
+    target: CacheTarget
+    fingerprint: str
+    upstream: Sender
+
+
 class _Running:
     """
     A fill being started, or running: clients that ask meanwhile wait for
@@ -241,6 +255,11 @@ class CachingForwarder(Forwarder):
         """
         if self._store is None:
             self._store, self._index = self.opener()
+            self._log.info(
+                "LAN cache in {root}, up to {size:.1f} GiB",
+                root=self._store.root,
+                size=self._store.maxSize / 1024**3,
+            )
 
     async def _close(self) -> None:
         await self.settled(ending=True)
@@ -278,9 +297,10 @@ class CachingForwarder(Forwarder):
             return await Forwarder.send(self, request, verb, url, headers, None)
 
         fingerprint = self.store.credentialFingerprint(*clientCredentials(request))
+        ask = _Ask(request, target, fingerprint, upstream)
         if target.kind == "blobs":
-            return await self._blob(request, target, fingerprint, upstream)
-        return await self._manifest(request, target, fingerprint, upstream)
+            return await self._blob(ask)
+        return await self._manifest(ask)
 
     async def relayBody(self, request: Request, response: IResponse) -> bool:
         """
@@ -355,13 +375,8 @@ class CachingForwarder(Forwarder):
 
     # Blobs
 
-    async def _blob(
-        self,
-        request: Request,
-        target: CacheTarget,
-        fingerprint: str,
-        upstream: Sender,
-    ) -> IResponse:
+    async def _blob(self, ask: _Ask) -> IResponse:
+        request, target, upstream = ask.request, ask.target, ask.upstream
         digest = target.reference
         running = self._fills.get(digest) if target.byDigest else None
         size = None
@@ -370,12 +385,14 @@ class CachingForwarder(Forwarder):
             # Another client may have started a fill while we looked.
             running = self._fills.get(digest) if size is None else None
         if size is None and running is None:
-            return await self._blobMiss(request, target, fingerprint, upstream)
-        allowed, refusal = await self._servable(target, fingerprint, digest, upstream)
+            return await self._blobMiss(ask)
+        allowed, refusal = await self._servable(
+            target, ask.fingerprint, digest, upstream
+        )
         if refusal is not None:
             return refusal
         if not allowed:
-            return await self._blobMiss(request, target, fingerprint, upstream)
+            return await self._blobMiss(ask)
         if running is not None:
             started = await running.wait()
             if started is not None and not running.ending:
@@ -388,7 +405,7 @@ class CachingForwarder(Forwarder):
                 # It did not start, or was not kept: fetch it again.
                 size = await self.store.lookup(digest)
             if size is None:
-                return await self._blobMiss(request, target, fingerprint, upstream)
+                return await self._blobMiss(ask)
         assert size is not None
         return self._blobHit(request, target, digest, size)
 
@@ -400,13 +417,8 @@ class CachingForwarder(Forwarder):
         self._outcome(request, "hit", target, response.length)
         return response
 
-    async def _blobMiss(
-        self,
-        request: Request,
-        target: CacheTarget,
-        fingerprint: str,
-        upstream: Sender,
-    ) -> IResponse:
+    async def _blobMiss(self, ask: _Ask) -> IResponse:
+        request, target, upstream = ask.request, ask.target, ask.upstream
         """
         Fetch the blob; a whole GET by digest also fills the cache, and
         clients asking for it meanwhile are streamed from that one fill.
@@ -426,7 +438,7 @@ class CachingForwarder(Forwarder):
             self._fills.pop(target.reference, None)
             pending.started(None)
             raise
-        await self._remember(fingerprint, target, response.code)
+        await self._remember(ask.fingerprint, target, response.code)
         if response.code != 200 or not isinstance(response.length, int):
             self._fills.pop(target.reference, None)
             pending.started(None)
@@ -452,20 +464,15 @@ class CachingForwarder(Forwarder):
 
     # Manifests
 
-    async def _manifest(
-        self,
-        request: Request,
-        target: CacheTarget,
-        fingerprint: str,
-        upstream: Sender,
-    ) -> IResponse:
+    async def _manifest(self, ask: _Ask) -> IResponse:
+        request, target, upstream = ask.request, ask.target, ask.upstream
         if target.byDigest:
-            return await self._manifestByDigest(request, target, fingerprint, upstream)
+            return await self._manifestByDigest(ask)
         try:
             response = await upstream(b"HEAD")
         except UNREACHABLE:
-            return await self._staleTag(request, target, fingerprint)
-        await self._remember(fingerprint, target, response.code)
+            return await self._staleTag(request, target, ask.fingerprint)
+        await self._remember(ask.fingerprint, target, response.code)
         digest = (response.headers.getRawHeaders(b"docker-content-digest") or [b""])[
             -1
         ].decode("latin-1")
@@ -492,17 +499,12 @@ class CachingForwarder(Forwarder):
             return response
         return await upstream(b"GET")
 
-    async def _manifestByDigest(
-        self,
-        request: Request,
-        target: CacheTarget,
-        fingerprint: str,
-        upstream: Sender,
-    ) -> IResponse:
+    async def _manifestByDigest(self, ask: _Ask) -> IResponse:
+        request, target, upstream = ask.request, ask.target, ask.upstream
         digest = target.reference
         if await self.store.lookup(digest) is not None:
             allowed, refusal = await self._servable(
-                target, fingerprint, digest, upstream
+                target, ask.fingerprint, digest, upstream
             )
             if refusal is not None:
                 return refusal

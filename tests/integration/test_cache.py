@@ -23,6 +23,7 @@ from .oci import sha256File, writeImage
 from .proxy import startProxy
 from .registry import Registry, registryConfig, serveRegistry, startRegistry
 from .test_fleets import SkopeoMixin
+from .tokenregistry import registryAt
 
 
 async def startCountingRegistry(testCase) -> Registry:
@@ -40,18 +41,7 @@ async def startCountingRegistry(testCase) -> Registry:
         return config
 
     port, process = await serveRegistry(testCase, directory, configFor, reactor)
-    return Registry(
-        mode="open",
-        url=f"http://127.0.0.1:{port}",
-        host=f"127.0.0.1:{port}",
-        port=port,
-        caFile=None,
-        certDir=None,
-        users={},
-        tokenServer=None,
-        directory=directory,
-        process=process,
-    )
+    return registryAt(port, "open", directory, process)
 
 
 def blobGETs(registry: Registry, digest: str) -> list[str]:
