@@ -3,21 +3,23 @@
 The composition root: how a L{Config} becomes a server.
 
 C{/v2/...} is relayed to the upstream, C{/token} is the token endpoint,
-C{/_health} answers without touching the upstream; anything else is a
-registry-format 404.  This is the one module that knows every part.
+C{/_health} answers without touching the upstream, C{/_ready} says whether
+the upstream can be reached; anything else is a registry-format 404.  This is the one module that knows every part.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
+import attrs
 from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorThreads
+from twisted.logger import Logger
 from twisted.web.iweb import IAgent
-from twisted.web.server import Site
 
-from regproxy.auth.access import AccessRules, AccessRulesError, loadAccessRules
+from regproxy.auth.access import AccessRules, AccessRulesError, AccessRulesFile
 from regproxy.auth.broker import Broker
 from regproxy.auth.credentials import BasicCredentials
 from regproxy.auth.htpasswd import HtpasswdError, HtpasswdUsers, ThreadPoolRunner
@@ -35,9 +37,11 @@ from regproxy.auth.users import HtpasswdLogins
 from regproxy.cache.index import CacheIndex
 from regproxy.cache.store import BlobStore
 from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
+from regproxy.metrics import CountedClient, Metrics
 from regproxy.proxy.agent import NoCookies, makeUpstreamAgent
 from regproxy.proxy.brokered import BrokeredRegistryResource
 from regproxy.proxy.caching import CachingForwarder
+from regproxy.proxy.measured import MeasuredAgent
 from regproxy.proxy.passthrough import (
     RegistryResource,
     TokenPassthroughResource,
@@ -48,13 +52,70 @@ from regproxy.proxy.upstreamauth import UpstreamAuthenticator
 from regproxy.proxy.warming import FleetWarmer
 from regproxy.resolve.balena import BalenaResolver
 from regproxy.resolve.cache import CachingResolver
+from regproxy.resolve.digests import (
+    IDigestLocations,
+    LayeredDigestLocations,
+    MemoryDigestLocations,
+    SQLiteDigestLocations,
+    runnerFor,
+)
 from regproxy.resolve.identity import IdentityResolver
 from regproxy.resolve.interfaces import IResolver
-from regproxy.resolve.static import StaticResolver
+from regproxy.resolve.static import StaticMapFile
 from regproxy.server.cors import CORSPolicy
+from regproxy.server.drain import Connections
+from regproxy.server.forwarded import TrustedProxies
+from regproxy.server.health import ReadyResource, UpstreamProbe
 from regproxy.server.site import RegproxySite, RootResource, healthResource
 from regproxy.server.urls import Origin
 from regproxy.tls.caresource import CACertificateResource
+
+
+@attrs.define
+class Reloads:
+    """
+    What SIGHUP re-reads: named parts, each registered by whoever builds it
+    with L{register}, run in registration order by L{reloadAll}.
+
+    A part's callable re-reads its files and returns a few words on what it
+    now holds ("3 users"); when the new version cannot be used it keeps the
+    old one and raises L{ValueError} saying why.
+    """
+
+    _parts: list[tuple[str, Callable[[], str]]] = attrs.Factory(list)
+    _log: ClassVar[Logger] = Logger()
+
+    def register(self, name: str, reload: Callable[[], str]) -> None:
+        """
+        Have C{reload} run on every SIGHUP; C{name} says what it is in the
+        log ("htpasswd /etc/regproxy/users").
+        """
+        self._parts.append((name, reload))
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self._parts]
+
+    def reloadAll(self) -> bool:
+        """
+        Reload every part, one log line each, whatever the others do.
+
+        @return: Whether every part reloaded.
+        """
+        ok = True
+        for name, reload in self._parts:
+            try:
+                what = reload()
+            except ValueError as e:
+                ok = False
+                self._log.warn(
+                    "SIGHUP: kept the previous {name}: {reason}", name=name, reason=e
+                )
+            except Exception:
+                ok = False
+                self._log.failure("SIGHUP: reloading {name} failed", name=name)
+            else:
+                self._log.info("SIGHUP: reloaded {name}: {what}", name=name, what=what)
+        return ok
 
 
 def resolverKind(config: Config) -> str:
@@ -68,31 +129,51 @@ def resolverKind(config: Config) -> str:
     return "identity"
 
 
-def makeResolver(config: Config, reactor, apiClient=None) -> IResolver:
+def makeResolver(
+    config: Config,
+    reactor,
+    apiClient=None,
+    reloads: Reloads | None = None,
+    metrics: Metrics | None = None,
+) -> IResolver:
     """
     The L{IResolver} for C{config}, cached where it asks an API.
 
     @param apiClient: A treq-like client for the balena API; by default
         one with its own connection pool and no cookie jar.
+    @param reloads: Where a static map registers its reload.
+    @param metrics: Counts lookups and balena API requests.
     """
+    metrics = metrics or Metrics()
     kind = resolverKind(config)
     if kind == "identity":
         return IdentityResolver()
     if kind.startswith("static:"):
-        return StaticResolver.fromFile(kind[len("static:") :])
+        static = StaticMapFile(kind[len("static:") :])
+        if reloads is not None:
+            reloads.register(
+                f"static name map {static.path}", lambda: f"{static.reload()} names"
+            )
+        return static
     if apiClient is None:
         apiClient = HTTPClient(
             # treq documents any CookieJar as accepted but types its own.
             makeUpstreamAgent(reactor, config),
             cookiejar=NoCookies(),  # type: ignore[arg-type]
         )
-    balena = BalenaResolver(config.balena_api or DEFAULT_BALENA_API, apiClient, reactor)
-    return CachingResolver(
+    balena = BalenaResolver(
+        config.balena_api or DEFAULT_BALENA_API,
+        CountedClient(apiClient, metrics.balenaAPIRequests),
+        reactor,
+    )
+    caching = CachingResolver(
         balena,
         reactor,
         ttl=config.resolve_cache_ttl,
         staleAge=config.resolve_stale_age,
     )
+    metrics.read("regproxy_resolver_lookups", lambda: caching.cache.lookups)
+    return caching
 
 
 def _stateDir(config: Config) -> str:
@@ -140,27 +221,46 @@ def serviceCredentials(config: Config) -> BasicCredentials | None:
     return BasicCredentials(config.upstream_user, password or "")
 
 
-def makeBackend(config: Config, reactor, authenticator: UpstreamAuthenticator):
+def makeBackend(
+    config: Config,
+    reactor,
+    authenticator: UpstreamAuthenticator,
+    reloads: Reloads | None = None,
+):
     """
     Who judges logins: our own htpasswd users and rules when configured,
     else the upstream.
+
+    @param reloads: Where the htpasswd file and the rules register their
+        reloads.
     """
     if config.htpasswd is None:
         if config.access is not None:
             raise ValueError("--access needs --htpasswd")
         return UpstreamLogins(authenticator, reactor)
+    rules: AccessRules | AccessRulesFile = AccessRules.default()
     try:
         users = HtpasswdUsers(config.htpasswd, reactor, ThreadPoolRunner(reactor))
-        rules = (
-            loadAccessRules(config.access) if config.access else AccessRules.default()
-        )
+        if config.access:
+            rules = AccessRulesFile(config.access)
     except (HtpasswdError, AccessRulesError) as e:
         raise ValueError(str(e)) from None
+    if reloads is not None:
+        reloads.register(f"htpasswd {users.path}", lambda: f"{users.reload()} users")
+        if isinstance(rules, AccessRulesFile):
+            ruleFile = rules
+            reloads.register(
+                f"access rules {ruleFile.path}", lambda: f"{ruleFile.reload()} rules"
+            )
     return HtpasswdLogins(users, rules, serviceCredentials(config))
 
 
 def makeBroker(
-    config: Config, reactor, authenticator: UpstreamAuthenticator, environ=os.environ
+    config: Config,
+    reactor,
+    authenticator: UpstreamAuthenticator,
+    environ=os.environ,
+    reloads: Reloads | None = None,
 ) -> Broker:
     """
     Our token issuer, verifier, sealer and auth backend.
@@ -170,7 +270,7 @@ def makeBroker(
         issuer.issuer, config.service_name, [issuer.key.public_key()], reactor
     )
     sealer = Sealer(loadOrCreateKey(os.path.join(_stateDir(config), "sealing.key")))
-    backend = makeBackend(config, reactor, authenticator)
+    backend = makeBackend(config, reactor, authenticator, reloads)
     return Broker(
         issuer, verifier, sealer, backend, config.service_name, config.public_url
     )
@@ -194,7 +294,9 @@ def cacheSize(config: Config, directory: str) -> int:
     return min(stat.f_bavail * stat.f_frsize // 2, DEFAULT_CACHE_LIMIT)
 
 
-def makeForwarder(config: Config, reactor: Any, agent: IAgent) -> Forwarder:
+def makeForwarder(
+    config: Config, reactor: Any, agent: IAgent, metrics: Metrics
+) -> Forwarder:
     """
     The relay to the upstream, with the LAN cache in front unless
     C{--cache-size 0} turned it off.  The cache reads and writes its files
@@ -203,7 +305,7 @@ def makeForwarder(config: Config, reactor: Any, agent: IAgent) -> Forwarder:
     """
     clock: Any = reactor  # what the cache times itself with
     if config.cache_size == 0 or not IReactorThreads.providedBy(reactor):
-        return Forwarder(agent, reactor, config.response_timeout)
+        return Forwarder(agent, reactor, config.response_timeout, metrics)
 
     def openCache() -> tuple[BlobStore, CacheIndex]:
         directory = cacheDir(config)
@@ -223,10 +325,23 @@ def makeForwarder(config: Config, reactor: Any, agent: IAgent) -> Forwarder:
         agent,
         clock,
         config.response_timeout,
+        metrics,
         opener=openCache,
         authTTL=config.cache_auth_ttl,
         offlineGrace=config.cache_offline_grace,
         staleFor=config.cache_stale,
+    )
+
+
+def makeDigestLocations(config: Config, reactor) -> IDigestLocations:
+    """
+    Where digests live for a name, shared through the state directory by
+    every instance on it.
+    """
+    path = os.path.join(_stateDir(config), "digests.sqlite3")
+    return LayeredDigestLocations(
+        MemoryDigestLocations(),
+        SQLiteDigestLocations(path, runnerFor(reactor), reactor),
     )
 
 
@@ -236,7 +351,8 @@ def makeSite(
     agent: IAgent | None = None,
     apiClient=None,
     environ=os.environ,
-) -> Site:
+    reloads: Reloads | None = None,
+) -> RegproxySite:
     """
     Build the server for C{config}.
 
@@ -245,11 +361,14 @@ def makeSite(
     @param apiClient: A treq-like client for the balena API.
     @param environ: Where openBalena's C{REGISTRY_TOKEN_AUTH_*} variables
         are read from.
+    @param reloads: Where the parts that SIGHUP re-reads register.
     """
     if agent is None:
         agent = makeUpstreamAgent(reactor, config)
+    metrics = Metrics()
+    agent = MeasuredAgent(agent, metrics, reactor)
     upstream = Origin.fromURL(config.upstream)
-    forwarder = makeForwarder(config, reactor, agent)
+    forwarder = makeForwarder(config, reactor, agent, metrics)
     warmer = None
     root = RootResource()
     if config.auth == "passthrough":
@@ -260,8 +379,10 @@ def makeSite(
         root.putChild(b"token", TokenPassthroughResource(forwarder, realm))
     else:
         authenticator = UpstreamAuthenticator(agent, upstream, reactor)
-        broker = makeBroker(config, reactor, authenticator, environ)
-        resolver = makeResolver(config, reactor, apiClient)
+        broker = makeBroker(config, reactor, authenticator, environ, reloads)
+        metrics.read("regproxy_tokens_issued", lambda: broker.tokensIssued)
+        metrics.read("regproxy_logins_refused", lambda: broker.loginsRefused)
+        resolver = makeResolver(config, reactor, apiClient, reloads, metrics)
         root.putChild(
             b"v2",
             BrokeredRegistryResource(
@@ -273,6 +394,7 @@ def makeSite(
                 config.public_url,
                 config.api_token,
                 fleetNames=resolverKind(config) != "identity",
+                digests=makeDigestLocations(config, reactor),
             ),
         )
         root.putChild(b"token", TokenResource(broker))
@@ -287,10 +409,62 @@ def makeSite(
                 reactor,
             )
     root.putChild(b"_health", healthResource())
+    root.putChild(
+        b"_ready", ReadyResource(UpstreamProbe(agent, upstream.base + b"/v2/", reactor))
+    )
     root.putChild(b"_ca.crt", CACertificateResource.inStateDir(config.state_dir))
     site = RegproxySite(root, reactor=reactor)
     # What must be closed at shutdown (the cache's index), for tap and tests.
     site.cache = forwarder if isinstance(forwarder, CachingForwarder) else None
     site.warmer = warmer
     site.cors = CORSPolicy(config.cors_origin)
+    site.headerTimeout = config.header_timeout
+    site.connections = Connections()
+    site.metrics = metrics
+    site.trustedProxies = TrustedProxies.fromStrings(config.trusted_proxy)
     return site
+
+
+def _tokenKeySource(config: Config, environ) -> str:
+    if config.token_key:
+        return config.token_key
+    if environ.get("REGISTRY_TOKEN_AUTH_CERT_KEY"):
+        return "openBalena's REGISTRY_TOKEN_AUTH_* variables"
+    return f"kept in {config.state_dir}"
+
+
+def startupLines(config: Config, environ=os.environ) -> list[str]:
+    """
+    What regproxy says once at start: one line each for the listeners,
+    upstream, resolver, auth mode, users, token issuer and cache (never a
+    secret: an API key or password shows only as given or not).
+    """
+    lines = [f"listening on {description}" for description in config.listen]
+    lines.append(f"metrics on {config.metrics}" if config.metrics else "metrics: off")
+    lines.append(f"upstream: {config.upstream}")
+    if config.auth == "passthrough":
+        lines.append("resolver: none (passthrough)")
+    else:
+        kind = resolverKind(config)
+        where = ""
+        if kind == "balena":
+            where = f" at {config.balena_api or DEFAULT_BALENA_API}, "
+            where += "own API key given" if config.api_token else "no API key"
+        lines.append(f"resolver: {kind}{where}")
+    lines.append(f"auth: {config.auth}")
+    if config.htpasswd:
+        lines.append(f"users: from {config.htpasswd}")
+    else:
+        lines.append("users: the upstream's (no --htpasswd)")
+    if config.auth == "passthrough":
+        lines.append("token issuer: the upstream's")
+    else:
+        lines.append(
+            f"token issuer: {config.token_issuer}, key "
+            f"{_tokenKeySource(config, environ)}, "
+            f"tokens valid {config.token_lifetime:g}s"
+        )
+    lines.append("cache: none")
+    if config.trusted_proxy:
+        lines.append(f"trusted proxies: {', '.join(config.trusted_proxy)}")
+    return lines

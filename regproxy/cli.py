@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from regproxy import __version__
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "gen-token-auth-cert": (
         "regproxy.commands.tokencert",
@@ -28,13 +30,36 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def usage() -> str:
+    lines = ["usage: regproxy COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:22} {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += [
+        "",
+        "The daemon itself is 'twistd regproxy' (e.g. twistd -n --pidfile= regproxy;",
+        "'twistd regproxy --help' lists its options).  'regproxy COMMAND --help'",
+        "shows a command's.",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = ["usage: regproxy COMMAND [ARGS...]", "", "commands:"]
-        lines += [f"  {name:22} {summary}" for name, (_, summary) in COMMANDS.items()]
-        print("\n".join(lines), file=sys.stdout if argv[:1] else sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
+        print(f"regproxy {__version__}")
+        return 0
+    if argv[0] not in COMMANDS:
+        what = "option" if argv[0].startswith("-") else "command"
+        print(
+            f"regproxy: unknown {what} {argv[0]!r}; see 'regproxy --help'",
+            file=sys.stderr,
+        )
+        return 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
     return int(module.main(argv[1:]) or 0)
 

@@ -12,6 +12,8 @@ users type, so they are snake_case where the rest of the code is camelCase.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -165,6 +167,37 @@ def parseEndpoint(value: Any) -> str:
     return text
 
 
+def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """
+    C{parse}, taking nothing (absent or empty) as L{None}.
+    """
+
+    def parseOptional(value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        return parse(value)
+
+    return parseOptional
+
+
+def parseCIDR(value: Any) -> str:
+    """
+    An IP network (C{10.0.0.0/8}, C{::1}); a bare address is one host.
+    """
+    text = parseText(value)
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError(f"not an IP address or network: {text!r}") from None
+
+
+def parseLogFormat(value: Any) -> str:
+    text = parseText(value)
+    if text not in ("text", "json"):
+        raise ValueError(f"expected text or json, got {text!r}")
+    return text
+
+
 def parseResolver(value: Any) -> str | None:
     """
     C{balena}, C{identity} or C{static:FILE}.
@@ -284,6 +317,20 @@ class Config:
         60.0,
         parsePositiveFloat,
         "Seconds to wait for the upstream's response headers.",
+        metavar="SECONDS",
+    )
+    header_timeout: float = setting(
+        30.0,
+        parsePositiveFloat,
+        "Seconds a client has to send each request's line and headers, "
+        "however slowly it trickles them; then the connection is closed.",
+        metavar="SECONDS",
+    )
+    shutdown_grace: float = setting(
+        30.0,
+        parsePositiveFloat,
+        "On SIGTERM, stop accepting connections and give requests in flight "
+        "this many seconds to finish before stopping.",
         metavar="SECONDS",
     )
     tls_name: tuple[str, ...] = setting(
@@ -481,6 +528,28 @@ class Config:
         repeatable=True,
         metavar="ORG/FLEET",
     )
+    metrics: str | None = setting(
+        None,
+        optional(parseEndpoint),
+        "Serve Prometheus metrics on this endpoint of their own, e.g. "
+        "tcp:9100:interface=127.0.0.1 (off by default).",
+        metavar="ENDPOINT",
+    )
+    log_format: str = setting(
+        "text",
+        parseLogFormat,
+        "text (twistd's lines) or json (one JSON object per line on standard output).",
+        metavar="FORMAT",
+    )
+    trusted_proxy: tuple[str, ...] = setting(
+        (),
+        parseCIDR,
+        "A reverse proxy (address or CIDR) whose Forwarded and X-Forwarded-* "
+        "headers are believed for the client address and the public URL "
+        "(repeatable); from any other peer they are ignored.",
+        repeatable=True,
+        metavar="CIDR",
+    )
 
 
 def settings() -> Iterable[tuple[attrs.Attribute, Setting]]:
@@ -499,6 +568,24 @@ def optionName(field: attrs.Attribute) -> str:
 
 def environmentName(field: attrs.Attribute) -> str:
     return ENV_PREFIX + field.name.upper()
+
+
+def unknownEnvironment(environ: Mapping[str, str]) -> list[str]:
+    """
+    The C{REGPROXY_*} variables that name no setting (a typo guard), each
+    with the one it probably meant.
+    """
+    known = {environmentName(field) for field, _ in settings()}
+    known.add(ENV_PREFIX + "CONFIG")
+    problems = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            problem = f"{name}: it matches no setting"
+            close = difflib.get_close_matches(name, sorted(known), 1)
+            if close:
+                problem += f" (did you mean {close[0]}?)"
+            problems.append(problem)
+    return problems
 
 
 def _describe(value: Any, spec: Setting) -> str:

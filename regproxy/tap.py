@@ -6,16 +6,31 @@ The C{twistd regproxy} command: its L{Options} and L{makeService}.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from typing import Any
 
 import attrs
 from twisted.application import service, strports
-from twisted.application.internet import TimerService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.components import Componentized
 
-from regproxy.config import Config, ConfigError, loadConfig, optionName, settings
+from regproxy import __version__
+from regproxy.config import (
+    Config,
+    ConfigError,
+    loadConfig,
+    optionName,
+    settings,
+    unknownEnvironment,
+)
+from regproxy.daemon import DrainingService
+
+_log = Logger()
 
 
 def _repeatableHandler(name: str):
@@ -53,6 +68,24 @@ class Options(usage.Options):
         super().__init__()
         self.given: dict[str, Any] = {}
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            # One line that names the option, not twistd's whole usage text.
+            raise SystemExit(
+                f"twistd regproxy: {e}; see 'twistd regproxy --help'"
+            ) from None
+
+    def opt_version(self) -> None:
+        """
+        Show regproxy's version (and Twisted's) and exit.
+        """
+        from twisted import copyright
+
+        print(f"regproxy {__version__} (Twisted {copyright.version})")
+        sys.exit(0)
+
     def postOptions(self) -> None:
         for field, spec in settings():
             if spec.repeatable or spec.switch:
@@ -89,11 +122,27 @@ for _field, _spec in settings():
         Options.optParameters.append([_name, None, None, _doc])
 
 
-class RegproxyService(service.MultiService):
+class RegproxyService(DrainingService):
     """
     All of regproxy's services; a listener that cannot bind stops start-up
-    with one line saying which, instead of a traceback.
+    with one line saying which, instead of a traceback.  Stopping lets
+    requests in flight finish (see L{DrainingService}).
+
+    @ivar startupLines: Logged once the listeners are bound (what listens,
+        the upstream, resolver, auth, users, token issuer, cache).
+    @ivar logObserver: Replaces twistd's text log (C{--log-format json}).
     """
+
+    startupLines: list[str] = []
+    logObserver: ILogObserver | None = None
+    _log = Logger()
+
+    def setServiceParent(self, parent) -> None:
+        # twistd starts its log with the application's ILogObserver when it
+        # has one (and no --logger was given): the way to choose the format.
+        if self.logObserver is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.logObserver)
+        super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         try:
@@ -106,6 +155,8 @@ class RegproxyService(service.MultiService):
             super().startService()
         except CannotListenError as e:
             raise SystemExit(f"regproxy: --listen: {_describeBindFailure(e)}") from None
+        for line in self.startupLines:
+            self._log.info("{line}", line=line)
 
 
 # Seconds between looks at the --warm-fleet fleets' target releases.
@@ -137,20 +188,49 @@ def _describeBindFailure(e: CannotListenError) -> str:
     return f"cannot listen on {where}: {reason}"
 
 
+def _listen(
+    top, option: str, endpoint: str, factory, description: str
+) -> StreamServerEndpointService:
+    """
+    A listener for C{factory} on C{endpoint}, under C{top}; a description
+    Twisted cannot read stops start-up with one line naming C{option}.
+    """
+    try:
+        listener = strports.service(endpoint, factory)
+    except (ValueError, TypeError, KeyError) as e:  # includes EndpointError
+        raise SystemExit(
+            f"regproxy: {option}: cannot use {description!r}: {e}"
+        ) from None
+    listener.setServiceParent(top)
+    return listener
+
+
 def makeService(options: Options) -> service.IService:
     """
     Build the listeners and the resource tree from the options.
     """
     from twisted.internet import reactor
 
-    from regproxy.app import makeSite
+    from regproxy.app import Reloads, makeSite, startupLines
+    from regproxy.daemon import HangupReloads, registerTLSReload, reopenLogFiles
     from regproxy.mdns import MDNSService, portsFromListen
-    from regproxy.tls.endpoint import withConfig
+    from regproxy.metrics import MetricsSite
+    from regproxy.server.logformat import JSONLineObserver
+    from regproxy.tls.endpoint import TLSServerEndpoint, withConfig
 
     config: Config = options.config
+    for problem in unknownEnvironment(os.environ):
+        _log.warn("Ignoring {problem}", problem=problem)
+    reloads = Reloads()
+    # First, so that the lines of the other parts go to the reopened file.
+    reloads.register("log file", reopenLogFiles)
     top = RegproxyService()
+    if config.log_format == "json":
+        top.logObserver = JSONLineObserver(sys.stdout)
+    # First, so SIGHUP is handled before any port is open.
+    HangupReloads(reactor, reloads).setServiceParent(top)
     try:
-        site = makeSite(config, reactor)
+        site = makeSite(config, reactor, reloads=reloads)
     except (OSError, ValueError) as e:
         raise SystemExit(f"regproxy: {e}") from None
     cache = getattr(site, "cache", None)
@@ -162,14 +242,20 @@ def makeService(options: Options) -> service.IService:
         TimerService(
             WARM_INTERVAL, lambda: Deferred.fromCoroutine(warmer.warmAll())
         ).setServiceParent(top)
+    top.connections = site.connections
+    top.reactor = reactor
+    top.grace = config.shutdown_grace
+    top.signals = signal
+    top.startupLines = startupLines(config)
     for description in config.listen:
-        try:
-            listener = strports.service(withConfig(description, config), site)
-        except (ValueError, TypeError, KeyError) as e:  # includes EndpointError
-            raise SystemExit(
-                f"regproxy: --listen: cannot use {description!r}: {e}"
-            ) from None
-        listener.setServiceParent(top)
+        listener = _listen(
+            top, "--listen", withConfig(description, config), site, description
+        )
+        if isinstance(listener.endpoint, TLSServerEndpoint):
+            registerTLSReload(reloads, listener.endpoint)
+    if config.metrics is not None and site.metrics is not None:
+        metricsSite = MetricsSite(site.metrics, reactor)
+        _listen(top, "--metrics", config.metrics, metricsSite, config.metrics)
     if config.mdns:
         httpPorts, httpsPorts = portsFromListen(config.listen)
         try:

@@ -54,20 +54,20 @@ def parseResponse(data: bytes, head: bool = False) -> tuple[RawResponse, bytes] 
             size, separator, rest = rest.partition(b"\r\n")
             if not separator:
                 return None
-            length = int(size, 16)
-            if len(rest) < length + 2:
+            chunkSize = int(size, 16)
+            if len(rest) < chunkSize + 2:
                 return None
-            body += rest[:length]
-            rest = rest[length + 2 :]
-            if length == 0:
+            body += rest[:chunkSize]
+            rest = rest[chunkSize + 2 :]
+            if chunkSize == 0:
                 return attrs.evolve(response, body=body, chunked=True), rest
-    length = response.header(b"content-length")
-    if length is None:
+    contentLength = response.header(b"content-length")
+    if contentLength is None:
         return attrs.evolve(response, body=rest), b""
-    size = int(length)
-    if len(rest) < size:
+    length = int(contentLength)
+    if len(rest) < length:
         return None
-    return attrs.evolve(response, body=rest[:size]), rest[size:]
+    return attrs.evolve(response, body=rest[:length]), rest[length:]
 
 
 class RawClient:
@@ -75,10 +75,10 @@ class RawClient:
     One client connection to C{site}.
     """
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, peer: str = "127.0.0.1") -> None:
         self.transport = StringTransport(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 80),
-            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
+            peerAddress=IPv4Address("TCP", peer, 40000),
         )
         self.protocol = site.buildProtocol(self.transport.getPeer())
         self.protocol.makeConnection(self.transport)
@@ -102,6 +102,14 @@ class RawClient:
     def response(self, head: bool = False) -> RawResponse | None:
         parsed = parseResponse(self.transport.value(), head)
         return None if parsed is None else parsed[0]
+
+    def completeResponse(self, head: bool = False) -> RawResponse:
+        """
+        The response, which the test knows is complete by now.
+        """
+        response = self.response(head)
+        assert response is not None, self.transport.value()
+        return response
 
     def responseAfter(
         self, flush: Callable[[], object], head: bool = False, turns: int = 20

@@ -253,3 +253,29 @@ def loadAccessRules(path: str) -> AccessRules:
     except ValueError as e:
         raise AccessRulesError(str(e)) from None
     return parseAccessRules(document, path)
+
+
+class AccessRulesFile:
+    """
+    The rules of the C{--access} file, read again on L{reload} (SIGHUP);
+    grants always come from one whole version of the file.
+    """
+
+    def __init__(self, path: str) -> None:
+        """
+        @raise AccessRulesError: The file cannot be used at start-up.
+        """
+        self.path = path
+        self.current = loadAccessRules(path)
+
+    def reload(self) -> int:
+        """
+        @return: How many rules the file now holds.
+        @raise AccessRulesError: It cannot be used; the rules read before
+            stay in force.
+        """
+        self.current = loadAccessRules(self.path)
+        return len(self.current.rules)
+
+    def grant(self, user: str | None, requested: Iterable[Scope]) -> tuple[Scope, ...]:
+        return self.current.grant(user, requested)

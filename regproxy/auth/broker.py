@@ -76,6 +76,10 @@ class Broker:
     _verified: OrderedDict[str, tuple[dict[str, Any], float]] = attrs.field(
         factory=OrderedDict
     )
+    #: How many tokens were signed, and logins refused for wrong
+    #: credentials (read by the metrics).
+    tokensIssued: int = 0
+    loginsRefused: int = 0
 
     _log = Logger()
 
@@ -131,6 +135,7 @@ class Broker:
                 _UPSTREAM_CREDENTIALS,
             )
         granted = self.backend.grant(account, scopes)
+        self.tokensIssued += 1
         return self.issuer.issue(account.name, audience, granted, extra)
 
     def refreshToken(self, credentials: BasicCredentials) -> str:

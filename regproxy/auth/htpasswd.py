@@ -250,9 +250,8 @@ class HtpasswdUsers:
         stamp = self._fileStamp()
         if stamp == self._stamp:
             return
-        self._stamp = stamp
         try:
-            users = readHtpasswd(self.path)
+            count = self.reload(stamp)
         except HtpasswdError as e:
             self._log.warn(
                 "Not reloading the htpasswd file: {reason}; keeping the {count} "
@@ -261,12 +260,26 @@ class HtpasswdUsers:
                 count=len(self._users),
             )
             return
-        self._users = users
         self._log.info(
             "Reloaded the htpasswd file {path}: {count} users",
             path=self.path,
-            count=len(users),
+            count=count,
         )
+
+    def reload(self, stamp: tuple[int, int, int] | None = None) -> int:
+        """
+        Re-read the file now, changed or not (on SIGHUP).
+
+        @return: How many users it holds.
+        @raise HtpasswdError: It cannot be used; the users loaded before
+            stay in place (and the file is not tried again until it
+            changes).
+        """
+        self._stamp = self._fileStamp() if stamp is None else stamp
+        self._checkedAt = self._clock.seconds()
+        users = readHtpasswd(self.path)
+        self._users = users
+        return len(users)
 
     def knows(self, user: str) -> bool:
         """

@@ -59,6 +59,7 @@ class TokenResource(TokenEndpoint):
         try:
             return await self._broker.backend.login(credentials)
         except LoginFailed:
+            self._broker.loginsRefused += 1
             raise RegistryError(
                 401,
                 "UNAUTHORIZED",
@@ -111,6 +112,7 @@ class TokenResource(TokenEndpoint):
         self._answer(request, account, refresh)
 
     def _answer(self, request: Request, account: Account, refresh: str | None) -> None:
+        request.accountName = account.name  # type: ignore[attr-defined]
         issued = self._broker.issue(
             account, self._scopes(request), firstArgument(request, b"service")
         )

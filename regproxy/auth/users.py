@@ -13,7 +13,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from regproxy.auth.access import AccessRules
+from regproxy.auth.access import AccessRules, AccessRulesFile
 from regproxy.auth.credentials import BasicCredentials
 from regproxy.auth.htpasswd import HtpasswdUsers, TooManyChecks
 from regproxy.auth.interfaces import Account, IAuthBackend, LoginFailed
@@ -32,7 +32,7 @@ class HtpasswdLogins:
     """
 
     users: HtpasswdUsers
-    rules: AccessRules
+    rules: AccessRules | AccessRulesFile
     serviceCredentials: BasicCredentials | None = None
 
     # Our grants are enforced by us and by any registry that trusts our

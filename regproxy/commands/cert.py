@@ -19,6 +19,7 @@ from typing import TextIO
 
 from cryptography import x509
 
+from regproxy.commands.arguments import OneLineParser
 from regproxy.config import ConfigError, loadConfig
 from regproxy.tls.certificates import (
     CertificateError,
@@ -33,7 +34,7 @@ from regproxy.tls.certificates import (
 
 def _parser() -> argparse.ArgumentParser:
     # The daemon's settings are accepted before or after the subcommand.
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument(
         "--config",
         default=argparse.SUPPRESS,
@@ -48,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="an extra name the daemon is given (repeatable)",
     )
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="regproxy cert",
         description="Show regproxy's TLS certificate and how clients trust it.",
         parents=[common],

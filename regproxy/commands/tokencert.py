@@ -24,10 +24,11 @@ from regproxy.auth.jwt import (
     privateKeyPEM,
 )
 from regproxy.auth.libtrust import keyID
+from regproxy.commands.arguments import OneLineParser
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="regproxy gen-token-auth-cert",
         description="Make the ES256 key, self-signed certificate and libtrust kid "
         "that a distribution registry in token mode needs to trust regproxy's tokens.",

@@ -114,14 +114,6 @@ class Digest:
         return f"{self.algorithm}:{self.encoded}"
 
 
-def isDigest(text: str) -> bool:
-    try:
-        Digest.parse(text)
-    except InvalidReference:
-        return False
-    return True
-
-
 def _optional(pattern: re.Pattern[str], what: str):
     def check(instance: object, attribute: attrs.Attribute, value: str | None) -> None:
         if value is not None and not (isinstance(value, str) and pattern.match(value)):
@@ -322,8 +314,9 @@ def parsePath(path: str | bytes) -> RegistryPath:
     """
     Parse a request path under C{/v2/} (without its query string).
 
-    @raise InvalidReference: When the path is not a registry API path, or
-        its name, tag or digest is malformed (C{code} says which).
+    @raise InvalidReference: When the path is not a registry API path
+        (C{NOT_FOUND}), or its name, tag or digest is malformed (C{code}
+        says which).
     """
     if isinstance(path, bytes):
         try:
@@ -346,4 +339,5 @@ def parsePath(path: str | bytes) -> RegistryPath:
         elif kind in (BLOBS, REFERRERS):
             Digest.parse(ref or "")
         return RegistryPath(kind, name, ref)
-    raise InvalidReference("NAME_INVALID", "not a registry API path")
+    # distribution answers 404 for a path none of its routes match.
+    raise InvalidReference("NOT_FOUND", "not a registry API path")

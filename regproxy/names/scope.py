@@ -64,16 +64,6 @@ class Scope:
 
     __str__ = serialize
 
-    def sameResource(self, other: Scope) -> bool:
-        """
-        Whether C{other} is about the same resource (actions aside).
-        """
-        return (self.resourceType, self.resourceClass, self.name) == (
-            other.resourceType,
-            other.resourceClass,
-            other.name,
-        )
-
 
 def parseScope(text: str) -> Scope | None:
     """

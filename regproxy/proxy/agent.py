@@ -16,7 +16,6 @@ from twisted.web.client import (
     HTTPConnectionPool,
     _HTTP11ClientFactory,
 )
-from twisted.web.iweb import IAgent
 
 from regproxy.config import Config
 
@@ -70,7 +69,7 @@ class _QuietClientFactory(_HTTP11ClientFactory):
     noisy = False
 
 
-def makeUpstreamAgent(reactor, config: Config) -> IAgent:
+def makeUpstreamAgent(reactor, config: Config) -> Agent:
     """
     An L{Agent} for the upstream, with a persistent connection pool.
     """

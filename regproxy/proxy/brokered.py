@@ -16,11 +16,8 @@ repository with the client's own credentials, and forward.
 
 from __future__ import annotations
 
-import json
-from urllib.parse import quote
-
 from twisted.logger import Logger
-from twisted.web.client import readBody
+from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -38,11 +35,20 @@ from regproxy.names.reference import (
     parsePath,
 )
 from regproxy.names.scope import Scope
-from regproxy.proxy.caching import UNREACHABLE, canServeOffline, servesFor
-from regproxy.proxy.manifests import CachedManifest, ManifestCache, acceptable
-from regproxy.proxy.relay import Forwarder, forwardedRequestHeaders, relayHeaders
-from regproxy.proxy.upstreamauth import UpstreamAuthenticator
-from regproxy.resolve.digests import DigestLocations, manifestDigests
+from regproxy.proxy.fetch import (
+    HeaderRewriter,
+    Inspector,
+    IRegistryFetcher,
+    UpstreamFetch,
+    UpstreamFetcher,
+    UpstreamRefused,
+)
+from regproxy.proxy.manifests import ManifestCache, ManifestKey, ManifestMemory
+from regproxy.proxy.mounts import parseMount, withoutMount, withSource
+from regproxy.proxy.relay import Forwarder, forwardedRequestHeaders
+from regproxy.proxy.tags import writeTags
+from regproxy.proxy.upstreamauth import UpstreamAccess, UpstreamAuthenticator
+from regproxy.resolve.digests import IDigestLocations, MemoryDigestLocations
 from regproxy.resolve.interfaces import (
     SERVER,
     Credentials,
@@ -52,23 +58,50 @@ from regproxy.resolve.interfaces import (
     ResolveError,
     ResolverUnavailable,
 )
-from regproxy.server.errors import (
-    API_VERSION,
-    API_VERSION_HEADER,
-    RegistryError,
-)
+from regproxy.server.errors import API_VERSION, API_VERSION_HEADER, RegistryError
 from regproxy.server.rendering import renderLater
-from regproxy.server.request import StreamingRequest, firstArgument
-from regproxy.server.urls import Origin, publicBase, rewriteLocation
+from regproxy.server.request import StreamingRequest
+from regproxy.server.urls import Origin, publicBase
 
-# Manifests of fleet names are read whole to learn which real repository
-# their blobs live in; a manifest is small (the spec caps them at 4 MiB).
-MAX_MANIFEST = 4 * 1024 * 1024
+
+def _parse(request: Request) -> RegistryPath:
+    try:
+        return parsePath(request.path)
+    except InvalidReference as e:
+        status = 404 if e.code == "NOT_FOUND" else 400
+        raise RegistryError(status, e.code, str(e)) from None
+
+
+def _writePing(request: Request) -> None:
+    body = b"{}"
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % (len(body),))
+    request.write(body)
+    request.finish()
+
+
+def _upstreamPath(path: RegistryPath, resolution: Resolution) -> bytes:
+    repository = resolution.repository
+    if path.kind == MANIFESTS:
+        tail = f"/manifests/{resolution.reference or path.reference}"
+    elif path.kind == UPLOADS:
+        tail = f"/blobs/uploads/{path.reference or ''}"
+    elif path.kind == TAGS:
+        tail = "/tags/list"
+    else:
+        tail = f"/{path.kind}/{path.reference}"
+    return f"/v2/{repository}{tail}".encode("utf-8")
 
 
 class BrokeredRegistryResource(Resource):
     """
     C{/v2/...} behind the broker: authorize, resolve, forward.
+
+    @param digests: Where digests live for a name (by default in this
+        process only).
+    @param fetcher: The relay (by default straight to the upstream,
+        authenticated by C{upstreamAuth}; a cache wraps or replaces it).
+    @ivar memory: What this instance remembers about manifests.
     """
 
     isLeaf = True
@@ -84,82 +117,84 @@ class BrokeredRegistryResource(Resource):
         publicURL: str | None,
         serverAPIKey: str | None,
         fleetNames: bool,
+        digests: IDigestLocations | None = None,
+        fetcher: IRegistryFetcher | None = None,
     ) -> None:
         super().__init__()
         self._broker = broker
         self._resolver = resolver
-        self._upstreamAuth = upstreamAuth
-        self._forwarder = forwarder
+        self._fetcher = fetcher or UpstreamFetcher(forwarder, upstreamAuth)
         self._upstream = upstream
         self._publicURL = publicURL
         self._serverAPIKey = serverAPIKey
         self._fleetNames = fleetNames
-        self.digests = DigestLocations()
-        self.manifests = ManifestCache(broker.issuer.clock)
+        self.memory = ManifestMemory(
+            ManifestCache(broker.issuer.clock), digests or MemoryDigestLocations()
+        )
 
     def render(self, request: StreamingRequest) -> object:
         request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
         return renderLater(request, self._handle(request))
 
     async def _handle(self, request: StreamingRequest) -> None:
-        try:
-            path = parsePath(request.path)
-        except InvalidReference as e:
-            raise RegistryError(
-                404 if e.code == "NOT_FOUND" else 400, e.code, str(e)
-            ) from None
+        path = _parse(request)
+        request.imageName = path.name
         account = await self._broker.authorize(request, path)
+        request.accountName = account.name
         if path.kind == BASE:
-            body = b"{}"
-            request.setHeader(b"Content-Type", b"application/json")
-            request.setHeader(b"Content-Length", b"%d" % (len(body),))
-            request.write(body)
-            request.finish()
-            return
-        reference = path.imageReference()
-        assert path.name is not None  # imageReference raised otherwise
-        credentials = self._resolverCredentials(account)
+            return _writePing(request)
+        assert path.name is not None  # every other kind has one
         if path.kind == TAGS:
-            tags = await self._listReleases(reference, credentials, account)
+            tags = await self._resolver.listReleases(
+                path.imageReference(), self._ownCredentials(account)
+            )
             if tags is not None:
-                self._writeTags(request, path.name, tags)
-                return
-        resolution = await self._resolve(path, reference, credentials, account)
-        await self._forward(request, path, resolution, account)
+                return writeTags(request, path.name, tags)
+        resolution = await self._resolve(path, account)
+        request.upstreamRepository = resolution.repository
+        fetch = await self._upstreamFetch(request, path, resolution, account)
+        key = self._memoryKey(request, path, resolution, fetch)
+        if key is not None and await self.memory.answer(
+            request, key, path.name, resolution.repository
+        ):
+            return
+        response = await self._relay(request, path, resolution, fetch, key, account)
+        if (
+            path.kind == MANIFESTS
+            and request.method in (b"PUT", b"DELETE")
+            and 200 <= response.code < 300
+        ):
+            self.memory.forget(resolution.repository)
 
-    def _resolverCredentials(self, account: Account) -> Credentials:
-        clientKey = account.upstream.password if account.upstream is not None else None
-        return Credentials.choose(clientKey, self._serverAPIKey)
+    # Resolving
 
-    async def _listReleases(
-        self, reference: ImageReference, credentials: Credentials, account: Account
-    ) -> list[str] | None:
-        # A fleet's list of releases is for those who may see the fleet:
-        # asked with the client's own credentials only, never our API key.
-        own = Credentials.choose(
-            account.upstream.password if account.upstream else None, None
-        )
-        return await self._resolver.listReleases(reference, own)
+    def _ownCredentials(self, account: Account) -> Credentials:
+        """
+        The client's own credentials for the resolver, never our API key:
+        what only those who may see a fleet may learn (its releases).
+        """
+        own = account.upstream.password if account.upstream is not None else None
+        return Credentials.choose(own, None)
 
-    async def _resolve(
-        self,
-        path: RegistryPath,
-        reference: ImageReference,
-        credentials: Credentials,
-        account: Account,
-    ) -> Resolution:
+    async def _resolve(self, path: RegistryPath, account: Account) -> Resolution:
+        """
+        The real repository for the request: where a digest named by a
+        manifest we relayed lives, else the resolver's answer.
+        """
         assert path.name is not None
         digest = path.reference if path.kind in (BLOBS, MANIFESTS) else None
         if digest is not None and ":" in digest:
-            known = self.digests.find(path.name, digest)
+            known = await self.memory.locate(path.name, digest)
             if known is not None:
                 return Resolution(known, digest)
+        reference = path.imageReference()
+        clientKey = account.upstream.password if account.upstream else None
+        credentials = Credentials.choose(clientKey, self._serverAPIKey)
         try:
-            resolution = await self._resolver.resolve(reference, credentials)
+            return await self._resolver.resolve(reference, credentials)
         except ResolveError as e:
             await self._hideFromOutsiders(e, reference, credentials, account)
             raise
-        return resolution
 
     async def _hideFromOutsiders(
         self,
@@ -178,154 +213,91 @@ class BrokeredRegistryResource(Resource):
             error, (NameUnknown, ResolverUnavailable)
         ):
             return
-        own = Credentials.choose(
-            account.upstream.password if account.upstream else None, None
-        )
         try:
-            await self._resolver.resolve(reference, own)
+            await self._resolver.resolve(reference, self._ownCredentials(account))
         except NameUnknown as e:
             raise e from None
         except ResolveError:
             return
 
-    def _upstreamPath(self, path: RegistryPath, resolution: Resolution) -> bytes:
-        repository = resolution.repository
-        if path.kind == MANIFESTS:
-            ref = resolution.reference or path.reference
-            tail = f"/manifests/{ref}"
-        elif path.kind == BLOBS:
-            tail = f"/blobs/{path.reference}"
-        elif path.kind == UPLOADS:
-            tail = f"/blobs/uploads/{path.reference or ''}"
-        elif path.kind == TAGS:
-            tail = "/tags/list"
-        else:
-            tail = f"/{path.kind}/{path.reference}"
-        return f"/v2/{repository}{tail}".encode("utf-8")
+    # Forwarding
 
-    async def _forward(
+    async def _upstreamFetch(
         self,
         request: StreamingRequest,
         path: RegistryPath,
         resolution: Resolution,
         account: Account,
-    ) -> None:
-        assert path.name is not None
-        actions = requiredActions(request.method, path.kind)
-        upstreamCredentials = self._broker.backend.upstreamCredentials(account)
-        servesFor(request, upstreamCredentials)  # whom the LAN cache answers
-        cacheKey = None
-        if (
+    ) -> UpstreamFetch:
+        """
+        What to send upstream: the real repository's path with the client's
+        query, the client's headers, and the access the upstream must see.
+        """
+        _, question, query = request.uri.partition(b"?")
+        also: tuple[Scope, ...] = ()
+        if path.kind == UPLOADS and request.method == b"POST":
+            query, also = await self._mount(query, account)
+        url = self._upstream.base + _upstreamPath(path, resolution)
+        if question:
+            url += b"?" + query
+        access = UpstreamAccess(
+            self._broker.backend.upstreamCredentials(account),
+            resolution.repository,
+            requiredActions(request.method, path.kind),
+            also,
+        )
+        headers = forwardedRequestHeaders(request.requestHeaders)
+        body = getattr(request, "bodyStream", None)
+        return UpstreamFetch(request.method, url, headers, body, access)
+
+    async def _mount(
+        self, query: bytes, account: Account
+    ) -> tuple[bytes, tuple[Scope, ...]]:
+        """
+        A mount copies a blob out of its C{from} repository: that is a pull
+        of it, which our rules must allow, or the mount is dropped and an
+        ordinary upload starts.  The upstream credential must then cover a
+        pull of the real source repository too.
+        """
+        mount = parseMount(query)
+        if mount is None:
+            return withoutMount(query), ()
+        needed = Scope("repository", None, mount.source, ("pull",))
+        granted = self._broker.backend.grant(account, (needed,))
+        if not any(
+            scope.name == mount.source and "pull" in scope.actions for scope in granted
+        ):
+            return withoutMount(query), ()
+        source = await self.memory.locate(mount.source, mount.digest) or mount.source
+        if source != mount.source:
+            query = withSource(query, source)
+        return query, (Scope("repository", None, source, ("pull",)),)
+
+    def _memoryKey(
+        self,
+        request: Request,
+        path: RegistryPath,
+        resolution: Resolution,
+        fetch: UpstreamFetch,
+    ) -> ManifestKey | None:
+        """
+        Where a manifest that cannot change is kept: by who the upstream
+        sees, so a client only ever gets from memory what its own
+        credentials already fetched.
+        """
+        if not (
             path.kind == MANIFESTS
             and request.method in (b"GET", b"HEAD")
             and self._immutable(path, resolution)
         ):
-            cacheKey = (
-                upstreamCredentials.cacheKey if upstreamCredentials else "anonymous",
-                resolution.repository,
-                resolution.reference or path.reference or "",
-            )
-            cached = self.manifests.get(cacheKey)
-            if cached is not None and acceptable(
-                request.requestHeaders, cached.contentType
-            ):
-                # The same release may be asked for under another name
-                # (org/fleet/1.2.3, then org/fleet:1.2.3): its blobs must be
-                # found under this one too.
-                if resolution.repository != path.name:
-                    self.digests.remember(
-                        path.name, list(cached.references), resolution.repository
-                    )
-                self._writeManifest(request, cached)
-                return
-        _, question, query = request.uri.partition(b"?")
-        url = self._upstream.base + self._upstreamPath(path, resolution)
-        if question:
-            url += b"?" + query
-        body = getattr(request, "bodyStream", None)
-        # A request without a body can be sent again: once, when the
-        # upstream refuses a cached token it no longer honours (its token
-        # service got a new key), with a fresh one.
-        for attempt in (1, 2):
-            try:
-                authorization = await self._upstreamAuth.authorization(
-                    upstreamCredentials, resolution.repository, actions
-                )
-            except RegistryError as e:
-                if e.status != 401:
-                    raise
-                raise self._refused(request, path, account) from None
-            except UNREACHABLE:
-                if not canServeOffline(self._forwarder, request):
-                    raise
-                authorization = None
-            headers = forwardedRequestHeaders(request.requestHeaders)
-            headers.removeHeader(b"authorization")
-            if authorization is not None:
-                headers.setRawHeaders(b"authorization", [authorization])
-            response = await self._forwarder.send(
-                request, request.method, url, headers, body
-            )
-            request.upstreamStatus = response.code
-            if response.code not in (401, 403):
-                break
-            await readBody(response)
-            self._upstreamAuth.learn(
-                response.headers.getRawHeaders(b"www-authenticate", [])
-            )
-            self._upstreamAuth.forget(
-                upstreamCredentials, resolution.repository, actions
-            )
-            if attempt == 2 or body is not None or authorization is None:
-                raise self._denied(request, path, account)
-        public = publicBase(request, self._publicURL)
-        realPrefix = f"/v2/{resolution.repository}/".encode("utf-8")
-        clientPrefix = f"/v2/{path.name}/".encode("utf-8")
-
-        def rewrite(name: bytes, values: list[bytes]) -> list[bytes]:
-            if name == b"www-authenticate":
-                return []
-            if name in (b"location", b"link"):
-                values = [v.replace(realPrefix, clientPrefix) for v in values]
-            if name == b"location":
-                values = [rewriteLocation(v, self._upstream, public) for v in values]
-            return values
-
-        relayHeaders(request, response, rewrite)
-        request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
-        if (
-            path.kind == MANIFESTS
-            and request.method == b"GET"
-            and response.code == 200
-            and (cacheKey is not None or resolution.repository != path.name)
-            and isinstance(response.length, int)
-            and response.length <= MAX_MANIFEST
-        ):
-            body = await readBody(response)
-            references = tuple(manifestDigests(body))
-            if resolution.repository != path.name:
-                self.digests.remember(
-                    path.name, list(references), resolution.repository
-                )
-            if cacheKey is not None:
-                self.manifests.put(
-                    cacheKey,
-                    CachedManifest(
-                        body,
-                        response.headers.getRawHeaders(
-                            b"content-type", [b"application/octet-stream"]
-                        )[-1],
-                        (
-                            response.headers.getRawHeaders(b"docker-content-digest")
-                            or [None]
-                        )[-1],
-                        references,
-                    ),
-                )
-            request.write(body)
-            request.finish()
-            return
-        await self._forwarder.relayBody(request, response)
+            return None
+        assert fetch.access is not None
+        credentials = fetch.access.credentials
+        return (
+            credentials.cacheKey if credentials else "anonymous",
+            resolution.repository,
+            resolution.reference or path.reference or "",
+        )
 
     def _immutable(self, path: RegistryPath, resolution: Resolution) -> bool:
         """
@@ -337,20 +309,40 @@ class BrokeredRegistryResource(Resource):
             return True
         return self._fleetNames and resolution.repository != path.name
 
-    def _writeManifest(self, request: Request, manifest: CachedManifest) -> None:
-        request.setResponseCode(200)
-        request.setHeader(b"Content-Type", manifest.contentType)
-        if manifest.digest is not None:
-            request.setHeader(b"Docker-Content-Digest", manifest.digest)
-            request.setHeader(b"ETag", b'"' + manifest.digest + b'"')
-        request.setHeader(b"Content-Length", b"%d" % (len(manifest.body),))
-        if request.method != b"HEAD":
-            request.write(manifest.body)
-        request.finish()
+    async def _relay(
+        self,
+        request: StreamingRequest,
+        path: RegistryPath,
+        resolution: Resolution,
+        fetch: UpstreamFetch,
+        key: ManifestKey | None,
+        account: Account,
+    ) -> IResponse:
+        assert path.name is not None
+        name, repository = path.name, resolution.repository
+        rewrite = HeaderRewriter(
+            self._upstream,
+            publicBase(request, self._publicURL),
+            (f"/v2/{repository}/".encode(), f"/v2/{name}/".encode()),
+        )
+        inspect: Inspector | None = None
+        if path.kind == MANIFESTS and (key is not None or repository != name):
 
-    def _refused(
-        self, request: Request, path: RegistryPath, account: Account
-    ) -> RegistryError:
+            async def inspect(response: IResponse, body: bytes) -> None:
+                await self.memory.learn(key, name, repository, response, body)
+
+        try:
+            return await self._fetcher.fetch(request, fetch, rewrite, inspect)
+        except RegistryError as e:
+            if e.status != 401:
+                raise
+            raise self._refused(request, path) from None
+        except UpstreamRefused:
+            raise self._denied(request, path, account) from None
+
+    # Refusals
+
+    def _refused(self, request: Request, path: RegistryPath) -> RegistryError:
         """
         The upstream's token service refused the client's credentials
         (changed since the client logged in): for a fleet name, the same as
@@ -393,38 +385,3 @@ class BrokeredRegistryResource(Resource):
         return RegistryError(
             403, "DENIED", "requested access to the resource is denied"
         )
-
-    def _writeTags(self, request: Request, name: str, tags: list[str]) -> None:
-        """
-        Answer C{tags/list} ourselves, paginated with C{n} and C{last} as
-        the distribution spec says.
-        """
-        tags = sorted(set(tags))
-        last = firstArgument(request, b"last")
-        if last is not None:
-            tags = [tag for tag in tags if tag > last]
-        limit = firstArgument(request, b"n")
-        if limit is not None:
-            try:
-                count = int(limit)
-            except ValueError:
-                raise RegistryError(
-                    400, "PAGINATION_NUMBER_INVALID", "n must be a number"
-                ) from None
-            if count < 0:
-                raise RegistryError(
-                    400, "PAGINATION_NUMBER_INVALID", "n must not be negative"
-                )
-            if len(tags) > count:
-                tags = tags[:count]
-                if tags:
-                    nextURL = f"/v2/{name}/tags/list?n={count}&last={quote(tags[-1])}"
-                    request.setHeader(
-                        b"Link", f'<{nextURL}>; rel="next"'.encode("utf-8")
-                    )
-        body = json.dumps({"name": name, "tags": tags}).encode("utf-8")
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Content-Length", b"%d" % (len(body),))
-        if request.method != b"HEAD":
-            request.write(body)
-        request.finish()

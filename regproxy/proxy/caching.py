@@ -52,8 +52,9 @@ from regproxy.proxy.cachedresponse import (
 )
 from regproxy.proxy.manifests import acceptable
 from regproxy.proxy.relay import Forwarder
+from regproxy.proxy.upstreamauth import UpstreamAuthAgent
 from regproxy.resolve.digests import manifestDigests
-from regproxy.server.errors import UpstreamTimeout
+from regproxy.server.errors import RegistryError, UpstreamTimeout
 
 # Manifests are read whole (the spec caps them at 4 MiB).
 MAX_MANIFEST = 4 * 1024 * 1024
@@ -68,6 +69,14 @@ UNREACHABLE = (
     UpstreamTimeout,
     ResponseFailed,
 )
+
+
+class Unreachable(Exception):
+    """
+    The upstream could not be asked (the reason is the cause); a cached
+    answer may stand in.
+    """
+
 
 _PATH = re.compile(
     rb"^/v2/(?P<repository>.+)/(?P<kind>blobs|manifests)/(?P<reference>[^/?]+)$"
@@ -110,47 +119,37 @@ class CacheTarget:
             return None
 
 
-def clientCredentials(request: Request) -> tuple[str | None, str | None]:
+def clientCredentials(request: Request, agent: object) -> tuple[str | None, str | None]:
     """
     Whose request this is, as a user name and secret to fingerprint.
 
-    The brokered resource says so in C{request.cacheCredentials} (the
-    client's upstream credentials, or L{None} for anonymous); elsewhere the
-    client's own C{Authorization} header is what the upstream judges.
+    In broker mode the relay's agent authenticates as the client's
+    upstream credentials (L{UpstreamAuthAgent}; none is anonymous);
+    otherwise the client's own C{Authorization} header is what the
+    upstream judges.
     """
-    if hasattr(request, "cacheCredentials"):
-        given = request.cacheCredentials  # type: ignore[attr-defined]
-        if given is None:
+    if isinstance(agent, UpstreamAuthAgent):
+        credentials = agent.access.credentials
+        if credentials is None:
             return None, None
-        return given.username, given.password
+        return credentials.username, credentials.password
     values = request.requestHeaders.getRawHeaders(b"authorization")
     if not values:
         return None, None
-    value = values[-1]
-    basic = BasicCredentials.fromHeader(value)
+    basic = BasicCredentials.fromHeader(values[-1])
     if basic is not None:
         return basic.username, basic.password
-    return None, value.decode("latin-1")
+    return None, values[-1].decode("latin-1")
 
 
-def servesFor(request: Request, credentials: BasicCredentials | None) -> None:
+def unreachable(error: BaseException) -> bool:
     """
-    Say whose request this is (the brokered resource knows the client's
-    upstream credentials; L{None} is anonymous).
+    Whether C{error} says the upstream (or its token service, the balena
+    API) cannot be reached, rather than answering.
     """
-    request.cacheCredentials = credentials  # type: ignore[attr-defined]
-
-
-def canServeOffline(forwarder: object, request: Request) -> bool:
-    """
-    Called where getting an upstream authorization failed because the
-    upstream is unreachable: with a cache, carry on and let it answer from
-    what it holds (it will not try the upstream again for this request).
-    """
-    if not isinstance(forwarder, CachingForwarder):
-        return False
-    request.upstreamUnreachable = True  # type: ignore[attr-defined]
-    return True
+    if isinstance(error, RegistryError):
+        return error.status in (502, 503, 504)
+    return isinstance(error, UNREACHABLE)
 
 
 Sender = Callable[[bytes], Awaitable[IResponse]]
@@ -292,15 +291,25 @@ class CachingForwarder(Forwarder):
             return await Forwarder.send(self, request, method, url, headers, body)
 
         async def upstream(verb: bytes) -> IResponse:
-            if getattr(request, "upstreamUnreachable", False):
-                raise netError.ConnectError(string="the upstream is unreachable")
-            return await Forwarder.send(self, request, verb, url, headers, None)
+            try:
+                return await Forwarder.send(self, request, verb, url, headers, None)
+            except Exception as e:
+                if unreachable(e):
+                    raise Unreachable(e) from e
+                raise
 
-        fingerprint = self.store.credentialFingerprint(*clientCredentials(request))
+        fingerprint = self.store.credentialFingerprint(
+            *clientCredentials(request, self.agent)
+        )
         ask = _Ask(request, target, fingerprint, upstream)
-        if target.kind == "blobs":
-            return await self._blob(ask)
-        return await self._manifest(ask)
+        try:
+            if target.kind == "blobs":
+                return await self._blob(ask)
+            return await self._manifest(ask)
+        except Unreachable as e:
+            # Nothing cached could stand in: the client hears why.
+            assert e.__cause__ is not None
+            raise e.__cause__ from None
 
     async def relayBody(self, request: Request, response: IResponse) -> bool:
         """
@@ -361,7 +370,7 @@ class CachingForwarder(Forwarder):
             return True, None
         try:
             response = await upstream(b"HEAD")
-        except UNREACHABLE:
+        except Unreachable:
             return (
                 linked and await self._allowed(fingerprint, target, self.offlineGrace)
             ), None
@@ -470,8 +479,8 @@ class CachingForwarder(Forwarder):
             return await self._manifestByDigest(ask)
         try:
             response = await upstream(b"HEAD")
-        except UNREACHABLE:
-            return await self._staleTag(request, target, ask.fingerprint)
+        except Unreachable as e:
+            return await self._staleTag(request, target, ask.fingerprint, e)
         await self._remember(ask.fingerprint, target, response.code)
         digest = (response.headers.getRawHeaders(b"docker-content-digest") or [b""])[
             -1
@@ -515,7 +524,11 @@ class CachingForwarder(Forwarder):
         return await self._manifestMiss(request, target, upstream)
 
     async def _staleTag(
-        self, request: Request, target: CacheTarget, fingerprint: str
+        self,
+        request: Request,
+        target: CacheTarget,
+        fingerprint: str,
+        error: Unreachable,
     ) -> IResponse:
         entry = await self.index.getTag(
             target.upstream, target.repository, target.reference
@@ -525,10 +538,10 @@ class CachingForwarder(Forwarder):
             or self.clock.seconds() - entry.fetchedAt > self.staleFor
             or not await self._allowed(fingerprint, target, self.offlineGrace)
         ):
-            raise netError.ConnectError(string="the upstream is unreachable")
+            raise error
         cached = await self._cachedManifest(request, entry.digest, entry.mediaType)
         if cached is None:
-            raise netError.ConnectError(string="the upstream is unreachable")
+            raise error
         cached.headers.setRawHeaders(b"warning", [STALE_WARNING])
         self._outcome(request, "stale", target, cached.length)
         self._log.info(

@@ -26,16 +26,18 @@ from regproxy.names.challenge import (
     parseChallenges,
     serializeChallenges,
 )
-from regproxy.proxy.relay import (
-    BytesProducer,
-    Forwarder,
-    forwardedRequestHeaders,
-    relayHeaders,
+from regproxy.names.reference import InvalidReference, parsePath
+from regproxy.proxy.fetch import (
+    HeaderRewriter,
+    IRegistryFetcher,
+    UpstreamFetch,
+    UpstreamFetcher,
 )
+from regproxy.proxy.relay import BytesProducer, Forwarder, forwardedRequestHeaders
 from regproxy.server.errors import API_VERSION, API_VERSION_HEADER, RegistryError
 from regproxy.server.rendering import TokenEndpoint, renderLater
 from regproxy.server.request import StreamingRequest
-from regproxy.server.urls import Origin, publicBase, rewriteLocation
+from regproxy.server.urls import Origin, publicBase
 
 # An OAuth2 token form is a few hundred bytes; refuse to read more.
 MAX_TOKEN_FORM = 64 * 1024
@@ -119,7 +121,7 @@ class TokenPassthroughResource(TokenEndpoint):
 
     def __init__(self, forwarder: Forwarder, realm: UpstreamRealm) -> None:
         super().__init__()
-        self._forwarder = forwarder
+        self._fetcher = UpstreamFetcher(forwarder)
         self._realm = realm
 
     def render_GET(self, request: StreamingRequest) -> object:
@@ -150,21 +152,28 @@ class TokenPassthroughResource(TokenEndpoint):
             if len(form) > MAX_TOKEN_FORM:
                 raise RegistryError(413, "SIZE_INVALID", "token request too large")
             body = BytesProducer(form)
-        response = await self._forwarder.send(
-            request,
-            request.method,
-            url,
-            forwardedRequestHeaders(request.requestHeaders),
-            body,
-        )
-        request.upstreamStatus = response.code
-        relayHeaders(request, response)
-        await self._forwarder.relayBody(request, response)
+        headers = forwardedRequestHeaders(request.requestHeaders)
+        fetch = UpstreamFetch(request.method, url, headers, body)
+        response = await self._fetcher.send(request, fetch)
+        await self._fetcher.deliver(request, response, None, registry=False)
+
+
+def _nameOf(path: bytes) -> str | None:
+    """
+    The repository a passthrough request names (for the log), if any.
+    """
+    try:
+        return parsePath(path).name
+    except InvalidReference:
+        return None
 
 
 class RegistryResource(Resource):
     """
     Everything under C{/v2}: relayed to the upstream byte for byte.
+
+    @param fetcher: The relay (by default straight to the upstream; a
+        cache wraps or replaces it).
     """
 
     isLeaf = True
@@ -175,9 +184,10 @@ class RegistryResource(Resource):
         upstream: Origin,
         publicURL: str | None,
         realm: UpstreamRealm,
+        fetcher: IRegistryFetcher | None = None,
     ) -> None:
         super().__init__()
-        self._forwarder = forwarder
+        self._fetcher = fetcher or UpstreamFetcher(forwarder)
         self._upstream = upstream
         self._publicURL = publicURL
         self._realm = realm
@@ -188,23 +198,18 @@ class RegistryResource(Resource):
 
     async def _forward(self, request: StreamingRequest) -> None:
         public = publicBase(request, self._publicURL)
-        response = await self._forwarder.send(
-            request,
+        request.imageName = request.upstreamRepository = _nameOf(request.path)
+        fetch = UpstreamFetch(
             request.method,
             self._upstream.base + request.uri,
             forwardedRequestHeaders(request.requestHeaders),
             getattr(request, "bodyStream", None),
         )
-        request.upstreamStatus = response.code
 
-        def rewrite(name: bytes, values: list[bytes]) -> list[bytes]:
-            if name == b"location":
-                return [rewriteLocation(v, self._upstream, public) for v in values]
-            if name == b"www-authenticate":
-                values, realm = rewriteRealms(values, public + b"/token")
-                self._realm.learn(realm)
+        def challenges(values: list[bytes]) -> list[bytes]:
+            values, realm = rewriteRealms(values, public + b"/token")
+            self._realm.learn(realm)
             return values
 
-        relayHeaders(request, response, rewrite)
-        request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
-        await self._forwarder.relayBody(request, response)
+        rewrite = HeaderRewriter(self._upstream, public, challenges=challenges)
+        await self._fetcher.fetch(request, fetch, rewrite)

@@ -26,6 +26,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from regproxy.metrics import Metrics
 from regproxy.server.errors import UpstreamTimeout
 
 # RFC 9110 section 7.6.1, plus the old Proxy-Connection and Keep-Alive.
@@ -43,9 +44,23 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# What a reverse proxy in front of us says about the client: believed only
+# from a trusted proxy (regproxy.server.forwarded), never passed upstream.
+FORWARDING = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-forwarded-proto",
+        b"x-real-ip",
+    }
+)
+
 # Set by the Agent (Host, Content-Length from the body producer) or answered
 # by us (Expect: 100-continue is handled by our own server).
-_NOT_FORWARDED_UP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+_NOT_FORWARDED_UP = HOP_BY_HOP | FORWARDING | {b"host", b"content-length", b"expect"}
 
 # twisted.web writes its own Date and Server; Content-Length is set from
 # the response's length (see relayHeaders).
@@ -93,7 +108,7 @@ def forwardedRequestHeaders(incoming: Headers) -> Headers:
     """
     The headers to send upstream: every header the client sent, each
     repeated line kept (docker sends one C{Accept} line per media type),
-    less the hop-by-hop ones.
+    less the hop-by-hop ones and those that say who the client is.
     """
     drop = _NOT_FORWARDED_UP | _connectionTokens(incoming)
     outgoing = Headers()
@@ -214,11 +229,14 @@ class Forwarder:
         production, a L{RequestTraversalAgent} or similar in tests.
     @ivar clock: For the response timeout.
     @ivar responseTimeout: Seconds to wait for response headers.
+    @ivar metrics: Counts response timeouts (the agent, cancelled, cannot
+        tell them from a client going away).
     """
 
     agent: IAgent
     clock: IReactorTime
     responseTimeout: float = 60.0
+    metrics: Metrics = attrs.field(factory=Metrics)
 
     _log = Logger()
 
@@ -253,6 +271,7 @@ class Forwarder:
             return await sending
         except CancelledError:
             if timedOut:
+                self.metrics.upstreamErrors.labels("timeout").inc()
                 raise UpstreamTimeout() from None
             raise
         finally:

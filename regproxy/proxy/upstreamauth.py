@@ -24,10 +24,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from zope.interface import implementer
 
 from regproxy.auth.credentials import BasicCredentials
+from regproxy.auth.interfaces import ILoginChecker
 from regproxy.names.challenge import ChallengeParseError, parseChallenges
+from regproxy.names.scope import Scope
 from regproxy.server.errors import RegistryError, unavailable
 from regproxy.server.urls import Origin
 
@@ -53,6 +56,7 @@ class UpstreamScheme:
     service: str | None = None
 
 
+@implementer(ILoginChecker)
 @attrs.define
 class UpstreamAuthenticator:
     """
@@ -136,10 +140,14 @@ class UpstreamAuthenticator:
         credentials: BasicCredentials | None,
         repository: str,
         actions: tuple[str, ...],
+        also: tuple[Scope, ...] = (),
     ) -> bytes | None:
         """
         The C{Authorization} value for a request on the upstream's
         C{repository}, or L{None} to send none.
+
+        @param also: Further scopes the request needs (a mount's pull of
+            its source repository).
 
         @raise RegistryError: 401 when the upstream's token service refused
             the credentials, 502/504 when it could not be asked.
@@ -149,7 +157,7 @@ class UpstreamAuthenticator:
             return None
         if scheme.scheme == "basic":
             return credentials.header() if credentials is not None else None
-        scope = f"repository:{repository}:{','.join(actions)}"
+        scope = _scopeText(repository, actions, also)
         key = (credentials.cacheKey if credentials else "anonymous", scope)
         cached = self._tokens.get(key)
         now = self.clock.seconds()
@@ -178,11 +186,12 @@ class UpstreamAuthenticator:
         credentials: BasicCredentials | None,
         repository: str,
         actions: tuple[str, ...],
+        also: tuple[Scope, ...] = (),
     ) -> None:
         """
         Drop the cached upstream token for this client and repository.
         """
-        scope = f"repository:{repository}:{','.join(actions)}"
+        scope = _scopeText(repository, actions, also)
         key = (credentials.cacheKey if credentials else "anonymous", scope)
         self._tokens.pop(key, None)
 
@@ -196,8 +205,10 @@ class UpstreamAuthenticator:
         query = []
         if scheme.service:
             query.append("service=" + quote(scheme.service, safe=""))
-        if scope:
-            query.append("scope=" + quote(scope, safe=""))
+        # Several scopes go as repeated parameters, as docker sends them.
+        for part in (scope or "").split(" "):
+            if part:
+                query.append("scope=" + quote(part, safe=""))
         url = scheme.realm + (
             ("&" if "?" in scheme.realm else "?") + "&".join(query) if query else ""
         )
@@ -210,6 +221,13 @@ class UpstreamAuthenticator:
         return self.agent.request(b"GET", url, headers).addTimeout(
             self.timeout, self.clock
         )
+
+
+def _scopeText(
+    repository: str, actions: tuple[str, ...], also: tuple[Scope, ...]
+) -> str:
+    needed = Scope("repository", None, repository, actions)
+    return " ".join(scope.serialize() for scope in (needed, *also))
 
 
 def _lifetimeFromJWT(token: str, now: float) -> int | None:
@@ -244,3 +262,83 @@ def _parseTokenResponse(body: bytes, now: float = 0.0) -> tuple[str, int]:
     except (ValueError, AttributeError):
         raise unavailable("the upstream token service answered nonsense") from None
     return token, lifetime
+
+
+@attrs.frozen
+class UpstreamAccess:
+    """
+    Who the upstream sees for one request, and what for.
+
+    @ivar credentials: The client's upstream credentials (L{None}:
+        anonymous).
+    @ivar repository: The real upstream repository.
+    @ivar actions: What the request does there.
+    @ivar also: Further scopes it needs (a mount's source, for pull).
+    """
+
+    credentials: BasicCredentials | None
+    repository: str
+    actions: tuple[str, ...]
+    also: tuple[Scope, ...] = ()
+
+
+@implementer(IAgent)
+@attrs.frozen
+class UpstreamAuthAgent:
+    """
+    An agent that authenticates each request upstream as C{access} says
+    (the shape of treq's C{auth.py}: a wrapper, not steps in a resource).
+
+    A request without a body can be sent again: once, when the upstream
+    refuses a cached token it no longer honours (its token service got a
+    new key), with a fresh one.  A refusal that stands is returned as it
+    is, body unread.
+
+    @raise RegistryError: (from C{request}) 401 when the upstream's token
+        service refused the credentials, 502/504 when it could not be asked.
+    """
+
+    agent: IAgent
+    authenticator: UpstreamAuthenticator
+    access: UpstreamAccess
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        return Deferred.fromCoroutine(
+            self._request(method, uri, headers or Headers(), bodyProducer)
+        )
+
+    async def _request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers,
+        body: IBodyProducer | None,
+    ) -> IResponse:
+        access = self.access
+        for attempt in (1, 2):
+            authorization = await self.authenticator.authorization(
+                access.credentials, access.repository, access.actions, access.also
+            )
+            sent = headers.copy()
+            sent.removeHeader(b"authorization")
+            if authorization is not None:
+                sent.setRawHeaders(b"authorization", [authorization])
+            response: IResponse = await self.agent.request(method, uri, sent, body)
+            if response.code not in (401, 403):
+                return response
+            self.authenticator.learn(
+                response.headers.getRawHeaders(b"www-authenticate", [])
+            )
+            self.authenticator.forget(
+                access.credentials, access.repository, access.actions, access.also
+            )
+            if attempt == 2 or body is not None or authorization is None:
+                return response
+            await readBody(response)
+        raise AssertionError("not reached")

@@ -26,8 +26,12 @@ from twisted.web.http_headers import Headers
 from regproxy.auth.credentials import BasicCredentials
 from regproxy.names.reference import ImageReference
 from regproxy.proxy.cachedresponse import StreamedResponse
-from regproxy.proxy.caching import CachingForwarder, servesFor
-from regproxy.proxy.upstreamauth import UpstreamAuthenticator
+from regproxy.proxy.caching import CachingForwarder
+from regproxy.proxy.upstreamauth import (
+    UpstreamAccess,
+    UpstreamAuthAgent,
+    UpstreamAuthenticator,
+)
 from regproxy.resolve.interfaces import (
     Credentials,
     IResolver,
@@ -129,17 +133,17 @@ class FleetWarmer:
         return BasicCredentials("regproxy", self.apiToken)
 
     async def _get(self, repository: str, tail: str) -> Any:
-        request = WarmRequest()
-        credentials = self._credentials()
-        servesFor(request, credentials)  # type: ignore[arg-type]
-        authorization = await self.upstreamAuth.authorization(
-            credentials, repository, ("pull",)
+        """
+        GET through the cache, authenticated upstream as regproxy itself.
+        """
+        access = UpstreamAccess(self._credentials(), repository, ("pull",))
+        forwarder = attrs.evolve(
+            self.forwarder,
+            agent=UpstreamAuthAgent(self.forwarder.agent, self.upstreamAuth, access),
         )
         headers = Headers({b"accept": MANIFEST_ACCEPT})
-        if authorization is not None:
-            headers.setRawHeaders(b"authorization", [authorization])
         url = self.upstream.base + f"/v2/{repository}/{tail}".encode("utf-8")
-        return await self.forwarder.send(request, b"GET", url, headers, None)  # type: ignore[arg-type]
+        return await forwarder.send(WarmRequest(), b"GET", url, headers, None)  # type: ignore[arg-type]
 
     async def _fetchImage(self, resolution: Resolution) -> None:
         reference = resolution.contentHash or resolution.reference or "latest"

@@ -45,7 +45,6 @@ from regproxy.names.reference import (
 )
 from regproxy.resolve import odata
 from regproxy.resolve.interfaces import (
-    SERVER,
     Credentials,
     IResolver,
     ManifestUnknown,
@@ -163,13 +162,6 @@ class BalenaResolver:
     @ivar clock: Times out API requests.
     @ivar timeout: Seconds to wait for a whole API answer.
     @ivar upstreamTag: The tag the upstream knows each image by.
-    @ivar publicOnlyForServerKey: With the server's own key (L{SERVER}
-        credentials), answer for public fleets only; a private fleet is then
-        as unknown as a missing one.  Right when the server key only ever
-        asks for anonymous clients (who could not pull a private image
-        anyway, and should not learn its releases or existence); wrong when
-        the server key also resolves for local users who pull with the
-        service's own upstream credentials.
     """
 
     apiURL: str
@@ -177,16 +169,17 @@ class BalenaResolver:
     clock: IReactorTime
     timeout: float = 30.0
     upstreamTag: str = "latest"
-    publicOnlyForServerKey: bool = False
 
     _log = Logger()
 
-    def resolve(self, reference: ImageReference, credentials: Credentials) -> Deferred:
+    def resolve(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred[Resolution]:
         return Deferred.fromCoroutine(self._resolve(reference, credentials))
 
     def listReleases(
         self, reference: ImageReference, credentials: Credentials
-    ) -> Deferred:
+    ) -> Deferred[list[str] | None]:
         return Deferred.fromCoroutine(self._listReleases(reference, credentials))
 
     # Resolution
@@ -444,11 +437,7 @@ class BalenaResolver:
             credentials,
         )
         # Missing, or private and not the asker's to see: the same answer.
-        if not rows or (
-            self.publicOnlyForServerKey
-            and credentials.source == SERVER
-            and rows[0].get("is_public") is not True
-        ):
+        if not rows:
             raise NameUnknown(f"no fleet {fleet.slug}")
         return rows[0]
 

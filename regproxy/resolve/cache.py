@@ -19,6 +19,7 @@ against the injected clock on each lookup.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -31,7 +32,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from regproxy.names.reference import ImageReference
-from regproxy.resolve.interfaces import Credentials, IResolver, Resolution, ResolveError
+from regproxy.resolve.interfaces import (
+    Credentials,
+    IResolver,
+    Resolution,
+    ResolveError,
+)
 
 DEFAULT_TTL = 300.0
 DEFAULT_MISS_TTL = 10.0
@@ -86,6 +92,8 @@ class CoalescingCache:
         self._isMiss = isMiss
         self._entries: LRUCache = LRUCache(maxsize=maxSize)
         self._inFlight: dict[Hashable, list[Deferred]] = {}
+        #: Lookups by outcome (hit, miss, stale, error), for the metrics.
+        self.lookups: Counter[str] = Counter()
 
     def get(
         self,
@@ -102,6 +110,7 @@ class CoalescingCache:
         entry = self._entries.get(key)
         now = self._clock.seconds()
         if entry is not None and now - entry.storedAt < entry.ttl:
+            self.lookups["hit"] += 1
             return succeed(entry.result) if entry.isAnswer else fail(entry.result)
         waiter: Deferred = Deferred()
         waiters = self._inFlight.get(key)
@@ -115,11 +124,13 @@ class CoalescingCache:
     def _settle(self, result: Any, key: Hashable, label: str) -> None:
         waiters = self._inFlight.pop(key, [])
         now = self._clock.seconds()
+        outcome = "miss"
         if not isinstance(result, Failure):
             self._entries[key] = _Entry(result, now, self._ttl)
         elif self._isMiss(result):
             self._entries[key] = _Entry(result, now, self._missTTL)
         else:
+            outcome = "error"
             stale = self._entries.get(key)
             if (
                 stale is not None
@@ -133,6 +144,8 @@ class CoalescingCache:
                     why=getattr(result.value, "message", None) or result.type.__name__,
                 )
                 result = stale.result
+                outcome = "stale"
+        self.lookups[outcome] += len(waiters)
         for waiter in waiters:
             if waiter.called:
                 continue  # cancelled by its caller
@@ -156,17 +169,7 @@ class CachingResolver:
     """
     An L{IResolver} that asks another one at most once per name and asker
     while the answer is fresh (see the module docstring).
-
-    It also remembers, per name and asker, the repositories that manifest
-    requests resolved to, and lists them as L{Resolution.alternatives} of
-    a request without a tag or digest (a blob request): a client that pulled
-    C{org/fleet:1.2.3} asks for that release's blobs as C{org/fleet}.
     """
-
-    #: How many repositories are remembered per name and asker, and for how
-    #: long: blobs are fetched right after their manifest.
-    recentRepositories = 8
-    recentAge = 3600.0
 
     def __init__(
         self,
@@ -179,42 +182,19 @@ class CachingResolver:
     ) -> None:
         self.resolver = resolver
         self.cache = CoalescingCache(clock, ttl, missTTL, staleAge, maxSize)
-        self._clock = clock
-        self._recent: LRUCache = LRUCache(maxsize=maxSize)
 
-    def resolve(self, reference: ImageReference, credentials: Credentials) -> Deferred:
-        d = self.cache.get(
+    def resolve(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred[Resolution]:
+        return self.cache.get(
             ("resolve", str(reference), credentials.cacheKey),
             lambda: self.resolver.resolve(reference, credentials),
             str(reference),
         )
-        return d.addCallback(self._withRecent, reference, credentials)
-
-    def _withRecent(
-        self,
-        resolution: Resolution,
-        reference: ImageReference,
-        credentials: Credentials,
-    ) -> Resolution:
-        key = (reference.name, credentials.cacheKey)
-        now = self._clock.seconds()
-        recent = [
-            (repository, seen)
-            for repository, seen in self._recent.get(key, ())
-            if now - seen <= self.recentAge and repository != resolution.repository
-        ]
-        if reference.manifestReference is not None:
-            self._recent[key] = [(resolution.repository, now)] + recent[
-                : self.recentRepositories - 1
-            ]
-            return resolution
-        if not recent:
-            return resolution
-        return attrs.evolve(resolution, alternatives=tuple(r for r, _ in recent))
 
     def listReleases(
         self, reference: ImageReference, credentials: Credentials
-    ) -> Deferred:
+    ) -> Deferred[list[str] | None]:
         return self.cache.get(
             ("tags", reference.name, credentials.cacheKey),
             lambda: self.resolver.listReleases(reference, credentials),

@@ -20,10 +20,12 @@ class IdentityResolver:
     upstream's.
     """
 
-    def resolve(self, reference: ImageReference, credentials: Credentials) -> Deferred:
+    def resolve(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred[Resolution]:
         return succeed(Resolution(reference.name, reference.manifestReference))
 
     def listReleases(
         self, reference: ImageReference, credentials: Credentials
-    ) -> Deferred:
+    ) -> Deferred[list[str] | None]:
         return succeed(None)

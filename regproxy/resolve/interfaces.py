@@ -19,8 +19,10 @@ import hashlib
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
+from regproxy.names.reference import ImageReference
 from regproxy.server.errors import RegistryError, TranslatableError
 
 #: Where an API key came from.
@@ -102,11 +104,6 @@ class Resolution:
         C{1.2.3-1648554962021}), when known.
     @ivar contentHash: The image's manifest digest, when known.
     @ivar service: The service the image is a build of, when known.
-    @ivar alternatives: Other repositories the same client recently pulled
-        under the same name, most recent first.  A blob request carries no
-        tag, so C{org/fleet/blobs/...} after a pull of C{org/fleet:1.2.3}
-        resolves to the target release; the blob may live in one of these
-        instead (try them when the upstream answers 404).
     """
 
     repository: str
@@ -116,7 +113,6 @@ class Resolution:
     version: str | None = None
     contentHash: str | None = None
     service: str | None = None
-    alternatives: tuple[str, ...] = ()
 
 
 class ResolveError(TranslatableError):
@@ -223,17 +219,19 @@ class IResolver(Interface):
     Turns the names clients use into upstream repositories.
     """
 
-    def resolve(reference: Any, credentials: Credentials) -> Any:
+    def resolve(
+        reference: ImageReference, credentials: Credentials
+    ) -> Deferred[Resolution]:
         """
-        Where the image C{reference} (an
-        L{regproxy.names.reference.ImageReference}) lives, as C{credentials} may
-        see it.
+        Where the image C{reference} lives, as C{credentials} may see it.
 
         @return: A Deferred firing with a L{Resolution}, or failing with a
             L{ResolveError}.
         """
 
-    def listReleases(reference: Any, credentials: Credentials) -> Any:
+    def listReleases(
+        reference: ImageReference, credentials: Credentials
+    ) -> Deferred[list[str] | None]:
         """
         The tags a client may pull for the repository C{reference} (its
         name alone matters), for C{GET /v2/<name>/tags/list}.

@@ -120,7 +120,9 @@ class StaticResolver:
         entries, passthrough = parseMap(document, path)
         return cls(entries, passthrough)
 
-    def resolve(self, reference: ImageReference, credentials: Credentials) -> Deferred:
+    def resolve(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred[Resolution]:
         tag = reference.tag
         if tag is not None and tag != DEFAULT_TAG:
             release = self.entries.get(f"{reference.name}/{tag.lower()}")
@@ -140,5 +142,35 @@ class StaticResolver:
 
     def listReleases(
         self, reference: ImageReference, credentials: Credentials
-    ) -> Deferred:
+    ) -> Deferred[list[str] | None]:
         return succeed(None)
+
+
+@implementer(IResolver)
+class StaticMapFile:
+    """
+    The resolver of a C{static:FILE} map, read again on L{reload} (SIGHUP).
+    """
+
+    def __init__(self, path: str) -> None:
+        """
+        @raise StaticMapError: The file cannot be used at start-up.
+        """
+        self.path = path
+        self.current = StaticResolver.fromFile(path)
+
+    def reload(self) -> int:
+        """
+        @return: How many names the map now holds.
+        @raise StaticMapError: It cannot be used; the map read before stays.
+        """
+        self.current = StaticResolver.fromFile(self.path)
+        return len(self.current.entries)
+
+    def resolve(self, reference: ImageReference, credentials: Credentials) -> Deferred:
+        return self.current.resolve(reference, credentials)
+
+    def listReleases(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred:
+        return self.current.listReleases(reference, credentials)

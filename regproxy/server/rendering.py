@@ -14,7 +14,11 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (
+    RequestGenerationFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -71,6 +75,14 @@ def renderLater(
     """
 
     def failed(failure: Failure) -> None:
+        if failure.check(RequestGenerationFailed) and getattr(
+            request, "clientGone", False
+        ):
+            # The request body could not be sent on because the client
+            # stopped sending it: an ordinary event, not our error.  The
+            # request's own log line says it was aborted, and after how
+            # many bytes (regproxy.server.site).
+            return
         error = errorForFailure(failure, what)
         if error is not None:
             writeError(request, error)

@@ -138,10 +138,20 @@ class StreamingRequest(Request):
     """
 
     bodyStream: RequestBodyStream | None = None
+    # For the log line (regproxy.server.site), set where each is known: the
+    # upstream's status, the account (a name, never a secret), the name the
+    # client asked for, the upstream repository it became, and the LAN
+    # cache's outcome (hit, miss, coalesced, stale).
     upstreamStatus: int | None = None
+    accountName: str | None = None
+    imageName: str | None = None
+    upstreamRepository: str | None = None
+    cacheOutcome: str | None = None
     # twisted.web's stubs type this as None (its class default); it is the
     # body file once the headers are in.
     content: IO[bytes]  # type: ignore[assignment]
+    #: The client's connection closed before the response was finished.
+    clientGone = False
     _dispatchedEarly = False
     _finishWhenBodyDone = False
 
@@ -190,6 +200,7 @@ class StreamingRequest(Request):
         super().finish()
 
     def connectionLost(self, reason: Failure) -> None:
+        self.clientGone = True
         if self.bodyStream is not None:
             self.bodyStream.connectionLost(reason)
         super().connectionLost(reason)

@@ -79,12 +79,17 @@ def _splitAuthority(authority: bytes, defaultPort: int) -> tuple[bytes, int]:
 def publicBase(request: IRequest, configured: str | None) -> bytes:
     """
     The base URL clients use to reach us: C{--public-url} when given, else
-    the scheme and C{Host} of this request.
+    the scheme and host a trusted proxy says the client used (the
+    request's C{clientView}, see L{regproxy.server.forwarded}), else the
+    scheme and C{Host} of this request.
     """
     if configured is not None:
         return configured.encode("utf-8")
-    scheme = b"https" if request.isSecure() else b"http"
-    host = request.getHeader(b"host")
+    view = getattr(request, "clientView", None)
+    scheme = getattr(view, "scheme", None) or (
+        b"https" if request.isSecure() else b"http"
+    )
+    host = getattr(view, "host", None) or request.getHeader(b"host")
     if not host or any(c in host for c in b"/\\ @?#"):
         address = request.getHost()
         hostText = getattr(address, "host", "localhost")

@@ -237,7 +237,7 @@ class FakeRegistry(Resource):
             name.lower(): list(values)
             for name, values in request.requestHeaders.getAllRawHeaders()
         }
-        body = request.content.read()
+        body = request.content.read() if request.content is not None else b""
         if request.path == TOKEN_PATH:
             return self._token(request, headers, body)
         return self._registry(request, headers, body)
@@ -316,6 +316,9 @@ class FakeRegistry(Resource):
             request.setHeader(b"Docker-Content-Digest", match.group("blob").encode())
             return b"" if request.method == b"HEAD" else content
         if match.group("upload") is not None:
+            mounted = self._mount(request, repository)
+            if mounted is not None:
+                return mounted
             request.setResponseCode(202)
             location = (
                 f"{UPSTREAM}/v2/{repository}/blobs/uploads/u-1?_state=a%2Fb%3D%3D"
@@ -335,9 +338,41 @@ class FakeRegistry(Resource):
             )
         return self._json(request, 200, {"name": repository, "tags": tags})
 
+    def _mount(self, request: Request, repository: str) -> bytes | None:
+        """
+        A cross-repository mount (C{POST ...?mount=<digest>&from=<repo>}):
+        201 when the caller may pull C{from} and the blob is there, as
+        distribution does; L{None} to start an ordinary upload instead.
+        """
+        query = parse_qs(request.uri.decode("latin-1").partition("?")[2])
+        digest = query.get("mount", [None])[-1]
+        source = query.get("from", [None])[-1]
+        if request.method != b"POST" or digest is None or source is None:
+            return None
+        allowed, _ = self._authorize(request, source, ("pull",))
+        content = self.blobs.get((source, digest))
+        if not allowed or content is None:
+            return None
+        self.blobs[(repository, digest)] = content
+        request.setResponseCode(201)
+        location = f"{UPSTREAM}/v2/{repository}/blobs/{digest}"
+        request.setHeader(b"Location", location.encode("utf-8"))
+        request.setHeader(b"Docker-Content-Digest", digest.encode("utf-8"))
+        request.setHeader(b"Content-Length", b"0")
+        return b""
+
     def _manifest(
         self, request: Request, repository: str, reference: str, body: bytes
     ) -> bytes:
+        if request.method == b"DELETE":
+            content = self.manifests.get((repository, reference))
+            if content is None:
+                return self._error(request, 404, "MANIFEST_UNKNOWN", "manifest unknown")
+            for key in [k for k, v in self.manifests.items() if v == content]:
+                if key[0] == repository:
+                    del self.manifests[key]
+            request.setResponseCode(202)
+            return b""
         if request.method == b"PUT":
             self.manifests[(repository, reference)] = body
             request.setResponseCode(201)

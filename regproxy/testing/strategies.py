@@ -124,7 +124,7 @@ endpoints = st.builds(
 timeouts = st.floats(min_value=0.001, max_value=1e6, allow_nan=False)
 
 _tomlScalars = st.one_of(
-    st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30),
+    st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=30),
     httpURLs(),
     endpoints,
     st.integers(min_value=-(2**63), max_value=2**63 - 1),

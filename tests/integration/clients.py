@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from typing import Any, cast
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -77,6 +78,7 @@ class _Collect(ProcessProtocol):
     def kill(self) -> None:
         self.timedOut = True
         try:
+            assert self.transport is not None
             self.transport.signalProcess("KILL")
         except ProcessExitedAlready:
             pass
@@ -175,7 +177,8 @@ class Skopeo:
     async def run(
         self, *args: str, check: bool = True, timeout: float | None = None
     ) -> Result:
-        argv = [self.program, "--policy", self.policy, *args]  # type: ignore[list-item]
+        assert self.program is not None
+        argv = [self.program, "--policy", self.policy, *args]
         return await runProcess(
             argv, self.env, timeout or self.timeout, self.reactor, check=check
         )
@@ -221,18 +224,51 @@ class Skopeo:
         self,
         reference: str,
         *,
-        raw: bool = False,
         config: bool = False,
         tlsVerify: bool | None = None,
         certDir: str | None = None,
         creds: tuple[str, str] | None = None,
         extra: Sequence[str] = (),
         timeout: float | None = None,
-    ) -> bytes | dict:
+    ) -> dict[str, Any]:
         """
-        C{skopeo inspect}: the parsed JSON, or the exact bytes with C{raw}
-        (the manifest as the registry served it, for digest checks).
+        C{skopeo inspect}: the parsed JSON.
         """
+        result = await self._inspect(
+            reference, False, config, tlsVerify, certDir, creds, extra, timeout
+        )
+        return cast(dict[str, Any], json.loads(result))
+
+    async def inspectRaw(
+        self,
+        reference: str,
+        *,
+        config: bool = False,
+        tlsVerify: bool | None = None,
+        certDir: str | None = None,
+        creds: tuple[str, str] | None = None,
+        extra: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> bytes:
+        """
+        C{skopeo inspect --raw}: the exact bytes (the manifest as the
+        registry served it, for digest checks).
+        """
+        return await self._inspect(
+            reference, True, config, tlsVerify, certDir, creds, extra, timeout
+        )
+
+    async def _inspect(
+        self,
+        reference: str,
+        raw: bool,
+        config: bool,
+        tlsVerify: bool | None,
+        certDir: str | None,
+        creds: tuple[str, str] | None,
+        extra: Sequence[str],
+        timeout: float | None,
+    ) -> bytes:
         args = ["inspect"]
         if raw:
             args.append("--raw")
@@ -243,7 +279,7 @@ class Skopeo:
             args += _credsFlags("", creds)
         args += [*extra, reference]
         result = await self.run(*args, timeout=timeout)
-        return result.stdout if raw else json.loads(result.stdout)
+        return result.stdout
 
 
 class Podman:
@@ -291,6 +327,7 @@ class Podman:
     async def run(
         self, *args: str, check: bool = True, timeout: float | None = None
     ) -> Result:
+        assert self.program is not None
         argv = [
             self.program,
             "--root",
@@ -300,7 +337,7 @@ class Podman:
             "--storage-driver",
             "vfs",
             *args,
-        ]  # type: ignore[list-item]
+        ]
         return await runProcess(
             argv, self.env, timeout or self.timeout, self.reactor, check=check
         )

@@ -122,7 +122,7 @@ def serveFakeAPI(testCase, api: FakeBalenaAPI, reactor=None) -> ServedAPI:
         reactor = _reactor
     gate = Gate(api)
     site = Site(gate, reactor=reactor)
-    site.protocol = _ClosingChannel
+    site.protocol = _ClosingChannel  # type: ignore[method-assign,assignment]
     site.noisy = False
 
     def endHanging() -> None:

@@ -27,6 +27,7 @@ from .clients import Podman, Skopeo, httpClient
 from .oci import Image, blobPath, readIndexJSON, sha256File, writeImage, writeIndex
 from .proxy import Proxy, startProxy
 from .registry import Registry, startRegistry
+from .testcase import MixinBase
 
 MiB = 1 << 20
 API_VERSION = "registry/2.0"
@@ -49,12 +50,16 @@ def readBlob(layout: str, digest: str) -> bytes:
         return f.read()
 
 
-class OneImageClient:
+class OneImageClient(MixinBase):
     """
     Push C{self.image} (from C{self.layout}) with C{self.skopeo}, as alice
     unless told otherwise, to C{self.reference(repository)}, and read its
     manifest back.
     """
+
+    skopeo: Skopeo
+    image: Image
+    layout: str
 
     def reference(self, repository: str) -> str:
         raise NotImplementedError()
@@ -68,8 +73,8 @@ class OneImageClient:
         )
 
     async def inspectRaw(self, repository: str, creds=("alice", "wonderland")) -> bytes:
-        return await self.skopeo.inspect(
-            self.reference(repository), raw=True, tlsVerify=False, creds=creds
+        return await self.skopeo.inspectRaw(
+            self.reference(repository), tlsVerify=False, creds=creds
         )
 
     def manifestBytes(self) -> bytes:
@@ -92,7 +97,7 @@ def authSettings(auth: str) -> dict[str, str]:
     return {"auth": auth}
 
 
-class ForwardingTests:
+class ForwardingTests(MixinBase):
     """
     Push and pull through regproxy, for a L{twisted.trial.unittest.TestCase}
     that sets C{mode}.
@@ -106,6 +111,7 @@ class ForwardingTests:
     registry: Registry
     proxy: Proxy
     skopeo: Skopeo
+    layout: str
 
     async def setUp(self) -> None:
         self.registry = await startRegistry(
@@ -142,9 +148,8 @@ class ForwardingTests:
         )
 
     async def inspectRaw(self, repository: str, tag: str) -> bytes:
-        return await self.skopeo.inspect(
+        return await self.skopeo.inspectRaw(
             self.proxy.reference(repository, tag),
-            raw=True,
             tlsVerify=False,
             creds=self.credentials,
         )

@@ -11,11 +11,23 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from typing import Protocol
 
 import attrs
 
 from .loopback import serveOnLoopback
-from .registry import Registry
+
+
+class Upstream(Protocol):
+    """
+    What regproxy is put in front of: a registry, or anything serving one.
+    """
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def caFile(self) -> str | None: ...
 
 
 @attrs.frozen
@@ -39,7 +51,7 @@ class Proxy:
         return f"docker://{self.host}/{repository}:{tag}"
 
 
-def startProxy(testCase, registry: Registry, reactor=None, **settings) -> Proxy:
+def startProxy(testCase, registry: Upstream, reactor=None, **settings) -> Proxy:
     """
     Serve regproxy on a free loopback port, forwarding to C{registry},
     until C{testCase} ends.

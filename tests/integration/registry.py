@@ -19,6 +19,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Mapping
+from typing import cast
 
 import attrs
 import bcrypt
@@ -93,14 +94,35 @@ class ListeningProcess(ProcessProtocol):
         self.listening: Deferred[None] = Deferred()
         self.ended: Deferred[None] = Deferred()
         self.exited = False
+        self._watches: list[tuple[bytes, Deferred[None]]] = []
 
     def output(self) -> str:
         return self._buffer.decode("utf-8", "replace")
+
+    def whenOutputHas(self, needle: bytes) -> Deferred[None]:
+        """
+        Fire once the process has written C{needle} (to stdout or stderr).
+        """
+        d: Deferred[None] = Deferred()
+        self._watches.append((needle, d))
+        self._checkWatches()
+        return d
+
+    def _checkWatches(self) -> None:
+        waiting = []
+        for needle, d in self._watches:
+            if needle in self._buffer:
+                d.callback(None)
+            else:
+                waiting.append((needle, d))
+        self._watches = waiting
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self._buffer += data
         if not self.listening.called and self.ready in self._buffer:
             self.listening.callback(None)
+        if self._watches:
+            self._checkWatches()
 
     def exitedEarly(self, reason) -> Exception:
         """
@@ -130,6 +152,7 @@ class ListeningProcess(ProcessProtocol):
 
     def signal(self, name: str) -> None:
         try:
+            assert self.transport is not None
             self.transport.signalProcess(name)
         except ProcessExitedAlready:
             pass
@@ -275,9 +298,8 @@ async def serveRegistry(
     @raise SkipTest: When C{docker-registry} is not installed.
     """
     program = registryProgram()
-    lastError: Exception | None = None
-    for _attempt in range(3):
-        port = freePort()
+
+    def start(port: int) -> RegistryProcess:
         configFile = os.path.join(directory, "config.yml")
         with open(configFile, "w") as f:
             json.dump(configFor(port), f)
@@ -289,18 +311,47 @@ async def serveRegistry(
         reactor.spawnProcess(
             process, program, [program, "serve", configFile], env=environment
         )
-        timeout = reactor.callLater(STARTUP_TIMEOUT, process.giveUp, STARTUP_TIMEOUT)
+        return process
+
+    port, process = await startOnFreePort(
+        testCase, start, RegistryFailed, "address already in use", reactor
+    )
+    return port, cast(RegistryProcess, process)
+
+
+async def startOnFreePort(
+    testCase,
+    start: Callable[[int], ListeningProcess],
+    failure: type[Exception],
+    busy: str,
+    reactor,
+    timeout: float = STARTUP_TIMEOUT,
+) -> tuple[int, ListeningProcess]:
+    """
+    Start a server with C{start(port)} on a free loopback port, wait for
+    its listen line and stop it when C{testCase} ends.  Another process may
+    take the port between L{freePort} and the server's bind, so when the
+    server fails with C{busy} in its output it is tried again on another.
+
+    @param failure: What the process's L{ListeningProcess.listening}
+        fails with.
+    """
+    lastError: Exception | None = None
+    for _attempt in range(3):
+        port = freePort()
+        process = start(port)
+        timer = reactor.callLater(timeout, process.giveUp, timeout)
         try:
             await process.listening
-        except RegistryFailed as e:
+        except failure as e:
             lastError = e
             await process.stop()
-            if "address already in use" in process.output():
+            if busy in process.output():
                 continue
             raise
         finally:
-            if timeout.active():
-                timeout.cancel()
+            if timer.active():
+                timer.cancel()
         testCase.addCleanup(process.stop)
         return port, process
     assert lastError is not None

@@ -32,6 +32,7 @@ from .fleets import (
 from .forwarding import temporaryDirectory
 from .oci import Index, blobPath, readIndexJSON, sha256File
 from .proxy import Proxy, startProxy
+from .testcase import MixinBase
 
 REF_NAME = "org.opencontainers.image.ref.name"
 MANIFEST_ACCEPT = [
@@ -46,7 +47,7 @@ def basic(credentials: tuple[str, str]) -> str:
     return "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
 
 
-class FleetWorldMixin:
+class FleetWorldMixin(MixinBase):
     """
     A fake balenaCloud (API and registry) and regproxy in front of it, for
     a L{TestCase}.
@@ -385,9 +386,7 @@ class ErrorTests(HTTPMixin, TestCase):
         """
         skopeo = Skopeo(self)
         with self.assertRaises(ClientFailed) as caught:
-            await skopeo.inspect(
-                self.reference(f"{PUBLIC}/v1.2.3"), raw=True, tlsVerify=False
-            )
+            await skopeo.inspectRaw(self.reference(f"{PUBLIC}/v1.2.3"), tlsVerify=False)
         self.assertIn("did you mean 1.2.3", caught.exception.stderr.decode())
 
 
@@ -618,7 +617,7 @@ class ResolutionCacheTests(HTTPMixin, SkopeoMixin, TestCase):
                 if len(seen) == count:
                     arrived.callback(None)
 
-        site.requestFactory = CountingRequest
+        site.requestFactory = CountingRequest  # type: ignore[attr-defined]
         return arrived
 
     async def test_concurrentFirstRequests(self) -> None:

@@ -15,6 +15,7 @@ from regproxy.names.challenge import parseChallenges
 
 from .clients import ClientFailed, httpClient
 from .forwarding import ForwardingTests, writeImage
+from .tokenserver import TokenServer
 
 
 class TokenRegistryForwardingTests(ForwardingTests, TestCase):
@@ -33,7 +34,7 @@ class TokenRegistryForwardingTests(ForwardingTests, TestCase):
         (challenge,) = parseChallenges(value)
         self.assertEqual(challenge.scheme.lower(), "bearer")
         self.assertEqual(challenge.get("realm"), self.proxy.url + "/token")
-        self.assertEqual(challenge.get("service"), self.registry.tokenServer.service)
+        self.assertEqual(challenge.get("service"), self.tokenServer().service)
 
     async def test_tokenDanceThroughRegproxy(self) -> None:
         """
@@ -45,7 +46,7 @@ class TokenRegistryForwardingTests(ForwardingTests, TestCase):
         await self.inspectRaw("fleet/dance", "1.0")
         granted = [
             (request.account, scope)
-            for request in self.registry.tokenServer.requests
+            for request in self.tokenServer().requests
             if request.code == 200
             for scope in request.scopes
         ]
@@ -62,7 +63,7 @@ class TokenRegistryForwardingTests(ForwardingTests, TestCase):
         response = await http.get(
             self.proxy.url + "/token",
             params={
-                "service": self.registry.tokenServer.service,
+                "service": self.tokenServer().service,
                 "scope": "repository:fleet/x:pull",
             },
             headers={"Authorization": [wrong]},
@@ -77,3 +78,10 @@ class TokenRegistryForwardingTests(ForwardingTests, TestCase):
                 creds=("alice", "not-her-password"),
             )
         self.assertIn("invalid username/password", str(caught.exception))
+
+    def tokenServer(self) -> TokenServer:
+        """
+        The token server this mode's registry trusts.
+        """
+        assert self.registry.tokenServer is not None
+        return self.registry.tokenServer

@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from .clients import ClientFailed, Skopeo, httpClient, runProcess
 from .oci import blobPath, sha256File, writeImage, writeIndex
-from .registry import startRegistry
+from .registry import Registry, startRegistry
 from .tokenserver import SigningKey, parseScope
 
 
@@ -96,7 +96,7 @@ class DirectRegistryTests(TestCase):
 
     timeout = 120
 
-    async def _roundTrip(self, mode: str, **flags) -> None:
+    async def _roundTrip(self, mode: str, **flags) -> Registry:
         registry = await startRegistry(self, mode=mode)
         skopeo = Skopeo(self)
         layout = _tempdir(self)
@@ -119,8 +119,8 @@ class DirectRegistryTests(TestCase):
             if mode != "htpasswd-tls"
             else dict(certDir=registry.certDir)
         )
-        raw = await skopeo.inspect(
-            f"docker://{registry.host}/test/image:v1", raw=True, creds=creds, **stls
+        raw = await skopeo.inspectRaw(
+            f"docker://{registry.host}/test/image:v1", creds=creds, **stls
         )
         with open(blobPath(layout, image.digest), "rb") as f:
             self.assertEqual(raw, f.read())
@@ -142,6 +142,7 @@ class DirectRegistryTests(TestCase):
 
     async def test_token(self) -> None:
         registry = await self._roundTrip("token")
+        assert registry.tokenServer is not None
         http = httpClient(self)
         self.assertTrue(
             any(
@@ -217,9 +218,9 @@ class TokenServerUnitTests(TestCase):
         der = encode_dss_signature(
             int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
         )
-        key.certificate.public_key().verify(
-            der, f"{header}.{claims}".encode(), ec.ECDSA(hashes.SHA256())
-        )
+        public = key.certificate.public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        public.verify(der, f"{header}.{claims}".encode(), ec.ECDSA(hashes.SHA256()))
         fields = json.loads(decode(header))
         self.assertEqual(fields["alg"], "ES256")
         self.assertEqual(fields["kid"], key.kid)

@@ -113,7 +113,8 @@ class PackagingTests(TestCase):
 
     async def test_wheelHasPlugin(self) -> None:
         """
-        The wheel holds the plugin declaration and the package, and no
+        The wheel holds the plugin declaration and every module of the
+        package (a subpackage missing from setup.cfg would be dropped), and no
         C{twisted/plugins/__init__.py} (which would hide Twisted's own
         plugins) nor a C{dropin.cache} (which would overwrite Twisted's).
         """
@@ -121,7 +122,12 @@ class PackagingTests(TestCase):
         self.assertIn("twisted/plugins/regproxy_plugin.py", names)
         self.assertIn("twisted/plugins/regproxy_endpoints.py", names)
         self.assertIn("regproxy/tap.py", names)
-        self.assertIn("regproxy/site.py", names)
+        modules = {
+            child.path[len(_REPO.path) + 1 :]
+            for child in _REPO.child("regproxy").walk()
+            if child.basename().endswith(".py")
+        }
+        self.assertEqual(modules - names, set())
         self.assertNotIn("twisted/plugins/__init__.py", names)
         self.assertNotIn("twisted/__init__.py", names)
         self.assertNotIn("twisted/plugins/dropin.cache", names)

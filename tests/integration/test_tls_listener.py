@@ -54,6 +54,7 @@ class _Collect(ProcessProtocol):
         self.done: Deferred = Deferred()
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.closeStdin()  # openssl s_client waits for stdin's end
 
     def outReceived(self, data: bytes) -> None:
@@ -102,6 +103,7 @@ class SlowResource(Resource):
         return NOT_DONE_YET
 
     def release(self) -> None:
+        assert self._request is not None
         self._request.write(CHUNK)
         self._request.finish()
 

@@ -346,9 +346,8 @@ class TokenServerTests(OneImageClient):
                 destCreds=("alice", "wonderland"),
             )
         self.assertEqual(
-            await self.skopeo.inspect(
+            await self.skopeo.inspectRaw(
                 front.reference("team/app", "v1"),
-                raw=True,
                 tlsVerify=False,
                 creds=("alice", "wonderland"),
             ),
@@ -356,14 +355,14 @@ class TokenServerTests(OneImageClient):
         )
         self.assertEqual(await self.inspectRaw("team/app"), self.manifestBytes())
         self.assertEqual(
-            await self.skopeo.inspect(
-                front.reference("public/tool", "v1"), raw=True, tlsVerify=False
+            await self.skopeo.inspectRaw(
+                front.reference("public/tool", "v1"), tlsVerify=False
             ),
             self.manifestBytes(),
         )
         with self.assertRaises(ClientFailed):
-            await self.skopeo.inspect(
-                front.reference("team/app", "v1"), raw=True, tlsVerify=False
+            await self.skopeo.inspectRaw(
+                front.reference("team/app", "v1"), tlsVerify=False
             )
 
     async def test_refreshTokenGrant(self) -> None:

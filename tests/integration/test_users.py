@@ -41,6 +41,11 @@ actions = ["pull"]
 users = ["<anonymous>"]
 repositories = ["public/*"]
 actions = ["pull"]
+
+[[rule]]
+users = ["bob"]
+repositories = ["bob/*"]
+actions = ["pull", "push"]
 """
 
 
@@ -177,6 +182,43 @@ class FrontDoorTests(OneImageClient):
             await self.inspectRaw("team/secret", creds=None)
         self.assertIn("unauthorized", str(caught.exception).lower())
 
+    async def test_mountNeedsPull(self) -> None:
+        """
+        bob may push to C{bob/*} but not pull C{team/secret}: a mount of
+        one of its layers into his repository starts an ordinary upload
+        (202) instead of copying it (201), and the layer is not his to
+        download.
+        """
+        await self.push("team/secret")
+        layer = self.image.layers[0].digest
+        http = httpClient(self)
+        response = await http.get(
+            self.proxy.url + "/token",
+            params=[
+                ("service", "regproxy"),
+                ("scope", "repository:bob/x:pull,push"),
+                ("scope", "repository:team/secret:pull"),
+            ],
+            headers={
+                "Authorization": ["Basic " + base64.b64encode(b"bob:builder").decode()]
+            },
+        )
+        self.assertEqual(response.code, 200)
+        bearer = "Bearer " + json.loads(await response.content())["token"]
+        mount = await http.post(
+            self.proxy.url + f"/v2/bob/x/blobs/uploads/?mount={layer}&from=team/secret",
+            headers={"Authorization": [bearer]},
+        )
+        await mount.content()
+        self.assertEqual(mount.code, 202)
+        blob = await http.get(
+            self.proxy.url + f"/v2/bob/x/blobs/{layer}",
+            headers={"Authorization": [bearer]},
+        )
+        body = json.loads(await blob.content())
+        self.assertEqual(blob.code, 404)
+        self.assertEqual(body["errors"][0]["code"], "BLOB_UNKNOWN")
+
     async def test_newUserPickedUp(self) -> None:
         """
         A user added to the htpasswd file while regproxy runs can log in
@@ -260,9 +302,8 @@ class TokenRegistryTests(FrontDoorTests, TestCase):
         """
         await self.push("public/tool")
         with self.assertRaises(ClientFailed):
-            await self.skopeo.inspect(
+            await self.skopeo.inspectRaw(
                 f"docker://{self.registry.host}/public/tool:v1",
-                raw=True,
                 tlsVerify=False,
                 creds=None,
             )
@@ -295,9 +336,8 @@ class BasicRegistryTests(FrontDoorTests, TestCase):
         """
         await self.push("team/app")
         with self.assertRaises(ClientFailed) as caught:
-            await self.skopeo.inspect(
+            await self.skopeo.inspectRaw(
                 f"docker://{self.registry.host}/team/app:v1",
-                raw=True,
                 certDir=self.registry.certDir,
                 creds=("alice", "wonderland"),
             )

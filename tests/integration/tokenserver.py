@@ -184,7 +184,7 @@ class TokenResource(Resource):
         if method == b"POST":
             # OAuth form: scope is space-separated, credentials in the form.
             scopes = tuple(s for line in scopes for s in line.split(" ") if s)
-        service = (self._args(request, b"service") or [None])[0]
+        service = next(iter(self._args(request, b"service")), None)
         user: str | None = None
         credentials = self._basic(request)
         if method == b"POST" and credentials is None:

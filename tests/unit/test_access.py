@@ -8,12 +8,14 @@ import tomllib
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.auth.access import (
     ANONYMOUS,
     AccessRules,
     AccessRulesError,
+    AccessRulesFile,
     globMatches,
     loadAccessRules,
     parseAccessRules,
@@ -48,7 +50,9 @@ def _rules(text: str = EXAMPLE) -> AccessRules:
     return parseAccessRules(tomllib.loads(text))
 
 
-def _grant(rules: AccessRules, user: str | None, *scopes: str) -> list[str]:
+def _grant(
+    rules: AccessRules | AccessRulesFile, user: str | None, *scopes: str
+) -> list[str]:
     return [str(s) for s in rules.grant(user, parseScopes(scopes))]
 
 
@@ -358,3 +362,44 @@ class ParseTests(SynchronousTestCase):
             "alice", parseScopes(["repository:a/b:pull,push registry:catalog:*"])
         )
         rules.grant(None, parseScopes(["repository:a:pull"]))
+
+
+class AccessRulesFileTests(SynchronousTestCase):
+    """
+    L{AccessRulesFile} reads its rules again on L{AccessRulesFile.reload}.
+    """
+
+    def setUp(self) -> None:
+        self.file = FilePath(self.mktemp())
+        self.file.setContent(EXAMPLE.encode())
+        self.rules = AccessRulesFile(self.file.path)
+
+    def write(self, text: str) -> None:
+        self.file.setContent(text.encode())
+
+    def test_reload(self) -> None:
+        """
+        After a reload the new rules grant, and the count is returned.
+        """
+        self.assertEqual(_grant(self.rules, "carol", "repository:team/x:pull"), [])
+        self.write(
+            '[[rule]]\nusers = ["carol"]\nrepositories = ["team/*"]\n'
+            'actions = ["pull"]\n'
+        )
+        self.assertEqual(self.rules.reload(), 1)
+        self.assertEqual(
+            _grant(self.rules, "carol", "repository:team/x:pull"),
+            ["repository:team/x:pull"],
+        )
+        self.assertEqual(_grant(self.rules, "alice", "repository:team/x:pull"), [])
+
+    def test_badFileKeepsRules(self) -> None:
+        """
+        A new file that cannot be used raises why and keeps the old rules.
+        """
+        self.write('[[rule]]\nusers = ["carol"]\nactions = ["fly"]\n')
+        self.assertRaises(AccessRulesError, self.rules.reload)
+        self.assertEqual(
+            _grant(self.rules, "alice", "repository:team/x:pull"),
+            ["repository:team/x:pull"],
+        )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,6 +38,7 @@ from regproxy.testing.fakeregistry import (
     UPSTREAM,
     FakeRegistry,
     digestOf,
+    layerFor,
     manifestFor,
 )
 from tests.httpclient import RawClient, RawResponse
@@ -720,6 +721,23 @@ class ForwardingTests(BrokerTestCase):
         response = self.get(b"/v2/lib/app/manifests/latest", token)
         self.assertChallenge(response, "repository:lib/app:pull", "invalid_token")
 
+    def test_unknownPath(self) -> None:
+        """
+        A C{/v2/} path that is no registry API path gets 404 C{NOT_FOUND} in
+        registry JSON, as distribution answers 404 for it; nothing goes
+        upstream.
+        """
+        token = self.bearer(["repository:lib/app:pull"], basic("bob", "bob-secret"))
+        before = len(self.registry.received)
+        for path in (b"/v2/foo/bar/baz", b"/v2/lib/app/manifests", b"/v2/nothing"):
+            response = self.get(path, token)
+            self.assertEqual(response.status, 404, path)
+            self.assertEqual(errorCodes(response), ["NOT_FOUND"])
+            self.assertEqual(
+                response.all(b"docker-distribution-api-version"), [b"registry/2.0"]
+            )
+        self.assertEqual(len(self.registry.received), before)
+
     def test_tagsRelayed(self) -> None:
         """
         Without fleet names, C{tags/list} is the upstream's own list.
@@ -900,6 +918,77 @@ class BearerUpstreamTests(BrokerTestCase):
         second = self.get(b"/v2/lib/app/manifests/latest", token)
         self.assertEqual((first.status, second.status), (200, 200), second.body)
 
+    def mount(self, credentials: bytes) -> tuple[RawResponse, str]:
+        """
+        Mount C{lib/other}'s layer into C{lib/app} with a token for both.
+        """
+        token = self.bearer(
+            ["repository:lib/app:pull,push", "repository:lib/other:pull"],
+            credentials,
+        )
+        digest = digestOf(layerFor("lib/other"))
+        response = self.exchange(
+            b"POST",
+            f"/v2/lib/app/blobs/uploads/?mount={digest}&from=lib/other".encode(),
+            [(b"Authorization", token)],
+            b"",
+        )
+        return response, digest
+
+    def test_mountAcrossRepositories(self) -> None:
+        """
+        A cross-repository mount works as it does directly: the upstream
+        token covers a push to the destination and a pull of the source,
+        asked as two scopes, and the upstream mounts (201) instead of
+        starting an upload.
+        """
+        response, digest = self.mount(basic("alice", "alice-secret"))
+        self.assertEqual(response.status, 201, response.body)
+        self.assertEqual(
+            response.header(b"location"),
+            PUBLIC + f"/v2/lib/app/blobs/{digest}".encode(),
+        )
+        self.assertEqual(
+            self.registry.blobs[("lib/app", digest)], layerFor("lib/other")
+        )
+        scopes = parse_qs(self.registry.tokenRequests[-1].uri.partition(b"?")[2])
+        self.assertEqual(
+            scopes[b"scope"],
+            [b"repository:lib/app:pull,push", b"repository:lib/other:pull"],
+        )
+
+    def test_mountSourceRefusedUpstream(self) -> None:
+        """
+        A source the upstream does not let the client pull: the upstream
+        starts an ordinary upload (202), and nothing is copied.
+        """
+        self.registry.grants["bob"] = {"lib/app": ("pull", "push")}
+        response, digest = self.mount(basic("bob", "bob-secret"))
+        self.assertEqual(response.status, 202, response.body)
+        self.assertNotIn(("lib/app", digest), self.registry.blobs)
+
+    def test_deletedManifestForgotten(self) -> None:
+        """
+        After a DELETE of a manifest that the upstream accepted, neither
+        GET nor HEAD of that digest answers from memory.
+        """
+        self.registry.grants["alice"] = {"*": ("pull", "push", "delete")}
+        token = self.bearer(
+            ["repository:lib/app:pull,delete"], basic("alice", "alice-secret")
+        )
+        digest = digestOf(manifestFor(REPO))
+        path = f"/v2/lib/app/manifests/{digest}".encode()
+        accept = (b"Accept", b"application/vnd.oci.image.manifest.v1+json")
+        headers = [(b"Authorization", token), accept]
+        for _ in range(2):
+            self.assertEqual(self.exchange(b"GET", path, headers).status, 200)
+        deleted = self.exchange(b"DELETE", path, headers)
+        self.assertEqual(deleted.status, 202, deleted.body)
+        for method in (b"GET", b"HEAD"):
+            response = self.exchange(method, path, headers)
+            self.assertEqual(response.status, 404, method)
+        self.assertEqual(self.registry.received[-1].method, b"HEAD")
+
 
 class FleetTestCase(BrokerTestCase):
     """
@@ -1065,11 +1154,65 @@ class FleetNameTests(FleetTestCase):
         )
         self.assertEqual(response.status, 200, response.body)
 
-    test_blobThroughSecondInstance.todo = (  # type: ignore[attr-defined]
-        "where a tag-pulled release's blobs live is remembered per process "
-        "only (DigestLocations): another instance asks the target release's "
-        "repository and answers 404 BLOB_UNKNOWN"
-    )
+    def test_roundRobin(self) -> None:
+        """
+        Two instances on one state directory, taking a client's requests
+        in turn (a load balancer without stickiness), serve every selector
+        a client can pull: the tag form, the path form, the target, a
+        service, a draft.
+        """
+        sites = [self.site, self.makeSite()]
+        turn = iter(range(1000))
+        pulls = [
+            ("acme/public-app", "1.2.3", "1.2.3+rev2", "main"),
+            ("acme/public-app/1.2.3", "latest", "1.2.3+rev2", "main"),
+            ("acme/public-app", "latest", "2.0.0", "main"),
+            ("acme/public-app", DRAFT_VERSION, DRAFT_VERSION, "main"),
+            ("acme/multi/1.0.0/backend", "latest", "1.0.0", "backend"),
+        ]
+        for name, tag, version, service in pulls:
+            slug = "/".join(name.split("/")[:2])
+            repository = self.fixture.repository(slug, version, service)
+            token = self.bearer([f"repository:{name}:pull"])
+            manifest = self.get(
+                f"/v2/{name}/manifests/{tag}".encode(),
+                token,
+                site=sites[next(turn) % 2],
+            )
+            self.assertEqual(manifest.body, manifestFor(repository), (name, tag))
+            for layer in json.loads(manifest.body)["layers"]:
+                response = self.get(
+                    f"/v2/{name}/blobs/{layer['digest']}".encode(),
+                    token,
+                    site=sites[next(turn) % 2],
+                )
+                self.assertEqual(response.status, 200, (name, tag, response.body))
+                self.assertEqual(response.body, layerFor(repository))
+
+    def test_pushedManifestForgotten(self) -> None:
+        """
+        A release's manifest is kept in memory as one that cannot change;
+        once a manifest PUT to it succeeds upstream, the new one is served.
+        """
+        name = "acme/public-app/1.2.3"
+        credentials = basic("alice", ALICE_KEY)
+        token = self.bearer([f"repository:{name}:pull,push"], credentials)
+        accept = (b"Accept", b"application/vnd.oci.image.manifest.v1+json")
+        path = f"/v2/{name}/manifests/latest".encode()
+        first = self.exchange(b"GET", path, [(b"Authorization", token), accept])
+        self.assertEqual(first.status, 200, first.body)
+        pushed = self.exchange(
+            b"PUT",
+            path,
+            [
+                (b"Authorization", token),
+                (b"Content-Type", b"application/vnd.oci.image.manifest.v1+json"),
+            ],
+            manifestFor("replacement"),
+        )
+        self.assertEqual(pushed.status, 201, pushed.body)
+        again = self.exchange(b"GET", path, [(b"Authorization", token), accept])
+        self.assertEqual(again.body, manifestFor("replacement"))
 
     def test_oddManifestRelayed(self) -> None:
         """

@@ -4,12 +4,13 @@ Tests for L{regproxy.resolve.cache}.
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -108,8 +109,9 @@ class CoalescingCacheTests(SynchronousTestCase):
         up to the stale age, and a warning says so.
         """
         events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.cache.get("k", self.calls, "acme/app")
         self.calls.pending[0].callback("answer")
         self.clock.advance(3600)
@@ -126,8 +128,12 @@ class CoalescingCacheTests(SynchronousTestCase):
     def test_lru(self) -> None:
         cache = CoalescingCache(self.clock, maxSize=2)
         for key in "abc":
-            cache.get(key, lambda key=key: Deferred.fromCoroutine(_value(key)))
+            cache.get(key, partial(_fromCoroutine, key))
         self.assertEqual(len(cache), 2)
+
+
+def _fromCoroutine(v: str) -> Deferred[str]:
+    return Deferred.fromCoroutine(_value(v))
 
 
 async def _value(v: str) -> str:
@@ -232,26 +238,3 @@ class CachingResolverTests(SynchronousTestCase):
             self.stub.flush()
             self.assertIn("2.0.0", self.successResultOf(d))
         self.assertEqual(len(self.api.apiCalls), 1)
-
-    def test_blobAlternatives(self) -> None:
-        """
-        After pulling C{acme/public-app:1.2.3}, a blob request for
-        C{acme/public-app} (no tag: the target release) lists 1.2.3's
-        repository as an alternative, for that client only.
-        """
-        release = self.successResultOf(self.resolve("acme/public-app:1.2.3"))
-        blob = self.successResultOf(self.resolve("acme/public-app"))
-        self.assertNotEqual(blob.repository, release.repository)
-        self.assertEqual(blob.alternatives, (release.repository,))
-        other = self.successResultOf(self.resolve("acme/public-app", ALICE))
-        self.assertEqual(other.alternatives, ())
-        self.clock.advance(3601)
-        self.assertEqual(
-            self.successResultOf(self.resolve("acme/public-app")).alternatives, ()
-        )
-
-    def test_targetNotItsOwnAlternative(self) -> None:
-        self.successResultOf(self.resolve("acme/public-app:latest"))
-        self.assertEqual(
-            self.successResultOf(self.resolve("acme/public-app")).alternatives, ()
-        )

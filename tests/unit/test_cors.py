@@ -64,7 +64,7 @@ class CORSTestCase(SynchronousTestCase):
         client = RawClient(self.site)
         client.request(method, path, list(headers))
         response = client.responseAfter(self.agent.flush, head=method == b"HEAD")
-        self.assertIsNotNone(response, client.transport.value())
+        assert response is not None, client.transport.value()
         return response
 
     def preflight(self, origin: bytes, path: bytes = b"/v2/lib/app/manifests/v1"):

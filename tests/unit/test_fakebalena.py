@@ -39,7 +39,8 @@ PRIVATE = "slug%20eq%20'acme%2Fprivate-app'"
 class FakeAPITests(SynchronousTestCase):
     def setUp(self) -> None:
         self.api = FakeBalenaAPI()
-        self.stub = StubTreq(self.api)
+        # StubTreq makes its request methods at run time, from treq's API.
+        self.stub: Any = StubTreq(self.api)
 
     def get(
         self, path: str, key: str | None = None, basic: str | None = None
@@ -219,7 +220,8 @@ class TokenTests(SynchronousTestCase):
         key, certificate = generateIssuerKeyAndCertificate("fake-balena")
         self.issuer = TokenIssuer("fake-balena", key, [certificate], self.clock)
         self.api = FakeBalenaAPI(issuer=self.issuer)
-        self.stub = StubTreq(self.api)
+        # StubTreq makes its request methods at run time, from treq's API.
+        self.stub: Any = StubTreq(self.api)
         self.verifier = TokenVerifier.forKeys(
             "fake-balena", "registry2.balena-cloud.com", [key.public_key()], self.clock
         )
@@ -295,5 +297,6 @@ class TokenTests(SynchronousTestCase):
 
     def test_noIssuer(self) -> None:
         api = FakeBalenaAPI()
-        d = StubTreq(api).get(BASE + "auth/v1/token")
+        stub: Any = StubTreq(api)
+        d = stub.get(BASE + "auth/v1/token")
         self.assertEqual(self.successResultOf(d).code, 404)

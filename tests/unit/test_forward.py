@@ -17,6 +17,8 @@ from twisted.web.server import Request
 
 from regproxy.app import makeSite
 from regproxy.config import Config
+from regproxy.proxy.fetch import HeaderRewriter
+from regproxy.server.urls import Origin
 from tests.httpclient import RawClient
 
 UPSTREAM = "http://upstream.example:5000"
@@ -397,3 +399,72 @@ class LocalAnswersTests(SynchronousTestCase):
         response = client.response()
         self.assertEqual(response.status, 400)
         self.assertTrue(client.transport.disconnecting)
+
+
+class HeaderRewriterTests(SynchronousTestCase):
+    """
+    L{HeaderRewriter}, the one header rewriter both modes use.
+    """
+
+    upstream = Origin.fromURL("https://registry.example:5000")
+
+    def assertRewrites(self, rewrite: HeaderRewriter, cases) -> None:
+        for name, value, expected in cases:
+            self.assertEqual(rewrite(name, [value]), [expected], (name, value))
+
+    def test_location(self) -> None:
+        """
+        An absolute upstream C{Location} points at our public URL, query
+        kept byte for byte; another origin's (object storage) is kept.
+        """
+        rewrite = HeaderRewriter(self.upstream, b"http://proxy.example")
+        self.assertRewrites(
+            rewrite,
+            [
+                (
+                    b"location",
+                    b"https://registry.example:5000/v2/a/b?x=%2F",
+                    b"http://proxy.example/v2/a/b?x=%2F",
+                ),
+                (
+                    b"location",
+                    b"https://s3.example/blob?sig=1",
+                    b"https://s3.example/blob?sig=1",
+                ),
+            ],
+        )
+
+    def test_prefixes(self) -> None:
+        """
+        The real repository's path becomes the client's name in
+        C{Location} (made absolute, as every relayed C{Location} is) and
+        C{Link}, and nowhere else.
+        """
+        rewrite = HeaderRewriter(
+            self.upstream, b"http://proxy.example", (b"/v2/v2/abc/", b"/v2/org/fleet/")
+        )
+        self.assertRewrites(
+            rewrite,
+            [
+                (
+                    b"link",
+                    b'</v2/v2/abc/tags/list?n=1>; rel="next"',
+                    b'</v2/org/fleet/tags/list?n=1>; rel="next"',
+                ),
+                (
+                    b"location",
+                    b"/v2/v2/abc/blobs/uploads/u",
+                    b"http://proxy.example/v2/org/fleet/blobs/uploads/u",
+                ),
+                (b"etag", b"/v2/v2/abc/", b"/v2/v2/abc/"),
+            ],
+        )
+
+    def test_challenges(self) -> None:
+        """
+        C{WWW-Authenticate} is dropped unless a function for it is given.
+        """
+        dropped = HeaderRewriter(self.upstream, b"http://p")
+        self.assertEqual(dropped(b"www-authenticate", [b"Bearer realm=x"]), [])
+        kept = HeaderRewriter(self.upstream, b"http://p", challenges=lambda v: v[::-1])
+        self.assertEqual(kept(b"www-authenticate", [b"a", b"b"]), [b"b", b"a"])

@@ -229,11 +229,12 @@ class ParsePathTests(SynchronousTestCase):
             ("/v2/Acme/manifests/latest", "NAME_INVALID"),
             ("/v2/acme/manifests/-bad", "TAG_INVALID"),
             ("/v2/acme/blobs/sha256:abc", "DIGEST_INVALID"),
-            ("/v3/acme/manifests/latest", "NAME_INVALID"),
+            ("/v3/acme/manifests/latest", "NOT_FOUND"),
+            ("/v2/acme/manifests", "NOT_FOUND"),
             (b"/v2/\xff/tags/list", "NAME_INVALID"),
         ]:
             with self.assertRaises(InvalidReference) as e:
-                parsePath(path)
+                parsePath(path)  # type: ignore[arg-type]
             self.assertEqual(e.exception.code, code, path)
 
     @given(

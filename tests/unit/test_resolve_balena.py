@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -263,26 +262,6 @@ class ErrorTests(SynchronousTestCase):
         """
         server = Credentials.fromServer(ALICE_KEY)
         self.successResultOf(self.h.resolve("acme/private-app", server))
-
-    def test_serverKeyPublicOnly(self) -> None:
-        """
-        With C{publicOnlyForServerKey}, the server's own key resolves public
-        fleets, but a private fleet stays as unknown as a missing one, even
-        though the key could see it: its releases, services and existence
-        are not for anonymous clients to learn.
-        """
-        self.h.resolver = attrs.evolve(self.h.resolver, publicOnlyForServerKey=True)
-        server = Credentials.fromServer(ALICE_KEY)
-        self.successResultOf(self.h.resolve("acme/public-app/1.2.3", server))
-        missing = self.assertFails("acme/private-nope", NameUnknown, server)
-        error = self.assertFails("acme/private-app/9.9.9", NameUnknown, server)
-        self.assertEqual(
-            error.message, missing.message.replace("private-nope", "private-app")
-        )
-        d = self.h.resolver.listReleases(ImageReference("acme/private-app"), server)
-        self.h.stub.flush()
-        self.failureResultOf(d, NameUnknown)
-        self.assertEqual({c.user for c in self.h.api.apiCalls}, {"alice"})
 
     def test_unknownRelease(self) -> None:
         error = self.assertFails("acme/public-app/9.9.9", ManifestUnknown)

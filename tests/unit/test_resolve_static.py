@@ -11,7 +11,13 @@ from zope.interface.verify import verifyObject
 
 from regproxy.names.reference import ImageReference
 from regproxy.resolve.interfaces import Credentials, IResolver, NameUnknown, Resolution
-from regproxy.resolve.static import Entry, StaticMapError, StaticResolver, parseMap
+from regproxy.resolve.static import (
+    Entry,
+    StaticMapError,
+    StaticMapFile,
+    StaticResolver,
+    parseMap,
+)
 
 from .test_reference import names, tags
 
@@ -99,7 +105,7 @@ class StaticResolverTests(SynchronousTestCase):
             ({"passthrough": "yes"}, "passthrough"),
         ]:
             with self.assertRaises(StaticMapError) as e:
-                parseMap(document)
+                parseMap(document)  # type: ignore[arg-type]
             self.assertIn(fragment, str(e.exception))
 
     def test_unreadable(self) -> None:
@@ -149,3 +155,50 @@ class StaticResolverTests(SynchronousTestCase):
             parseMap(document)
         except StaticMapError:
             pass
+
+
+class StaticMapFileTests(SynchronousTestCase):
+    """
+    L{StaticMapFile} reads its map again on L{StaticMapFile.reload}.
+    """
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        self.write(EXAMPLE)
+        self.resolver = StaticMapFile(self.path)
+
+    def write(self, data: bytes) -> None:
+        with open(self.path, "wb") as f:
+            f.write(data)
+
+    def resolve(self, text: str):
+        return self.resolver.resolve(
+            ImageReference.parse(text), Credentials.anonymous()
+        )
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IResolver, self.resolver))
+
+    def test_reload(self) -> None:
+        """
+        A name added to the file resolves after a reload, which says how
+        many names the map holds; a name taken out no longer resolves.
+        """
+        self.write(b'[names]\n"acme/new" = "v2/0123"\n')
+        self.assertEqual(self.resolver.reload(), 1)
+        self.assertEqual(
+            self.successResultOf(self.resolve("acme/new:1")), Resolution("v2/0123", "1")
+        )
+        self.failureResultOf(self.resolve("acme/app"), NameUnknown)
+
+    def test_badFileKeepsMap(self) -> None:
+        """
+        A new map that cannot be used raises why and keeps the old one.
+        """
+        self.write(b'[names]\n"acme/new" = 5\n')
+        error = self.assertRaises(StaticMapError, self.resolver.reload)
+        self.assertIn("acme/new", str(error))
+        self.assertEqual(
+            self.successResultOf(self.resolve("acme/app")),
+            Resolution("v2/9eaad9d708658bcdfc5b32c4e80074ad", None),
+        )

@@ -7,16 +7,25 @@ side, and upstream failures become registry-format errors.
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import attrs
 from twisted.internet import error as netError
+from twisted.internet import tcp
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import ResponseDone, ResponseNeverReceived
+from twisted.web.client import (
+    RequestGenerationFailed,
+    ResponseDone,
+    ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from regproxy.app import makeSite
@@ -271,6 +280,40 @@ class StreamingTests(SynchronousTestCase):
         client.disconnect()
         self.failureResultOf(finished)
 
+    def test_uploadAbortLoggedAsOneLine(self) -> None:
+        """
+        A client aborting an upload is an ordinary event: one info line
+        naming the request, no critical event and no traceback, even when
+        the HTTP client reports it as a failure to send the request.
+        """
+        events: list[dict] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        client = RawClient(self.site)
+        client.send(
+            b"PATCH /v2/lib/app/blobs/uploads/u-1?_state=secret HTTP/1.1\r\n"
+            b"Host: proxy\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
+        )
+        sent = self.agent.sent[0]
+        finished = cast(IBodyProducer, sent.bodyProducer).startProducing(
+            RecordingConsumer()
+        )
+        # What HTTP11ClientProtocol does when the body producer fails.
+        finished.addErrback(
+            lambda f: sent.deferred.errback(RequestGenerationFailed([f]))
+        )
+        client.disconnect()
+        self.assertEqual(
+            [e for e in events if e.get("log_level") == LogLevel.critical], []
+        )
+        lines = [formatEvent(e) for e in events if "abort" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("PATCH /v2/lib/app/blobs/uploads/u-1", lines[0])
+        self.assertIn("10", lines[0])
+        self.assertNotIn("secret", lines[0])
+        self.assertNotIn("\n", lines[0])
+
     def test_earlyAnswerToUpload(self) -> None:
         """
         When the upstream answers before the upload is complete (a 401),
@@ -359,44 +402,127 @@ class StreamingTests(SynchronousTestCase):
         self.assertEqual(len(self.agent.sent), 2)
 
 
-class ReadSizeTests(SynchronousTestCase):
+class FakeSocket:
     """
-    The upstream connection under a relayed body reads in large pieces.
+    The socket under a real L{tcp.Connection}: counts the calls Twisted
+    makes, and how much each asks for or hands over.
+    """
+
+    def __init__(self, incoming: bytes = b"") -> None:
+        self.incoming = incoming
+        self.recvSizes: list[int] = []
+        self.sendSizes: list[int] = []
+        self.sent = 0
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def setsockopt(self, *args: object) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return 99
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 80)
+
+    def getpeername(self) -> tuple[str, int]:
+        return ("127.0.0.1", 40000)
+
+    def recv(self, size: int) -> bytes:
+        self.recvSizes.append(size)
+        data, self.incoming = self.incoming[:size], self.incoming[size:]
+        return data
+
+    def send(self, data: memoryview) -> int:
+        self.sendSizes.append(len(data))
+        self.sent += len(data)
+        return len(data)
+
+
+class _ServerConnection(tcp.Connection):
+    """
+    A real TCP connection as a server sees it, over a L{FakeSocket}.
+    """
+
+    connected = 1
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 40000)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 80)
+
+
+class _Sink(Protocol):
+    def __init__(self) -> None:
+        self.received = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+
+
+FOUR_MIB = 4 * 1024 * 1024
+
+
+class RelayTuningTests(SynchronousTestCase):
+    """
+    What the relay's tuning does to a real Twisted TCP connection: a 4 MiB
+    body crosses it in a handful of system calls, not dozens.
     """
 
     def test_upstreamReadsLarger(self) -> None:
         """
-        Relaying a body raises the read size of the TCP transport under the
-        HTTP client's producer proxy, and leaves other transports alone.
+        Once the relay has tuned the upstream connection under the HTTP
+        client's producer proxy, 4 MiB arrive in 4 reads (Twisted's default
+        takes 64).
         """
         from twisted.web._newclient import TransportProxyProducer
 
-        from regproxy.proxy.relay import RELAY_READ_SIZE, _readLarger
+        from regproxy.proxy.relay import _readLarger
 
-        class TCPLike(StringTransport):
-            bufferSize = 65536
+        def reads(tune: bool) -> int:
+            skt = FakeSocket(b"x" * FOUR_MIB)
+            sink = _Sink()
+            connection = tcp.Connection(skt, sink, MemoryReactor())  # type: ignore[arg-type]
+            if tune:
+                _readLarger(TransportProxyProducer(connection))
+            while sink.received < FOUR_MIB:
+                connection.doRead()
+            return len(skt.recvSizes)
 
-        tcp = TCPLike()
-        _readLarger(TransportProxyProducer(tcp))
-        self.assertEqual(tcp.bufferSize, RELAY_READ_SIZE)
-        plain = StringTransport()
-        _readLarger(plain)
-        self.assertFalse(hasattr(plain, "bufferSize"))
+        self.assertEqual(reads(tune=False), 64)
+        self.assertEqual(reads(tune=True), 4)
 
     def test_clientSendsLarger(self) -> None:
         """
-        Relaying a body lets the client's TCP transport send larger pieces.
+        A 4 MiB blob relayed to a client on a real TCP connection leaves in
+        4 sends of 1 MiB (Twisted's default limit makes it 32).
         """
-        from regproxy.proxy.relay import RELAY_READ_SIZE
-
         agent = FakeAgent()
+        reactor = MemoryReactorClock()
         site = makeSite(
             Config(upstream="http://upstream.example", listen=(), auth="passthrough"),
-            MemoryReactorClock(),
+            reactor,
             agent=agent,
         )
-        client = RawClient(site)
-        client.transport.SEND_LIMIT = 128 * 1024
-        client.request(b"GET", b"/v2/lib/app/blobs/sha256:" + b"a" * 64)
-        agent.sent[-1].deferred.callback(FakeResponse(200, {}, 3))
-        self.assertEqual(client.transport.SEND_LIMIT, RELAY_READ_SIZE)
+        skt = FakeSocket()
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert protocol is not None
+        connection = _ServerConnection(skt, protocol, reactor)  # type: ignore[arg-type]
+        protocol.makeConnection(connection)
+        protocol.dataReceived(
+            b"GET /v2/lib/app/blobs/sha256:" + b"a" * 64 + b" HTTP/1.1\r\n"
+            b"Host: proxy.example\r\n\r\n"
+        )
+        response = FakeResponse(200, {}, FOUR_MIB)
+        agent.sent[-1].deferred.callback(response)
+        assert response.protocol is not None
+        for _ in range(16):
+            response.protocol.dataReceived(b"x" * (FOUR_MIB // 16))
+        before = skt.sent
+        while connection.dataBuffer or connection._tempDataBuffer:
+            connection.doWrite()
+        bodySends = [size for size in skt.sendSizes if size > 1024]
+        self.assertGreaterEqual(skt.sent - before, FOUR_MIB)
+        self.assertEqual(len(bodySends), 4, skt.sendSizes)

@@ -4,15 +4,17 @@ they build.
 """
 
 import os
-import socket
+import sys
+from typing import cast
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, IServiceMaker
+from twisted.application.service import IService, IServiceMaker, MultiService
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.plugin import getPlugins
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from regproxy.daemon import HangupReloads
 from regproxy.tap import CacheService, Options, makeService
 
 
@@ -178,9 +180,25 @@ class OptionsTests(TapTestCase):
 
     def test_unknownOption(self) -> None:
         """
-        An unknown option is a usage error, as for any twistd plugin.
+        An unknown option exits with one line that names it and points to
+        C{--help}, not twistd's whole usage text.
         """
-        self.assertRaises(usage.UsageError, self.parse, "--upstreams", "http://a")
+        message = self.assertExitsNaming("--upstreams", "--upstreams", "http://a")
+        self.assertIn("see 'twistd regproxy --help'", message)
+
+    def test_version(self) -> None:
+        """
+        C{--version} prints regproxy's version and exits.
+        """
+        from io import StringIO
+
+        from regproxy import __version__
+
+        out = StringIO()
+        self.patch(sys, "stdout", out)
+        exit = self.assertRaises(SystemExit, self.parse, "--version")
+        self.assertEqual(exit.code, 0)
+        self.assertIn(f"regproxy {__version__}", out.getvalue())
 
     def test_help(self) -> None:
         """
@@ -214,7 +232,11 @@ class MakeServiceTests(TapTestCase):
         top = makeService(self.parse(*argv))
         self.assertTrue(IService.providedBy(top))
         self.assertFalse(top.running)
-        children = [c for c in top if not isinstance(c, CacheService)]
+        children = [
+            c
+            for c in cast(MultiService, top)
+            if not isinstance(c, (HangupReloads, CacheService))
+        ]
         for child in children:
             self.assertIsInstance(child, StreamServerEndpointService)
             self.assertFalse(child.running)
@@ -227,7 +249,7 @@ class MakeServiceTests(TapTestCase):
         """
         stateDir = self.mktemp()
         top = makeService(self.parse("--state-dir", stateDir))
-        (cache,) = [c for c in top if isinstance(c, CacheService)]
+        (cache,) = [c for c in cast(MultiService, top) if isinstance(c, CacheService)]
         self.assertFalse(cache.running)
         self.assertFalse(os.path.exists(os.path.join(stateDir, "cache")))
 
@@ -236,7 +258,9 @@ class MakeServiceTests(TapTestCase):
         C{--cache-size 0} turns it off.
         """
         top = makeService(self.parse("--cache-size", "0"))
-        self.assertEqual([c for c in top if isinstance(c, CacheService)], [])
+        self.assertEqual(
+            [c for c in cast(MultiService, top) if isinstance(c, CacheService)], []
+        )
 
     def test_twoListeners(self) -> None:
         """
@@ -268,6 +292,69 @@ class MakeServiceTests(TapTestCase):
         self.assertIsInstance(tls.endpoint, TLSServerEndpoint)
         self.assertIs(plain.factory, tls.factory)
 
+    def reloadNames(self, top: IService) -> list[str]:
+        (hangup,) = [c for c in cast(MultiService, top) if isinstance(c, HangupReloads)]
+        return hangup._reloads.names()
+
+    def test_reloadsRegistered(self) -> None:
+        """
+        SIGHUP re-reads the htpasswd file, the access rules, the static
+        name map and the TLS certificate, and reopens the log file.
+        """
+        users = self.mktemp()
+        with open(users, "w") as f:
+            f.write("")
+        rules = self.mktemp()
+        with open(rules, "w") as f:
+            f.write("")
+        names = self.mktemp()
+        with open(names, "w") as f:
+            f.write("[names]\n")
+        top = self.startUp(
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--listen",
+            "regproxy-tls:0:interface=127.0.0.1",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--htpasswd",
+            users,
+            "--access",
+            rules,
+            "--resolver",
+            "static:" + names,
+        )
+        self.assertEqual(
+            self.reloadNames(top),
+            [
+                "log file",
+                f"htpasswd {users}",
+                f"access rules {rules}",
+                f"static name map {names}",
+                "TLS certificate of port 0",
+            ],
+        )
+
+    def test_unknownEnvironment(self) -> None:
+        """
+        A C{REGPROXY_*} variable that names no setting is reported at start,
+        with the setting it probably meant.
+        """
+        events: list[dict] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.environ["REGPROXY_UPSTREM"] = "http://typo.example"
+        self.startUp("--listen", "tcp:0:interface=127.0.0.1")
+        lines = [formatEvent(e) for e in events if "REGPROXY_" in formatEvent(e)]
+        self.assertEqual(
+            lines,
+            [
+                "Ignoring REGPROXY_UPSTREM: it matches no setting "
+                "(did you mean REGPROXY_UPSTREAM?)"
+            ],
+        )
+
     def test_badEndpoint(self) -> None:
         """
         A listener description Twisted cannot read stops start-up with one
@@ -290,22 +377,113 @@ class MakeServiceTests(TapTestCase):
         self.assertIn("--upstream-ca", str(exit.code))
         self.assertNotIn("\n", str(exit.code))
 
-    def test_portInUse(self) -> None:
+
+class OperationsTests(TapTestCase):
+    """
+    C{--metrics}, C{--log-format} and the start-up lines.
+    """
+
+    def listenersOf(self, top: IService) -> list[StreamServerEndpointService]:
+        return [
+            child
+            for child in cast(MultiService, top)
+            if isinstance(child, StreamServerEndpointService)
+        ]
+
+    def test_metricsListener(self) -> None:
         """
-        A port that cannot be bound stops start-up with one line naming
-        C{--listen} and the address.
+        C{--metrics} adds a listener of its own, serving the site's
+        metrics, not the registry.
         """
-        held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(held.close)
-        held.bind(("127.0.0.1", 0))
-        held.listen(1)
-        port = held.getsockname()[1]
-        top = makeService(self.parse("--listen", f"tcp:{port}:interface=127.0.0.1"))
-        exit = self.assertRaises(SystemExit, top.privilegedStartService)
-        message = str(exit.code)
-        self.assertIn("--listen", message)
-        self.assertIn(str(port), message)
-        self.assertNotIn("\n", message)
+        from regproxy.metrics import MetricsSite
+
+        top = makeService(
+            self.parse(
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--metrics",
+                "tcp:9100:interface=127.0.0.1",
+            )
+        )
+        registry, metrics = self.listenersOf(top)
+        self.assertIsInstance(metrics.factory, MetricsSite)
+        self.assertEqual(metrics.endpoint._port, 9100)
+        self.assertEqual(metrics.endpoint._interface, "127.0.0.1")
+        scraped = metrics.factory.resource._metrics
+        self.assertIs(scraped, registry.factory.metrics)
+
+    def test_metricsOffByDefault(self) -> None:
+        top = makeService(self.parse("--listen", "tcp:0:interface=127.0.0.1"))
+        self.assertEqual(len(self.listenersOf(top)), 1)
+
+    def test_badMetricsEndpoint(self) -> None:
+        exit = self.assertRaises(
+            SystemExit, makeService, self.parse("--metrics", "tcp:notaport")
+        )
+        self.assertIn("--metrics", str(exit.code))
+
+    def test_jsonLogFormat(self) -> None:
+        """
+        With C{--log-format json} the application twistd runs carries a
+        JSON log observer, which twistd starts its log with.
+        """
+        from twisted.application.service import Application
+        from twisted.logger import ILogObserver
+
+        from regproxy.server.logformat import JSONLineObserver
+
+        application = Application("regproxy")
+        top = makeService(self.parse("--log-format", "json", "--listen", "tcp:0"))
+        top.setServiceParent(application)
+        self.assertIsInstance(application.getComponent(ILogObserver), JSONLineObserver)
+
+    def test_textLogByDefault(self) -> None:
+        from twisted.application.service import Application
+        from twisted.logger import ILogObserver
+
+        application = Application("regproxy")
+        makeService(self.parse("--listen", "tcp:0")).setServiceParent(application)
+        self.assertIsNone(application.getComponent(ILogObserver, None))
+
+    def test_badLogFormat(self) -> None:
+        self.assertExitsNaming("--log-format", "--log-format", "xml")
+
+    def test_trustedProxy(self) -> None:
+        options = self.parse(
+            "--trusted-proxy", "10.0.0.1", "--trusted-proxy", "::1/128"
+        )
+        self.assertEqual(options.config.trusted_proxy, ("10.0.0.1/32", "::1/128"))
+        self.assertExitsNaming("--trusted-proxy", "--trusted-proxy", "nginx")
+
+    def test_startupLines(self) -> None:
+        """
+        Start-up says, a line each, what listens, the upstream, resolver,
+        auth mode, users, token issuer and cache, and never the API key.
+        """
+        from regproxy.app import startupLines
+
+        options = self.parse(
+            "--listen",
+            "tcp:8080",
+            "--metrics",
+            "tcp:9100",
+            "--upstream",
+            "https://registry.example",
+            "--balena-api",
+            "https://api.example",
+            "--api-token",
+            "sekrit-key",
+        )
+        lines = startupLines(options.config, {})
+        self.assertEqual(lines[0], "listening on tcp:8080")
+        self.assertEqual(lines[1], "metrics on tcp:9100")
+        self.assertEqual(lines[2], "upstream: https://registry.example")
+        self.assertEqual(
+            lines[3], "resolver: balena at https://api.example, own API key given"
+        )
+        for start in ("auth: broker", "users: ", "token issuer: regproxy", "cache: "):
+            self.assertEqual(len([line for line in lines if line.startswith(start)]), 1)
+        self.assertNotIn("sekrit", "\n".join(lines))
 
 
 class PluginTests(SynchronousTestCase):

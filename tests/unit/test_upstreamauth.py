@@ -16,11 +16,20 @@ from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from zope.interface.verify import verifyObject
 
 from regproxy.auth.credentials import BasicCredentials
-from regproxy.proxy.upstreamauth import UpstreamAuthenticator, _parseTokenResponse
+from regproxy.names.scope import Scope
+from regproxy.proxy.upstreamauth import (
+    UpstreamAccess,
+    UpstreamAuthAgent,
+    UpstreamAuthenticator,
+    _parseTokenResponse,
+)
 from regproxy.server.errors import RegistryError
 from regproxy.server.urls import Origin
 from regproxy.testing.fakeregistry import (
@@ -271,6 +280,84 @@ class BearerTests(AuthenticatorMixin, SynchronousTestCase):
             )
         )
         self.assertNotIn(b"scope=", self.registry.tokenRequests[-1].uri)
+
+
+class AuthAgentTests(AuthenticatorMixin, SynchronousTestCase):
+    """
+    L{UpstreamAuthAgent}: an agent wrapper that authenticates each request
+    for one client, repository and set of scopes.
+    """
+
+    def setUp(self) -> None:
+        self.registry = makeRegistry(BEARER, Clock())
+        self.setUpAuthenticator(self.registry)
+        self.registry.clock = self.clock
+        self.registry.addImage(REPO)
+
+    def send(self, access: UpstreamAccess, method=b"GET", headers=None, body=None):
+        agent = UpstreamAuthAgent(self.agent, self.authenticator, access)
+        url = UPSTREAM.encode() + b"/v2/lib/app/manifests/latest"
+
+        async def request():
+            return await agent.request(method, url, headers, body)
+
+        return self.successResultOf(self.settle(request()))
+
+    def test_interface(self) -> None:
+        agent = UpstreamAuthAgent(
+            self.agent, self.authenticator, UpstreamAccess(ALICE, REPO, ("pull",))
+        )
+        self.assertTrue(verifyObject(IAgent, agent))
+
+    def test_replacesAuthorization(self) -> None:
+        """
+        The client's own C{Authorization} never goes upstream: the token
+        for the access asked for does.
+        """
+        headers = Headers({b"authorization": [b"Bearer ours"], b"accept": [b"a", b"b"]})
+        response = self.send(UpstreamAccess(BOB, REPO, ("pull",)), headers=headers)
+        self.assertEqual(response.code, 200)
+        sent = self.registry.received[-1]
+        authorization = sent.header(b"authorization") or b""
+        self.assertTrue(authorization.startswith(b"Bearer "))
+        self.assertNotEqual(authorization, b"Bearer ours")
+        self.assertEqual(self.registry.tokens[authorization[7:].decode()].user, "bob")
+        self.assertEqual(sent.headers[b"accept"], [b"a", b"b"])
+        self.assertEqual(headers.getRawHeaders(b"authorization"), [b"Bearer ours"])
+
+    def test_severalScopes(self) -> None:
+        """
+        Further scopes are asked of the token service as repeated C{scope}
+        parameters, and the token is kept for that set.
+        """
+        access = UpstreamAccess(
+            ALICE,
+            REPO,
+            ("pull", "push"),
+            (Scope("repository", None, "lib/x", ("pull",)),),
+        )
+        for _ in range(2):
+            self.send(access)
+        [request] = self.registry.tokenRequests
+        query = parse_qs(request.uri.decode().partition("?")[2])
+        self.assertEqual(
+            query["scope"], ["repository:lib/app:pull,push", "repository:lib/x:pull"]
+        )
+
+    def test_staleTokenRetriedOnce(self) -> None:
+        """
+        A cached token the upstream stopped honouring is replaced once, for
+        a request without a body; a refusal that stands comes back as it
+        is.
+        """
+        access = UpstreamAccess(BOB, REPO, ("pull",))
+        self.send(access)
+        self.registry.tokens.clear()
+        self.assertEqual(self.send(access).code, 200)
+        self.assertEqual(len(self.registry.tokenRequests), 2)
+        refused = UpstreamAccess(BOB, "lib/other", ("pull",))
+        self.assertEqual(self.send(refused).code, 401)
+        self.assertEqual(len(self.registry.tokenRequests), 4)
 
 
 class CheckLoginTests(AuthenticatorMixin, SynchronousTestCase):

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.http import Request
+from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
 from regproxy.server.urls import Origin, publicBase, rewriteLocation

@@ -31,7 +31,14 @@ from regproxy.auth.users import HtpasswdLogins
 from regproxy.config import Config
 from regproxy.names.scope import Scope
 from regproxy.server.errors import RegistryError
-from regproxy.testing.fakeregistry import BASIC, UPSTREAM, FakeRegistry, manifestFor
+from regproxy.testing.fakeregistry import (
+    BASIC,
+    UPSTREAM,
+    FakeRegistry,
+    digestOf,
+    layerFor,
+    manifestFor,
+)
 from tests.httpclient import RawClient, RawResponse
 
 PASSWORDS = {"alice": "wonderland", "bob": "builder"}
@@ -588,6 +595,55 @@ class BusyTests(SiteTestCase):
         self.assertEqual(response.status, 503, response.body)
         self.assertEqual(errorCodes(response), ["UNAVAILABLE"])
         self.assertIsNone(first.response())
+
+
+class MountTests(SiteTestCase):
+    """
+    A cross-repository mount copies a blob out of its C{from} repository:
+    that is a pull of C{from}, judged by the same rules.
+    """
+
+    def mount(self, source: str, destination: str = "team/x") -> RawResponse:
+        token = self.token(
+            [f"repository:{destination}:pull,push", f"repository:{source}:pull"],
+            basic("alice", "wonderland"),
+        )
+        digest = digestOf(layerFor(source))
+        response = self.exchange(
+            b"POST",
+            f"/v2/{destination}/blobs/uploads/?mount={digest}&from={source}".encode(),
+            [(b"Authorization", b"Bearer " + token.encode())],
+            b"",
+        )
+        self.blob = self.get(
+            f"/v2/{destination}/blobs/{digest}".encode(), b"Bearer " + token.encode()
+        )
+        return response
+
+    def test_mountFromPullable(self) -> None:
+        """
+        alice may pull C{public/tool}: her mount from it into her own
+        repository happens (201) and the blob is then hers to pull.
+        """
+        response = self.mount("public/tool")
+        self.assertEqual(response.status, 201, response.body)
+        self.assertEqual(self.blob.status, 200, self.blob.body)
+        self.assertEqual(self.blob.body, layerFor("public/tool"))
+
+    def test_mountFromForbidden(self) -> None:
+        """
+        alice may push to C{team/x} but not pull C{other/app}: the mount is
+        dropped and an ordinary upload starts (202), as distribution does
+        when a mount cannot happen; the blob never reaches C{team/x}, and
+        the upstream never hears of C{other/app}.
+        """
+        response = self.mount("other/app")
+        self.assertEqual(response.status, 202, response.body)
+        self.assertIn(b"/v2/team/x/blobs/uploads/", response.header(b"location"))
+        self.assertEqual(self.blob.status, 404, self.blob.body)
+        self.assertEqual(errorCodes(self.blob), ["BLOB_UNKNOWN"])
+        for received in self.registry.received:
+            self.assertNotIn(b"other", received.uri)
 
 
 class StartupTests(SynchronousTestCase):

@@ -262,6 +262,27 @@ class UsersTests(SynchronousTestCase):
         self.check("alice", "wonderland")
         self.assertEqual(len(self.events), 1)
 
+    def test_explicitReload(self) -> None:
+        """
+        L{HtpasswdUsers.reload} (SIGHUP) reads the file at once, without
+        waiting for the recheck interval, and says how many users it holds.
+        """
+        self.write({"alice": "wonderland", "carol": "c", "dave": "d"})
+        self.assertEqual(self.users.reload(), 3)
+        self.assertTrue(self.check("carol", "c"))
+        self.assertFalse(self.users.knows("bob"))
+
+    def test_explicitReloadBadFileKeepsUsers(self) -> None:
+        """
+        An explicit reload of a file that cannot be used raises the reason
+        and keeps the users loaded before.
+        """
+        self.write({"carol": "c"}, extra=b"bob:plain\n")
+        error = self.assertRaises(HtpasswdError, self.users.reload)
+        self.assertIn("line 2", str(error))
+        self.assertTrue(self.check("alice", "wonderland"))
+        self.assertFalse(self.users.knows("carol"))
+
     def test_missingFileKeepsUsers(self) -> None:
         """
         A file that disappears keeps the users loaded before.
