@@ -273,11 +273,12 @@ class Config:
     """
 
     listen: tuple[str, ...] = setting(
-        ("tcp:80", "regproxy-tls:5000"),
+        ("regproxy-tcp:80", "regproxy-tls:5000"),
         parseEndpoint,
         "Listen on this Twisted endpoint; repeat for several, e.g. "
-        "tcp:8080:interface=127.0.0.1, or regproxy-tls:5000 for TLS with a "
-        "kept self-signed certificate (add :cert=PATH:key=PATH for your own).",
+        "tcp:8080:interface=127.0.0.1, regproxy-tcp:80 for every IPv4 and IPv6 "
+        "address, or regproxy-tls:5000 for TLS (on every address) with a "
+        "certificate from a kept local CA (add :cert=PATH:key=PATH for your own).",
         repeatable=True,
         metavar="ENDPOINT",
     )

@@ -52,14 +52,14 @@ def reopenLogFiles(publisher: Any = globalLogPublisher) -> str:
 
 def registerTLSReload(reloads: Reloads, endpoint: TLSServerEndpoint) -> None:
     """
-    Have SIGHUP look at a TLS listener's certificate files now (they are
-    also re-read when they change, at the next handshake).
+    Have SIGHUP re-read a TLS listener's certificate files, and renew the
+    local CA's server certificate if this machine's names changed (both
+    also happen by themselves: at the next handshake after a file changes,
+    and within a minute of a names change).
     """
-    creator = endpoint.creator
 
     def reload() -> str:
-        # The TLS helper's own reload hook replaces this one line.
-        changed = creator.reloadIfChanged()
+        changed = endpoint.reload()
         return "new certificate installed" if changed else "nothing new installed"
 
     reloads.register(f"TLS certificate of port {endpoint.spec.port}", reload)

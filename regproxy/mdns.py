@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 #: Endpoint types whose ports speak HTTP, and HTTPS.
-PLAIN_TYPES = ("tcp", "tcp6")
+PLAIN_TYPES = ("tcp", "tcp6", "regproxy-tcp")
 TLS_TYPES = ("regproxy-tls", "ssl")
 
 
@@ -150,7 +150,7 @@ class MDNSService(Service):
     def _addressList(self) -> list[str]:
         if self._addresses is not None:
             return list(self._addresses)
-        from regproxy.tls.certificates import interfaceAddresses
+        from regproxy.tls.hostnames import interfaceAddresses
 
         return [str(a) for a in interfaceAddresses()]
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -29,6 +29,9 @@ from regproxy.config import (
     unknownEnvironment,
 )
 from regproxy.daemon import DrainingService
+
+if TYPE_CHECKING:
+    from regproxy.tls.endpoint import TLSDefaults
 
 _log = Logger()
 
@@ -189,23 +192,34 @@ def _describeBindFailure(e: CannotListenError) -> str:
 
 
 def _listen(
-    top, option: str, endpoint: str, factory, description: str
+    top: RegproxyService,
+    option: str,
+    description: str,
+    factory: Any,
+    reactor: Any,
+    defaults: TLSDefaults,
 ) -> StreamServerEndpointService:
     """
-    A listener for C{factory} on C{endpoint}, under C{top}; a description
-    Twisted cannot read stops start-up with one line naming C{option}.
+    A listener for C{factory} on the endpoint C{description} names, under
+    C{top}; a description that cannot be used stops start-up with one line
+    naming C{option}.
     """
+    from regproxy.tls.endpoint import serverEndpoint
+
     try:
-        listener = strports.service(endpoint, factory)
+        endpoint = serverEndpoint(reactor, description, defaults)
     except (ValueError, TypeError, KeyError) as e:  # includes EndpointError
         raise SystemExit(
             f"regproxy: {option}: cannot use {description!r}: {e}"
         ) from None
+    listener = StreamServerEndpointService(endpoint, factory)
+    # As strports.service does: a port that cannot be bound stops start-up.
+    listener._raiseSynchronously = True
     listener.setServiceParent(top)
     return listener
 
 
-def makeService(options: Options) -> service.IService:
+def makeService(options: Options) -> RegproxyService:
     """
     Build the listeners and the resource tree from the options.
     """
@@ -216,7 +230,7 @@ def makeService(options: Options) -> service.IService:
     from regproxy.mdns import MDNSService, portsFromListen
     from regproxy.metrics import MetricsSite
     from regproxy.server.logformat import JSONLineObserver
-    from regproxy.tls.endpoint import TLSServerEndpoint, withConfig
+    from regproxy.tls.endpoint import TLSDefaults, TLSServerEndpoint
 
     config: Config = options.config
     for problem in unknownEnvironment(os.environ):
@@ -247,15 +261,14 @@ def makeService(options: Options) -> service.IService:
     top.grace = config.shutdown_grace
     top.signals = signal
     top.startupLines = startupLines(config)
+    defaults = TLSDefaults(config.state_dir, config.tls_name)
     for description in config.listen:
-        listener = _listen(
-            top, "--listen", withConfig(description, config), site, description
-        )
+        listener = _listen(top, "--listen", description, site, reactor, defaults)
         if isinstance(listener.endpoint, TLSServerEndpoint):
             registerTLSReload(reloads, listener.endpoint)
     if config.metrics is not None and site.metrics is not None:
         metricsSite = MetricsSite(site.metrics, reactor)
-        _listen(top, "--metrics", config.metrics, metricsSite, config.metrics)
+        _listen(top, "--metrics", config.metrics, metricsSite, reactor, defaults)
     if config.mdns:
         httpPorts, httpsPorts = portsFromListen(config.listen)
         try:

@@ -41,6 +41,16 @@ from twisted.internet.interfaces import IReactorTime
 
 from regproxy.auth.libtrust import base64url, keyID
 from regproxy.names.scope import Scope
+from regproxy.tls.pem import (
+    certificatePEM,
+    isKeyOf,
+    loadCertificates,
+    parseCertificates,
+    parsePrivateKey,
+    privateKeyPEM,
+    readFile,
+    writeExclusively,
+)
 from regproxy.tls.selfsigned import selfSignedBuilder
 
 ALGORITHM = "ES256"
@@ -155,18 +165,7 @@ class TokenIssuer:
         _checkSigningKey(self.key)
         if not self.chain:
             raise ValueError("a token issuer needs the key's certificate")
-        ours = self.key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        leaf = (
-            self.chain[0]
-            .public_key()
-            .public_bytes(
-                serialization.Encoding.DER,
-                serialization.PublicFormat.SubjectPublicKeyInfo,
-            )
-        )
-        if ours != leaf:
+        if not isKeyOf(self.key, self.chain[0]):
             raise ValueError("the certificate is not for this private key")
 
     @property
@@ -354,56 +353,23 @@ def tokenResponseBody(issued: IssuedToken, refreshToken: str | None = None) -> b
 # Keys and certificates.
 
 
-def parsePrivateKey(pem: bytes) -> ec.EllipticCurvePrivateKey:
+def parseSigningKey(data: bytes, where: str) -> ec.EllipticCurvePrivateKey:
     """
     An unencrypted PEM private key (SEC1 C{EC PRIVATE KEY} or PKCS#8) usable
     for ES256.
 
     @raise ValueError: It is not one.
     """
+    key = parsePrivateKey(data, where)
     try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"not an unencrypted PEM private key ({e})") from None
-    _checkSigningKey(key)
-    return key  # type: ignore[return-value]
-
-
-def parseCertificates(pem: bytes) -> tuple[x509.Certificate, ...]:
-    """
-    One or more PEM certificates, leaf first.
-
-    @raise ValueError: There is none.
-    """
-    try:
-        certificates = tuple(x509.load_pem_x509_certificates(pem))
+        _checkSigningKey(key)
     except ValueError as e:
-        raise ValueError(f"not a PEM certificate ({e})") from None
-    if not certificates:
-        raise ValueError("no PEM certificate found")
-    return certificates
+        raise ValueError(f"{where}: {e}") from None
+    return key  # type: ignore[no-any-return]
 
 
-def _readFile(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read the {what} {path}: {e.strerror}") from None
-
-
-def loadPrivateKey(path: str) -> ec.EllipticCurvePrivateKey:
-    try:
-        return parsePrivateKey(_readFile(path, "token key"))
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-
-
-def loadCertificates(path: str) -> tuple[x509.Certificate, ...]:
-    try:
-        return parseCertificates(_readFile(path, "token certificate"))
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+def loadSigningKey(path: str) -> ec.EllipticCurvePrivateKey:
+    return parseSigningKey(readFile(path, "token key"), f"token key {path}")
 
 
 def loadIssuer(
@@ -421,8 +387,8 @@ def loadIssuer(
     """
     return TokenIssuer(
         issuer,
-        loadPrivateKey(keyPath),
-        loadCertificates(certificatePath),
+        loadSigningKey(keyPath),
+        loadCertificates(certificatePath, "token certificate"),
         clock,
         lifetime,
     )
@@ -463,33 +429,6 @@ def selfSignedCertificate(
     return certificate
 
 
-def privateKeyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def certificatePEM(certificate: x509.Certificate) -> bytes:
-    return certificate.public_bytes(serialization.Encoding.PEM)
-
-
-def _createExclusive(path: str, data: bytes, mode: int) -> bool:
-    """
-    Write a new file; L{False} if it already exists (someone else won).
-    """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        return False
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    return True
-
-
 def loadOrCreateIssuer(
     directory: str,
     issuer: str,
@@ -509,15 +448,23 @@ def loadOrCreateIssuer(
     keyPath = os.path.join(directory, basename + ".pem")
     certificatePath = os.path.join(directory, basename + ".crt")
     if not os.path.exists(keyPath):
-        _createExclusive(
+        writeExclusively(
             keyPath, privateKeyPEM(ec.generate_private_key(ec.SECP256R1())), 0o600
         )
-    key = loadPrivateKey(keyPath)
+    key = loadSigningKey(keyPath)
     if not os.path.exists(certificatePath):
-        _createExclusive(
-            certificatePath, certificatePEM(selfSignedCertificate(key, issuer)), 0o644
+        writeExclusively(
+            certificatePath,
+            certificatePEM(selfSignedCertificate(key, issuer)),
+            0o644,
         )
-    return TokenIssuer(issuer, key, loadCertificates(certificatePath), clock, lifetime)
+    return TokenIssuer(
+        issuer,
+        key,
+        loadCertificates(certificatePath, "token certificate"),
+        clock,
+        lifetime,
+    )
 
 
 OPENBALENA_VARIABLES = (
@@ -568,16 +515,14 @@ def issuerFromOpenBalenaEnvironment(
     algorithm = environ.get("REGISTRY_TOKEN_AUTH_JWT_ALGO") or ALGORITHM
     if algorithm != ALGORITHM:
         raise ValueError(f"REGISTRY_TOKEN_AUTH_JWT_ALGO: only {ALGORITHM} is supported")
-    try:
-        key = parsePrivateKey(_base64Variable(environ, "REGISTRY_TOKEN_AUTH_CERT_KEY"))
-    except ValueError as e:
-        raise ValueError(f"REGISTRY_TOKEN_AUTH_CERT_KEY: {e}") from None
-    try:
-        certificates = parseCertificates(
-            _base64Variable(environ, "REGISTRY_TOKEN_AUTH_CERT")
-        )
-    except ValueError as e:
-        raise ValueError(f"REGISTRY_TOKEN_AUTH_CERT: {e}") from None
+    key = parseSigningKey(
+        _base64Variable(environ, "REGISTRY_TOKEN_AUTH_CERT_KEY"),
+        "REGISTRY_TOKEN_AUTH_CERT_KEY",
+    )
+    certificates = parseCertificates(
+        _base64Variable(environ, "REGISTRY_TOKEN_AUTH_CERT"),
+        "REGISTRY_TOKEN_AUTH_CERT",
+    )
     if environ.get("REGISTRY_TOKEN_AUTH_CERT_KID"):
         expected = (
             _base64Variable(environ, "REGISTRY_TOKEN_AUTH_CERT_KID")

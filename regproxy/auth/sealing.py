@@ -26,6 +26,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from regproxy.tls.pem import writeExclusively
+
 KEY_BYTES = 32
 _NONCE_BYTES = 12
 _VERSION = b"\x01"
@@ -118,15 +120,7 @@ def loadOrCreateKey(path: str) -> bytes:
 
     @raise ValueError: The file exists but does not hold a key.
     """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        try:
-            os.write(fd, os.urandom(KEY_BYTES))
-        finally:
-            os.close(fd)
+    writeExclusively(path, os.urandom(KEY_BYTES), 0o600)
     with open(path, "rb") as f:
         key = f.read()
     if len(key) != KEY_BYTES:

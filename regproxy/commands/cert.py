@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.unit.test_certcommand -*-
 """
-C{regproxy cert}: look at the TLS certificate the daemon made, and print
-what client machines must run to trust it.
+C{regproxy cert}: look at the local CA and the server certificate the
+daemon made, and print what client machines must run to trust the CA.
 
 It reads the same C{--state-dir}, C{--config} file and C{REGPROXY_*}
 environment as C{twistd regproxy}, so it finds the daemon's certificate
@@ -11,7 +11,6 @@ without being told where it is.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 from collections.abc import Mapping
@@ -21,15 +20,11 @@ from cryptography import x509
 
 from regproxy.commands.arguments import OneLineParser
 from regproxy.config import ConfigError, loadConfig
-from regproxy.tls.certificates import (
-    CertificateError,
-    SelfSignedPaths,
-    SubjectNames,
-    clientSetup,
-    fingerprint,
-    localNames,
-    parseName,
-)
+from regproxy.tls.certificates import utcnow
+from regproxy.tls.describe import certificateLines, clientSetup, localCALines
+from regproxy.tls.hostnames import SubjectNames, localNames, parseName
+from regproxy.tls.localca import SelfSignedPaths
+from regproxy.tls.pem import CertificateError, fingerprint, loadCertificates
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,45 +96,35 @@ def splitAddress(text: str) -> tuple[str, int]:
 
 
 def _load(path: str) -> x509.Certificate:
+    return loadCertificates(path)[0]
+
+
+def _loadIfThere(path: str) -> x509.Certificate | None:
     try:
-        with open(path, "rb") as f:
-            return x509.load_pem_x509_certificates(f.read())[0]
-    except OSError as e:
-        raise CertificateError(f"cannot read {path}: {e.strerror}") from None
-    except ValueError:
-        raise CertificateError(f"{path} holds no PEM certificate") from None
-
-
-def _covers(names: SubjectNames, host: str) -> bool:
-    dnsName, address = parseName(host)
-    if address is not None:
-        return address in names.ipAddresses
-    assert dnsName is not None
-    return any(
-        pattern == dnsName
-        or (pattern.startswith("*.") and dnsName.partition(".")[2] == pattern[2:])
-        for pattern in names.dnsNames
-    )
+        return _load(path)
+    except CertificateError:
+        return None
 
 
 def show(
-    certificate: x509.Certificate, path: str, current: SubjectNames | None, out: TextIO
+    ca: x509.Certificate,
+    paths: SelfSignedPaths,
+    current: SubjectNames | None,
+    out: TextIO,
 ) -> None:
-    names = SubjectNames.fromCertificate(certificate)
-    notAfter = certificate.not_valid_after_utc
-    now = datetime.datetime.now(datetime.timezone.utc)
-    left = "EXPIRED" if notAfter <= now else f"{(notAfter - now).days} days left"
-    lines = [
-        f"certificate: {path}",
-        f"names: {', '.join(names.describe()) or '(none)'}",
-        f"SHA-256 fingerprint: {fingerprint(certificate)}",
-        f"expires: {notAfter:%Y-%m-%d %H:%M} UTC ({left})",
-    ]
-    if current is not None and current != names:
+    """
+    Print the CA and the server certificate it signed; say so when this
+    machine's names no longer match the server certificate's.
+    """
+    server = _loadIfThere(paths.server)
+    lines = localCALines(ca, paths.ca, server, paths.server, utcnow())
+    served = SubjectNames.fromCertificate(server) if server is not None else None
+    if current is not None and current != served:
         lines.append(
             "note: this machine's names are now "
-            f"{', '.join(current.describe())}; regproxy makes a new certificate "
-            "at its next start, and clients must fetch it again"
+            f"{', '.join(current.describe())}; the running regproxy issues a new "
+            "server certificate for them at a client's connection (looking at most "
+            "once a minute) or on SIGHUP, signed by the same CA"
         )
     print("\n".join(lines), file=out)
 
@@ -169,7 +154,8 @@ def main(
         print(f"regproxy cert: {e}", file=err)
         return 2
     generated = args.cert is None
-    path = args.cert or SelfSignedPaths.inStateDir(config.state_dir).certificate
+    paths = SelfSignedPaths.inStateDir(config.state_dir)
+    path = args.cert or paths.ca
     if generated and not os.path.exists(path):
         print(
             f"regproxy cert: no certificate in {os.path.dirname(path)} yet: regproxy "
@@ -183,21 +169,23 @@ def main(
         print(f"regproxy cert: {e}", file=err)
         return 1
     if args.command == "show":
-        current = None
-        if generated:
-            try:
-                current = localNames(config.tls_name)
-            except CertificateError:
-                current = None
-        show(certificate, path, current, out)
+        if not generated:
+            print("\n".join(certificateLines(certificate, path, utcnow())), file=out)
+            return 0
+        try:
+            current = localNames(config.tls_name)
+        except CertificateError:
+            current = None
+        show(certificate, paths, current, out)
         return 0
     try:
         host, port = splitAddress(args.address)
     except ValueError as e:
         print(f"regproxy cert client-setup: {e}", file=err)
         return 2
-    names = SubjectNames.fromCertificate(certificate)
-    if not _covers(names, host):
+    served = _loadIfThere(paths.server) if generated else certificate
+    names = SubjectNames.fromCertificate(served or certificate)
+    if not names.covers(host):
         hint = (
             f"add --tls-name {host} (or REGPROXY_TLS_NAME) and restart regproxy"
             if generated

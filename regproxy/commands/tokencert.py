@@ -18,13 +18,15 @@ import argparse
 import os
 import sys
 
-from regproxy.auth.jwt import (
-    certificatePEM,
-    generateIssuerKeyAndCertificate,
-    privateKeyPEM,
-)
+from regproxy.auth.jwt import generateIssuerKeyAndCertificate
 from regproxy.auth.libtrust import keyID
 from regproxy.commands.arguments import OneLineParser
+from regproxy.tls.pem import (
+    certificatePEM,
+    privateKeyPEM,
+    writeAtomically,
+    writeExclusively,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,13 +62,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write(path: str, data: bytes, mode: int, force: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    fd = os.open(path, flags, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    if force:
+        writeAtomically(path, data, mode)
+    elif not writeExclusively(path, data, mode):
+        raise FileExistsError(f"{path} appeared while we were writing")
 
 
 def main(argv: list[str]) -> int:
@@ -95,9 +94,13 @@ def main(argv: list[str]) -> int:
     os.makedirs(directory, exist_ok=True)
     key, certificate = generateIssuerKeyAndCertificate(issuer)
     kid = keyID(key.public_key())
-    _write(paths["pem"], privateKeyPEM(key), 0o600, options.force)
-    _write(paths["crt"], certificatePEM(certificate), 0o644, options.force)
-    _write(paths["kid"], kid.encode("ascii"), 0o644, options.force)
+    try:
+        _write(paths["pem"], privateKeyPEM(key), 0o600, options.force)
+        _write(paths["crt"], certificatePEM(certificate), 0o644, options.force)
+        _write(paths["kid"], kid.encode("ascii"), 0o644, options.force)
+    except OSError as e:
+        print(f"regproxy gen-token-auth-cert: {e}", file=sys.stderr)
+        return 1
     realm = options.realm or f"https://{issuer}/token"
     print(
         f"Wrote {paths['crt']}\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from http.cookiejar import CookieJar
 from typing import TYPE_CHECKING
 
+from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.web.client import (
     Agent,
@@ -18,6 +19,7 @@ from twisted.web.client import (
 )
 
 from regproxy.config import Config
+from regproxy.tls.pem import CertificateError, loadCertificates
 
 if TYPE_CHECKING:
     # What twisted.internet.ssl's trust-root helpers return; Twisted
@@ -35,19 +37,12 @@ def loadTrustRoot(path: str) -> IOpenSSLTrustRoot:
     Trust the certificates in the PEM file at C{path} (one or several).
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ValueError(f"--upstream-ca: cannot read {path}: {e.strerror}") from None
-    marker = b"-----END CERTIFICATE-----"
-    blocks = [block + marker for block in data.split(marker) if b"-----BEGIN" in block]
-    try:
-        certificates = [ssl.Certificate.loadPEM(block) for block in blocks]
-    except Exception:
-        certificates = []
-    if not certificates:
-        raise ValueError(f"--upstream-ca: no PEM certificate in {path}")
-    return ssl.trustRootFromCertificates(certificates)
+        certificates = loadCertificates(path, "CA file")
+    except CertificateError as e:
+        raise ValueError(f"--upstream-ca: {e}") from None
+    return ssl.trustRootFromCertificates(
+        [ssl.Certificate(crypto.X509.from_cryptography(c)) for c in certificates]
+    )
 
 
 class NoCookies(CookieJar):

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.unit.test_tls -*-
 """
-C{/_ca.crt}: our generated certificate, for clients to fetch and install as
-their C{ca.crt} (after checking the fingerprint the daemon logs).
+C{/_ca.crt}: the local CA's certificate, for clients to fetch and install
+as their C{ca.crt} (after checking the fingerprint the daemon logs).
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from regproxy.tls.certificates import SelfSignedPaths
+from regproxy.tls.localca import SelfSignedPaths
 
 
 class CACertificateResource(Resource):
     """
-    Serves the certificate file as it is now, so a regenerated certificate is
-    served without a restart.  Only the certificate is public; the key next
-    to it never is.
+    Serves the CA certificate file as it is now (the server certificates
+    it signs come and go without clients noticing).  Only the certificate
+    is public; the key next to it never is.
     """
 
     isLeaf = True
@@ -29,7 +29,7 @@ class CACertificateResource(Resource):
 
     @classmethod
     def inStateDir(cls, stateDir: str) -> CACertificateResource:
-        return cls(SelfSignedPaths.inStateDir(stateDir).certificate)
+        return cls(SelfSignedPaths.inStateDir(stateDir).ca)
 
     def render_GET(self, request: Request) -> bytes:
         try:
@@ -39,8 +39,8 @@ class CACertificateResource(Resource):
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return (
-                b"No generated certificate here: this regproxy has no "
-                b"self-signed TLS listener.\n"
+                b"No local CA here: this regproxy has no TLS listener "
+                b"with a certificate of its own.\n"
             )
         request.setHeader(b"content-type", b"application/x-pem-file")
         request.setHeader(b"content-disposition", b'attachment; filename="ca.crt"')

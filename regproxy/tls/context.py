@@ -11,17 +11,18 @@ used from the very next connection and there is no timer to start or stop.
 
 from __future__ import annotations
 
+import datetime
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
 from OpenSSL import SSL, crypto
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from regproxy.tls.certificates import CertificateError, CertifiedKey, loadCertifiedKey
+from regproxy.tls.certificates import CertifiedKey, loadCertifiedKey
+from regproxy.tls.pem import CertificateError, nameMatches
 
 if TYPE_CHECKING:
     from OpenSSL.SSL import _NoOverlappingProtocols
@@ -74,15 +75,6 @@ def makeContext(certifiedKey: CertifiedKey) -> SSL.Context:
     return context
 
 
-def _matches(pattern: str, serverName: str) -> bool:
-    if pattern == serverName:
-        return True
-    if pattern.startswith("*."):
-        head, _, rest = serverName.partition(".")
-        return bool(head) and rest == pattern[2:]
-    return False
-
-
 @attrs.frozen(eq=False)
 class CertificateSet:
     """
@@ -96,10 +88,9 @@ class CertificateSet:
 
     def choose(self, serverName: str | None) -> CertifiedKey:
         if serverName:
-            wanted = serverName.rstrip(".").lower()
             for candidate in self.byName:
                 for pattern in candidate.names.dnsNames:
-                    if _matches(pattern, wanted):
+                    if nameMatches(pattern, serverName):
                         return candidate
         return self.default
 
@@ -169,15 +160,16 @@ class CertificateFiles:
                 pass
         return tuple(FileState.of(p) for p in paths if p is not None)
 
-    def load(self) -> CertificateSet:
+    def load(self, now: datetime.datetime | None = None) -> CertificateSet:
         """
-        Read and check every file.
+        Read and check every file, as valid at C{now}.
 
         @raise CertificateError: When any of them cannot be used.
         """
-        default = loadCertifiedKey(self.cert, self.key, self.chain)
+        default = loadCertifiedKey(self.cert, self.key, self.chain, now)
         return CertificateSet(
-            default, tuple(loadCertifiedKey(path) for path in self._bundles())
+            default,
+            tuple(loadCertifiedKey(path, now=now) for path in self._bundles()),
         )
 
 
@@ -197,19 +189,26 @@ class ReloadingServerContext:
     def __init__(
         self,
         files: CertificateFiles,
-        onReload: Callable[[CertificateSet], None] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         """
         @raise CertificateError: When the files cannot be used at start.
         """
         self._files = files
-        self._onReload = onReload
+        self._clock = clock
         self._state = files.state()
-        self._install(files.load())
+        self._install(files.load(self._now()))
 
     @property
     def certificates(self) -> CertificateSet:
         return self._certificates
+
+    def _now(self) -> datetime.datetime | None:
+        if self._clock is None:
+            return None
+        return datetime.datetime.fromtimestamp(
+            self._clock.seconds(), datetime.timezone.utc
+        )
 
     def _install(self, certificates: CertificateSet) -> None:
         contexts: dict[int, SSL.Context] = {}
@@ -230,18 +229,19 @@ class ReloadingServerContext:
         if context is not None and context is not self._defaultContext:
             connection.set_context(context)
 
-    def reloadIfChanged(self) -> bool:
+    def reloadIfChanged(self, force: bool = False) -> bool:
         """
-        Re-read the files if any of them changed.
+        Re-read the files if any of them changed (or, with C{force}, even
+        if they seem not to have).
 
         @return: C{True} when new certificates were installed.
         """
         state = self._files.state()
-        if state == self._state:
+        if state == self._state and not force:
             return False
         self._state = state
         try:
-            certificates = self._files.load()
+            certificates = self._files.load(self._now())
             self._install(certificates)
         except (CertificateError, SSL.Error) as e:
             self._log.warn(
@@ -257,9 +257,28 @@ class ReloadingServerContext:
             fingerprint=certificates.default.fingerprint,
             names=", ".join(certificates.default.names.describe()),
         )
-        if self._onReload is not None:
-            self._onReload(certificates)
         return True
+
+    def reload(self) -> bool:
+        """
+        Re-read the files now, changed or not (for C{SIGHUP}).
+
+        @return: C{True} when other certificates are served from now on.
+        @raise CertificateError: The files cannot be used; the previous
+            certificates stay in use.
+        """
+        before = self._fingerprints()
+        self._state = self._files.state()
+        certificates = self._files.load(self._now())
+        try:
+            self._install(certificates)
+        except SSL.Error as e:
+            raise CertificateError(f"{self._files.cert}: {e}") from None
+        return self._fingerprints() != before
+
+    def _fingerprints(self) -> tuple[str, ...]:
+        served = self._certificates
+        return tuple(c.fingerprint for c in (served.default, *served.byName))
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         self.reloadIfChanged()

@@ -7,25 +7,29 @@ flag (and C{strports.service}) as C{tcp:80}::
                 [:cert=PATH[:key=PATH][:chain=PATH]][:certs=DIR]
                 [:stateDir=DIR][:name=NAME,NAME...]
 
-With no C{cert}, a self-signed certificate is made in C{stateDir/tls/} on
-first start and kept (see L{regproxy.tls.certificates.ensureSelfSigned}); C{name} adds
-subject alternative names to it.  With C{cert} (and C{key}, C{chain}), those
-files are checked at start and re-read whenever they change.  C{certs} names
-a directory of PEM bundles (key, certificate, chain in one file) chosen by
-the SNI server name; a client that sends no name, or one no bundle covers,
-gets the C{cert} certificate, or the self-signed one.
+It wraps an inner TCP endpoint (as txsni does): with no C{interface} that
+is every IPv4 and IPv6 address (L{regproxy.tls.dualstack}), otherwise the
+one address given.
 
-C{stateDir} and C{name} default to the daemon's own settings, read the same
-way it reads them (C{REGPROXY_STATE_DIR}, C{REGPROXY_TLS_NAME}, the file in
-C{REGPROXY_CONFIG}); flags given to C{twistd regproxy} reach the endpoint
-through L{withConfig}.  A colon inside a value (an IPv6 address, a Windows
-path) is written C{\\:}, as in every Twisted endpoint description.
+With no C{cert}, the server certificate is signed by a local CA kept in
+C{stateDir/tls/} (see L{regproxy.tls.localca}) and renewed while running
+when the names change; C{name} adds subject alternative names.  With
+C{cert} (and C{key}, C{chain}), those files are checked at start and re-read
+whenever they change.  C{certs} names a directory of PEM bundles (key,
+certificate, chain in one file) chosen by the SNI server name; a client that
+sends no name, or one no bundle covers, gets the C{cert} certificate, or the
+local CA's.
+
+C{stateDir} and C{name} default to the daemon's C{--state-dir} and
+C{--tls-name}, handed over as a L{TLSDefaults} by L{serverEndpoint}; found
+by Twisted's plugin system alone, the endpoint uses the default state
+directory and no extra names.  A colon inside a value (an IPv6 address, a
+Windows path) is written C{\\:}, as in every Twisted endpoint description.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -34,23 +38,25 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
+    _parse,
     quoteStringArgument,
+    serverFromString,
 )
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from regproxy.tls.certificates import (
-    CertificateError,
-    SelfSignedPaths,
-    clientSetup,
-    ensureSelfSigned,
-    hostsFor,
-    localNames,
-    parseName,
-)
 from regproxy.tls.context import CertificateFiles, ReloadingServerContext
+from regproxy.tls.describe import clientSetup
+from regproxy.tls.dualstack import (
+    PLAIN_PREFIX,
+    DualStackServerEndpoint,
+    PlainEndpointParser,
+)
+from regproxy.tls.hostnames import SubjectNames, hostsFor, localNames, parseName
+from regproxy.tls.pem import CertificateError
+from regproxy.tls.renewal import RenewingServerContext
 
 PREFIX = "regproxy-tls"
 _KNOWN = (
@@ -190,132 +196,175 @@ def parseArguments(args: Iterable[Any], kwargs: Mapping[str, Any]) -> TLSListene
     return TLSListenerSpec(**fields)
 
 
-def withConfig(description: str, config: Any) -> str:
+def _nameTuple(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(names)
+
+
+@attrs.frozen
+class TLSDefaults:
     """
-    Give a C{regproxy-tls} description the daemon's C{--state-dir} and
-    C{--tls-name} unless it names its own; other descriptions are returned
-    unchanged.
+    The daemon's settings a C{regproxy-tls} listener uses unless its
+    description names its own.
 
-    @param config: A L{regproxy.config.Config}.
+    @ivar stateDir: Where the local CA lives (C{--state-dir}).
+    @ivar names: Extra names for its server certificate (C{--tls-name}).
     """
-    if description.split(":", 1)[0] != PREFIX:
-        return description
-    arguments = description.split(":")
-    extra = []
-    if not any(a.startswith("stateDir=") for a in arguments):
-        extra.append("stateDir=" + quoteStringArgument(config.state_dir))
-    if not any(a.startswith("name=") for a in arguments):
-        names = getattr(config, "tls_name", ())
-        extra.append("name=" + quoteStringArgument(",".join(names)))
-    return ":".join([description, *extra])
+
+    stateDir: str
+    names: tuple[str, ...] = attrs.field(default=(), converter=_nameTuple)
+
+    @classmethod
+    def standalone(cls) -> TLSDefaults:
+        """
+        For a listener made without the daemon (C{twistd web --listen
+        regproxy-tls:...}): the default state directory, no extra names.
+        """
+        from regproxy.config import defaultStateDir
+
+        return cls(defaultStateDir())
 
 
-def _daemonSettings(environ: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
-    from regproxy.config import ConfigError, loadConfig
+def innerEndpoint(reactor: Any, spec: TLSListenerSpec) -> Any:
+    """
+    The TCP endpoint under the TLS: every address of both families when no
+    interface is given, else that one.
+    """
+    if spec.interface == "":
+        return DualStackServerEndpoint(reactor, spec.port, spec.backlog)
+    endpointType = TCP6ServerEndpoint if ":" in spec.interface else TCP4ServerEndpoint
+    return endpointType(reactor, spec.port, spec.backlog, spec.interface)
 
-    try:
-        config = loadConfig({}, environ)
-    except ConfigError as e:
-        raise EndpointError(f"{PREFIX}: {e}") from None
-    return config.state_dir, tuple(getattr(config, "tls_name", ()))
+
+Creator = ReloadingServerContext | RenewingServerContext
 
 
 @implementer(interfaces.IStreamServerEndpoint)
 class TLSServerEndpoint:
     """
-    A TCP endpoint whose connections are wrapped in TLS by a
-    L{ReloadingServerContext}.  On listening it logs the certificate and
-    what clients must do to trust it.
+    Wraps the connections of an inner stream endpoint in TLS made by a
+    L{ReloadingServerContext} (given certificates) or a
+    L{RenewingServerContext} (the local CA's).  On listening it logs the
+    certificate and what clients must do to trust it.
     """
 
     _log = Logger()
 
     def __init__(
         self,
-        reactor: Any,
+        inner: interfaces.IStreamServerEndpoint,
+        creator: Creator,
         spec: TLSListenerSpec,
-        creator: ReloadingServerContext,
-        selfSigned: tuple[SelfSignedPaths, str | None] | None = None,
     ) -> None:
-        self._reactor = reactor
-        self.spec = spec
+        self.inner = inner
         self.creator = creator
-        self._selfSigned = selfSigned
-        endpointType = (
-            TCP6ServerEndpoint if ":" in spec.interface else TCP4ServerEndpoint
-        )
-        self._tcp = endpointType(reactor, spec.port, spec.backlog, spec.interface)
+        self.spec = spec
+
+    def reload(self) -> bool:
+        """
+        Re-read given certificate files, and check that the local CA's
+        server certificate still fits this machine's names and is not near
+        its expiry (issuing a new one if not): what C{SIGHUP} does.
+
+        @return: C{True} when other certificates are served from now on.
+        @raise CertificateError: They cannot be used (a L{ValueError});
+            the current ones stay in use.
+        """
+        return self.creator.reload()
 
     def listen(self, protocolFactory: interfaces.IProtocolFactory) -> Deferred:
         wrapped = TLSMemoryBIOFactory(self.creator, False, protocolFactory)
-        d = self._tcp.listen(wrapped)
+        d = self.inner.listen(wrapped)
         d.addCallback(self._announce)
         return d
 
     def _announce(self, port: Any) -> Any:
         number = port.getHost().port
         certificate = self.creator.certificates.default
-        names = certificate.names
-        if self._selfSigned is None:
+        names = ", ".join(certificate.names.describe())
+        if not isinstance(self.creator, RenewingServerContext):
             self._log.info(
                 "TLS on port {port}: certificate {path}, SHA-256 {fingerprint}, "
                 "names {names}, expires {expires}",
                 port=number,
                 path=self.spec.cert,
                 fingerprint=certificate.fingerprint,
-                names=", ".join(names.describe()),
+                names=names,
                 expires=f"{certificate.notAfter:%Y-%m-%d}",
             )
             return port
-        paths, made = self._selfSigned
-        hosts = list(hostsFor(names)) or ["127.0.0.1"]
+        local = self.creator.localCA
+        hosts = list(hostsFor(certificate.names)) or ["127.0.0.1"]
         self._log.info(
-            "TLS on port {port}: self-signed certificate {path} ({how}), "
-            "SHA-256 {fingerprint}, names {names}, expires {expires}.\n"
-            "Clients must trust it as a CA, e.g. for {host}:{port}:\n{setup}\n"
-            "(for another name: regproxy cert client-setup HOST:{port})",
+            "TLS on port {port}: server certificate for {names}, expires "
+            "{expires}, signed by the local CA {path} ({how}), SHA-256 "
+            "{fingerprint}.\nClients must trust that CA, e.g. for {host}:{port}:"
+            "\n{setup}\n(for another name: regproxy cert client-setup HOST:{port})",
             port=number,
-            path=paths.certificate,
-            how=f"made now: {made}" if made else "kept from an earlier start",
-            fingerprint=certificate.fingerprint,
-            names=", ".join(names.describe()),
+            names=names,
             expires=f"{certificate.notAfter:%Y-%m-%d}",
+            path=local.paths.ca,
+            how=f"made now: {local.newCA}" if local.newCA else "kept",
+            fingerprint=local.ca.fingerprint,
             host=hosts[0],
-            setup=clientSetup(hosts[0], number, certificate.fingerprint),
+            setup=clientSetup(hosts[0], number, local.ca.fingerprint),
         )
         return port
 
 
 def makeEndpoint(
-    reactor: Any, spec: TLSListenerSpec, environ: Mapping[str, str] | None = None
+    reactor: Any,
+    spec: TLSListenerSpec,
+    defaults: TLSDefaults,
+    names: Callable[[Sequence[str]], SubjectNames] = localNames,
 ) -> TLSServerEndpoint:
     """
     Check or make the certificates now, so a bad file stops start-up with
     one clear line instead of failing each handshake later.
 
+    @param names: This machine's names, with the given extra ones.
     @raise EndpointError: When the certificates cannot be used.
     """
-    stateDir, names = spec.stateDir, spec.names
-    if spec.cert is None and (stateDir is None or names is None):
-        daemonStateDir, daemonNames = _daemonSettings(
-            os.environ if environ is None else environ
-        )
-        stateDir = daemonStateDir if stateDir is None else stateDir
-        names = daemonNames if names is None else names
-    selfSigned = None
+    stateDir = defaults.stateDir if spec.stateDir is None else spec.stateDir
+    extra = defaults.names if spec.names is None else spec.names
+    creator: Creator
     try:
         if spec.cert is None:
-            assert stateDir is not None and names is not None
-            selfSigned = ensureSelfSigned(stateDir, localNames(names))
-            files = CertificateFiles(
-                selfSigned[0].certificate, selfSigned[0].key, None, spec.certs
+            creator = RenewingServerContext(
+                stateDir, lambda: names(extra), reactor, spec.certs
             )
         else:
-            files = CertificateFiles(spec.cert, spec.key, spec.chain, spec.certs)
-        creator = ReloadingServerContext(files)
+            creator = ReloadingServerContext(
+                CertificateFiles(spec.cert, spec.key, spec.chain, spec.certs)
+            )
     except CertificateError as e:
         raise EndpointError(f"{PREFIX}:{spec.port}: {e}") from None
-    return TLSServerEndpoint(reactor, spec, creator, selfSigned)
+    return TLSServerEndpoint(innerEndpoint(reactor, spec), creator, spec)
+
+
+def serverEndpoint(
+    reactor: Any, description: str, defaults: TLSDefaults
+) -> interfaces.IStreamServerEndpoint:
+    """
+    C{serverFromString}, except that a C{regproxy-tls} listener gets the
+    daemon's settings as values rather than through the environment, and
+    that C{regproxy-tcp} and C{regproxy-tls} need no plugin lookup.
+
+    @raise ValueError: The description cannot be used (an L{EndpointError}
+        for ours).
+    """
+    try:
+        args, kwargs = _parse(description)
+    except RuntimeError:  # Twisted's tokenizer, on a final backslash
+        raise ValueError(
+            f"{description!r} ends in a '\\' that escapes nothing"
+        ) from None
+    if args and args[0] == PREFIX:
+        return makeEndpoint(reactor, parseArguments(args[1:], kwargs), defaults)
+    if args and args[0] == PLAIN_PREFIX:
+        # Ours too: found without the plugin system, so an older copy of
+        # the plugin file installed elsewhere cannot hide it.
+        return PlainEndpointParser().parseStreamServer(reactor, *args[1:], **kwargs)
+    return serverFromString(reactor, description)
 
 
 @implementer(IPlugin, interfaces.IStreamServerEndpointStringParser)
@@ -330,4 +379,6 @@ class TLSEndpointParser:
     def parseStreamServer(
         self, reactor: Any, *args: Any, **kwargs: Any
     ) -> TLSServerEndpoint:
-        return makeEndpoint(reactor, parseArguments(args, kwargs))
+        return makeEndpoint(
+            reactor, parseArguments(args, kwargs), TLSDefaults.standalone()
+        )

@@ -29,7 +29,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest
 
-from regproxy.tls.certificates import SubjectNames, generateSelfSigned
+from regproxy.tls.hostnames import SubjectNames
+from regproxy.tls.selfsigned import generateSelfSigned
 
 from .tokenserver import TokenServer, startTokenServer
 
@@ -195,8 +196,8 @@ def freePort() -> int:
 def makeSelfSignedCertificate(directory: str) -> tuple[str, str]:
     """
     Write a self-signed certificate for C{127.0.0.1} (and C{localhost}) that
-    is also its own CA, and its key: the kind regproxy's own TLS listener
-    makes (L{regproxy.tls.certificates.generateSelfSigned}).
+    is also its own CA, and its key: the kind earlier regproxy versions
+    made (L{regproxy.tls.selfsigned.generateSelfSigned}).
 
     @return: The certificate and key file paths.
     """

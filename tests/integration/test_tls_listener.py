@@ -13,6 +13,7 @@ import ipaddress
 import os
 import re
 import shutil
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -26,15 +27,13 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import Data
 
 from regproxy.tls.caresource import CACertificateResource
-from regproxy.tls.certificates import (
-    SelfSignedPaths,
-    SubjectNames,
-    clientSetup,
-    fingerprint,
-    generateSelfSigned,
-    loadCertifiedKey,
-)
+from regproxy.tls.certificates import loadCertifiedKey
 from regproxy.tls.context import makeContext
+from regproxy.tls.describe import clientSetup
+from regproxy.tls.hostnames import SubjectNames
+from regproxy.tls.localca import SelfSignedPaths
+from regproxy.tls.pem import fingerprint
+from regproxy.tls.selfsigned import generateSelfSigned
 
 LOOPBACK = [ipaddress.ip_address("127.0.0.1")]
 CHUNK = b"x" * 65536
@@ -174,7 +173,7 @@ class TLSListenerTests(TestCase):
 
     @property
     def caFile(self) -> str:
-        return SelfSignedPaths.inStateDir(self.stateDir).certificate
+        return SelfSignedPaths.inStateDir(self.stateDir).ca
 
     @inlineCallbacks
     def test_curlVerifies(self):
@@ -401,7 +400,7 @@ class TLSListenerTests(TestCase):
 
         port = yield self.selfSignedListener()
         paths = SelfSignedPaths.inStateDir(self.stateDir)
-        announced = loadCertifiedKey(paths.certificate, paths.key).fingerprint
+        announced = loadCertifiedKey(paths.ca, paths.caKey).fingerprint
         root = os.path.join(self.dir, "client-root")
         work = os.path.join(self.dir, "client-work")
         os.makedirs(work)
@@ -411,7 +410,7 @@ class TLSListenerTests(TestCase):
         self.assertEqual(code, 0, err)
         self.assertRegex(out.decode(), rf"(?i)sha256 Fingerprint={announced}\n")
         where = f"127.0.0.1:{port}"
-        with open(paths.certificate, "rb") as f:
+        with open(paths.ca, "rb") as f:
             ours = f.read()
         for client in ("docker", "containers", "containerd"):
             with open(
@@ -456,7 +455,7 @@ class WalkthroughTests(TestCase):
         from regproxy.app import makeSite
         from regproxy.config import Config
         from regproxy.proxy.agent import makeUpstreamAgent
-        from regproxy.tls.endpoint import withConfig
+        from regproxy.tls.endpoint import TLSDefaults, serverEndpoint
 
         from .clients import Skopeo
         from .loopback import TrackingFactory
@@ -479,11 +478,14 @@ class WalkthroughTests(TestCase):
         config = Config(upstream=registry.url, listen=(), state_dir=stateDir)
         agent = makeUpstreamAgent(reactor, config)
         factory = TrackingFactory(makeSite(config, reactor, agent=agent))
-        description = withConfig("regproxy-tls:0:interface=127.0.0.1", config)
-        tlsPort = await serverFromString(reactor, description).listen(factory)
-        plainPort = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
-            factory
-        )
+        tlsPort: Any = await serverEndpoint(
+            reactor,
+            "regproxy-tls:0:interface=127.0.0.1",
+            TLSDefaults(config.state_dir, config.tls_name),
+        ).listen(factory)
+        plainPort: Any = await serverFromString(
+            reactor, "tcp:0:interface=127.0.0.1"
+        ).listen(factory)
 
         async def stop() -> None:
             await factory.whenIdle()
@@ -495,9 +497,7 @@ class WalkthroughTests(TestCase):
 
         certDir = os.path.join(work, "certs.d", f"127.0.0.1:{tlsPort.getHost().port}")
         os.makedirs(certDir)
-        shutil.copy(
-            SelfSignedPaths.inStateDir(stateDir).certificate, certDir + "/ca.crt"
-        )
+        shutil.copy(SelfSignedPaths.inStateDir(stateDir).ca, certDir + "/ca.crt")
         with open(os.path.join(layout, "blobs", *image.digest.split(":")), "rb") as f:
             manifest = f.read()
 
@@ -523,3 +523,243 @@ class WalkthroughTests(TestCase):
         )
         self.assertNotEqual(refused.code, 0)
         self.assertIn(b"x509", refused.stderr)
+
+
+class DefaultListenerTests(TestCase):
+    """
+    The default listeners (on port 0 here, so tests never need port 80)
+    answer on IPv4 and IPv6 loopback, which the certificate names.
+    """
+
+    timeout = 60
+
+    async def test_bothFamilies(self) -> None:
+        from regproxy.config import loadConfig
+        from regproxy.tls.endpoint import TLSDefaults, serverEndpoint
+
+        work = os.path.abspath(self.mktemp())
+        stateDir = os.path.join(work, "state")
+        site, _ = makeTestSite(stateDir)
+        defaults = loadConfig({}, {}).listen
+        self.assertEqual(len(defaults), 2)
+        ports = {}
+        for description in defaults:
+            self.assertNotIn("interface=", description)
+            kind, _, _ = description.partition(":")
+            anyPort = re.sub(r"\A([a-z-]+):\d+", r"\1:0", description)
+            endpoint = serverEndpoint(reactor, anyPort, TLSDefaults(stateDir))
+            port: Any = await endpoint.listen(site)
+            self.addCleanup(port.stopListening)
+            ports[kind] = port.getHost().port
+        caFile = SelfSignedPaths.inStateDir(stateDir).ca
+        for host in ("127.0.0.1", "[::1]"):
+            for url, extra in (
+                (f"http://{host}:{ports['regproxy-tcp']}/", []),
+                (f"https://{host}:{ports['regproxy-tls']}/", ["--cacert", caFile]),
+            ):
+                out, err, code = await run(
+                    "curl", "--silent", "--show-error", "--globoff", *extra, url
+                )
+                self.assertEqual((out, code), (b"hello over TLS\n", 0), (url, err))
+
+
+_BINDV6ONLY_CHILD = """
+import subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from twisted.internet import reactor, threads
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
+from regproxy.tls.dualstack import DualStackServerEndpoint
+
+def fetch(number):
+    return [
+        subprocess.run(
+            ["curl", "--silent", "--globoff", f"http://{host}:{number}/"],
+            capture_output=True,
+        ).stdout.decode()
+        for host in ("127.0.0.1", "[::1]")
+    ]
+
+async def main():
+    root = Resource()
+    root.putChild(b"", Data(b"ok", "text/plain"))
+    port = await DualStackServerEndpoint(reactor, 0).listen(Site(root))
+    answers = await threads.deferToThread(fetch, port.getHost().port)
+    print(len(port.ports), *answers)
+    reactor.stop()
+
+reactor.callWhenRunning(lambda: Deferred.fromCoroutine(main()))
+reactor.run()
+"""
+
+
+class BindV6OnlyTests(TestCase):
+    """
+    Where an IPv6 socket takes IPv6 only (C{net.ipv6.bindv6only=1}, as on
+    BSD), the plain default listener opens a second socket for IPv4: run in
+    a network namespace of its own, so the machine's setting is untouched.
+    """
+
+    timeout = 60
+
+    async def test_bothFamilies(self) -> None:
+        import sys
+
+        need("unshare")
+        need("ip")
+        need("curl")
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+        script = (
+            "ip link set lo up && echo 1 > /proc/sys/net/ipv6/bindv6only && "
+            'exec "$0" -c "$1" "$2"'
+        )
+        out, err, code = await run(
+            "unshare", "-n", "sh", "-c", script, sys.executable, _BINDV6ONLY_CHILD, repo
+        )
+        if code != 0 and b"Operation not permitted" in err:
+            raise SkipTest("no permission for a network namespace here")
+        self.assertEqual((out, code), (b"2 ok ok\n", 0), err)
+
+
+class TrustKeptTests(TestCase):
+    """
+    A client that trusts only the CA in an existing state directory keeps
+    verifying, with skopeo and curl, after the names change and after the
+    server certificate is renewed, with the listener running throughout.
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        from regproxy.tls.endpoint import TLSDefaults, TLSListenerSpec, makeEndpoint
+
+        self.dir = os.path.abspath(self.mktemp())
+        self.stateDir = os.path.join(self.dir, "state")
+        # The state directory an earlier regproxy made: one self-signed
+        # certificate, CA and server certificate at once.
+        self.legacy = generateSelfSigned(SubjectNames(["localhost"], LOOPBACK))
+        os.makedirs(os.path.join(self.stateDir, "tls"))
+        paths = SelfSignedPaths.inStateDir(self.stateDir)
+        for path, data in (
+            (paths.caKey, self.legacy.keyPEM()),
+            (paths.ca, self.legacy.certificatePEM()),
+        ):
+            with open(path, "wb") as f:
+                f.write(data)
+        self.certDir = os.path.join(self.dir, "certs.d")
+        os.makedirs(self.certDir)
+        with open(os.path.join(self.certDir, "ca.crt"), "wb") as f:
+            f.write(self.legacy.certificatePEM())
+        self.names = SubjectNames(["localhost"], LOOPBACK)
+        self.endpoint = makeEndpoint(
+            reactor,
+            TLSListenerSpec(0),
+            TLSDefaults(self.stateDir),
+            names=lambda extra: self.names,
+        )
+        self.site, _ = makeTestSite(self.stateDir)
+
+    async def listen(self) -> int:
+        port: Any = await self.endpoint.listen(self.site)
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    async def skopeo(self, host: str, port: int) -> bytes:
+        """
+        What skopeo, trusting only the CA it was given, says of us.
+        """
+        out, err, code = await run(
+            "skopeo",
+            "inspect",
+            "--no-creds",
+            "--tls-verify=true",
+            "--cert-dir",
+            self.certDir,
+            f"docker://{host}:{port}/some/image:latest",
+        )
+        self.assertNotEqual(code, 0)
+        return err
+
+    def assertTrusted(self, err: bytes) -> None:
+        self.assertIn(b"manifest unknown", err)
+        self.assertNotIn(b"x509", err)
+
+    async def test_namesChange(self) -> None:
+        """
+        The old certificate is kept as the CA; a new address (127.0.0.2,
+        loopback too) is refused by name until the names change, then
+        accepted with the same CA, by skopeo and, on ::1, by curl; and
+        C{/_ca.crt} still serves that CA.
+        """
+        port = await self.listen()
+        self.assertTrusted(await self.skopeo("127.0.0.1", port))
+        refused = await self.skopeo("127.0.0.2", port)
+        self.assertIn(b"x509", refused)
+        self.assertNotIn(b"unknown authority", refused)
+        self.names = SubjectNames(
+            ["localhost"],
+            LOOPBACK + [ipaddress.ip_address("127.0.0.2"), ipaddress.ip_address("::1")],
+        )
+        self.assertTrue(self.endpoint.reload())
+        self.assertTrusted(await self.skopeo("127.0.0.2", port))
+        self.assertTrusted(await self.skopeo("127.0.0.1", port))
+        out, err, code = await run(
+            "curl",
+            "--silent",
+            "--show-error",
+            "--globoff",
+            "--cacert",
+            os.path.join(self.certDir, "ca.crt"),
+            f"https://[::1]:{port}/_ca.crt",
+        )
+        self.assertEqual((out, code), (self.legacy.certificatePEM(), 0), err)
+
+    async def test_renewal(self) -> None:
+        """
+        A server certificate near its end is replaced while running by one
+        the same CA signs; curl, trusting only the CA, verifies both.
+        """
+        import datetime
+
+        from regproxy.tls.certificates import CertifiedKey
+        from regproxy.tls.selfsigned import SERVER_LIFETIME, issueServerCertificate
+
+        paths = SelfSignedPaths.inStateDir(self.stateDir)
+        ca = CertifiedKey(self.legacy.certificate, self.legacy.key)
+        ageing = issueServerCertificate(
+            ca,
+            self.names,
+            datetime.datetime.now(datetime.timezone.utc)
+            - SERVER_LIFETIME
+            + datetime.timedelta(days=5),
+        )
+        for path, data in (
+            (paths.serverKey, ageing.keyPEM()),
+            (paths.server, ageing.certificatePEM()),
+        ):
+            with open(path, "wb") as f:
+                f.write(data)
+        port = await self.listen()
+
+        async def seen() -> x509.Certificate:
+            out, err, code = await run(
+                "openssl",
+                "s_client",
+                "-connect",
+                f"127.0.0.1:{port}",
+                "-CAfile",
+                paths.ca,
+                "-verify_return_error",
+            )
+            self.assertEqual(code, 0, err)
+            return certificateSeen(out)
+
+        before = await seen()
+        self.assertEqual(fingerprint(before), ageing.fingerprint)
+        self.assertTrue(self.endpoint.reload())
+        after = await seen()
+        self.assertNotEqual(fingerprint(after), fingerprint(before))
+        self.assertGreater(after.not_valid_after_utc, before.not_valid_after_utc)
+        self.assertTrusted(await self.skopeo("127.0.0.1", port))

@@ -31,11 +31,11 @@ from regproxy.auth.access import AccessRules, parseAccessRules
 from regproxy.auth.htpasswd import HtpasswdUsers, ThreadPoolRunner
 from regproxy.auth.jwt import (
     TokenIssuer,
-    certificatePEM,
     generateIssuerKeyAndCertificate,
     tokenResponseBody,
 )
 from regproxy.names.scope import Scope, parseScopes
+from regproxy.tls.pem import certificatePEM
 
 from .clients import ClientFailed, Skopeo, httpClient
 from .forwarding import OneImageClient, temporaryDirectory

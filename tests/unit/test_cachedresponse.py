@@ -16,7 +16,9 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from regproxy.auth.credentials import BasicCredentials
 from regproxy.proxy.cachedresponse import BytesResponse, parseRange
-from regproxy.proxy.caching import CacheTarget, clientCredentials, servesFor
+from regproxy.proxy.caching import CacheTarget, clientCredentials, unreachable
+from regproxy.proxy.upstreamauth import UpstreamAccess, UpstreamAuthAgent
+from regproxy.server.errors import RegistryError
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -117,28 +119,33 @@ class ClientCredentialsTests(SynchronousTestCase):
 
     def test_brokered(self) -> None:
         """
-        What the brokered resource said wins over the header (which holds
-        an upstream token that changes).
+        In broker mode the relay's agent says whose request it is; the
+        C{Authorization} header (an upstream token that changes) does not.
         """
         request = DummyRequest([b""])
         request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer abc"])
-        servesFor(request, BasicCredentials("alice", "pw"))
-        self.assertEqual(clientCredentials(request), ("alice", "pw"))
-        servesFor(request, None)
-        self.assertEqual(clientCredentials(request), (None, None))
+        alice = UpstreamAccess(BasicCredentials("alice", "pw"), "org/app", ("pull",))
+        agent = UpstreamAuthAgent(None, None, alice)  # type: ignore[arg-type]
+        self.assertEqual(clientCredentials(request, agent), ("alice", "pw"))
+        anonymous = UpstreamAuthAgent(
+            None,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            UpstreamAccess(None, "org/app", ("pull",)),
+        )
+        self.assertEqual(clientCredentials(request, anonymous), (None, None))
 
     def test_passthrough(self) -> None:
         """
         Without it, Basic credentials or the whole header.
         """
         request = DummyRequest([b""])
-        self.assertEqual(clientCredentials(request), (None, None))
+        self.assertEqual(clientCredentials(request, None), (None, None))
         request.requestHeaders.setRawHeaders(
             b"authorization", [BasicCredentials("bob", "x").header()]
         )
-        self.assertEqual(clientCredentials(request), ("bob", "x"))
+        self.assertEqual(clientCredentials(request, None), ("bob", "x"))
         request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer t0k"])
-        self.assertEqual(clientCredentials(request), (None, "Bearer t0k"))
+        self.assertEqual(clientCredentials(request, None), (None, "Bearer t0k"))
 
 
 class BytesResponseTests(SynchronousTestCase):
@@ -154,3 +161,19 @@ class BytesResponseTests(SynchronousTestCase):
         self.assertEqual(
             response.headers.getRawHeaders(b"docker-content-digest"), [DIGEST.encode()]
         )
+
+
+class UnreachableTests(SynchronousTestCase):
+    """
+    L{unreachable} tells an upstream that cannot be asked from one that
+    answered.
+    """
+
+    def test_kinds(self) -> None:
+        from twisted.internet.error import ConnectionRefusedError
+
+        self.assertTrue(unreachable(ConnectionRefusedError()))
+        self.assertTrue(unreachable(RegistryError(502, "UNAVAILABLE", "down")))
+        self.assertTrue(unreachable(RegistryError(504, "UNAVAILABLE", "slow")))
+        self.assertFalse(unreachable(RegistryError(401, "UNAUTHORIZED", "no")))
+        self.assertFalse(unreachable(ValueError("bug")))

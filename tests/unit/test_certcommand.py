@@ -14,11 +14,8 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.commands.cert import main, splitAddress
-from regproxy.tls.certificates import (
-    SubjectNames,
-    ensureSelfSigned,
-    loadCertifiedKey,
-)
+from regproxy.tls.hostnames import SubjectNames
+from regproxy.tls.localca import ensureLocalCA
 
 NAMES = SubjectNames(["box.local", "reg.example"], [ipaddress.ip_address("192.0.2.7")])
 
@@ -26,9 +23,9 @@ NAMES = SubjectNames(["box.local", "reg.example"], [ipaddress.ip_address("192.0.
 class CertCommandTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.stateDir = os.path.abspath(self.mktemp())
-        paths, _ = ensureSelfSigned(self.stateDir, NAMES)
-        self.paths = paths
-        self.fingerprint = loadCertifiedKey(paths.certificate, paths.key).fingerprint
+        local = ensureLocalCA(self.stateDir, NAMES)
+        self.paths = local.paths
+        self.fingerprint = local.ca.fingerprint
 
     def run_(
         self, argv: list[str], environ: dict[str, str] | None = None
@@ -39,24 +36,36 @@ class CertCommandTests(SynchronousTestCase):
 
     def test_show(self) -> None:
         """
-        C{show} prints the path, the names, the fingerprint and the expiry.
+        C{show} prints the CA clients install (path, fingerprint, expiry),
+        then the server certificate it signed (path, names, expiry).
         """
         code, out, err = self.run_(["--state-dir", self.stateDir, "show"])
         self.assertEqual(code, 0, err)
-        self.assertIn(f"certificate: {self.paths.certificate}\n", out)
-        self.assertIn("names: box.local, reg.example, 192.0.2.7\n", out)
+        self.assertIn(f"CA certificate: {self.paths.ca}\n", out)
         self.assertIn(f"SHA-256 fingerprint: {self.fingerprint}\n", out)
         self.assertRegex(
-            out, r"expires: \d{4}-\d\d-\d\d \d\d:\d\d UTC \(36[45] days left\)"
+            out, r"\nexpires: \d{4}-\d\d-\d\d \d\d:\d\d UTC \(36(49|50) days left\)"
+        )
+        self.assertIn(f"server certificate: {self.paths.server}\n", out)
+        self.assertIn("names: box.local, reg.example, 192.0.2.7\n", out)
+        self.assertRegex(
+            out,
+            r"server certificate expires: \d{4}-\d\d-\d\d \d\d:\d\d UTC "
+            r"\((29|30) days left; renewed by regproxy while it runs\)",
         )
 
     def test_showSaysNamesChanged(self) -> None:
         """
         When this machine's names no longer match, C{show} says a new
-        certificate comes at the next start.
+        server certificate comes from the same CA, without a restart.
         """
         code, out, err = self.run_(["--state-dir", self.stateDir, "show"])
-        self.assertIn("regproxy makes a new certificate at its next start", out)
+        self.assertIn(
+            "the running regproxy issues a new server certificate for them at a "
+            "client's connection (looking at most once a minute) or on SIGHUP, "
+            "signed by the same CA",
+            out,
+        )
 
     def test_sameSourcesAsDaemon(self) -> None:
         """
@@ -79,10 +88,11 @@ class CertCommandTests(SynchronousTestCase):
         self.assertIn("no certificate in", err)
 
     def test_showGivenFile(self) -> None:
-        code, out, err = self.run_(["show", "--cert", self.paths.certificate])
+        code, out, err = self.run_(["show", "--cert", self.paths.ca])
         self.assertEqual(code, 0, err)
+        self.assertIn(f"certificate: {self.paths.ca}\n", out)
         self.assertIn(self.fingerprint, out)
-        self.assertNotIn("next start", out)
+        self.assertNotIn("once a minute", out)
 
     def test_clientSetup(self) -> None:
         """

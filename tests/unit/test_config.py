@@ -59,7 +59,7 @@ class DefaultsTests(ConfigTestCase):
         to balenaCloud's registry, taking the public URL from each request.
         """
         config = loadConfig({}, {})
-        self.assertEqual(config.listen, ("tcp:80", "regproxy-tls:5000"))
+        self.assertEqual(config.listen, ("regproxy-tcp:80", "regproxy-tls:5000"))
         self.assertEqual(config.upstream, "https://registry2.balena-cloud.com")
         self.assertEqual(config.upstream, DEFAULT_UPSTREAM)
         self.assertIsNone(config.public_url)

@@ -6,34 +6,39 @@ through Twisted's plugin system as C{serverFromString} and C{strports} do.
 from __future__ import annotations
 
 import os
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.application import strports
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    serverFromString,
+)
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from regproxy.config import loadConfig
-from regproxy.tls.certificates import (
-    SelfSignedPaths,
-    SubjectNames,
-    generateSelfSigned,
-    loadCertifiedKey,
-)
+from regproxy.tls.certificates import loadCertifiedKey
+from regproxy.tls.dualstack import DualStackServerEndpoint
 from regproxy.tls.endpoint import (
     EndpointError,
+    TLSDefaults,
     TLSListenerSpec,
     TLSServerEndpoint,
     makeEndpoint,
     parseArguments,
-    withConfig,
+    serverEndpoint,
 )
+from regproxy.tls.hostnames import SubjectNames
+from regproxy.tls.localca import SelfSignedPaths
+from regproxy.tls.renewal import RenewingServerContext
+from regproxy.tls.selfsigned import generateSelfSigned
 
 labels = st.text(
     alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12
@@ -42,10 +47,20 @@ hostNames = st.lists(labels, min_size=1, max_size=3).map(".".join)
 # Anything a file name may hold, including the characters endpoint
 # descriptions treat specially (":", "=", "\\").
 fileNames = st.text(
-    st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)),
+    st.characters(blacklist_characters="/\x00", blacklist_categories=["Cs"]),
     min_size=1,
     max_size=30,
 ).filter(lambda n: n not in (".", ".."))
+
+
+def memoryReactor() -> MemoryReactorClock:
+    """
+    A reactor that binds nothing, its clock set to now: certificates are
+    made for the time the reactor says.
+    """
+    reactor = MemoryReactorClock()
+    reactor.advance(time.time())
+    return reactor
 
 
 def writeBundle(directory: str, names: list[str]) -> str:
@@ -150,12 +165,13 @@ class ServerFromStringTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = os.path.abspath(self.mktemp())
         self.bundle = writeBundle(self.dir, ["given.example"])
-        self.reactor = MemoryReactor()
+        self.reactor = memoryReactor()
 
     def test_pluginFound(self) -> None:
         """
         C{serverFromString} knows C{regproxy-tls}; with no certificate given
-        it makes one in the state directory, naming the C{name} values.
+        it has the local CA in the state directory sign one naming the
+        C{name} values.
         """
         stateDir = os.path.join(self.dir, "state")
         endpoint = serverFromString(
@@ -164,14 +180,15 @@ class ServerFromStringTests(SynchronousTestCase):
         )
         verifyObject(IStreamServerEndpoint, endpoint)
         paths = SelfSignedPaths.inStateDir(stateDir)
-        names = loadCertifiedKey(paths.certificate, paths.key).names
+        names = loadCertifiedKey(paths.server, paths.serverKey).names
         self.assertIn("reg.example", names.dnsNames)
         self.assertEqual(endpoint.creator.certificates.default.names, names)
 
     def test_listen(self) -> None:
         """
         Listening binds the TCP port and interface with TLS wrapped around
-        the factory, and logs the fingerprint and the client instructions.
+        the factory, and logs the CA's fingerprint and the client
+        instructions.
         """
         stateDir = os.path.join(self.dir, "state")
         endpoint = serverFromString(
@@ -184,8 +201,11 @@ class ServerFromStringTests(SynchronousTestCase):
         self.assertEqual((port, backlog, interface), (5000, 50, "127.0.0.1"))
         self.assertIsInstance(factory, TLSMemoryBIOFactory)
         [event] = events
-        fingerprint = endpoint.creator.certificates.default.fingerprint
+        fingerprint = endpoint.creator.localCA.ca.fingerprint
         self.assertEqual(event["fingerprint"], fingerprint)
+        self.assertNotEqual(
+            fingerprint, endpoint.creator.certificates.default.fingerprint
+        )
         self.assertIn("/etc/docker/certs.d/", event["setup"])
         self.assertIn(
             f"the fingerprint it prints must be {fingerprint}", event["setup"]
@@ -234,26 +254,33 @@ class ServerFromStringTests(SynchronousTestCase):
             "No such file or directory",
         )
 
-    def test_daemonSettings(self) -> None:
+    def test_standaloneIgnoresEnvironment(self) -> None:
         """
-        Without C{stateDir=} and C{name=} the daemon's own settings are used,
-        from the environment as C{twistd regproxy} reads them.
+        Found by the plugin system alone, the endpoint does not read the
+        daemon's environment: its defaults are the declared ones.
         """
         stateDir = os.path.join(self.dir, "from-env")
-        endpoint = makeEndpoint(
-            self.reactor,
-            TLSListenerSpec(5000),
-            environ={
-                "REGPROXY_STATE_DIR": stateDir,
-                "REGPROXY_TLS_NAME": "env.example",
-            },
-        )
-        self.assertIn(
-            "env.example", endpoint.creator.certificates.default.names.dnsNames
-        )
-        self.assertTrue(
-            os.path.exists(SelfSignedPaths.inStateDir(stateDir).certificate)
-        )
+        self.patch(os, "environ", {**os.environ, "REGPROXY_STATE_DIR": stateDir})
+        self.patch(TLSDefaults, "standalone", classmethod(lambda cls: cls(self.dir)))
+        serverFromString(self.reactor, "regproxy-tls:5000:name=")
+        self.assertFalse(os.path.exists(stateDir))
+        self.assertTrue(os.path.exists(SelfSignedPaths.inStateDir(self.dir).ca))
+
+    def test_inner(self) -> None:
+        """
+        The TLS wraps an inner endpoint: both families with no interface,
+        else the family of the address given.
+        """
+        for interface, kind in (
+            ("", DualStackServerEndpoint),
+            ("127.0.0.1", TCP4ServerEndpoint),
+            ("\\:\\:1", TCP6ServerEndpoint),
+        ):
+            description = f"regproxy-tls:5000:cert={self.bundle}"
+            if interface:
+                description += f":interface={interface}"
+            endpoint = serverFromString(self.reactor, description)
+            self.assertIsInstance(endpoint.inner, kind)
 
     @given(st.text(max_size=60))
     @settings(max_examples=100, deadline=None)
@@ -308,30 +335,116 @@ class ServerFromStringTests(SynchronousTestCase):
         self.assertEqual(endpoint.spec, spec)
 
 
-class WithConfigTests(SynchronousTestCase):
-    def test_addsDaemonSettings(self) -> None:
+class ServerEndpointTests(SynchronousTestCase):
+    def test_daemonSettings(self) -> None:
         """
-        The daemon's C{--state-dir} and C{--tls-name} reach the endpoint.
+        The daemon's C{--state-dir} and C{--tls-name} reach the endpoint as
+        values, not through the description or the environment.
         """
-        config = loadConfig(
-            {"state_dir": "/var/x:y", "tls_name": ["a.example", "::1"]}, {}
+        stateDir = os.path.abspath(self.mktemp())
+        endpoint = serverEndpoint(
+            memoryReactor(),
+            "regproxy-tls:5000",
+            TLSDefaults(stateDir, ("a.example", "::1")),
         )
-        description = withConfig("regproxy-tls:5000", config)
-        self.assertEqual(
-            description, "regproxy-tls:5000:stateDir=/var/x\\:y:name=a.example,\\:\\:1"
-        )
-        endpoint = serverFromString(
-            MemoryReactor(),
-            description.replace("/var/x\\:y", os.path.abspath(self.mktemp())),
-        )
-        self.assertEqual(endpoint.spec.names, ("a.example", "::1"))
+        assert isinstance(endpoint, TLSServerEndpoint)
+        assert isinstance(endpoint.creator, RenewingServerContext)
+        self.assertIsNone(endpoint.spec.names)
+        names = endpoint.creator.certificates.default.names
+        self.assertIn("a.example", names.dnsNames)
+        self.assertEqual(endpoint.creator.localCA.paths.directory, stateDir + "/tls")
 
     def test_ownSettingsWin(self) -> None:
-        config = loadConfig({"state_dir": "/var/x"}, {})
-        self.assertEqual(
-            withConfig("regproxy-tls:5000:stateDir=/s:name=b", config),
-            "regproxy-tls:5000:stateDir=/s:name=b",
+        own = os.path.abspath(self.mktemp())
+        endpoint = serverEndpoint(
+            memoryReactor(),
+            f"regproxy-tls:5000:stateDir={own}:name=b.example",
+            TLSDefaults(os.path.abspath(self.mktemp()), ("a.example",)),
+        )
+        assert isinstance(endpoint, TLSServerEndpoint)
+        names = endpoint.creator.certificates.default.names
+        self.assertIn("b.example", names.dnsNames)
+        self.assertNotIn("a.example", names.dnsNames)
+        self.assertTrue(os.path.exists(SelfSignedPaths.inStateDir(own).ca))
+
+    def test_otherEndpoints(self) -> None:
+        """
+        Other descriptions are Twisted's, as C{serverFromString} reads them.
+        """
+        endpoint = serverEndpoint(memoryReactor(), "tcp:80", TLSDefaults(self.mktemp()))
+        self.assertIsInstance(endpoint, TCP4ServerEndpoint)
+        self.assertRaises(
+            ValueError,
+            serverEndpoint,
+            memoryReactor(),
+            "nosuchkind:80",
+            TLSDefaults(self.mktemp()),
         )
 
-    def test_otherEndpointsUntouched(self) -> None:
-        self.assertEqual(withConfig("tcp:80", loadConfig({}, {})), "tcp:80")
+    def test_reload(self) -> None:
+        """
+        C{reload} re-reads given certificate files at once.
+        """
+        directory = os.path.abspath(self.mktemp())
+        bundle = writeBundle(directory, ["first.example"])
+        endpoint = serverEndpoint(
+            memoryReactor(), f"regproxy-tls:5000:cert={bundle}", TLSDefaults(directory)
+        )
+        writeBundle(directory, ["second.example"])
+        assert isinstance(endpoint, TLSServerEndpoint)
+        self.assertTrue(endpoint.reload())
+        self.assertEqual(
+            endpoint.creator.certificates.default.names.dnsNames, ("second.example",)
+        )
+
+
+class HangupTests(SynchronousTestCase):
+    """
+    What SIGHUP's TLS part (L{regproxy.daemon.registerTLSReload}) does with
+    L{TLSServerEndpoint.reload}.
+    """
+
+    def setUp(self) -> None:
+        from regproxy.app import Reloads
+        from regproxy.daemon import registerTLSReload
+
+        self.names = SubjectNames(["box.local"], [])
+        self.endpoint = makeEndpoint(
+            memoryReactor(),
+            TLSListenerSpec(5000),
+            TLSDefaults(os.path.abspath(self.mktemp())),
+            names=lambda extra: self.names,
+        )
+        self.reloads = Reloads()
+        registerTLSReload(self.reloads, self.endpoint)
+
+    def said(self) -> list[str]:
+        with capturedLogs() as events:
+            self.reloads.reloadAll()
+        return [
+            e["what"] if "what" in e else e["log_format"] for e in events if "name" in e
+        ]
+
+    def test_namesChanged(self) -> None:
+        self.assertEqual(self.said(), ["nothing new installed"])
+        self.names = SubjectNames(["box.local", "new.local"], [])
+        self.assertEqual(self.said(), ["new certificate installed"])
+        self.assertIn(
+            "new.local", self.endpoint.creator.certificates.default.names.dnsNames
+        )
+
+    def test_unusable(self) -> None:
+        """
+        A new server certificate that cannot be written (its key's path is
+        taken by a directory) keeps the certificate in use, and SIGHUP's
+        line says it kept the previous one.
+        """
+        assert isinstance(self.endpoint.creator, RenewingServerContext)
+        paths = self.endpoint.creator.localCA.paths
+        os.unlink(paths.serverKey)
+        os.mkdir(paths.serverKey)
+        self.names = SubjectNames(["other.local"], [])
+        before = self.endpoint.creator.certificates.default.fingerprint
+        [line] = self.said()
+        self.assertIn("kept the previous", line)
+        self.assertEqual(self.endpoint.creator.certificates.default.fingerprint, before)

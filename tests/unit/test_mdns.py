@@ -76,9 +76,10 @@ class PureTests(SynchronousTestCase):
                     "ssl:443:privateKey=k",
                     "tcp:0",
                     "unix:/sock",
+                    "regproxy-tcp:81",
                 ]
             ),
-            ([80, 8080], [5000, 443]),
+            ([80, 8080, 81], [5000, 443]),
         )
 
     @given(st.lists(st.text(max_size=40), max_size=5))

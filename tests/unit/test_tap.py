@@ -61,7 +61,7 @@ class OptionsTests(TapTestCase):
         and forwards to balenaCloud's registry.
         """
         config = self.parse().config
-        self.assertEqual(config.listen, ("tcp:80", "regproxy-tls:5000"))
+        self.assertEqual(config.listen, ("regproxy-tcp:80", "regproxy-tls:5000"))
         self.assertEqual(config.upstream, "https://registry2.balena-cloud.com")
         self.assertIsNone(config.public_url)
 
@@ -216,7 +216,7 @@ class OptionsTests(TapTestCase):
             "--response-timeout=",
         ]:
             self.assertIn(option, text)
-        self.assertIn("tcp:80", text)
+        self.assertIn("regproxy-tcp:80", text)
         self.assertIn("https://registry2.balena-cloud.com", text)
 
 
@@ -284,12 +284,14 @@ class MakeServiceTests(TapTestCase):
         By default there are two listeners: plain HTTP on TCP port 80 and
         TLS on port 5000.
         """
+        from regproxy.tls.dualstack import DualStackServerEndpoint
         from regproxy.tls.endpoint import TLSServerEndpoint
 
         plain, tls = self.listeners()
-        self.assertIsInstance(plain.endpoint, TCP4ServerEndpoint)
+        self.assertIsInstance(plain.endpoint, DualStackServerEndpoint)
         self.assertEqual(plain.endpoint._port, 80)
         self.assertIsInstance(tls.endpoint, TLSServerEndpoint)
+        self.assertIsInstance(tls.endpoint.inner, DualStackServerEndpoint)
         self.assertIs(plain.factory, tls.factory)
 
     def reloadNames(self, top: IService) -> list[str]:

@@ -1,6 +1,8 @@
 """
-Tests for L{regproxy.tls.certificates} (certificates made, kept and checked) and
-L{regproxy.tls.caresource} (the certificate served at C{/_ca.crt}).
+Tests for L{regproxy.tls.hostnames} (the names a certificate is for),
+L{regproxy.tls.certificates} (certificates loaded and checked),
+L{regproxy.tls.describe} (what clients are told) and
+L{regproxy.tls.caresource} (the CA served at C{/_ca.crt}).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import datetime
 import hashlib
 import ipaddress
 import os
-import stat
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -20,19 +22,12 @@ from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.tls.caresource import CACertificateResource
-from regproxy.tls.certificates import (
-    RENEW_BEFORE,
-    CertificateError,
-    SelfSignedPaths,
-    SubjectNames,
-    clientSetup,
-    ensureSelfSigned,
-    generateSelfSigned,
-    hostsFor,
-    loadCertifiedKey,
-    parseName,
-    selfSignedNames,
-)
+from regproxy.tls.certificates import loadCertifiedKey
+from regproxy.tls.describe import clientSetup
+from regproxy.tls.hostnames import SubjectNames, hostsFor, parseName, selfSignedNames
+from regproxy.tls.localca import ensureLocalCA
+from regproxy.tls.pem import CertificateError
+from regproxy.tls.selfsigned import generateSelfSigned
 
 ip = ipaddress.ip_address
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.timezone.utc)
@@ -134,8 +129,9 @@ class GenerateTests(SynchronousTestCase):
         self.assertEqual(cert.issuer, cert.subject)
         basic = cert.extensions.get_extension_for_class(x509.BasicConstraints)
         self.assertTrue(basic.value.ca)
-        self.assertIsInstance(cert.public_key(), ec.EllipticCurvePublicKey)
-        self.assertEqual(cert.public_key().curve.name, "secp256r1")
+        key = cert.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        self.assertEqual(key.curve.name, "secp256r1")
         lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
         self.assertTrue(
             datetime.timedelta(days=360) < lifetime < datetime.timedelta(days=731)
@@ -153,83 +149,6 @@ class GenerateTests(SynchronousTestCase):
         self.assertEqual(
             made.fingerprint.replace(":", "").lower(), hashlib.sha256(der).hexdigest()
         )
-
-
-class EnsureSelfSignedTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.stateDir = self.mktemp()
-
-    def test_madeThenKept(self) -> None:
-        """
-        The first start makes a key and certificate, the key readable by its
-        owner only; the next start keeps them.
-        """
-        paths, why = ensureSelfSigned(self.stateDir, NAMES, NOW)
-        self.assertEqual(why, "there is none yet")
-        self.assertEqual(stat.S_IMODE(os.stat(paths.key).st_mode), 0o600)
-        first = loadCertifiedKey(paths.certificate, paths.key, now=NOW)
-        again, why = ensureSelfSigned(
-            self.stateDir, NAMES, NOW + datetime.timedelta(days=10)
-        )
-        self.assertIsNone(why)
-        self.assertEqual(
-            loadCertifiedKey(again.certificate, again.key, now=NOW).fingerprint,
-            first.fingerprint,
-        )
-
-    def test_namesChanged(self) -> None:
-        """
-        A new name (an address that came up, a C{--tls-name}) makes a new
-        certificate, and the log reason says what changed.
-        """
-        ensureSelfSigned(self.stateDir, NAMES, NOW)
-        more = SubjectNames(NAMES.dnsNames + ("new.example",), NAMES.ipAddresses)
-        paths, why = ensureSelfSigned(self.stateDir, more, NOW)
-        self.assertIn("names changed", why)
-        self.assertIn("new.example", why)
-        self.assertEqual(
-            loadCertifiedKey(paths.certificate, paths.key, now=NOW).names, more
-        )
-
-    def test_expiresSoon(self) -> None:
-        """
-        Within 30 days of expiry a new certificate is made; a day earlier it
-        is not.
-        """
-        paths, _ = ensureSelfSigned(self.stateDir, NAMES, NOW)
-        notAfter = loadCertifiedKey(paths.certificate, paths.key, now=NOW).notAfter
-        _, why = ensureSelfSigned(
-            self.stateDir, NAMES, notAfter - RENEW_BEFORE - datetime.timedelta(days=1)
-        )
-        self.assertIsNone(why)
-        _, why = ensureSelfSigned(
-            self.stateDir, NAMES, notAfter - RENEW_BEFORE + datetime.timedelta(days=1)
-        )
-        self.assertIn("expires on", why)
-
-    def test_brokenFilesReplaced(self) -> None:
-        """
-        A damaged key or certificate is replaced instead of stopping start-up.
-        """
-        paths, _ = ensureSelfSigned(self.stateDir, NAMES, NOW)
-        write(paths.key, b"garbage")
-        paths, why = ensureSelfSigned(self.stateDir, NAMES, NOW)
-        self.assertIn("cannot be used", why)
-        loadCertifiedKey(paths.certificate, paths.key, now=NOW)
-
-    def test_unwritable(self) -> None:
-        """
-        A state directory that cannot be made gives a one-line reason.
-        """
-        blocker = write(self.mktemp(), b"a file, not a directory")
-        e = self.assertRaises(
-            CertificateError,
-            ensureSelfSigned,
-            os.path.join(blocker, "state"),
-            NAMES,
-            NOW,
-        )
-        self.assertIn("cannot write the self-signed certificate", str(e))
 
 
 class LoadTests(SynchronousTestCase):
@@ -356,29 +275,29 @@ class ClientSetupTests(SynchronousTestCase):
 class CACertificateResourceTests(SynchronousTestCase):
     def test_served(self) -> None:
         """
-        C{GET /_ca.crt} answers the certificate (never the key), and a
-        regenerated certificate is served without a restart.
+        C{GET /_ca.crt} answers the CA certificate (never a key), and the
+        same one after the names changed and a new server certificate was
+        issued: what clients installed stays what is served.
         """
         stateDir = self.mktemp()
-        paths, _ = ensureSelfSigned(stateDir, NAMES)
-        treq = StubTreq(CACertificateResource.inStateDir(stateDir))
+        local = ensureLocalCA(stateDir, NAMES)
+        treq: Any = StubTreq(CACertificateResource.inStateDir(stateDir))
         response = self.successResultOf(treq.get("http://x/_ca.crt"))
         self.assertEqual(response.code, 200)
         self.assertEqual(
             response.headers.getRawHeaders("content-type"), ["application/x-pem-file"]
         )
         body = self.successResultOf(response.content())
-        with open(paths.certificate, "rb") as f:
-            self.assertEqual(body, f.read())
+        self.assertEqual(body, local.ca.certificatePEM())
         self.assertNotIn(b"PRIVATE", body)
-        ensureSelfSigned(stateDir, SubjectNames(["other.example"], []))
+        renewed = ensureLocalCA(stateDir, SubjectNames(["other.example"], []))
+        self.assertIsNotNone(renewed.newServer)
         body2 = self.successResultOf(
             self.successResultOf(treq.get("http://x/_ca.crt")).content()
         )
-        self.assertNotEqual(body2, body)
-        self.assertEqual(SelfSignedPaths.inStateDir(stateDir), paths)
+        self.assertEqual(body2, body)
 
     def test_none(self) -> None:
-        treq = StubTreq(CACertificateResource.inStateDir(self.mktemp()))
+        treq: Any = StubTreq(CACertificateResource.inStateDir(self.mktemp()))
         response = self.successResultOf(treq.get("http://x/_ca.crt"))
         self.assertEqual(response.code, 404)

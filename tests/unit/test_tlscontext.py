@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from typing import Any, Protocol
 
+from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from regproxy.tls.certificates import CertificateError, SubjectNames, generateSelfSigned
 from regproxy.tls.context import CertificateFiles, ReloadingServerContext
+from regproxy.tls.hostnames import SubjectNames
+from regproxy.tls.pem import CertificateError, fingerprint
+from regproxy.tls.selfsigned import generateSelfSigned
 
 LOOPBACK = [ipaddress.ip_address("127.0.0.1")]
 
@@ -36,8 +40,17 @@ def clientContext(
     return context
 
 
+class Creator(Protocol):
+    """
+    What L{handshake} needs of a server: L{ReloadingServerContext}, or
+    any other connection creator.
+    """
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection: ...
+
+
 def handshake(
-    creator: ReloadingServerContext,
+    creator: Creator,
     serverName: bytes | None = None,
     client: SSL.Context | None = None,
 ) -> SSL.Connection:
@@ -72,10 +85,14 @@ def handshake(
     return clientConnection
 
 
+def peerCertificate(connection: SSL.Connection) -> x509.Certificate:
+    certificate = connection.get_peer_certificate()
+    assert certificate is not None
+    return certificate.to_cryptography()
+
+
 def peerNames(connection: SSL.Connection) -> SubjectNames:
-    return SubjectNames.fromCertificate(
-        connection.get_peer_certificate().to_cryptography()
-    )
+    return SubjectNames.fromCertificate(peerCertificate(connection))
 
 
 class Files:
@@ -167,12 +184,9 @@ class SettingsTests(SynchronousTestCase):
         client = handshake(
             self.creator, client=clientContext(SSL.TLS1_2_VERSION, SSL.TLS1_2_VERSION)
         )
-        self.assertTrue(
-            client.get_cipher_name().startswith("ECDHE-"), client.get_cipher_name()
-        )
-        self.assertTrue(
-            "GCM" in client.get_cipher_name() or "CHACHA20" in client.get_cipher_name()
-        )
+        cipher = client.get_cipher_name() or ""
+        self.assertTrue(cipher.startswith("ECDHE-"), cipher)
+        self.assertTrue("GCM" in cipher or "CHACHA20" in cipher, cipher)
 
     def test_onlyCBCOffered(self) -> None:
         """
@@ -267,11 +281,7 @@ class ReloadTests(SynchronousTestCase):
         )
 
     def fingerprintSeen(self) -> str:
-        from regproxy.tls.certificates import fingerprint
-
-        return fingerprint(
-            handshake(self.creator).get_peer_certificate().to_cryptography()
-        )
+        return fingerprint(peerCertificate(handshake(self.creator)))
 
     def test_unchanged(self) -> None:
         self.assertFalse(self.creator.reloadIfChanged())
@@ -327,3 +337,18 @@ class ReloadTests(SynchronousTestCase):
             ReloadingServerContext,
             CertificateFiles(self.files.cert, self.files.key),
         )
+
+    def test_reloadNow(self) -> None:
+        """
+        C{reload} (for SIGHUP) says whether other certificates are served,
+        and refuses files it cannot use, keeping the ones in use.
+        """
+        self.assertFalse(self.creator.reload())
+        second = self.files.write(SubjectNames(["second.example"], LOOPBACK))
+        self.assertTrue(self.creator.reload())
+        made = generateSelfSigned(SubjectNames(["third.example"], LOOPBACK))
+        with open(self.files.cert, "wb") as f:
+            f.write(made.certificatePEM())
+        error = self.assertRaises(CertificateError, self.creator.reload)
+        self.assertIn("does not match", str(error))
+        self.assertEqual(self.fingerprintSeen(), second.fingerprint)

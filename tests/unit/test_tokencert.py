@@ -20,6 +20,8 @@ from regproxy.auth.jwt import TokenVerifier, loadIssuer
 from regproxy.auth.libtrust import keyID
 from regproxy.commands.tokencert import main
 
+from .test_tokens import ecKey
+
 
 class GenTokenAuthCertTests(SynchronousTestCase):
     """
@@ -64,7 +66,7 @@ class GenTokenAuthCertTests(SynchronousTestCase):
             "api.example.com", self.path("pem"), self.path("crt"), clock
         )
         verifier = TokenVerifier.forKeys(
-            "api.example.com", "registry", [issuer.chain[0].public_key()], clock
+            "api.example.com", "registry", [ecKey(issuer.chain[0])], clock
         )
         self.assertEqual(
             verifier.verify(issuer.issue("a", "registry").token)["sub"], "a"

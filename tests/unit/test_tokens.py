@@ -28,20 +28,29 @@ from regproxy.auth.jwt import (
     TokenError,
     TokenIssuer,
     TokenVerifier,
-    certificatePEM,
     generateIssuerKeyAndCertificate,
     issuerFromOpenBalenaEnvironment,
     loadIssuer,
     loadOrCreateIssuer,
-    parseCertificates,
-    parsePrivateKey,
-    privateKeyPEM,
+    parseSigningKey,
     tokenResponseBody,
 )
 from regproxy.auth.libtrust import base64url, keyID
 from regproxy.names.scope import Scope
+from regproxy.tls.pem import certificatePEM, parseCertificates, privateKeyPEM
 
 NOW = 1_800_000_000
+
+
+def ecKey(certificate: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    """
+    The certificate's key, which for our tokens is always a P-256 one.
+    """
+    key = certificate.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    return key
+
+
 _KEY, _CERT = generateIssuerKeyAndCertificate("issuer.test")
 
 
@@ -172,7 +181,7 @@ class IssueTests(SynchronousTestCase):
         der = encode_dss_signature(
             int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
         )
-        _CERT.public_key().verify(der, signingInput.encode(), ec.ECDSA(hashes.SHA256()))
+        ecKey(_CERT).verify(der, signingInput.encode(), ec.ECDSA(hashes.SHA256()))
 
     def test_extraClaimsAndLifetime(self) -> None:
         """
@@ -459,7 +468,7 @@ class KeyFileTests(SynchronousTestCase):
         verifier = TokenVerifier.forKeys(
             "issuer.test",
             "r",
-            [c.public_key() for c in parseCertificates(certificatePEM(_CERT))],
+            [ecKey(c) for c in parseCertificates(certificatePEM(_CERT), "c")],
             clock,
         )
         self.assertEqual(verifier.verify(token)["sub"], "a")
@@ -476,7 +485,9 @@ class KeyFileTests(SynchronousTestCase):
             serialization.NoEncryption(),
         )
         self.assertIn(b"EC PRIVATE KEY", pem)
-        self.assertEqual(parsePrivateKey(pem).private_numbers(), _KEY.private_numbers())
+        self.assertEqual(
+            parseSigningKey(pem, "k").private_numbers(), _KEY.private_numbers()
+        )
 
     def test_missingFile(self) -> None:
         """
@@ -496,8 +507,22 @@ class KeyFileTests(SynchronousTestCase):
         """
         A certificate given as the key is refused with a reason.
         """
-        self.assertRaises(ValueError, parsePrivateKey, certificatePEM(_CERT))
-        self.assertRaises(ValueError, parseCertificates, b"nothing here")
+        error = self.assertRaises(
+            ValueError, parseSigningKey, certificatePEM(_CERT), "token key k.pem"
+        )
+        self.assertEqual(str(error), "token key k.pem holds no PEM private key")
+        p384 = ec.generate_private_key(ec.SECP384R1())
+        error = self.assertRaises(
+            ValueError, parseSigningKey, privateKeyPEM(p384), "token key k.pem"
+        )
+        self.assertEqual(
+            str(error),
+            "token key k.pem: ES256 needs a P-256 (prime256v1) EC private key",
+        )
+        error = self.assertRaises(
+            ValueError, parseCertificates, b"nothing here", "token certificate c"
+        )
+        self.assertEqual(str(error), "token certificate c holds no PEM certificate")
 
 
 class StateDirectoryIssuerTests(SynchronousTestCase):
@@ -520,7 +545,7 @@ class StateDirectoryIssuerTests(SynchronousTestCase):
         second = loadOrCreateIssuer(directory, "regproxy", clock)
         self.assertEqual(first.keyID, second.keyID)
         verifier = TokenVerifier.forKeys(
-            "regproxy", "proxy", [second.chain[0].public_key()], clock
+            "regproxy", "proxy", [ecKey(second.chain[0])], clock
         )
         self.assertEqual(verifier.verify(first.issue("a", "proxy").token)["sub"], "a")
 
@@ -622,7 +647,10 @@ class OpenBalenaEnvironmentTests(SynchronousTestCase):
                 },
                 "not for this private key",
             ),
-            ({"REGISTRY_TOKEN_AUTH_CERT": _b64(b"junk")}, "REGISTRY_TOKEN_AUTH_CERT: "),
+            (
+                {"REGISTRY_TOKEN_AUTH_CERT": _b64(b"junk")},
+                "REGISTRY_TOKEN_AUTH_CERT holds no PEM certificate",
+            ),
         ]
         for changes, expected in cases:
             error = self.assertRaises(
