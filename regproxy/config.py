@@ -22,6 +22,8 @@ from typing import Any
 import attrs
 from hyperlink import URL
 
+from regproxy.names.sizes import parseSize
+
 ENV_PREFIX = "REGPROXY_"
 DEFAULT_UPSTREAM = "https://registry2.balena-cloud.com"
 DEFAULT_BALENA_API = "https://api.balena-cloud.com"
@@ -223,10 +225,6 @@ def parseSizeSetting(value: Any) -> int:
     """
     A size such as C{20GiB}, C{500MB} or C{0}, in bytes.
     """
-    # The grammar is the cache's own (one parser for sizes); imported here
-    # when a size is read, so loading the configuration stays cheap.
-    from regproxy.cache.sizes import parseSize
-
     if isinstance(value, bool):
         raise ValueError(f"expected a size such as 20GiB, got {value!r}")
     if isinstance(value, int):
