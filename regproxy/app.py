@@ -38,6 +38,7 @@ from regproxy.cache.index import CacheIndex
 from regproxy.cache.store import BlobStore
 from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
 from regproxy.metrics import CountedClient, Metrics
+from regproxy.names.sizes import formatSize
 from regproxy.proxy.agent import NoCookies, makeUpstreamAgent
 from regproxy.proxy.brokered import BrokeredRegistryResource
 from regproxy.proxy.caching import CachingForwarder
@@ -279,6 +280,17 @@ def makeBroker(
 DEFAULT_CACHE_LIMIT = 20 * 1024**3
 
 
+def _cacheLine(config: Config) -> str:
+    if config.cache_size == 0:
+        return "off (--cache-size 0)"
+    size = (
+        formatSize(config.cache_size)
+        if config.cache_size is not None
+        else "half the free space at start, at most 20GiB"
+    )
+    return f"{cacheDir(config)}, up to {size}"
+
+
 def cacheDir(config: Config) -> str:
     return config.cache_dir or os.path.join(config.state_dir, "cache")
 
@@ -464,7 +476,7 @@ def startupLines(config: Config, environ=os.environ) -> list[str]:
             f"{_tokenKeySource(config, environ)}, "
             f"tokens valid {config.token_lifetime:g}s"
         )
-    lines.append("cache: none")
+    lines.append(f"cache: {_cacheLine(config)}")
     if config.trusted_proxy:
         lines.append(f"trusted proxies: {', '.join(config.trusted_proxy)}")
     return lines

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from regproxy.config import ConfigError, loadConfig
+from regproxy.names.sizes import formatSize
 
 SUBCOMMANDS = ("verify", "stats", "warm")
 
@@ -71,13 +72,13 @@ def formatStats(stats: Any) -> str:
     served = stats.hits + stats.coalesced + stats.stale
     ratio = f"{100.0 * served / answered:.1f}%" if answered else "-"
     lines = [
-        f"size              {_human(stats.sizeBytes)}",
+        f"size              {formatSize(stats.sizeBytes)}",
         f"entries           {stats.entries}",
         f"requests          {answered} (hit {stats.hits}, miss {stats.misses}, "
         f"coalesced {stats.coalesced}, stale {stats.stale})",
         f"hit ratio         {ratio}",
-        f"from the cache    {_human(stats.bytesFromCache)}",
-        f"from upstream     {_human(stats.bytesFromUpstream)}",
+        f"from the cache    {formatSize(stats.bytesFromCache)}",
+        f"from upstream     {formatSize(stats.bytesFromUpstream)}",
         f"evictions         {stats.evictions}",
     ]
     if stats.perRepository:
@@ -90,19 +91,10 @@ def formatStats(stats: Any) -> str:
             lines.append(
                 f"{name[:40]:40} {counts.get('hits', 0):>6} "
                 f"{counts.get('misses', 0):>6} "
-                f"{_human(counts.get('bytesFromCache', 0)):>12} "
-                f"{_human(counts.get('bytesFromUpstream', 0)):>12}"
+                f"{formatSize(counts.get('bytesFromCache', 0)):>12} "
+                f"{formatSize(counts.get('bytesFromUpstream', 0)):>12}"
             )
     return "\n".join(lines)
-
-
-def _human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 async def _offline(reactor: Any, command: str, directory: str, out: TextIO) -> int:

@@ -254,6 +254,7 @@ class CachingForwarder(Forwarder):
         """
         if self._store is None:
             self._store, self._index = self.opener()
+            self.metrics.readCache(self._index.counters)
             self._log.info(
                 "LAN cache in {root}, up to {size:.1f} GiB",
                 root=self._store.root,
