@@ -26,175 +26,42 @@ for the request's log line.
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import attrs
-from twisted.internet import error as netError
-from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone, ResponseFailed, readBody
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.server import Request
 
-from regproxy.auth.credentials import BasicCredentials
 from regproxy.cache.index import CacheIndex, TagEntry
-from regproxy.cache.store import BlobStore, Fill
+from regproxy.cache.store import BlobStore
+from regproxy.proxy.cacheasks import (
+    DIGEST,
+    CacheAsk,
+    CacheTarget,
+    Sender,
+    Unreachable,
+    clientCredentials,
+    unreachable,
+)
 from regproxy.proxy.cachedresponse import (
     BytesResponse,
     StreamedResponse,
     manifestMediaType,
     parseRange,
 )
+from regproxy.proxy.fills import FillWriter, RunningFill
 from regproxy.proxy.manifests import acceptable
 from regproxy.proxy.relay import Forwarder
-from regproxy.proxy.upstreamauth import UpstreamAuthAgent
 from regproxy.resolve.digests import manifestDigests
-from regproxy.server.errors import RegistryError, UpstreamTimeout
 
 # Manifests are read whole (the spec caps them at 4 MiB).
 MAX_MANIFEST = 4 * 1024 * 1024
 
 STALE_WARNING = b'110 - "Response is Stale"'
-
-# What "the upstream cannot be reached" looks like.
-UNREACHABLE = (
-    netError.ConnectError,
-    netError.DNSLookupError,
-    netError.TimeoutError,
-    UpstreamTimeout,
-    ResponseFailed,
-)
-
-
-class Unreachable(Exception):
-    """
-    The upstream could not be asked (the reason is the cause); a cached
-    answer may stand in.
-    """
-
-
-_PATH = re.compile(
-    rb"^/v2/(?P<repository>.+)/(?P<kind>blobs|manifests)/(?P<reference>[^/?]+)$"
-)
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
-@attrs.frozen
-class CacheTarget:
-    """
-    What one upstream request asks for, as the cache sees it.
-    """
-
-    upstream: str
-    repository: str
-    kind: str
-    reference: str
-
-    @property
-    def byDigest(self) -> bool:
-        return _DIGEST.match(self.reference) is not None
-
-    @classmethod
-    def fromURL(cls, url: bytes) -> CacheTarget | None:
-        scheme, sep, rest = url.partition(b"://")
-        host, slash, path = rest.partition(b"/")
-        if not sep or not slash or b"?" in path:
-            return None
-        match = _PATH.match(b"/" + path)
-        if match is None:
-            return None
-        try:
-            return cls(
-                (scheme + sep + host).decode("ascii"),
-                match.group("repository").decode("utf-8"),
-                match.group("kind").decode("ascii"),
-                match.group("reference").decode("utf-8"),
-            )
-        except UnicodeDecodeError:
-            return None
-
-
-def clientCredentials(request: Request, agent: object) -> tuple[str | None, str | None]:
-    """
-    Whose request this is, as a user name and secret to fingerprint.
-
-    In broker mode the relay's agent authenticates as the client's
-    upstream credentials (L{UpstreamAuthAgent}; none is anonymous);
-    otherwise the client's own C{Authorization} header is what the
-    upstream judges.
-    """
-    if isinstance(agent, UpstreamAuthAgent):
-        credentials = agent.access.credentials
-        if credentials is None:
-            return None, None
-        return credentials.username, credentials.password
-    values = request.requestHeaders.getRawHeaders(b"authorization")
-    if not values:
-        return None, None
-    basic = BasicCredentials.fromHeader(values[-1])
-    if basic is not None:
-        return basic.username, basic.password
-    return None, values[-1].decode("latin-1")
-
-
-def unreachable(error: BaseException) -> bool:
-    """
-    Whether C{error} says the upstream (or its token service, the balena
-    API) cannot be reached, rather than answering.
-    """
-    if isinstance(error, RegistryError):
-        return error.status in (502, 503, 504)
-    return isinstance(error, UNREACHABLE)
-
-
-Sender = Callable[[bytes], Awaitable[IResponse]]
-
-
-@attrs.frozen
-class _Ask:
-    """
-    One request the cache may answer: the client's request, what it asks
-    the upstream for, whose it is (a fingerprint), and how to ask the
-    upstream with the client's own authorization.
-    """
-
-    request: Request
-    target: CacheTarget
-    fingerprint: str
-    upstream: Sender
-
-
-class _Running:
-    """
-    A fill being started, or running: clients that ask meanwhile wait for
-    it to start, then follow it.
-    """
-
-    def __init__(self) -> None:
-        self._waiting: list[Deferred[tuple[Fill, int] | None]] = []
-        self.running: tuple[Fill, int] | None = None
-        self._started = False
-        # The upstream body is all in: the fill is being checked and kept,
-        # and a new reader must wait for the entry instead of joining.
-        self.ending = False
-
-    def wait(self) -> Deferred[tuple[Fill, int] | None]:
-        if self._started:
-            return succeed(self.running)
-        waiting: Deferred[tuple[Fill, int] | None] = Deferred()
-        self._waiting.append(waiting)
-        return waiting
-
-    def started(self, running: tuple[Fill, int] | None) -> None:
-        self.running, self._started = running, True
-        waiting, self._waiting = self._waiting, []
-        for each in waiting:
-            each.callback(running)
 
 
 @attrs.define
@@ -218,7 +85,7 @@ class CachingForwarder(Forwarder):
     authTTL: float = attrs.field(default=300.0, kw_only=True)
     offlineGrace: float = attrs.field(default=86400.0, kw_only=True)
     staleFor: float = attrs.field(default=86400.0, kw_only=True)
-    _fills: dict[str, _Running] = attrs.field(factory=dict, kw_only=True)
+    _fills: dict[str, RunningFill] = attrs.field(factory=dict, kw_only=True)
 
     _log = Logger()
 
@@ -302,7 +169,7 @@ class CachingForwarder(Forwarder):
         fingerprint = self.store.credentialFingerprint(
             *clientCredentials(request, self.agent)
         )
-        ask = _Ask(request, target, fingerprint, upstream)
+        ask = CacheAsk(request, target, fingerprint, upstream)
         try:
             if target.kind == "blobs":
                 return await self._blob(ask)
@@ -385,7 +252,7 @@ class CachingForwarder(Forwarder):
 
     # Blobs
 
-    async def _blob(self, ask: _Ask) -> IResponse:
+    async def _blob(self, ask: CacheAsk) -> IResponse:
         request, target, upstream = ask.request, ask.target, ask.upstream
         digest = target.reference
         running = self._fills.get(digest) if target.byDigest else None
@@ -427,7 +294,7 @@ class CachingForwarder(Forwarder):
         self._outcome(request, "hit", target, response.length)
         return response
 
-    async def _blobMiss(self, ask: _Ask) -> IResponse:
+    async def _blobMiss(self, ask: CacheAsk) -> IResponse:
         request, target, upstream = ask.request, ask.target, ask.upstream
         """
         Fetch the blob; a whole GET by digest also fills the cache, and
@@ -441,7 +308,7 @@ class CachingForwarder(Forwarder):
         )
         if not fills:
             return await upstream(request.method)
-        pending = self._fills[target.reference] = _Running()
+        pending = self._fills[target.reference] = RunningFill()
         try:
             response = await upstream(b"GET")
         except BaseException:
@@ -455,7 +322,7 @@ class CachingForwarder(Forwarder):
             return response
         fill = self.store.fill(target.reference, response.length)
         response.deliverBody(
-            _FillWriter(fill, pending, self._filled(target, response.length))
+            FillWriter(fill, pending, self._filled(target, response.length))
         )
         pending.started((fill, response.length))
         request.cacheOutcome = "miss"  # type: ignore[attr-defined]
@@ -474,7 +341,7 @@ class CachingForwarder(Forwarder):
 
     # Manifests
 
-    async def _manifest(self, ask: _Ask) -> IResponse:
+    async def _manifest(self, ask: CacheAsk) -> IResponse:
         request, target, upstream = ask.request, ask.target, ask.upstream
         if target.byDigest:
             return await self._manifestByDigest(ask)
@@ -486,7 +353,7 @@ class CachingForwarder(Forwarder):
         digest = (response.headers.getRawHeaders(b"docker-content-digest") or [b""])[
             -1
         ].decode("latin-1")
-        if response.code != 200 or _DIGEST.match(digest) is None:
+        if response.code != 200 or DIGEST.match(digest) is None:
             return await self._other(request, response, upstream)
         mediaType = (response.headers.getRawHeaders(b"content-type") or [b""])[-1]
         cached = await self._cachedManifest(
@@ -509,7 +376,7 @@ class CachingForwarder(Forwarder):
             return response
         return await upstream(b"GET")
 
-    async def _manifestByDigest(self, ask: _Ask) -> IResponse:
+    async def _manifestByDigest(self, ask: CacheAsk) -> IResponse:
         request, target, upstream = ask.request, ask.target, ask.upstream
         digest = target.reference
         if await self.store.lookup(digest) is not None:
@@ -623,34 +490,3 @@ class CachingForwarder(Forwarder):
         request.cacheOutcome = outcome  # type: ignore[attr-defined]
         if request.method == b"GET":
             self.index.record(outcome, target.repository, nbytes, source)
-
-
-class _FillWriter(Protocol):
-    """
-    Writes an upstream body into a L{Fill}, at the upstream's pace: readers
-    follow the file, so a slow or departed client never holds it up.
-    """
-
-    _log = Logger()
-
-    def __init__(
-        self, fill: Fill, running: _Running, done: Callable[[bool], None]
-    ) -> None:
-        self._fill = fill
-        self._running = running
-        self._done = done
-
-    def dataReceived(self, data: bytes) -> None:
-        self._fill.write(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._running.ending = True
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self._fill.finish().addCallbacks(self._done, self._broken)
-        else:
-            self._fill.fail(reason)
-            self._done(False)
-
-    def _broken(self, failure: Failure) -> None:
-        _FillWriter._log.failure("Could not keep a fill", failure=failure)
-        self._done(False)

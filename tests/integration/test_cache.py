@@ -16,7 +16,7 @@ from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from .clients import ClientFailed, Podman, Skopeo, httpClient
+from .clients import ClientFailed, Podman, Skopeo, httpClient, runProcess
 from .fleets import PUBLIC, TARGET_VERSION
 from .forwarding import readBlob, temporaryDirectory
 from .oci import sha256File, writeImage
@@ -335,3 +335,35 @@ class ChainTests(CacheTestsMixin, TestCase):
             self.assertIsNotNone(await self.region.site.cache.store.lookup(blob.digest))
             self.assertEqual(len(blobGETs(self.registry, blob.digest)), 1, blob)
         self.assertGreaterEqual(self.region.site.cache.index.counters.hits, len(blobs))
+
+
+class WarmCommandTests(CacheTestsMixin, TestCase):
+    """
+    C{regproxy cache warm} pulls through the running regproxy.
+    """
+
+    async def setUp(self) -> None:
+        self.registry = await startRegistry(self, mode="open")
+        self.proxy = startProxy(self, self.registry)
+        self.skopeo = Skopeo(self)
+
+    async def test_warm(self) -> None:
+        """
+        After C{regproxy cache warm --via URL REF} every blob of the image
+        is in the cache, and a pull that follows is answered from it.
+        """
+        from .test_cache_disk import childEnvironment, regproxyCommand
+
+        await self.pushImage("warm/app")
+        command = regproxyCommand(
+            "cache", "warm", "--via", self.proxy.url, "warm/app:v1"
+        )
+        result = await runProcess(command, childEnvironment(), 120)
+        self.assertIn(b"warm/app:v1: 1 image(s)", result.stdout)
+        await self.proxy.site.cache.settled()
+        for blob in (self.image.config, *self.image.layers):
+            self.assertIsNotNone(await self.proxy.site.cache.store.lookup(blob.digest))
+        counters = self.proxy.site.cache.index.counters
+        misses = counters.misses
+        self.assertHoldsImage(await self.pullTo(self.proxy.reference("warm/app", "v1")))
+        self.assertEqual(counters.misses, misses)

@@ -15,8 +15,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyRequest
 
 from regproxy.auth.credentials import BasicCredentials
+from regproxy.proxy.cacheasks import CacheTarget, clientCredentials, unreachable
 from regproxy.proxy.cachedresponse import BytesResponse, parseRange
-from regproxy.proxy.caching import CacheTarget, clientCredentials, unreachable
 from regproxy.proxy.upstreamauth import UpstreamAccess, UpstreamAuthAgent
 from regproxy.server.errors import RegistryError
 
