@@ -18,6 +18,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from regproxy.cache.store import Fill
+from regproxy.proxy.relay import _readLarger
 
 
 class RunningFill:
@@ -62,6 +63,10 @@ class FillWriter(Protocol):
         self._fill = fill
         self._running = running
         self._done = done
+
+    def connectionMade(self) -> None:
+        # As the relay does: 1 MiB per read, a sixteenth of the calls.
+        _readLarger(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         self._fill.write(data)
