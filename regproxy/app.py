@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import attrs
 from treq.client import HTTPClient
-from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.web.iweb import IAgent
+from twisted.web.resource import Resource
 
 from regproxy.auth.access import AccessRules, AccessRulesError, AccessRulesFile
 from regproxy.auth.broker import Broker
@@ -31,26 +31,24 @@ from regproxy.auth.jwt import (
     loadOrCreateIssuer,
 )
 from regproxy.auth.sealing import Sealer, loadOrCreateKey
+from regproxy.auth.throttle import LoginThrottle
 from regproxy.auth.tokenresource import TokenResource
 from regproxy.auth.upstreamlogins import UpstreamLogins
 from regproxy.auth.users import HtpasswdLogins
-from regproxy.cache.index import CacheIndex
-from regproxy.cache.store import BlobStore
 from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
 from regproxy.metrics import CountedClient, Metrics
-from regproxy.names.sizes import formatSize
 from regproxy.proxy.agent import NoCookies, makeUpstreamAgent
 from regproxy.proxy.brokered import BrokeredRegistryResource
+from regproxy.proxy.cachesetup import cacheLine, makeForwarder, makeWarmer
 from regproxy.proxy.caching import CachingForwarder
+from regproxy.proxy.catalog import CatalogResource, CatalogRoot, UpstreamCatalog
 from regproxy.proxy.measured import MeasuredAgent
 from regproxy.proxy.passthrough import (
     RegistryResource,
     TokenPassthroughResource,
     UpstreamRealm,
 )
-from regproxy.proxy.relay import Forwarder
 from regproxy.proxy.upstreamauth import UpstreamAuthenticator
-from regproxy.proxy.warming import FleetWarmer
 from regproxy.resolve.balena import BalenaResolver
 from regproxy.resolve.cache import CachingResolver
 from regproxy.resolve.digests import (
@@ -166,6 +164,7 @@ def makeResolver(
         config.balena_api or DEFAULT_BALENA_API,
         CountedClient(apiClient, metrics.balenaAPIRequests),
         reactor,
+        timeout=config.response_timeout,
     )
     caching = CachingResolver(
         balena,
@@ -272,76 +271,17 @@ def makeBroker(
     )
     sealer = Sealer(loadOrCreateKey(os.path.join(_stateDir(config), "sealing.key")))
     backend = makeBackend(config, reactor, authenticator, reloads)
+    # Our own bcrypt checks are what a flood of wrong passwords exhausts;
+    # upstream logins are the upstream's to throttle.
+    throttle = LoginThrottle(reactor) if config.htpasswd is not None else None
     return Broker(
-        issuer, verifier, sealer, backend, config.service_name, config.public_url
-    )
-
-
-DEFAULT_CACHE_LIMIT = 20 * 1024**3
-
-
-def _cacheLine(config: Config) -> str:
-    if config.cache_size == 0:
-        return "off (--cache-size 0)"
-    size = (
-        formatSize(config.cache_size)
-        if config.cache_size is not None
-        else "half the free space at start, at most 20GiB"
-    )
-    return f"{cacheDir(config)}, up to {size}"
-
-
-def cacheDir(config: Config) -> str:
-    return config.cache_dir or os.path.join(config.state_dir, "cache")
-
-
-def cacheSize(config: Config, directory: str) -> int:
-    """
-    C{--cache-size}, or half the free space of the cache's filesystem now,
-    at most 20 GiB.
-    """
-    if config.cache_size is not None:
-        return config.cache_size
-    stat = os.statvfs(directory)
-    return min(stat.f_bavail * stat.f_frsize // 2, DEFAULT_CACHE_LIMIT)
-
-
-def makeForwarder(
-    config: Config, reactor: Any, agent: IAgent, metrics: Metrics
-) -> Forwarder:
-    """
-    The relay to the upstream, with the LAN cache in front unless
-    C{--cache-size 0} turned it off.  The cache reads and writes its files
-    and its index on threads: a reactor without them (the in-memory ones
-    of unit tests) gets the plain relay.
-    """
-    clock: Any = reactor  # what the cache times itself with
-    if config.cache_size == 0 or not IReactorThreads.providedBy(reactor):
-        return Forwarder(agent, reactor, config.response_timeout, metrics)
-
-    def openCache() -> tuple[BlobStore, CacheIndex]:
-        directory = cacheDir(config)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        index = CacheIndex.open(os.path.join(directory, "index.sqlite"), reactor)
-        store = BlobStore(
-            directory,
-            index,
-            reactor,
-            cacheSize(config, directory),
-            config.cache_min_free,
-            protectFor=config.cache_protect,
-        )
-        return store, index
-
-    return CachingForwarder(
-        agent,
-        clock,
-        config.response_timeout,
-        metrics,
-        opener=openCache,
-        authTTL=config.cache_auth_ttl,
-        offlineGrace=config.cache_offline_grace,
-        staleFor=config.cache_stale,
+        issuer,
+        verifier,
+        sealer,
+        backend,
+        config.service_name,
+        config.public_url,
+        throttle,
     )
 
 
@@ -390,36 +330,35 @@ def makeSite(
         )
         root.putChild(b"token", TokenPassthroughResource(forwarder, realm))
     else:
-        authenticator = UpstreamAuthenticator(agent, upstream, reactor)
+        authenticator = UpstreamAuthenticator(
+            agent, upstream, reactor, timeout=config.response_timeout
+        )
         broker = makeBroker(config, reactor, authenticator, environ, reloads)
         metrics.read("regproxy_tokens_issued", lambda: broker.tokensIssued)
         metrics.read("regproxy_logins_refused", lambda: broker.loginsRefused)
+        metrics.read("regproxy_logins_throttled", lambda: broker.loginsThrottled)
         resolver = makeResolver(config, reactor, apiClient, reloads, metrics)
-        root.putChild(
-            b"v2",
-            BrokeredRegistryResource(
-                broker,
-                resolver,
-                authenticator,
-                forwarder,
-                upstream,
-                config.public_url,
-                config.api_token,
-                fleetNames=resolverKind(config) != "identity",
-                digests=makeDigestLocations(config, reactor),
-            ),
+        registry: Resource = BrokeredRegistryResource(
+            broker,
+            resolver,
+            authenticator,
+            forwarder,
+            upstream,
+            config.public_url,
+            config.api_token,
+            fleetNames=resolverKind(config) != "identity",
+            digests=makeDigestLocations(config, reactor),
         )
-        root.putChild(b"token", TokenResource(broker))
-        if config.warm_fleet and isinstance(forwarder, CachingForwarder):
-            warmer = FleetWarmer(
-                resolver,
-                forwarder,
-                authenticator,
-                upstream,
-                config.warm_fleet,
-                config.api_token,
-                reactor,
+        if config.htpasswd is not None:
+            # Our own rules say who may list what; elsewhere the catalog
+            # would list names (fleet images) a client may not see.
+            catalog = UpstreamCatalog(
+                authenticator, agent, upstream, reactor, config.response_timeout
             )
+            registry = CatalogRoot(registry, CatalogResource(broker, catalog))
+        root.putChild(b"v2", registry)
+        root.putChild(b"token", TokenResource(broker))
+        warmer = makeWarmer(config, resolver, forwarder, authenticator, reactor)
     root.putChild(b"_health", healthResource())
     root.putChild(
         b"_ready", ReadyResource(UpstreamProbe(agent, upstream.base + b"/v2/", reactor))
@@ -476,7 +415,7 @@ def startupLines(config: Config, environ=os.environ) -> list[str]:
             f"{_tokenKeySource(config, environ)}, "
             f"tokens valid {config.token_lifetime:g}s"
         )
-    lines.append(f"cache: {_cacheLine(config)}")
+    lines.append(f"cache: {cacheLine(config)}")
     if config.trusted_proxy:
         lines.append(f"trusted proxies: {', '.join(config.trusted_proxy)}")
     return lines

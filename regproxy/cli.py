@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "regproxy.commands.cert",
         "show the TLS certificate; print client setup for HOST:PORT",
     ),
+    "health": (
+        "regproxy.commands.health",
+        "exit 0 when the running daemon's /_health answers (container checks)",
+    ),
 }
 
 

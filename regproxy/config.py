@@ -125,6 +125,25 @@ def parseHTTPURL(value: Any) -> str:
     return text.rstrip("/")
 
 
+def parseUpstreamURL(value: Any) -> str:
+    """
+    The upstream registry's base URL.  A path is a prefix the registry is
+    mounted under (C{https://host/mirror}); a C{/v2} in it is the API
+    root, which regproxy adds itself, and would make every request
+    C{/v2/v2/...} (every pull then fails with "manifest unknown").
+    """
+    text = parseHTTPURL(value)
+    url = URL.from_text(text)
+    if "v2" in url.path:
+        base = url.replace(path=url.path[: url.path.index("v2")]).to_text()
+        base = base.rstrip("/")
+        raise ValueError(
+            f"give the registry's base URL without /v2 (regproxy adds "
+            f"/v2/ itself): {base!r}, not {text!r}"
+        )
+    return text
+
+
 def parseOptionalHTTPURL(value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -282,8 +301,9 @@ class Config:
     )
     upstream: str = setting(
         DEFAULT_UPSTREAM,
-        parseHTTPURL,
-        "The registry to forward to (http or https URL).",
+        parseUpstreamURL,
+        "The registry to forward to (http or https URL, without /v2; a path "
+        "is a prefix the registry is served under).",
         metavar="URL",
     )
     public_url: str | None = setting(
@@ -309,13 +329,17 @@ class Config:
     connect_timeout: float = setting(
         10.0,
         parsePositiveFloat,
-        "Seconds to wait for a connection to the upstream.",
+        "Seconds to wait for a connection to an upstream (registry, token "
+        "service, balena API); past it the client gets 504.",
         metavar="SECONDS",
     )
     response_timeout: float = setting(
         60.0,
         parsePositiveFloat,
-        "Seconds to wait for the upstream's response headers.",
+        "Seconds to wait for an upstream's answer (registry, token service, "
+        "balena API), and at most this long between pieces of an upload or "
+        "of a body; past it the client gets 504, or its connection is closed "
+        "mid-body.",
         metavar="SECONDS",
     )
     header_timeout: float = setting(

@@ -22,7 +22,8 @@ what a client may do is the union of every rule that applies to it::
 
     [[rule]]
     users = ["admin"]
-    catalog = true                  # may list the registry's catalog
+    catalog = true                  # may list /v2/_catalog (only the
+                                    # repositories they may pull)
 
 Repository globs: C{*} matches within one path segment (never a C{/}),
 C{?} one character other than C{/}, C{**} anything including C{/}

@@ -22,6 +22,7 @@ from regproxy.auth.credentials import BasicCredentials
 from regproxy.auth.interfaces import Account, IAuthBackend, LoginFailed
 from regproxy.auth.jwt import TokenError, TokenIssuer, TokenVerifier
 from regproxy.auth.sealing import Sealer, SealError
+from regproxy.auth.throttle import Attempt, LoginThrottle, Throttled
 from regproxy.names.challenge import bearer
 from regproxy.names.reference import BASE, RegistryPath
 from regproxy.names.scope import Scope
@@ -47,18 +48,29 @@ def requiredActions(method: bytes, kind: str) -> tuple[str, ...]:
     return ("pull", "push")
 
 
-def _allowed(access: Any, name: str, actions: tuple[str, ...]) -> bool:
+def _allowed(access: Any, needed: Scope) -> bool:
     granted: set[str] = set()
     if isinstance(access, list):
         for entry in access:
             if (
                 isinstance(entry, dict)
-                and entry.get("type") == "repository"
-                and entry.get("name") == name
+                and entry.get("type") == needed.resourceType
+                and entry.get("name") == needed.name
                 and isinstance(entry.get("actions"), list)
             ):
                 granted.update(a for a in entry["actions"] if isinstance(a, str))
-    return "*" in granted or all(action in granted for action in actions)
+    return "*" in granted or all(action in granted for action in needed.actions)
+
+
+def _clientHost(request: Request) -> str:
+    """
+    The client's address: through trusted proxies, the client's own (a
+    proxy in front must not make every client share one budget).
+    """
+    view = getattr(request, "clientView", None)
+    if view is not None:
+        return view.address
+    return getattr(request.getClientAddress(), "host", None) or "local"
 
 
 @attrs.define
@@ -73,6 +85,7 @@ class Broker:
     backend: IAuthBackend
     serviceName: str
     publicURL: str | None = None
+    throttle: LoginThrottle | None = None
     _verified: OrderedDict[str, tuple[dict[str, Any], float]] = attrs.field(
         factory=OrderedDict
     )
@@ -112,6 +125,55 @@ class Broker:
             None,
             self.challengeFor(request, scope, error),
         )
+
+    @property
+    def loginsThrottled(self) -> int:
+        """
+        How many logins were answered 429 (for metrics).
+        """
+        return self.throttle.throttled if self.throttle is not None else 0
+
+    async def login(
+        self, request: Request, credentials: BasicCredentials | None
+    ) -> Account:
+        """
+        Who C{credentials} (L{None}: anonymous) are, as the backend says,
+        throttled by account and client address when we have a throttle
+        (unless they were accepted lately: that costs no check, and keeps
+        an account's owner in while others guess its password).
+
+        @raise LoginFailed: The credentials are wrong.
+        @raise RegistryError: 429 when this account or address has used up
+            its budget of failed logins or its share of checks.
+        """
+        attempt: Attempt | None = None
+        if (
+            credentials is not None
+            and self.throttle is not None
+            and not self.backend.knownGood(credentials)
+        ):
+            try:
+                attempt = self.throttle.admit(
+                    credentials.username, _clientHost(request)
+                )
+            except Throttled as e:
+                raise RegistryError(
+                    429,
+                    "TOOMANYREQUESTS",
+                    f"too many login attempts; try again in {e.retryAfter}s",
+                    None,
+                    ((b"Retry-After", b"%d" % (e.retryAfter,)),),
+                ) from None
+        failed = False
+        try:
+            return await self.backend.login(credentials)
+        except LoginFailed:
+            failed = True
+            self.loginsRefused += 1
+            raise
+        finally:
+            if attempt is not None:
+                attempt.finished(failed)
 
     # Issuing
 
@@ -177,6 +239,15 @@ class Broker:
                 path.name,
                 requiredActions(request.method, path.kind),
             )
+        return await self.authorizeScope(request, needed)
+
+    async def authorizeScope(self, request: Request, needed: Scope | None) -> Account:
+        """
+        Who is asking, if our token (or Basic credentials) grants C{needed}
+        (L{None}: any valid login, or none).
+
+        @raise RegistryError: 401 with our challenge otherwise.
+        """
         header = request.getHeader(b"authorization") or b""
         if header[:7].lower() == b"bearer ":
             try:
@@ -192,7 +263,7 @@ class Broker:
             if credentials is None:
                 raise self.unauthorized(request, "authentication required", needed)
             try:
-                account = await self.backend.login(credentials)
+                account = await self.login(request, credentials)
             except LoginFailed:
                 raise self.unauthorized(
                     request, "wrong user name or password"
@@ -201,7 +272,7 @@ class Broker:
                 {"type": s.resourceType, "name": s.name, "actions": list(s.actions)}
                 for s in self.backend.grant(account, (needed,) if needed else ())
             ]
-        if needed is not None and not _allowed(access, needed.name, needed.actions):
+        if needed is not None and not _allowed(access, needed):
             raise self.unauthorized(
                 request,
                 "the token does not grant this access",

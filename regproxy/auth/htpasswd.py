@@ -288,6 +288,22 @@ class HtpasswdUsers:
         self._maybeReload()
         return user in self._users
 
+    def _key(self, user: str, secret: bytes, stored: bytes | None) -> bytes:
+        return hmac.new(
+            self._secret,
+            b"\0".join([user.encode("utf-8", "surrogatepass"), secret, stored or b""]),
+            hashlib.sha256,
+        ).digest()
+
+    def remembers(self, user: str, password: str) -> bool:
+        """
+        Whether C{password} was found to be C{user}'s lately: a check that
+        will cost no bcrypt.
+        """
+        stored = self._users.get(user)
+        key = self._key(user, _passwordBytes(password), stored)
+        return stored is not None and bool(self._remembered.get(key))
+
     def checkPassword(self, user: str, password: str) -> Deferred[bool]:
         """
         Whether C{password} is C{user}'s.
@@ -301,11 +317,7 @@ class HtpasswdUsers:
         self._maybeReload()
         stored = self._users.get(user)
         secret = _passwordBytes(password)
-        key = hmac.new(
-            self._secret,
-            b"\0".join([user.encode("utf-8", "surrogatepass"), secret, stored or b""]),
-            hashlib.sha256,
-        ).digest()
+        key = self._key(user, secret, stored)
         if stored is not None and self._remembered.get(key):
             return succeed(True)
         waiters = self._waiting.get(key)

@@ -57,6 +57,12 @@ class IAuthBackend(Interface):
         fail with L{LoginFailed}.
         """
 
+    def knownGood(credentials: BasicCredentials) -> bool:
+        """
+        Whether C{credentials} were accepted lately, so that a login with
+        them costs no check (and so need not be throttled).
+        """
+
     def grant(account: Account, scopes: tuple[Scope, ...]) -> tuple[Scope, ...]:
         """
         What of C{scopes} C{account} gets; a denial is an empty grant.

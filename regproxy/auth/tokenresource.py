@@ -19,6 +19,20 @@ from regproxy.server.errors import RegistryError
 from regproxy.server.rendering import TokenEndpoint, renderLater
 from regproxy.server.request import firstArgument
 
+#: The most scopes one token request may ask for: a pull asks for one, a
+#: push with cross-repository mounts for a few.
+MAX_SCOPES = 64
+
+
+def _loginRefused(message: str) -> RegistryError:
+    return RegistryError(
+        401,
+        "UNAUTHORIZED",
+        message,
+        None,
+        ((b"WWW-Authenticate", b'Basic realm="regproxy"'),),
+    )
+
 
 class TokenResource(TokenEndpoint):
     """
@@ -35,6 +49,14 @@ class TokenResource(TokenEndpoint):
         super().__init__()
         self._broker = broker
 
+    @property
+    def broker(self) -> Broker:
+        """
+        The broker, whose C{loginsRefused} and C{loginsThrottled} count
+        refused and throttled logins (for metrics).
+        """
+        return self._broker
+
     def render_GET(self, request: Request) -> object:
         return self._start(request, self._get(request))
 
@@ -45,8 +67,19 @@ class TokenResource(TokenEndpoint):
         return renderLater(request, coroutine)
 
     def _scopes(self, request: Request) -> tuple[Scope, ...]:
+        """
+        The scopes asked for, checked before any login so that asking for
+        thousands costs us nothing.
+
+        @raise RegistryError: 400 for more than L{MAX_SCOPES}.
+        """
+        raws = request.args.get(b"scope", [])  # type: ignore[attr-defined]
+        if sum(len(raw.split()) for raw in raws) > MAX_SCOPES:
+            raise RegistryError(
+                400, "BAD_REQUEST", f"at most {MAX_SCOPES} scopes per token request"
+            )
         values = []
-        for raw in request.args.get(b"scope", []):  # type: ignore[attr-defined]
+        for raw in raws:
             try:
                 values.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
@@ -57,19 +90,33 @@ class TokenResource(TokenEndpoint):
         self, request: Request, credentials: BasicCredentials | None
     ) -> Account:
         try:
-            return await self._broker.backend.login(credentials)
+            return await self._broker.login(request, credentials)
         except LoginFailed:
-            self._broker.loginsRefused += 1
-            raise RegistryError(
-                401,
-                "UNAUTHORIZED",
-                "wrong user name or password",
-                None,
-                ((b"WWW-Authenticate", b'Basic realm="regproxy"'),),
-            ) from None
+            raise _loginRefused("wrong user name or password") from None
+
+    def _credentials(self, request: Request) -> BasicCredentials | None:
+        """
+        The client's Basic credentials; L{None} only when it sent no
+        C{Authorization} at all (an anonymous login).
+
+        @raise RegistryError: 401 for a header that is not one well-formed
+            Basic value: taking it as anonymous would make C{docker login}
+            report success for credentials nobody checked.
+        """
+        headers = request.requestHeaders.getRawHeaders(b"authorization")
+        if headers is None:
+            return None
+        credentials = BasicCredentials.fromHeader(headers[0])
+        if credentials is None or len(headers) != 1:
+            raise _loginRefused(
+                "malformed Authorization header: expected Basic credentials "
+                "(base64 of user:password)"
+            )
+        return credentials
 
     async def _get(self, request: Request) -> None:
-        credentials = BasicCredentials.fromHeader(request.getHeader(b"authorization"))
+        scopes = self._scopes(request)
+        credentials = self._credentials(request)
         account = await self._login(request, credentials)
         refresh = None
         if (
@@ -77,9 +124,10 @@ class TokenResource(TokenEndpoint):
             and firstArgument(request, b"offline_token") == "true"
         ):
             refresh = self._broker.refreshToken(credentials)
-        self._answer(request, account, refresh)
+        self._answer(request, account, scopes, refresh)
 
     async def _post(self, request: Request) -> None:
+        scopes = self._scopes(request)
         grantType = firstArgument(request, b"grant_type")
         credentials: BasicCredentials | None
         if grantType == "password":
@@ -109,13 +157,17 @@ class TokenResource(TokenEndpoint):
             refresh = self._broker.refreshToken(credentials)
         elif grantType == "refresh_token":
             refresh = firstArgument(request, b"refresh_token")
-        self._answer(request, account, refresh)
+        self._answer(request, account, scopes, refresh)
 
-    def _answer(self, request: Request, account: Account, refresh: str | None) -> None:
+    def _answer(
+        self,
+        request: Request,
+        account: Account,
+        scopes: tuple[Scope, ...],
+        refresh: str | None,
+    ) -> None:
         request.accountName = account.name  # type: ignore[attr-defined]
-        issued = self._broker.issue(
-            account, self._scopes(request), firstArgument(request, b"service")
-        )
+        issued = self._broker.issue(account, scopes, firstArgument(request, b"service"))
         body = tokenResponseBody(issued, refresh)
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")

@@ -39,15 +39,17 @@ class UpstreamLogins:
     async def _login(self, credentials: BasicCredentials | None) -> Account:
         if credentials is None:
             return Account()
-        now = self.clock.seconds()
-        if self._good.get(credentials.cacheKey, 0) > now:
+        if self.knownGood(credentials):
             return Account(credentials.username, credentials)
         if not await self.authenticator.checkLogin(credentials):
             raise LoginFailed()
-        self._good[credentials.cacheKey] = now + self.rememberFor
+        self._good[credentials.cacheKey] = self.clock.seconds() + self.rememberFor
         while len(self._good) > 4096:
             self._good.popitem(last=False)
         return Account(credentials.username, credentials)
+
+    def knownGood(self, credentials: BasicCredentials) -> bool:
+        return self._good.get(credentials.cacheKey, 0) > self.clock.seconds()
 
     def grant(self, account: Account, scopes: tuple[Scope, ...]) -> tuple[Scope, ...]:
         return scopes

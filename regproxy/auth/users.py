@@ -58,6 +58,9 @@ class HtpasswdLogins:
             raise LoginFailed()
         return Account(credentials.username, None)
 
+    def knownGood(self, credentials: BasicCredentials) -> bool:
+        return self.users.remembers(credentials.username, credentials.password)
+
     def grant(self, account: Account, scopes: tuple[Scope, ...]) -> tuple[Scope, ...]:
         return self.rules.grant(account.name, scopes)
 

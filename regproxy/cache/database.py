@@ -111,9 +111,10 @@ class IndexDatabase:
 
     def removeEntries(self, digests: Iterable[str]) -> list[tuple[str, int]]:
         """
-        Forget C{digests}, with their links and references (no link outlives
-        the bytes it vouches for); returns the (digest, size) of those that
-        were held.
+        Forget C{digests} with their links (no link outlives the bytes it
+        vouches for); returns the (digest, size) of those that were held.
+        What a manifest references stays: a tag's layers stay protected
+        while its manifest is fetched again.
         """
         removed = []
         with self.connection:
@@ -125,7 +126,6 @@ class IndexDatabase:
                     continue
                 removed.append((digest, int(row[0])))
                 self.connection.execute("DELETE FROM links WHERE digest = ?", (digest,))
-                self.connection.execute("DELETE FROM refs WHERE parent = ?", (digest,))
         return removed
 
     def entries(self) -> list[tuple[str, int]]:

@@ -10,6 +10,7 @@ keeping them (each run off the reactor thread by the store).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import os
@@ -53,35 +54,56 @@ def tempDirectory(root: str) -> str:
 def prepare(root: str) -> None:
     """
     Make the store's directories and remove what a crash left of fills in
-    progress: a temporary file is never an entry.
+    progress: a temporary file is never an entry.  A running fill holds a
+    lock on its file, so a second process on the same directory
+    (C{regproxy cache verify} beside the daemon) leaves it alone.
     """
     temp = tempDirectory(root)
     os.makedirs(temp, exist_ok=True)
     os.makedirs(os.path.join(root, "blobs"), exist_ok=True)
     for name in os.listdir(temp):
-        os.unlink(os.path.join(temp, name))
+        path = os.path.join(temp, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        else:
+            removeFile(path)
+        finally:
+            os.close(fd)
 
 
 def openTemporary(root: str) -> tuple[str, int]:
     """
     A new temporary file for a fill: (path, descriptor open for reading and
-    writing).
+    writing, holding the lock that marks it as in progress).
     """
     path = os.path.join(tempDirectory(root), secrets.token_hex(16))
-    return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return path, fd
 
 
-def keep(fd: int, temporary: str, final: str) -> None:
+def keep(fd: int, temporary: str, final: str, durable: bool = True) -> None:
     """
     Make a fill's file an entry: flush it to the disk, then rename it into
     place and flush the directory, so a power cut leaves either no entry or
     a whole one.
+
+    @param durable: Whether to flush (only tests that hammer the store
+        with thousands of fills turn it off).
     """
-    os.fsync(fd)
+    if durable:
+        os.fsync(fd)
     directory = os.path.dirname(final)
     os.makedirs(directory, exist_ok=True)
     os.rename(temporary, final)
-    syncDirectory(directory)
+    if durable:
+        syncDirectory(directory)
 
 
 def syncDirectory(directory: str) -> None:
@@ -129,6 +151,32 @@ def readEntry(path: str, size: int) -> bytes | None:
         return os.pread(fd, size, 0) if size else b""
     finally:
         os.close(fd)
+
+
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+
+
+def readCached(fd: int, length: int, offset: int) -> bytes | None:
+    """
+    C{length} bytes at C{offset} if the page cache holds them, else L{None}
+    (read them on a thread then).  The first and last byte are probed
+    without waiting for the disk; when both are cached the read is a memory
+    copy, cheaper on the reactor thread than a thread-pool hop per read.
+    """
+    global _NOWAIT
+    if _NOWAIT is None:
+        return None
+    probe = bytearray(1)
+    for at in {offset, offset + length - 1}:
+        try:
+            os.preadv(fd, [probe], at, _NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError:
+            # Not supported by this filesystem or kernel: always use threads.
+            _NOWAIT = None
+            return None
+    return os.pread(fd, length, offset)
 
 
 def hashesTo(path: str, digest: str) -> bool:

@@ -25,7 +25,13 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from regproxy.cache import files
-from regproxy.cache.streaming import SourceFailed, Streamer
+from regproxy.cache.sendfile import stream
+from regproxy.cache.streaming import (
+    FOLLOW_READ_SIZE,
+    FileHandle,
+    SourceFailed,
+    readAt,
+)
 from regproxy.cache.threads import Runner, deferred
 
 # How much of a download that is not being kept (too big for the cache, or
@@ -39,10 +45,17 @@ class Keeper(Protocol):
     """
 
     run: Runner
+    durable: bool
+    zeroCopy: bool
 
     def kept(self, download: Download) -> Awaitable[None]:
         """
         The download is now an entry: index it and link it.
+        """
+
+    def grow(self, download: Download, size: int) -> bool:
+        """
+        Reserve C{size} more bytes for C{download}; whether they fit.
         """
 
     def ended(self, download: Download) -> None:
@@ -109,6 +122,10 @@ class Download:
         if self.size is not None and self.written > self.size:
             self.fail(Failure(SourceFailed("the upstream sent more than its length")))
             return
+        if self.keeping and self.size is None:
+            # No length to reserve up front: reserve as it comes, and stop
+            # keeping (the file still serves its readers) once it cannot fit.
+            self.keeping = self._keeper.grow(self, len(data))
         self._wake()
 
     def _remember(self, data: bytes) -> None:
@@ -145,7 +162,9 @@ class Download:
             return False
         path, fd = self._temporary
         try:
-            await self._keeper.run(files.keep, fd, path, self._final)
+            await self._keeper.run(
+                files.keep, fd, path, self._final, self._keeper.durable
+            )
         except Exception:
             self._log.failure("Keeping {digest}", digest=self.digest)
             self._discard()
@@ -229,8 +248,17 @@ class Download:
         A new reader; it holds its own descriptor on the file, so it can
         finish after the file is renamed or removed.
         """
-        fd = None if self._temporary is None else os.dup(self._temporary[1])
-        return _Reader(self, fd)
+        if self._temporary is not None:
+            return _Reader(self, os.dup(self._temporary[1]))
+        if not self.over:
+            return _Reader(self, None)
+        if self.verified and self.keeping:
+            # Renamed into place already: read the entry.
+            try:
+                return _Reader(self, os.open(self._final, os.O_RDONLY))
+            except FileNotFoundError:
+                pass
+        raise SourceFailed("this download is over and its bytes are not held")
 
     def readWindow(self, offset: int, length: int) -> bytes:
         if offset < self._windowStart:
@@ -246,14 +274,14 @@ class Download:
         return b"".join(pieces)
 
 
-class _Reader:
+class _Reader(FileHandle):
     """
     One reader's view of a L{Download}, as a L{regproxy.cache.streaming.Source}.
     """
 
     def __init__(self, download: Download, fd: int | None) -> None:
+        super().__init__(fd)
         self._download = download
-        self._fd = fd
 
     def available(self) -> int:
         return self._download.readable()
@@ -272,12 +300,7 @@ class _Reader:
     def read(self, offset: int, length: int) -> Deferred[bytes]:
         if self._fd is None:
             return succeed(self._download.readWindow(offset, length))
-        return self._download._keeper.run(os.pread, self._fd, length, offset)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        return readAt(self._download._keeper.run, self._fd, length, offset)
 
 
 class Fill:
@@ -356,4 +379,13 @@ class Fill:
         first, end = (
             (0, self._download.size) if range is None else (range[0], range[1] + 1)
         )
-        return await Streamer(request, self._download.source(), first, end).stream()
+        download = self._download
+        return await stream(
+            request,
+            download.source(),
+            first,
+            end,
+            download._keeper.run,
+            download._keeper.zeroCopy,
+            FOLLOW_READ_SIZE,
+        )

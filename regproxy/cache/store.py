@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web.server import Request
@@ -20,24 +21,25 @@ from regproxy.cache import files
 from regproxy.cache.eviction import chooseEvictions
 from regproxy.cache.fill import Download, Fill
 from regproxy.cache.index import CacheIndex
-from regproxy.cache.streaming import SourceFailed, Streamer
+from regproxy.cache.sendfile import stream
+from regproxy.cache.streaming import FileHandle, SourceFailed, readAt
 from regproxy.cache.threads import Runner, deferred, poolRunner, startedPool
 
 DEFAULT_PROTECT = 7 * 24 * 3600.0
 
 
-def _freeSpace(path: str) -> int:
+def filesystemFree(path: str) -> int:
     stat = os.statvfs(path)
     return stat.f_bavail * stat.f_frsize
 
 
-class _EntrySource:
+class _EntrySource(FileHandle):
     """
     A complete entry, as a L{regproxy.cache.streaming.Source}.
     """
 
     def __init__(self, fd: int, size: int, run: Runner) -> None:
-        self._fd: int | None = fd
+        super().__init__(fd)
         self._size = size
         self._run = run
 
@@ -54,14 +56,15 @@ class _EntrySource:
         pass
 
     def read(self, offset: int, length: int) -> Deferred[bytes]:
-        return self._run(os.pread, self._fd, length, offset)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        assert self._fd is not None
+        return readAt(self._run, self._fd, length, offset)
 
 
+# For callers that hold the key themselves (see CACHE_API.md).
+credentialFingerprint = files.credentialFingerprint
+
+
+@attrs.define(eq=False)
 class BlobStore:
     """
     Blobs and manifests by digest under C{root}/blobs.
@@ -73,39 +76,38 @@ class BlobStore:
     @param diskRunner: Runs blocking disk calls (reads, fsync, rename,
         hashing); a small thread pool when not given.
     @param freeSpace: Free bytes of the filesystem at a path (tests fake it).
+    @param zeroCopy: Whether hits on plain TCP go by C{sendfile}.
+    @param durable: Whether fills are flushed to the disk before they count
+        as kept; only tests turn it off.
     """
 
     _log = Logger()
 
-    def __init__(
-        self,
-        root: str,
-        index: CacheIndex,
-        reactor: Any,
-        maxSize: int,
-        minFree: int,
-        protectFor: float = DEFAULT_PROTECT,
-        diskRunner: Runner | None = None,
-        freeSpace: Callable[[str], int] = _freeSpace,
-    ) -> None:
-        self.root = root
-        self.index = index
-        self.maxSize = maxSize
-        self.minFree = minFree
-        self.protectFor = protectFor
-        if diskRunner is None:
-            diskRunner = poolRunner(
-                reactor, startedPool(reactor, "regproxy-cache-disk", 2)
-            )
-        self.run = diskRunner
-        self._freeSpace = freeSpace
-        self._fills: dict[str, Download] = {}
-        self._reserved: dict[Download, int] = {}
-        self._pinned: set[str] = set()
-        self._evicting: Deferred[None] | None = None
-        self._evictAgain = False
-        self._key: bytes | None = None
-        files.prepare(root)
+    root: str
+    index: CacheIndex
+    reactor: Any
+    maxSize: int
+    minFree: int
+    protectFor: float = DEFAULT_PROTECT
+    diskRunner: Runner | None = None
+    _freeSpace: Callable[[str], int] = filesystemFree
+    durable: bool = True
+    zeroCopy: bool = True
+    run: Runner = attrs.field(init=False)
+    _fills: dict[str, Download] = attrs.field(init=False, factory=dict)
+    _reserved: dict[Download, int] = attrs.field(init=False, factory=dict)
+    _pinned: set[str] = attrs.field(init=False, factory=set)
+    _evicting: bool = attrs.field(init=False, default=False)
+    _evictAgain: bool = attrs.field(init=False, default=False)
+    _key: bytes | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.diskRunner is None:
+            pool = startedPool(self.reactor, "regproxy-cache-disk", 2)
+            self.run = poolRunner(self.reactor, pool)
+        else:
+            self.run = self.diskRunner
+        files.prepare(self.root)
 
     @property
     def counters(self) -> Any:
@@ -172,7 +174,7 @@ class BlobStore:
         self.index.touch(digest)
         first, end = (0, size) if range is None else (range[0], range[1] + 1)
         source = _EntrySource(fd, size, self.run)
-        return await Streamer(request, source, first, end).stream()
+        return await stream(request, source, first, end, self.run, self.zeroCopy)
 
     # Filling.
 
@@ -215,6 +217,16 @@ class BlobStore:
             await self.index.link(upstream, repository, download.digest)
         self._makeRoom()
 
+    def grow(self, download: Download, size: int) -> bool:
+        reserved = self._reserved.get(download, 0) + size
+        others = sum(self._reserved.values()) - self._reserved.get(download, 0)
+        if reserved > self.maxSize - others:
+            self._reserved.pop(download, None)
+            return False
+        self._reserved[download] = reserved
+        self._makeRoom()
+        return True
+
     def ended(self, download: Download) -> None:
         self._reserved.pop(download, None)
         if self._fills.get(download.digest) is download:
@@ -241,11 +253,10 @@ class BlobStore:
         """
         if not self._overLimit():
             return
-        if self._evicting is not None:
+        if self._evicting:
             self._evictAgain = True
             return
-        self._evicting = self.evict()
-        self._evicting.addErrback(lambda f: self._log.failure("Evicting", f))
+        self.evict().addErrback(lambda f: self._log.failure("Evicting", f))
 
     @deferred
     async def evict(self) -> None:
@@ -253,6 +264,10 @@ class BlobStore:
         Evict until the entries and the running fills' reservations fit in
         C{maxSize}: least recently used first, protected entries last.
         """
+        if self._evicting:
+            self._evictAgain = True
+            return
+        self._evicting = True
         try:
             while True:
                 self._evictAgain = False
@@ -261,7 +276,7 @@ class BlobStore:
                 if not self._evictAgain:
                     break
         finally:
-            self._evicting = None
+            self._evicting = False
 
     async def _evictOnce(self) -> None:
         order = await self.index.evictionOrder(self.protectFor, self._pinned)
@@ -302,7 +317,8 @@ class BlobStore:
         """
         Re-hash every entry, and every entry file the index does not know
         (left by a crash after the rename); drop what is wrong, adopt what
-        is right.  Fires with (checked, dropped).
+        is right.  Fires with (checked, dropped).  Evicts nothing: the
+        command runs it on a store opened without a size.
         """
         checked = dropped = 0
         known = await self.index.entries()
@@ -327,7 +343,6 @@ class BlobStore:
             else:
                 await self.run(files.removeFile, self._path(digest))
                 dropped += 1
-        self._makeRoom()
         return checked, dropped
 
     def _isWhole(self, digest: str, size: int) -> bool:

@@ -7,17 +7,25 @@ The same loop serves a complete entry and follows a fill's growing file.
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from regproxy.cache import files
+from regproxy.cache.threads import Runner
+
 # Like the relay's RELAY_READ_SIZE: a sixteenth of the Python calls per byte
 # of Twisted's 64 KiB, and one send call per read with _sendLarger.
 SERVE_READ_SIZE = 1024 * 1024
+
+# Readers of a fill go no faster than the upstream: smaller reads keep
+# twenty of them on one blob well within the daemon's memory budget.
+FOLLOW_READ_SIZE = 256 * 1024
 
 
 class Source(Protocol):
@@ -47,10 +55,45 @@ class Source(Protocol):
 
     def read(self, offset: int, length: int) -> Deferred[bytes]: ...
 
+    def fileno(self) -> int | None:
+        """
+        The file the bytes are in, for sendfile; L{None} when in memory.
+        """
+
     def release(self) -> None:
         """
         This reader is done: close what it holds.
         """
+
+
+def readAt(run: Runner, fd: int, length: int, offset: int) -> Deferred[bytes]:
+    """
+    Read C{length} bytes at C{offset}: at once from the page cache when
+    they are there (the common case for a hit, and always for readers of a
+    fill), else the rest on C{run}'s threads, so a cold disk never blocks
+    the reactor.
+    """
+    data = files.readCached(fd, length, offset)
+    if data is not None:
+        return succeed(data)
+    return run(os.pread, fd, length, offset)
+
+
+class FileHandle:
+    """
+    A reader's own descriptor on a cache file, closed when it is done.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int | None:
+        return self._fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class SourceFailed(Exception):
@@ -166,6 +209,6 @@ class Streamer:
                     await self._paused
         finally:
             self._source.release()
-            if not self._gone:
+            if not getattr(self._request, "_disconnected", False):
                 self._request.unregisterProducer()
         return sent

@@ -16,6 +16,7 @@ repository with the client's own credentials, and forward.
 
 from __future__ import annotations
 
+from cachetools import TTLCache
 from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
@@ -48,6 +49,7 @@ from regproxy.proxy.mounts import parseMount, withoutMount, withSource
 from regproxy.proxy.relay import Forwarder, forwardedRequestHeaders
 from regproxy.proxy.tags import writeTags
 from regproxy.proxy.upstreamauth import UpstreamAccess, UpstreamAuthenticator
+from regproxy.resolve.cache import DEFAULT_MISS_TTL
 from regproxy.resolve.digests import IDigestLocations, MemoryDigestLocations
 from regproxy.resolve.interfaces import (
     SERVER,
@@ -131,6 +133,12 @@ class BrokeredRegistryResource(Resource):
         self.memory = ManifestMemory(
             ManifestCache(broker.issuer.clock), digests or MemoryDigestLocations()
         )
+        # Upstream refusals of a fleet's repository, remembered as long as
+        # a missing name is, so that an outsider gets both answers from
+        # memory alike and cannot tell them apart by time.
+        self.denials: TTLCache[tuple, bool] = TTLCache(
+            4096, DEFAULT_MISS_TTL, timer=broker.issuer.clock.seconds
+        )
 
     def render(self, request: StreamingRequest) -> object:
         request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
@@ -153,6 +161,9 @@ class BrokeredRegistryResource(Resource):
         resolution = await self._resolve(path, account)
         request.upstreamRepository = resolution.repository
         fetch = await self._upstreamFetch(request, path, resolution, account)
+        denial = self._denialKey(path, fetch)
+        if denial is not None and denial in self.denials:
+            raise self._denied(request, path, account)
         key = self._memoryKey(request, path, resolution, fetch)
         if key is not None and await self.memory.answer(
             request, key, path.name, resolution.repository
@@ -336,9 +347,28 @@ class BrokeredRegistryResource(Resource):
         except RegistryError as e:
             if e.status != 401:
                 raise
+            self._rememberDenial(path, fetch)
             raise self._refused(request, path) from None
         except UpstreamRefused:
+            self._rememberDenial(path, fetch)
             raise self._denied(request, path, account) from None
+
+    def _rememberDenial(self, path: RegistryPath, fetch: UpstreamFetch) -> None:
+        key = self._denialKey(path, fetch)
+        if key is not None:
+            self.denials[key] = True
+
+    def _denialKey(self, path: RegistryPath, fetch: UpstreamFetch) -> tuple | None:
+        """
+        Who asked what of which real repository, for a fleet name: only a
+        fleet's refusals are remembered.
+        """
+        if not self._fleetNames or path.imageReference().fleetName() is None:
+            return None
+        assert fetch.access is not None
+        credentials = fetch.access.credentials
+        who = credentials.cacheKey if credentials else "anonymous"
+        return (who, fetch.access.repository, fetch.access.actions)
 
     # Refusals
 

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import Interface, implementer
@@ -152,7 +151,7 @@ class UpstreamFetcher:
         )
         request.upstreamStatus = response.code
         if fetch.access is not None and response.code in (401, 403):
-            await readBody(response)
+            await forwarder.readBody(response)
             raise UpstreamRefused(response.code)
         return response
 
@@ -201,7 +200,7 @@ class UpstreamFetcher:
             and isinstance(response.length, int)
             and response.length <= MAX_INSPECTED
         ):
-            body = await readBody(response)
+            body = await self.forwarder.readBody(response)
             await inspect(response, body)
             request.write(body)
             request.finish()

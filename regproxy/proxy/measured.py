@@ -8,9 +8,7 @@ it fails), never per body chunk.
 from __future__ import annotations
 
 import attrs
-from OpenSSL.SSL import Error as TLSError
-from twisted.internet import error as netError
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -18,39 +16,20 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from regproxy.metrics import Metrics
-from regproxy.server.errors import UpstreamTimeout
-
-_RESET = (
-    netError.ConnectionLost,
-    netError.ConnectionDone,
-    netError.ConnectionAborted,
-)
+from regproxy.proxy.failures import classifyFailure, isCancellation
 
 
 def upstreamErrorCause(failure: Failure) -> str | None:
     """
-    The C{cause} label for a failed upstream request; L{None} when it was
-    cancelled (the client went away, or the response timeout, which
+    The C{cause} label for a failed upstream request (the words of
+    L{regproxy.proxy.failures}), C{other} for anything else; L{None} when
+    it was cancelled (the client went away, or the response timeout, which
     L{regproxy.proxy.relay.Forwarder} counts itself).
     """
-    reasons = getattr(failure.value, "reasons", None) or [failure]
-    for reason in reasons:
-        if reason.check(TLSError):
-            return "tls"
-    reason = reasons[0]
-    if reason.check(netError.ConnectionRefusedError):
-        return "refused"
-    if reason.check(netError.DNSLookupError):
-        return "dns"
-    if reason.check(netError.TimeoutError, UpstreamTimeout):
-        return "timeout"
-    if reason.check(*_RESET):
-        return "reset"
-    if reason.check(netError.ConnectingCancelledError, CancelledError):
-        return None
-    if reason.check(netError.ConnectError):
-        return "refused"
-    return "other"
+    found = classifyFailure(failure)
+    if found is not None:
+        return found[0]
+    return None if isCancellation(failure) else "other"
 
 
 @implementer(IAgent)

@@ -14,8 +14,14 @@ from __future__ import annotations
 from typing import Callable, cast
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IProducer,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,7 +33,9 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from regproxy.metrics import Metrics
-from regproxy.server.errors import UpstreamTimeout
+from regproxy.proxy.deadline import UpstreamDeadline, abortUpstream, readWholeBody
+from regproxy.proxy.failures import upstreamHost
+from regproxy.server.errors import UpstreamError
 
 # RFC 9110 section 7.6.1, plus the old Proxy-Connection and Keep-Alive.
 HOP_BY_HOP = frozenset(
@@ -181,26 +189,130 @@ def _sendLarger(transport: object) -> None:
         transport.SEND_LIMIT = RELAY_READ_SIZE
 
 
-class _BodyRelay(Protocol):
+@implementer(IBodyProducer)
+class _WatchedBody:
     """
-    Writes an upstream response body to the client, with the upstream
-    transport registered as the client request's producer: when the client
-    reads slowly, the upstream socket is paused.
+    An upload that holds off the response timeout while it moves: each
+    piece the upstream takes restarts the deadline, so a long upload is never
+    cut short, and one the upstream stops reading times out.
     """
 
-    def __init__(self, request: Request, done: Deferred[bool]) -> None:
+    def __init__(self, body: IBodyProducer, deadline: UpstreamDeadline) -> None:
+        self._body = body
+        self._deadline = deadline
+        self.length = body.length
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        self._consumer = consumer
+        return self._body.startProducing(cast(IConsumer, self))
+
+    def write(self, data: bytes) -> None:
+        self._deadline.reset()
+        self._consumer.write(data)
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self._consumer.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._consumer.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self._body.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._body.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._body.stopProducing()
+
+
+@implementer(IPushProducer)
+class _BodyRelay(Protocol):
+    """
+    Writes an upstream response body to the client, as the producer of the
+    client's request: when the client reads slowly, the upstream socket is
+    paused.
+
+    An upstream silent for C{timeout} seconds while we wait on it is
+    dropped, and so is the client's connection, which then sees a truncated
+    body and can retry.  A client that paused the upstream in that time
+    gives the upstream another C{timeout} (a stall is then found within
+    twice the timeout).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        request: Request,
+        done: Deferred[bool],
+        clock: IReactorTime,
+        timeout: float,
+        host: str = "-",
+    ) -> None:
         self._request = request
         self._done = done
+        self._clock = clock
+        self._timeout = timeout
+        self._host = host
         self._clientGone = False
+        self._paused = self._pausedLately = False
+        self._timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         _readLarger(self.transport)
         _sendLarger(getattr(self._request.channel, "transport", None))
-        self._request.registerProducer(self.transport, True)
+        self._timer = self._clock.callLater(self._timeout, self._idle)
+        self._request.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
         if not self._clientGone:
+            cast(IDelayedCall, self._timer).reset(self._timeout)
             self._request.write(data)
+
+    # IPushProducer, for the client's connection.
+
+    # A fast client pauses and resumes us once or more per piece: no timer
+    # work here, only a note that _idle reads.
+
+    def pauseProducing(self) -> None:
+        self._paused = self._pausedLately = True
+        cast(IPushProducer, self.transport).pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        cast(IPushProducer, self.transport).resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.clientGone()
+
+    def _idle(self) -> None:
+        if self._clientGone:
+            # The client left and the upstream has not closed since we
+            # asked it to (a TLS close waits for the silent peer): drop it.
+            abortUpstream(self.transport)
+            self._finish(False)
+            return
+        if self._paused or self._pausedLately:
+            # The client held the upstream back, not the upstream us: give
+            # it the whole timeout again.
+            self._pausedLately = False
+            self._timer = self._clock.callLater(self._timeout, self._idle)
+            return
+        self._log.warn(
+            "{host} sent no body data for {timeout}s after {sent}B; "
+            "closed the client connection",
+            host=self._host,
+            timeout=self._timeout,
+            sent=self._request.sentLength,
+        )
+        self._request.upstreamFailure = UpstreamError(  # type: ignore[attr-defined]
+            "timeout", self._host, "the body stalled"
+        )
+        self._clientGone = True
+        self._request.unregisterProducer()
+        abortUpstream(self.transport)
+        self._finish(False)
 
     def clientGone(self) -> None:
         """
@@ -216,8 +328,15 @@ class _BodyRelay(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         complete = bool(reason.check(ResponseDone, PotentialDataLoss))
         if not self._clientGone:
+            self._clientGone = True
             self._request.unregisterProducer()
-        self._done.callback(complete)
+        self._finish(complete)
+
+    def _finish(self, complete: bool) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if not self._done.called:
+            self._done.callback(complete)
 
 
 @attrs.define
@@ -227,8 +346,10 @@ class Forwarder:
 
     @ivar agent: Speaks HTTP to the upstream; a pooled L{Agent} in
         production, a L{RequestTraversalAgent} or similar in tests.
-    @ivar clock: For the response timeout.
-    @ivar responseTimeout: Seconds to wait for response headers.
+    @ivar clock: For the timeouts.
+    @ivar responseTimeout: Seconds to wait for response headers once the
+        request is sent, for each piece of an upload, and for each piece
+        of a response body.
     @ivar metrics: Counts response timeouts (the agent, cancelled, cannot
         tell them from a client going away).
     """
@@ -254,44 +375,52 @@ class Forwarder:
         The upstream request is cancelled when the client disconnects
         first.
 
-        @raise UpstreamTimeout: When no response headers came in time.
+        @raise UpstreamError: When the upstream could not be reached or
+            gave no response headers in time (cause C{timeout}).
         @raise CancelledError: When the client went away.
         """
+        deadline = UpstreamDeadline(self.clock, self.responseTimeout, url)
+        if body is not None:
+            body = _WatchedBody(body, deadline)
         sending = self.agent.request(method, url, headers, body)
-        timedOut = []
-
-        def onTimeout() -> None:
-            timedOut.append(True)
-            sending.cancel()
-
-        timer = self.clock.callLater(self.responseTimeout, onTimeout)
         gone = request.notifyFinish()
         gone.addErrback(lambda _: sending.cancel())
         try:
-            return await sending
-        except CancelledError:
-            if timedOut:
+            return await deadline.wait(sending)
+        except UpstreamError:
+            if deadline.expired:
                 self.metrics.upstreamErrors.labels("timeout").inc()
-                raise UpstreamTimeout() from None
             raise
-        finally:
-            if timer.active():
-                timer.cancel()
+
+    async def readBody(self, response: IResponse) -> bytes:
+        """
+        The whole body of C{response} (a manifest, an error), which must
+        come within the response timeout.
+
+        @raise UpstreamError: When it did not (cause C{timeout}) or the
+            upstream broke off.
+        """
+        url = getattr(getattr(response, "request", None), "absoluteURI", None)
+        deadline = UpstreamDeadline(self.clock, self.responseTimeout, url or b"")
+        return await deadline.wait(readWholeBody(response))
 
     async def relayBody(self, request: Request, response: IResponse) -> bool:
         """
         Stream C{response}'s body to the client and finish the request.
 
         @return: Whether the whole body was relayed; when it was not (the
-            upstream or the client broke off), the client connection is
-            closed so the client sees a truncated response, never a short
-            one that looks complete.
+            upstream or the client broke off, or the upstream was silent
+            for the response timeout), the client connection is closed so
+            the client sees a truncated response, never a short one that
+            looks complete.
         """
         if request.method == b"HEAD" or response.length == 0:
             request.finish()
             return True
         done: Deferred[bool] = Deferred()
-        relay = _BodyRelay(request, done)
+        sent = getattr(response, "request", None)
+        host = upstreamHost(getattr(sent, "absoluteURI", None) or b"")
+        relay = _BodyRelay(request, done, self.clock, self.responseTimeout, host)
         clientGone = []
 
         def onClientGone(reason: Failure) -> None:

@@ -15,14 +15,12 @@ from __future__ import annotations
 import base64
 import json
 from collections import OrderedDict
-from typing import Any
 from urllib.parse import quote
 
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
@@ -31,6 +29,7 @@ from regproxy.auth.credentials import BasicCredentials
 from regproxy.auth.interfaces import ILoginChecker
 from regproxy.names.challenge import ChallengeParseError, parseChallenges
 from regproxy.names.scope import Scope
+from regproxy.proxy.deadline import UpstreamDeadline, readWholeBody
 from regproxy.server.errors import RegistryError, unavailable
 from regproxy.server.urls import Origin
 
@@ -62,7 +61,10 @@ class UpstreamAuthenticator:
     """
     Finds the C{Authorization} header to send upstream for a client.
 
-    @ivar agent: Reaches the upstream and its token service.
+    @ivar agent: Reaches the upstream and its token service (its connect
+        timeout is C{--connect-timeout}).
+    @ivar timeout: Seconds to wait for an answer, then for its body
+        (C{--response-timeout}).
     """
 
     agent: IAgent
@@ -82,8 +84,7 @@ class UpstreamAuthenticator:
         """
         if self._scheme is not None:
             return self._scheme
-        response = await self._request(self.upstream.base + b"/v2/", Headers())
-        await readBody(response)
+        response, _ = await self._get(self.upstream.base + b"/v2/", Headers())
         found = UpstreamScheme("none")
         if response.code == 401:
             found = UpstreamScheme("basic")
@@ -128,11 +129,9 @@ class UpstreamAuthenticator:
             return True
         if scheme.scheme == "basic":
             headers = Headers({b"authorization": [credentials.header()]})
-            response = await self._request(self.upstream.base + b"/v2/", headers)
-            await readBody(response)
+            response, _ = await self._get(self.upstream.base + b"/v2/", headers)
             return response.code == 200
-        response = await self._askTokenService(scheme, credentials, None)
-        await readBody(response)
+        response, _ = await self._askTokenService(scheme, credentials, None)
         return response.code == 200
 
     async def authorization(
@@ -141,6 +140,7 @@ class UpstreamAuthenticator:
         repository: str,
         actions: tuple[str, ...],
         also: tuple[Scope, ...] = (),
+        resourceType: str = "repository",
     ) -> bytes | None:
         """
         The C{Authorization} value for a request on the upstream's
@@ -148,6 +148,8 @@ class UpstreamAuthenticator:
 
         @param also: Further scopes the request needs (a mount's pull of
             its source repository).
+        @param resourceType: C{registry} for a registry resource such as
+            the C{catalog} instead of a repository.
 
         @raise RegistryError: 401 when the upstream's token service refused
             the credentials, 502/504 when it could not be asked.
@@ -157,15 +159,14 @@ class UpstreamAuthenticator:
             return None
         if scheme.scheme == "basic":
             return credentials.header() if credentials is not None else None
-        scope = _scopeText(repository, actions, also)
+        scope = _scopeText(repository, actions, also, resourceType)
         key = (credentials.cacheKey if credentials else "anonymous", scope)
         cached = self._tokens.get(key)
         now = self.clock.seconds()
         if cached is not None and cached[1] > now:
             self._tokens.move_to_end(key)
             return cached[0]
-        response = await self._askTokenService(scheme, credentials, scope)
-        body = await readBody(response)
+        response, body = await self._askTokenService(scheme, credentials, scope)
         if response.code in (401, 403):
             raise RegistryError(
                 401, "UNAUTHORIZED", "the upstream registry refused these credentials"
@@ -195,12 +196,12 @@ class UpstreamAuthenticator:
         key = (credentials.cacheKey if credentials else "anonymous", scope)
         self._tokens.pop(key, None)
 
-    def _askTokenService(
+    async def _askTokenService(
         self,
         scheme: UpstreamScheme,
         credentials: BasicCredentials | None,
         scope: str | None,
-    ) -> Deferred[Any]:
+    ) -> tuple[IResponse, bytes]:
         assert scheme.realm is not None
         query = []
         if scheme.service:
@@ -215,18 +216,36 @@ class UpstreamAuthenticator:
         headers = Headers()
         if credentials is not None:
             headers.setRawHeaders(b"authorization", [credentials.header()])
-        return self._request(url.encode("utf-8"), headers)
-
-    def _request(self, url: bytes, headers: Headers) -> Deferred[Any]:
-        return self.agent.request(b"GET", url, headers).addTimeout(
-            self.timeout, self.clock
+        return await self._get(
+            url.encode("utf-8"), headers, "the upstream token service"
         )
+
+    async def _get(
+        self, url: bytes, headers: Headers, what: str | None = None
+    ) -> tuple[IResponse, bytes]:
+        """
+        GET C{url}, waiting at most L{timeout} for the answer and as long
+        again for its body.
+
+        @raise UpstreamError: When it could not be had, naming C{url}'s
+            host and why.
+        """
+        response = await UpstreamDeadline(self.clock, self.timeout, url, what).wait(
+            self.agent.request(b"GET", url, headers)
+        )
+        body = await UpstreamDeadline(self.clock, self.timeout, url, what).wait(
+            readWholeBody(response)
+        )
+        return response, body
 
 
 def _scopeText(
-    repository: str, actions: tuple[str, ...], also: tuple[Scope, ...]
+    repository: str,
+    actions: tuple[str, ...],
+    also: tuple[Scope, ...],
+    resourceType: str = "repository",
 ) -> str:
-    needed = Scope("repository", None, repository, actions)
+    needed = Scope(resourceType, None, repository, actions)
     return " ".join(scope.serialize() for scope in (needed, *also))
 
 
@@ -340,5 +359,5 @@ class UpstreamAuthAgent:
             )
             if attempt == 2 or body is not None or authorization is None:
                 return response
-            await readBody(response)
+            await readWholeBody(response)
         raise AssertionError("not reached")

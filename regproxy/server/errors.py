@@ -43,6 +43,19 @@ class UpstreamTimeout(Exception):
     """
 
 
+# Why an upstream could not answer: also the values of the C{cause} label
+# of the upstream error count, so keep them few and fixed.
+UPSTREAM_CAUSES = ("refused", "dns", "tls", "timeout", "reset")
+
+_CAUSE_MESSAGES = {
+    "refused": "{what} at {host} could not be connected to",
+    "dns": "cannot resolve the host name of {what} ({host})",
+    "tls": "the TLS connection to {what} at {host} failed",
+    "timeout": "{what} at {host} did not answer in time",
+    "reset": "{what} at {host} closed the connection without an answer",
+}
+
+
 class TranslatableError(Exception):
     """
     An error raised below the server that knows what the client should be
@@ -51,6 +64,39 @@ class TranslatableError(Exception):
 
     def toRegistryError(self) -> RegistryError:
         raise NotImplementedError()
+
+
+@attrs.frozen(auto_exc=True)
+class UpstreamError(TranslatableError):
+    """
+    An upstream (registry, token service, API) could not be asked.
+
+    @ivar cause: One of L{UPSTREAM_CAUSES}.
+    @ivar host: The upstream's C{host:port}, never with credentials.
+    @ivar reason: What the operating system or TLS library said, for the
+        error's detail (no secrets: it never holds request data).
+    @ivar what: What the upstream is, for the message; L{None} lets the
+        caller name it.
+    """
+
+    cause: str
+    host: str
+    reason: str = ""
+    what: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.cause}@{self.host}"
+
+    def toRegistryError(self, what: str = "the upstream registry") -> RegistryError:
+        message = _CAUSE_MESSAGES[self.cause].format(
+            what=self.what or what, host=self.host
+        )
+        detail = {"upstream": self.host, "cause": self.cause}
+        if self.reason:
+            detail["reason"] = self.reason
+        return unavailable(
+            message, status=504 if self.cause == "timeout" else 502, detail=detail
+        )
 
 
 def errorBody(code: str, message: str, detail: Any = None) -> bytes:

@@ -25,6 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from regproxy.server.errors import (
     RegistryError,
     TranslatableError,
+    UpstreamError,
     UpstreamTimeout,
     methodNotAllowed,
     unavailable,
@@ -44,6 +45,8 @@ def errorForFailure(failure: Failure, what: str) -> RegistryError | None:
     """
     if failure.check(RegistryError):
         return failure.value
+    if failure.check(UpstreamError):
+        return failure.value.toRegistryError(what)
     if failure.check(TranslatableError):
         return failure.value.toRegistryError()
     if failure.check(CancelledError):
@@ -83,6 +86,9 @@ def renderLater(
             # request's own log line says it was aborted, and after how
             # many bytes (regproxy.server.site).
             return
+        if failure.check(UpstreamError):
+            # For the request's log line (and the upstream error count).
+            request.upstreamFailure = failure.value  # type: ignore[attr-defined]
         error = errorForFailure(failure, what)
         if error is not None:
             writeError(request, error)

@@ -12,13 +12,21 @@ from typing import IO, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from regproxy.server.errors import UpstreamError, errorBody
+
 # How much of a request body we hold before the upstream is ready for it.
 _UPLOAD_BUFFER = 256 * 1024
+
+#: The largest body read whole before the request is handled (anything
+#: outside C{/v2/}, whose bodies stream): a C{/token} form is a few hundred
+#: bytes.
+MAX_BODY = 64 * 1024
 
 
 @implementer(IBodyProducer)
@@ -137,6 +145,7 @@ class StreamingRequest(Request):
     take the channel's end-of-body call as the end of the stream.
     """
 
+    _log = Logger()
     bodyStream: RequestBodyStream | None = None
     # For the log line (regproxy.server.site), set where each is known: the
     # upstream's status, the account (a name, never a secret), the name the
@@ -147,6 +156,9 @@ class StreamingRequest(Request):
     imageName: str | None = None
     upstreamRepository: str | None = None
     cacheOutcome: str | None = None
+    # Why the upstream could not answer, when it could not: for the log
+    # line and the upstream error count (its cause is a metric label).
+    upstreamFailure: UpstreamError | None = None
     # twisted.web's stubs type this as None (its class default); it is the
     # body file once the headers are in.
     content: IO[bytes]  # type: ignore[assignment]
@@ -154,11 +166,19 @@ class StreamingRequest(Request):
     clientGone = False
     _dispatchedEarly = False
     _finishWhenBodyDone = False
+    _bodyRefused = False
+    _bodyRead = 0
 
     def gotLength(self, length: int | None) -> None:
         channel = self.channel
         path = getattr(channel, "_path", b"")
-        if length == 0 or not path.startswith(b"/v2/"):
+        if not path.startswith(b"/v2/"):
+            if length is not None and length > MAX_BODY:
+                self._refuseBody()
+                return
+            super().gotLength(length)
+            return
+        if length == 0:
             super().gotLength(length)
             return
         self.content = BytesIO()
@@ -171,13 +191,50 @@ class StreamingRequest(Request):
         self._dispatchedEarly = True
         Request.requestReceived(self, channel._command, path, channel._version)
 
+    def _refuseBody(self) -> None:
+        """
+        Answer a body too large to read whole with a 413 now, and close the
+        connection instead of reading the rest: twisted.web would otherwise
+        hold all of it before the resource could say no.
+        """
+        self._bodyRefused = True
+        path = getattr(self.channel, "_path", b"").split(b"?", 1)[0]
+        self._log.info(
+            "{method} {path} -> 413: body over {limit} bytes, not read",
+            method=getattr(self.channel, "_command", b"").decode("latin-1"),
+            path=path.decode("latin-1")[:300],
+            limit=MAX_BODY,
+        )
+        # Nor invite the client to send it (HTTPChannel answers an
+        # "Expect: 100-continue" once the headers are in).
+        self.requestHeaders.removeHeader(b"expect")
+        body = errorBody(
+            "SIZE_INVALID", f"the request body is larger than {MAX_BODY} bytes"
+        )
+        transport = self.channel.transport
+        assert transport is not None  # the headers just came through it
+        transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\n"
+            b"Content-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (len(body),) + body
+        )
+        self.channel.loseConnection()
+
     def handleContentChunk(self, data: bytes) -> None:
+        if self._bodyRefused:
+            return
         if self.bodyStream is not None:
             self.bodyStream.dataReceived(data)
-        else:
-            super().handleContentChunk(data)
+            return
+        self._bodyRead += len(data)
+        if self._bodyRead > MAX_BODY:
+            self._refuseBody()
+            return
+        super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._bodyRefused:
+            return
         if not self._dispatchedEarly:
             super().requestReceived(command, path, version)
             return

@@ -346,9 +346,21 @@ class RegproxySite(Site):
             code=code,
             bytes=request.sentLength,
             duration=duration,
-            upstream=getattr(request, "upstreamStatus", None) or "-",
+            upstream=_upstreamField(request),
             cache=getattr(request, "cacheOutcome", None) or "-",
             aborted=aborted,
             received=received,
             abortedNote=_abortedNote(aborted, received),
         )
+
+
+def _upstreamField(request: http.Request) -> object:
+    """
+    The upstream's status, and why it failed when it did:
+    C{refused@registry.example:443}, C{200,timeout@registry.example:443}.
+    """
+    status = getattr(request, "upstreamStatus", None)
+    failure = getattr(request, "upstreamFailure", None)
+    if failure is None:
+        return status or "-"
+    return f"{status},{failure}" if status else str(failure)

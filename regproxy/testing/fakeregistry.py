@@ -275,6 +275,20 @@ class FakeRegistry(Resource):
             request, 200, {"token": token, "expires_in": self.tokenLifetime}
         )
 
+    def _catalog(self, request: Request) -> bytes:
+        """
+        Every repository, paged with C{n} and C{last} as distribution does.
+        """
+        query = parse_qs(request.uri.decode("latin-1").partition("?")[2])
+        names = sorted({repo for (repo, _) in self.manifests})
+        names = [n for n in names if n > query.get("last", [""])[0]]
+        count = int(query.get("n", ["100"])[0])
+        if len(names) > count:
+            names = names[:count]
+            link = f'</v2/_catalog?last={names[-1]}&n={count}>; rel="next"'
+            request.setHeader(b"Link", link.encode("utf-8"))
+        return self._json(request, 200, {"repositories": names})
+
     def _registry(
         self, request: Request, headers: dict[bytes, list[bytes]], body: bytes
     ) -> bytes:
@@ -297,6 +311,8 @@ class FakeRegistry(Resource):
                     request, 401, "UNAUTHORIZED", "authentication required"
                 )
             return self._json(request, 200, {})
+        if path == "/v2/_catalog" and allowed:
+            return self._catalog(request)
         if match is None or repository is None:
             return self._error(request, 404, "NOT_FOUND", "no such path")
         if not allowed:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+import statistics
+import time
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
@@ -590,6 +592,75 @@ class PrivateFleetTests(HTTPMixin, SkopeoMixin, TestCase):
         await self.assertLooksMissing(
             PRIVATE, "acme/no-such-app", reference=digest, proxy=self.keyed
         )
+
+
+class TimingTests(HTTPMixin, TestCase):
+    """
+    With regproxy's own API key, an outsider cannot tell a private fleet
+    from a missing one by how long the answer takes: the medians of 20
+    anonymous requests for each are within 25% of each other.
+    """
+
+    async def setUp(self) -> None:
+        await super().setUp()
+        self.keyed = self.startProxy(api_token=ALICE[1])
+
+    async def timed(self, path: str, token: str) -> float:
+        started = time.perf_counter()
+        response = await self.http.get(
+            self.keyed.url + path,
+            headers={"Authorization": ["Bearer " + token], "Accept": MANIFEST_ACCEPT},
+        )
+        await response.content()
+        elapsed = time.perf_counter() - started
+        self.assertEqual(response.code, 404)
+        return elapsed
+
+    async def assertSameTime(self, path: str) -> None:
+        """
+        C{path} (with C{{}} for the fleet) takes as long for the private
+        fleet as for a missing one: both warmed first, then measured in
+        turns (ABBA), so that load on the machine falls on both alike.  A
+        round spoiled by a burst of load elsewhere (the machine is shared)
+        is measured again, at most five rounds; a real difference (it was
+        ten times) fails every round.
+        """
+        names = (PRIVATE, "acme/no-such-app")
+        tokens = [await self.token(name, proxy=self.keyed) for name in names]
+        for _ in range(3):
+            for name, token in zip(names, tokens, strict=True):
+                await self.timed(path.format(name), token)
+        for _ in range(5):
+            times: tuple[list[float], list[float]] = ([], [])
+            for turn in range(20):
+                # ABBA: neither kind always goes first.
+                order = [0, 1] if turn % 2 == 0 else [1, 0]
+                for which in order:
+                    url = path.format(names[which])
+                    times[which].append(await self.timed(url, tokens[which]))
+            private, missing = (statistics.median(t) for t in times)
+            if abs(private - missing) <= 0.25 * max(private, missing):
+                return
+        self.fail(
+            f"private {private * 1000:.2f} ms, missing {missing * 1000:.2f} ms "
+            f"(medians of 20)"
+        )
+
+    async def test_manifest(self) -> None:
+        """
+        An anonymous manifest request.
+        """
+        await self.assertSameTime("/v2/{}/manifests/latest")
+
+    async def test_blobAfterMemberPull(self) -> None:
+        """
+        An anonymous blob request for a digest of the private fleet, after
+        a member pulled it through regproxy.
+        """
+        response, body = await self.manifest(PRIVATE, creds=ALICE, proxy=self.keyed)
+        self.assertEqual(response.code, 200, body)
+        digest = json.loads(body)["layers"][0]["digest"]
+        await self.assertSameTime("/v2/{}/blobs/" + digest)
 
 
 class ResolutionCacheTests(HTTPMixin, SkopeoMixin, TestCase):

@@ -43,6 +43,10 @@ repositories = ["public/*"]
 actions = ["pull"]
 
 [[rule]]
+users = ["alice", "bob"]
+catalog = true
+
+[[rule]]
 users = ["bob"]
 repositories = ["bob/*"]
 actions = ["pull", "push"]
@@ -181,6 +185,46 @@ class FrontDoorTests(OneImageClient):
         with self.assertRaises(ClientFailed) as caught:
             await self.inspectRaw("team/secret", creds=None)
         self.assertIn("unauthorized", str(caught.exception).lower())
+
+    async def catalog(self, user: str, query: str = "") -> tuple[int, dict, list]:
+        """
+        What C{user} gets for C{/v2/_catalog}: status, body, C{Link}.
+        """
+        http = httpClient(self)
+        credentials = f"{user}:{PASSWORDS[user]}".encode()
+        response = await http.get(
+            self.proxy.url + "/token",
+            params={"service": "regproxy", "scope": "registry:catalog:*"},
+            headers={
+                "Authorization": ["Basic " + base64.b64encode(credentials).decode()]
+            },
+        )
+        token = json.loads(await response.content())["token"]
+        response = await http.get(
+            self.proxy.url + "/v2/_catalog" + query,
+            headers={"Authorization": ["Bearer " + token]},
+        )
+        body = json.loads(await response.content())
+        return response.code, body, response.headers.getRawHeaders("link", [])
+
+    async def test_catalog(self) -> None:
+        """
+        The real registry's catalog, filtered by the rules: alice lists
+        what she may pull, bob (shared/* and the anonymous public/*) less,
+        a page at a time with the Link distribution sends.
+        """
+        for repository in ("team/app", "shared/tool", "public/tool"):
+            await self.push(repository)
+        code, body, _ = await self.catalog("alice")
+        self.assertEqual(code, 200, body)
+        self.assertEqual(
+            body["repositories"], ["public/tool", "shared/tool", "team/app"]
+        )
+        code, body, link = await self.catalog("bob", "?n=1")
+        self.assertEqual((code, body["repositories"]), (200, ["public/tool"]))
+        self.assertEqual(link, ['</v2/_catalog?n=1&last=public%2Ftool>; rel="next"'])
+        code, body, link = await self.catalog("bob", "?n=1&last=public%2Ftool")
+        self.assertEqual((body["repositories"], link), (["shared/tool"], []))
 
     async def test_mountNeedsPull(self) -> None:
         """

@@ -22,8 +22,11 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.app import makeSite
+from regproxy.auth.tokenresource import MAX_SCOPES
 from regproxy.config import Config
+from regproxy.resolve.cache import DEFAULT_MISS_TTL
 from regproxy.resolve.digests import manifestDigests
+from regproxy.server.request import MAX_BODY
 from regproxy.testing.fakebalena import (
     ALICE_KEY,
     BOB_KEY,
@@ -365,6 +368,37 @@ class TokenGetTests(BrokerTestCase):
             + [r.header(b"authorization") for r in self.registry.tokenRequests],
         )
 
+    def test_malformedBasic(self) -> None:
+        """
+        An Authorization header that is not well-formed Basic credentials
+        (no colon, bad base64, empty, another scheme) is a failed login: a
+        401 in registry JSON, never an anonymous token that would make
+        C{docker login} report success.
+        """
+        for header in (
+            b"Basic " + base64.b64encode(b"alice"),
+            b"Basic !!not-base64!!",
+            b"Basic ",
+            b"Basic",
+            b"Bearer abc",
+        ):
+            response = self.tokenResponse([], header)
+            self.assertEqual(response.status, 401, header)
+            self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
+            self.assertNotIn("token", json.loads(response.body))
+
+    def test_emptyAuthorization(self) -> None:
+        """
+        An empty Authorization header is refused too; only a request with
+        no Authorization header at all is an anonymous login.
+        """
+        response = self.exchange(
+            b"GET", b"/token?service=regproxy", [(b"Authorization", b"")]
+        )
+        self.assertEqual(response.status, 401, response.body)
+        self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
+        self.assertEqual(self.tokenResponse([]).status, 200)
+
     def test_malformedScopeIgnored(self) -> None:
         """
         A malformed scope is dropped, not an error.
@@ -521,6 +555,122 @@ class TokenPostTests(BrokerTestCase):
             response = self.post(form)
             self.assertEqual(response.status, 400, form)
             self.assertEqual(len(errorCodes(response)), 1)
+
+
+class TokenLimitsTests(BrokerTestCase):
+    """
+    C{/token} bounds what it reads: the body and the number of scopes, so
+    that nobody can make it build a huge token (or hold a huge body)
+    without even logging in.
+    """
+
+    def scopes(self, count: int) -> list[str]:
+        return [f"repository:lib/app{i}:pull" for i in range(count)]
+
+    def test_tooManyScopesInQuery(self) -> None:
+        """
+        More than 64 scopes in the query, counted across values and within
+        space-separated values, get a 400 in registry JSON; 64 are fine.
+        """
+        response = self.tokenResponse(self.scopes(MAX_SCOPES))
+        self.assertEqual(response.status, 200, response.body)
+        for scopes in (
+            self.scopes(MAX_SCOPES + 1),
+            [" ".join(self.scopes(MAX_SCOPES + 1))],
+        ):
+            response = self.tokenResponse(scopes)
+            self.assertEqual(response.status, 400, response.body)
+            self.assertEqual(errorCodes(response), ["BAD_REQUEST"])
+
+    def test_tooManyScopesInForm(self) -> None:
+        """
+        The same holds for the POST form.
+        """
+        response = self.post(
+            {
+                "grant_type": "password",
+                "username": "alice",
+                "password": "alice-secret",
+                "scope": " ".join(self.scopes(MAX_SCOPES + 1)),
+            }
+        )
+        self.assertEqual(response.status, 400, response.body)
+        self.assertEqual(errorCodes(response), ["BAD_REQUEST"])
+
+    def test_bodyTooLarge(self) -> None:
+        """
+        A POST announcing a body over the cap is answered with 413 as soon
+        as its headers are in, before the body is read, and the connection
+        is closed rather than drained.
+        """
+        client = RawClient(self.site)
+        client.send(
+            b"POST /token HTTP/1.1\r\nHost: proxy.example:8080\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n" % (8 * 1024 * 1024,)
+        )
+        client.send(b"scope=repository:a:pull&" * 100)
+        response = client.response()
+        self.assertIsNotNone(response)
+        assert response is not None
+        self.assertEqual(response.status, 413, response.body)
+        self.assertEqual(errorCodes(response), ["SIZE_INVALID"])
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_bodyTooLargeExpectingContinue(self) -> None:
+        """
+        A client that waits for C{100 Continue} before sending its body
+        (curl does) gets the 413 alone, never an invitation to send.
+        """
+        client = RawClient(self.site)
+        client.send(
+            b"POST /token HTTP/1.1\r\nHost: proxy.example:8080\r\n"
+            b"Expect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % (MAX_BODY + 1,)
+        )
+        self.assertTrue(client.transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertNotIn(b"100 Continue", client.transport.value())
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_chunkedBodyTooLarge(self) -> None:
+        """
+        A chunked body gets its 413 once it passes the cap, not before.
+        """
+        client = RawClient(self.site)
+        client.send(
+            b"POST /token HTTP/1.1\r\nHost: proxy.example:8080\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"scope=repository:a:pull&" * 600
+        sent = 0
+        while sent + len(chunk) <= MAX_BODY:
+            client.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+        self.assertIsNone(client.response())
+        client.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        response = client.response()
+        self.assertIsNotNone(response)
+        assert response is not None
+        self.assertEqual(response.status, 413, response.body)
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_bodyAtCap(self) -> None:
+        """
+        A body of exactly the cap is read and answered as usual.
+        """
+        form = urlencode(
+            {"grant_type": "password", "username": "alice", "password": "nope"}
+        ).encode()
+        body = form + b"&pad=" + b"x" * (MAX_BODY - len(form) - 5)
+        self.assertEqual(len(body), MAX_BODY)
+        response = self.exchange(
+            b"POST",
+            b"/token",
+            [(b"Content-Type", b"application/x-www-form-urlencoded")],
+            body,
+        )
+        self.assertEqual(response.status, 401, response.body)
 
 
 class ForwardingTests(BrokerTestCase):
@@ -1417,7 +1567,8 @@ class FleetErrorTests(FleetTestCase):
 
     def test_apiHangs(self) -> None:
         """
-        The balena API never answering: a 504 once the timeout passes.
+        The balena API never answering: a 504 once C{--response-timeout}
+        (60 s by default) passes.
         """
         token = self.bearer(["repository:acme/public-app:pull"])
         self.balena.stop("hang")
@@ -1426,8 +1577,10 @@ class FleetErrorTests(FleetTestCase):
             b"GET", b"/v2/acme/public-app/manifests/1.2.3", [(b"Authorization", token)]
         )
         self.api.flush()
+        self.reactor.advance(59)
+        self.api.flush()
         self.assertIsNone(client.response())
-        self.reactor.advance(31)
+        self.reactor.advance(1)
         self.api.flush()
         response = client.response()
         self.assertEqual(response.status, 504, response.body)
@@ -1594,6 +1747,74 @@ class FleetWithServerKeyTests(FleetTestCase):
         self.assertEqual(response.status, 200, response.body)
 
 
+class FleetTimingTests(FleetTestCase):
+    """
+    With regproxy's own API key, an outsider must not tell a private fleet
+    from a missing one by how long the answer takes: once warm, both are
+    answered from remembered decisions, with no call to the balena API,
+    the registry or its token service.
+    """
+
+    apiToken = ALICE_KEY
+
+    def outsideCalls(self) -> int:
+        return (
+            len(self.balena.calls)
+            + len(self.registry.received)
+            + len(self.registry.tokenRequests)
+        )
+
+    def callsFor(self, path: str, name: str, times: int = 20, warm=True) -> int:
+        """
+        The calls C{times} anonymous requests for C{path} make, after one
+        to warm up when C{warm}.
+        """
+        token = self.bearer([f"repository:{name}:pull"])
+        if warm:
+            self.get(path.format(name).encode(), token)
+        before = self.outsideCalls()
+        for _ in range(times):
+            response = self.get(path.format(name).encode(), token)
+            self.assertEqual(response.status, 404)
+        return self.outsideCalls() - before
+
+    def test_manifest(self) -> None:
+        """
+        Repeated anonymous manifest requests for the private fleet make as
+        many calls (none) as those for a missing fleet.
+        """
+        path = "/v2/{}/manifests/latest"
+        private = self.callsFor(path, "acme/private-app")
+        missing = self.callsFor(path, "acme/nothing")
+        self.assertEqual((private, missing), (0, 0))
+
+    def test_blobAfterMember(self) -> None:
+        """
+        So do anonymous blob requests for a digest of the private fleet a
+        member has pulled, against one for a missing fleet.
+        """
+        response = self.pull("acme/private-app", "1.0.0", basic("alice", ALICE_KEY))
+        self.assertEqual(response.status, 200, response.body)
+        digest = manifestDigests(response.body)[-1]
+        path = "/v2/{}/blobs/" + digest
+        private = self.callsFor(path, "acme/private-app")
+        missing = self.callsFor(path, "acme/nothing")
+        self.assertEqual((private, missing), (0, 0))
+        self.assertLooksMissing("acme/private-app", path)
+
+    def test_decisionsExpire(self) -> None:
+        """
+        Both kinds of decision are remembered for the same short time, then
+        asked again: a member added to the fleet gets in after that.
+        """
+        path = "/v2/{}/manifests/latest"
+        self.callsFor(path, "acme/private-app", 1)
+        self.callsFor(path, "acme/nothing", 1)
+        self.reactor.advance(DEFAULT_MISS_TTL + 1)
+        self.assertGreater(self.callsFor(path, "acme/private-app", 1, False), 0)
+        self.assertGreater(self.callsFor(path, "acme/nothing", 1, False), 0)
+
+
 class SecretsTests(FleetTestCase):
     """
     Passwords, API keys and tokens never show in answers or logs.
@@ -1710,6 +1931,27 @@ class PropertyTests(BrokerTestCase):
             self.assertEqual(
                 json.loads(response.body).keys() >= {"errors"}, response.status == 401
             )
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.binary(max_size=60))
+    def test_anyTokenAuthorization(self, value: bytes) -> None:
+        """
+        Any Authorization header on C{/token} is a 401 in registry JSON
+        unless it names a user the upstream accepts: never an anonymous
+        token, never a 500.
+        """
+        value = bytes(b for b in value if b >= 0x20 and b != 0x7F).strip()
+        for header in (value, b"Basic " + value, b"Basic " + base64.b64encode(value)):
+            response = self.exchange(
+                b"GET", b"/token?service=regproxy", [(b"Authorization", header)]
+            )
+            if response.status == 200:
+                self.assertNotEqual(
+                    jwtPart(json.loads(response.body)["token"], 1)["sub"], ""
+                )
+            else:
+                self.assertEqual(response.status, 401, header)
+                self.assertEqual(errorCodes(response), ["UNAUTHORIZED"])
 
     @settings(max_examples=50, deadline=None)
     @given(st.text(max_size=80))

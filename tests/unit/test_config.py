@@ -20,6 +20,7 @@ from regproxy.config import (
     optionName,
     parseHTTPURL,
     parsePositiveFloat,
+    parseUpstreamURL,
 )
 from regproxy.testing.strategies import httpURLs, tomlValues, toTOML
 
@@ -424,6 +425,39 @@ class BadValueTests(ConfigTestCase):
             self.assertOneLineError(error, option)
             self.assertIn(source, str(error))
 
+    def test_upstreamWithAPIRoot(self) -> None:
+        """
+        An upstream given with its C{/v2/} (every request would go to
+        C{/v2/v2/...}, and every pull fail with "manifest unknown") is
+        refused at start-up, saying what to give instead.
+        """
+        self.assertRefusedEverywhere(
+            "upstream",
+            "http://registry.example/v2/",
+            '"http://registry.example/v2/"',
+            "--upstream",
+        )
+        for given_, base in [
+            ("http://registry.example/v2/", "'http://registry.example'"),
+            ("https://v2.example:5000/v2", "'https://v2.example:5000'"),
+            (
+                "https://registry.example/mirror/v2/",
+                "'https://registry.example/mirror'",
+            ),
+        ]:
+            error = self.assertRaises(
+                ConfigError, loadConfig, {"upstream": given_}, {}, None
+            )
+            self.assertIn("without /v2", str(error))
+            self.assertIn(base, str(error))
+
+    def test_upstreamPrefixKept(self) -> None:
+        """
+        Any other path is the prefix the registry is served under, kept.
+        """
+        config = loadConfig({"upstream": "https://registry.example/mirror/"}, {}, None)
+        self.assertEqual(config.upstream, "https://registry.example/mirror")
+
     def test_upstreamScheme(self) -> None:
         """
         An upstream that is not http or https.
@@ -641,6 +675,20 @@ class ParserPropertyTests(ConfigTestCase):
         assume(scheme not in ("http", "https"))
         other = scheme + url[url.index(":") :]
         self.assertRaises(ValueError, parseHTTPURL, other)
+
+    @_examples
+    @given(httpURLs(), st.lists(st.sampled_from(["mirror", "v2", "x"]), max_size=3))
+    def test_upstreamURL(self, url: str, more: list[str]) -> None:
+        """
+        An upstream URL is accepted as any http URL is, unless a segment of
+        its path is C{v2}; then it is refused.
+        """
+        candidate = url.rstrip("/") + "".join("/" + segment for segment in more)
+        segments = candidate.split("://", 1)[1].split("/")[1:]
+        if "v2" in segments:
+            self.assertRaises(ValueError, parseUpstreamURL, candidate)
+        else:
+            self.assertEqual(parseUpstreamURL(candidate), parseHTTPURL(candidate))
 
     def test_httpURLRefusedExamples(self) -> None:
         """

@@ -12,12 +12,14 @@ import base64
 import json
 import os
 import tomllib
+from typing import cast
 from urllib.parse import urlencode
 
 import bcrypt
 from treq.testing import RequestTraversalAgent
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -595,6 +597,148 @@ class BusyTests(SiteTestCase):
         self.assertEqual(response.status, 503, response.body)
         self.assertEqual(errorCodes(response), ["UNAVAILABLE"])
         self.assertIsNone(first.response())
+
+
+class ReactorThread:
+    """
+    Enough of a reactor for L{ThreadPoolRunner}: work done "in a thread"
+    reports back at once.
+    """
+
+    def callFromThread(self, f, *args, **kwargs) -> None:
+        f(*args, **kwargs)
+
+    def addSystemEventTrigger(self, *args) -> None:
+        pass
+
+
+class FloodTests(SiteTestCase):
+    """
+    A flood of wrong passwords against one account, from one address,
+    while other clients log in: the production pool (2 threads, 32 more
+    waiting), whose checks the test runs when it chooses.
+    """
+
+    def setUp(self) -> None:
+        self.pool = HeldPool()
+        self.runner = ThreadPoolRunner(
+            ReactorThread(), pool=cast(ThreadPool, self.pool)
+        )
+        super().setUp()
+
+    def login(self, user: str, password: str, peer: str) -> RawClient:
+        client = RawClient(self.site, peer)
+        client.request(b"GET", b"/token", [(b"Authorization", basic(user, password))])
+        return client
+
+    def answer(self, client: RawClient) -> RawResponse:
+        response = client.response()
+        assert response is not None, client.transport.value()
+        return response
+
+    def runChecks(self) -> None:
+        while self.pool.calls:
+            onResult, f, args = self.pool.calls.pop(0)
+            onResult(True, f(*args))
+
+    def test_floodOnOneAccount(self) -> None:
+        """
+        40 concurrent wrong passwords for alice from one address: some are
+        checked (401), the rest get 429 with Retry-After at once; all the
+        while bob, and alice from another address, log in.  Once the
+        address has used its budget, it is answered 429 without a check.
+        """
+        flood = [self.login("alice", f"guess-{i}", "192.0.2.66") for i in range(40)]
+        bob = self.login("bob", "builder", "198.51.100.7")
+        alice = self.login("alice", "wonderland", "203.0.113.9")
+        self.runChecks()
+        self.assertEqual(self.answer(bob).status, 200, self.answer(bob).body)
+        self.assertEqual(self.answer(alice).status, 200, self.answer(alice).body)
+        statuses = [self.answer(client).status for client in flood]
+        self.assertEqual(set(statuses), {401, 429}, statuses)
+        broker = self.site.resource.children[b"token"].broker
+        self.assertEqual(broker.loginsRefused, statuses.count(401))
+        self.assertEqual(broker.loginsThrottled, statuses.count(429))
+        throttled = [self.answer(c) for c in flood if self.answer(c).status == 429]
+        self.assertEqual(errorCodes(throttled[0]), ["TOOMANYREQUESTS"])
+        self.assertGreaterEqual(int(throttled[0].header(b"retry-after") or b""), 1)
+
+        for _ in range(10):
+            more = [self.login("alice", f"again-{i}", "192.0.2.66") for i in range(4)]
+            self.runChecks()
+        self.assertEqual([self.answer(c).status for c in more], [429] * 4)
+        self.assertEqual(self.pool.calls, [])
+        bob = self.login("bob", "builder", "198.51.100.8")
+        self.runChecks()
+        self.assertEqual(self.answer(bob).status, 200)
+
+    def test_floodFromManyAddresses(self) -> None:
+        """
+        Wrong passwords for alice from 40 addresses at once hold only a
+        share of the pool: bob still logs in.
+        """
+        flood = [self.login("alice", f"guess-{i}", f"192.0.2.{i}") for i in range(40)]
+        bob = self.login("bob", "builder", "198.51.100.7")
+        self.runChecks()
+        self.assertEqual(self.answer(bob).status, 200, self.answer(bob).body)
+        statuses = {self.answer(client).status for client in flood}
+        self.assertEqual(statuses, {401, 429})
+
+    def test_ownerRemembered(self) -> None:
+        """
+        An owner who logged in lately gets in without a check while fresh
+        addresses flood her account, even from an address that has used up
+        its budget: remembered credentials cost nothing to check.
+        """
+        alice = self.login("alice", "wonderland", "203.0.113.9")
+        self.runChecks()
+        self.assertEqual(self.answer(alice).status, 200)
+        for _ in range(10):
+            self.login("alice", "nope", "203.0.113.9")
+            self.runChecks()
+        flood = [self.login("alice", f"guess-{i}", f"192.0.2.{i}") for i in range(40)]
+        alice = self.login("alice", "wonderland", "203.0.113.9")
+        self.assertEqual(self.answer(alice).status, 200)
+        self.runChecks()
+        self.assertEqual({self.answer(c).status for c in flood}, {401, 429})
+
+    def test_behindTrustedProxy(self) -> None:
+        """
+        Behind a trusted proxy, budgets are kept per client as the proxy
+        names it, not for the proxy: one client's flood does not throttle
+        another's login through the same proxy.
+        """
+        self.site = self.makeSite(trusted_proxy=("10.9.9.9/32",))
+
+        def viaProxy(user: str, password: str, client: str) -> RawClient:
+            raw = RawClient(self.site, "10.9.9.9")
+            headers = [
+                (b"Authorization", basic(user, password)),
+                (b"X-Forwarded-For", client.encode()),
+            ]
+            raw.request(b"GET", b"/token", headers)
+            self.runChecks()
+            return raw
+
+        for i in range(25):
+            flooding = viaProxy(f"user{i}", "nope", "192.0.2.66")
+        self.assertEqual(self.answer(flooding).status, 429)
+        other = viaProxy("bob", "builder", "198.51.100.7")
+        self.assertEqual(self.answer(other).status, 200)
+
+    def test_budgetComesBack(self) -> None:
+        """
+        A throttled address may try again once its budget refills, on the
+        reactor clock.
+        """
+        for _ in range(10):
+            client = self.login("alice", "nope", "192.0.2.66")
+            self.runChecks()
+        self.assertEqual(self.answer(client).status, 429)
+        self.reactor.advance(int(self.answer(client).header(b"retry-after") or b""))
+        client = self.login("alice", "wonderland", "192.0.2.66")
+        self.runChecks()
+        self.assertEqual(self.answer(client).status, 200)
 
 
 class MountTests(SiteTestCase):

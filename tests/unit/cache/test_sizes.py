@@ -51,7 +51,9 @@ class ParseSizeTests(SynchronousTestCase):
         st.booleans(),
         st.booleans(),
     )
-    def test_wholeNumbers(self, number: int, unit: str, withB: bool, upper: bool) -> None:
+    def test_wholeNumbers(
+        self, number: int, unit: str, withB: bool, upper: bool
+    ) -> None:
         """
         Any whole number with any unit, in any case, with or without the
         C{B}, is that number times the unit's factor.
