@@ -39,6 +39,8 @@ from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
 from regproxy.metrics import CountedClient, Metrics
 from regproxy.proxy.agent import NoCookies, makeUpstreamAgent
 from regproxy.proxy.brokered import BrokeredRegistryResource
+from regproxy.proxy.cachesetup import cacheLine, makeForwarder, makeWarmer
+from regproxy.proxy.caching import CachingForwarder
 from regproxy.proxy.catalog import CatalogResource, CatalogRoot, UpstreamCatalog
 from regproxy.proxy.measured import MeasuredAgent
 from regproxy.proxy.passthrough import (
@@ -46,7 +48,6 @@ from regproxy.proxy.passthrough import (
     TokenPassthroughResource,
     UpstreamRealm,
 )
-from regproxy.proxy.relay import Forwarder
 from regproxy.proxy.upstreamauth import UpstreamAuthenticator
 from regproxy.resolve.balena import BalenaResolver
 from regproxy.resolve.cache import CachingResolver
@@ -319,7 +320,8 @@ def makeSite(
     metrics = Metrics()
     agent = MeasuredAgent(agent, metrics, reactor)
     upstream = Origin.fromURL(config.upstream)
-    forwarder = Forwarder(agent, reactor, config.response_timeout, metrics)
+    forwarder = makeForwarder(config, reactor, agent, metrics)
+    warmer = None
     root = RootResource()
     if config.auth == "passthrough":
         realm = UpstreamRealm(forwarder, upstream)
@@ -356,12 +358,16 @@ def makeSite(
             registry = CatalogRoot(registry, CatalogResource(broker, catalog))
         root.putChild(b"v2", registry)
         root.putChild(b"token", TokenResource(broker))
+        warmer = makeWarmer(config, resolver, forwarder, authenticator, reactor)
     root.putChild(b"_health", healthResource())
     root.putChild(
         b"_ready", ReadyResource(UpstreamProbe(agent, upstream.base + b"/v2/", reactor))
     )
     root.putChild(b"_ca.crt", CACertificateResource.inStateDir(config.state_dir))
     site = RegproxySite(root, reactor=reactor)
+    # What must be closed at shutdown (the cache's index), for tap and tests.
+    site.cache = forwarder if isinstance(forwarder, CachingForwarder) else None
+    site.warmer = warmer
     site.cors = CORSPolicy(config.cors_origin)
     site.headerTimeout = config.header_timeout
     site.connections = Connections()
@@ -409,7 +415,7 @@ def startupLines(config: Config, environ=os.environ) -> list[str]:
             f"{_tokenKeySource(config, environ)}, "
             f"tokens valid {config.token_lifetime:g}s"
         )
-    lines.append("cache: none")
+    lines.append(f"cache: {cacheLine(config)}")
     if config.trusted_proxy:
         lines.append(f"trusted proxies: {', '.join(config.trusted_proxy)}")
     return lines

@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "regproxy.commands.tokencert",
         "make the key, certificate and kid for a token-mode registry",
     ),
+    "cache": (
+        "regproxy.commands.cache",
+        "verify, stats, warm: look after the LAN cache",
+    ),
     "cert": (
         "regproxy.commands.cert",
         "show the TLS certificate; print client setup for HOST:PORT",

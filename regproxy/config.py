@@ -27,11 +27,14 @@ from regproxy.names.settingvalues import (
     parseBool,
     parseCIDR,
     parseEndpoint,
+    parseFleetSlug,
     parseLogFormat,
     parseOptionalHTTPURL,
+    parseOptionalSize,
     parseOptionalText,
     parsePositiveFloat,
     parseResolver,
+    parseSizeSetting,
     parseText,
     parseUpstreamURL,
 )
@@ -319,6 +322,65 @@ class Config:
         "API from JavaScript (repeatable; * for any).",
         repeatable=True,
         metavar="ORIGIN",
+    )
+    cache_dir: str | None = setting(
+        None,
+        parseOptionalText,
+        "Directory of the LAN cache of blobs and manifests [default: STATE_DIR/cache].",
+        metavar="DIR",
+    )
+    cache_size: int | None = setting(
+        None,
+        parseOptionalSize,
+        "Most bytes the cache keeps, e.g. 20GiB or 500MB; 0 turns the cache "
+        "off [default: half the free space of its filesystem at start, at "
+        "most 20GiB].",
+        metavar="SIZE",
+    )
+    cache_min_free: int = setting(
+        1024**3,
+        parseSizeSetting,
+        "Stop storing new content while the cache's filesystem has less "
+        "free space than this.",
+        metavar="SIZE",
+    )
+    cache_auth_ttl: float = setting(
+        300.0,
+        parsePositiveFloat,
+        "Seconds an upstream's yes or no for one client on one repository "
+        "is remembered before a cached answer is served to it again.",
+        metavar="SECONDS",
+    )
+    cache_offline_grace: float = setting(
+        86400.0,
+        parsePositiveFloat,
+        "While the upstream is unreachable, serve cached content to clients "
+        "allowed up to this many seconds ago.",
+        metavar="SECONDS",
+    )
+    cache_stale: float = setting(
+        86400.0,
+        parsePositiveFloat,
+        "While the upstream is unreachable, answer a tag or fleet name with "
+        "its last known manifest up to this many seconds old (marked with a "
+        "Warning header).",
+        metavar="SECONDS",
+    )
+    cache_protect: float = setting(
+        7 * 86400.0,
+        parsePositiveFloat,
+        "The newest manifest of each tag or fleet name pulled within this "
+        "many seconds, and its blobs, are evicted last.",
+        metavar="SECONDS",
+    )
+    warm_fleet: tuple[str, ...] = setting(
+        (),
+        parseFleetSlug,
+        "Follow this fleet's target release (org/fleet) and fetch its images "
+        "into the cache when it changes (repeatable; private fleets need "
+        "--api-token).",
+        repeatable=True,
+        metavar="ORG/FLEET",
     )
     metrics: str | None = setting(
         None,

@@ -11,7 +11,9 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
@@ -160,6 +162,29 @@ class RegproxyService(DrainingService):
             self._log.info("{line}", line=line)
 
 
+# Seconds between looks at the --warm-fleet fleets' target releases.
+WARM_INTERVAL = 60.0
+
+
+class CacheService(service.Service):
+    """
+    Opens the LAN cache when regproxy starts (its index and disk threads
+    and its timers) and closes it when regproxy stops, so its counters are
+    written out.
+    """
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+
+    def startService(self) -> None:
+        super().startService()
+        self.cache.open()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.cache.close()
+
+
 def _describeBindFailure(e: CannotListenError) -> str:
     reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
     where = f"{e.interface or '*'}:{e.port}"
@@ -222,6 +247,15 @@ def makeService(options: Options) -> RegproxyService:
         site = makeSite(config, reactor, reloads=reloads)
     except (OSError, ValueError) as e:
         raise SystemExit(f"regproxy: {e}") from None
+    cache = getattr(site, "cache", None)
+    if cache is not None:
+        CacheService(cache).setServiceParent(top)
+    warmer = getattr(site, "warmer", None)
+    if warmer is not None:
+        # After the cache's service, so the cache is open when it first runs.
+        TimerService(
+            WARM_INTERVAL, lambda: Deferred.fromCoroutine(warmer.warmAll())
+        ).setServiceParent(top)
     top.connections = site.connections
     top.reactor = reactor
     top.grace = config.shutdown_grace

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 from hyperlink import URL
 
+from regproxy.names.sizes import parseSize
+
 T = TypeVar("T")
 
 
@@ -162,4 +164,34 @@ def parseAuthMode(value: Any) -> str:
     text = parseText(value)
     if text not in ("broker", "passthrough"):
         raise ValueError(f"expected broker or passthrough, got {text!r}")
+    return text
+
+
+def parseSizeSetting(value: Any) -> int:
+    """
+    A size such as C{20GiB}, C{500MB} or C{0}, in bytes.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as 20GiB, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"must not be negative, got {value!r}")
+        return value
+    return parseSize(parseText(value))
+
+
+def parseOptionalSize(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    return parseSizeSetting(value)
+
+
+def parseFleetSlug(value: Any) -> str:
+    """
+    A fleet as C{org/fleet}.
+    """
+    text = parseText(value)
+    org, slash, fleet = text.partition("/")
+    if not (org and slash and fleet) or "/" in fleet or any(c.isspace() for c in text):
+        raise ValueError(f"expected org/fleet, got {text!r}")
     return text

@@ -9,7 +9,7 @@ What hangs under the root is decided by L{regproxy.app}.
 from __future__ import annotations
 
 import json
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import connectionDone
@@ -310,6 +310,12 @@ class RegproxySite(Site):
     displayTracebacks = False
     metrics: Metrics | None = None
     trustedProxies: TrustedProxies | None = None
+    #: The LAN cache's forwarder (opened and closed by regproxy.tap's
+    #: CacheService) and the --warm-fleet follower, set by regproxy.app.
+    # The LAN cache and the fleet warmer, when on: set by the composition
+    # root (proxy/cachesetup.py); the server itself only hands them on.
+    cache: Any = None
+    warmer: Any = None
     _log = Logger()
 
     def log(self, request: http.Request) -> None:

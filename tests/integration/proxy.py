@@ -15,6 +15,8 @@ from typing import Protocol
 
 import attrs
 
+from regproxy.server.site import RegproxySite
+
 from .loopback import serveOnLoopback
 
 
@@ -44,7 +46,7 @@ class Proxy:
     url: str
     host: str
     port: int
-    site: object
+    site: RegproxySite
     config: object
 
     def reference(self, repository: str, tag: str) -> str:
@@ -81,6 +83,12 @@ def startProxy(testCase, registry: Upstream, reactor=None, **settings) -> Proxy:
     agent = makeUpstreamAgent(reactor, config)
     site = makeSite(config, reactor, agent=agent)
     site.noisy = False
+    cache = getattr(site, "cache", None)
+    if cache is not None:
+        # What CacheService does in twistd.  Cleanups run last-added first:
+        # the index closes after the connections (added below) have.
+        cache.open()
+        testCase.addCleanup(cache.close)
     # Clients are gone by the cleanup; once their connections are closed,
     # close ours to the registry.
     number = serveOnLoopback(

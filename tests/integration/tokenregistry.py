@@ -64,8 +64,16 @@ async def startTokenModeRegistry(
         ),
         reactor,
     )
+    return registryAt(port, "token", directory, process)
+
+
+def registryAt(port: int, mode: str, directory: str, process) -> Registry:
+    """
+    A plain-HTTP registry started with L{serveRegistry} on C{port}, with
+    no users of the harness's own.
+    """
     return Registry(
-        mode="token",
+        mode=mode,
         url=f"http://127.0.0.1:{port}",
         host=f"127.0.0.1:{port}",
         port=port,

@@ -15,7 +15,7 @@ from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.daemon import HangupReloads
-from regproxy.tap import Options, makeService
+from regproxy.tap import CacheService, Options, makeService
 
 
 class TapTestCase(SynchronousTestCase):
@@ -233,12 +233,34 @@ class MakeServiceTests(TapTestCase):
         self.assertTrue(IService.providedBy(top))
         self.assertFalse(top.running)
         children = [
-            c for c in cast(MultiService, top) if not isinstance(c, HangupReloads)
+            c
+            for c in cast(MultiService, top)
+            if not isinstance(c, (HangupReloads, CacheService))
         ]
         for child in children:
             self.assertIsInstance(child, StreamServerEndpointService)
             self.assertFalse(child.running)
         return children
+
+    def test_cacheOnByDefault(self) -> None:
+        """
+        The LAN cache is on by default, as a service that opens it only when
+        regproxy starts: making the service touches no disk.
+        """
+        stateDir = self.mktemp()
+        top = makeService(self.parse("--state-dir", stateDir))
+        (cache,) = [c for c in cast(MultiService, top) if isinstance(c, CacheService)]
+        self.assertFalse(cache.running)
+        self.assertFalse(os.path.exists(os.path.join(stateDir, "cache")))
+
+    def test_cacheOff(self) -> None:
+        """
+        C{--cache-size 0} turns it off.
+        """
+        top = makeService(self.parse("--cache-size", "0"))
+        self.assertEqual(
+            [c for c in cast(MultiService, top) if isinstance(c, CacheService)], []
+        )
 
     def test_twoListeners(self) -> None:
         """
