@@ -23,13 +23,12 @@ from regproxy.auth.access import AccessRules, AccessRulesError, AccessRulesFile
 from regproxy.auth.broker import Broker
 from regproxy.auth.credentials import BasicCredentials
 from regproxy.auth.htpasswd import HtpasswdError, HtpasswdUsers, ThreadPoolRunner
-from regproxy.auth.jwt import (
-    TokenIssuer,
-    TokenVerifier,
+from regproxy.auth.issuerkeys import (
     issuerFromOpenBalenaEnvironment,
     loadIssuer,
     loadOrCreateIssuer,
 )
+from regproxy.auth.jwt import TokenIssuer, TokenVerifier
 from regproxy.auth.sealing import Sealer, loadOrCreateKey
 from regproxy.auth.throttle import LoginThrottle
 from regproxy.auth.tokenresource import TokenResource

@@ -16,12 +16,14 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from regproxy.names.settingvalues import (
+    ConfigError,
+    Setting,
     optional,
     parseAuthMode,
     parseBool,
@@ -37,68 +39,12 @@ from regproxy.names.settingvalues import (
     parseSizeSetting,
     parseText,
     parseUpstreamURL,
+    setting,
 )
 
 ENV_PREFIX = "REGPROXY_"
 DEFAULT_UPSTREAM = "https://registry2.balena-cloud.com"
 DEFAULT_BALENA_API = "https://api.balena-cloud.com"
-
-
-class ConfigError(ValueError):
-    """
-    A setting has a value that cannot be used; the message names the option.
-    """
-
-
-@attrs.frozen
-class Setting:
-    """
-    How one configuration field is read from text.
-
-    @ivar parse: Turns one value (a string from a flag or the environment,
-        or any TOML value from the file) into the field's value, raising
-        L{ValueError} with a short reason when it cannot.
-    @ivar repeatable: The option may be given several times; the field
-        holds a tuple.
-    @ivar switch: A boolean flag that takes no argument.
-    @ivar secret: The value must never be shown, not even in error messages.
-    """
-
-    parse: Callable[[Any], Any]
-    help: str
-    repeatable: bool = False
-    switch: bool = False
-    secret: bool = False
-    metavar: str | None = None
-    aliases: tuple[str, ...] = ()
-
-
-def setting(
-    default: Any,
-    parse: Callable[[Any], Any],
-    help: str,
-    *,
-    repeatable: bool = False,
-    switch: bool = False,
-    secret: bool = False,
-    metavar: str | None = None,
-    aliases: tuple[str, ...] = (),
-) -> Any:
-    """
-    Declare a field of L{Config} that users can set.
-
-    @param aliases: Further environment variables read when the
-        C{REGPROXY_} one is not set (names other tools already use).
-    """
-    return attrs.field(
-        default=default,
-        repr=not secret,
-        metadata={
-            "setting": Setting(
-                parse, help, repeatable, switch, secret, metavar, aliases
-            )
-        },
-    )
 
 
 def defaultStateDir() -> str:

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from regproxy.auth.jwt import generateIssuerKeyAndCertificate
+from regproxy.auth.issuerkeys import generateIssuerKeyAndCertificate
 from regproxy.auth.libtrust import keyID
 from regproxy.commands.arguments import OneLineParser
 from regproxy.tls.pem import (

@@ -33,7 +33,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
-from regproxy.auth.jwt import TokenIssuer, generateIssuerKeyAndCertificate
+from regproxy.auth.issuerkeys import generateIssuerKeyAndCertificate
+from regproxy.auth.jwt import TokenIssuer
 from regproxy.testing.fakebalena import (
     ALICE_KEY,
     BOB_KEY,

@@ -29,11 +29,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from regproxy.auth.access import AccessRules, parseAccessRules
 from regproxy.auth.htpasswd import HtpasswdUsers, ThreadPoolRunner
-from regproxy.auth.jwt import (
-    TokenIssuer,
-    generateIssuerKeyAndCertificate,
-    tokenResponseBody,
-)
+from regproxy.auth.issuerkeys import generateIssuerKeyAndCertificate
+from regproxy.auth.jwt import TokenIssuer, tokenResponseBody
 from regproxy.names.scope import Scope, parseScopes
 from regproxy.tls.pem import certificatePEM
 

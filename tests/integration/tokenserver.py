@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from regproxy.auth.jwt import generateIssuerKeyAndCertificate
+from regproxy.auth.issuerkeys import generateIssuerKeyAndCertificate
 
 ALL_ACTIONS = frozenset({"pull", "push", "delete", "*"})
 

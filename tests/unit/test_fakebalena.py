@@ -15,11 +15,8 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from regproxy.auth.jwt import (
-    TokenIssuer,
-    TokenVerifier,
-    generateIssuerKeyAndCertificate,
-)
+from regproxy.auth.issuerkeys import generateIssuerKeyAndCertificate
+from regproxy.auth.jwt import TokenIssuer, TokenVerifier
 from regproxy.resolve.odata import quoteString
 from regproxy.testing.fakebalena import (
     ALICE_KEY,

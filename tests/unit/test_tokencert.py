@@ -16,7 +16,8 @@ from cryptography.x509.oid import NameOID
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from regproxy.auth.jwt import TokenVerifier, loadIssuer
+from regproxy.auth.issuerkeys import loadIssuer
+from regproxy.auth.jwt import TokenVerifier
 from regproxy.auth.libtrust import keyID
 from regproxy.commands.tokencert import main
 

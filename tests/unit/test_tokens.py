@@ -20,6 +20,13 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from regproxy.auth.issuerkeys import (
+    generateIssuerKeyAndCertificate,
+    issuerFromOpenBalenaEnvironment,
+    loadIssuer,
+    loadOrCreateIssuer,
+    parseSigningKey,
+)
 from regproxy.auth.jwt import (
     BadToken,
     ExpiredToken,
@@ -28,11 +35,6 @@ from regproxy.auth.jwt import (
     TokenError,
     TokenIssuer,
     TokenVerifier,
-    generateIssuerKeyAndCertificate,
-    issuerFromOpenBalenaEnvironment,
-    loadIssuer,
-    loadOrCreateIssuer,
-    parseSigningKey,
     tokenResponseBody,
 )
 from regproxy.auth.libtrust import base64url, keyID
