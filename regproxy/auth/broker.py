@@ -15,7 +15,6 @@ from collections import OrderedDict
 from typing import Any
 
 import attrs
-from twisted.logger import Logger
 from twisted.web.server import Request
 
 from regproxy.auth.credentials import BasicCredentials
@@ -93,8 +92,6 @@ class Broker:
     #: credentials (read by the metrics).
     tokensIssued: int = 0
     loginsRefused: int = 0
-
-    _log = Logger()
 
     def challengeFor(
         self,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.web.server import Request
 
 from regproxy.auth.broker import Broker
@@ -43,7 +42,6 @@ class TokenResource(TokenEndpoint):
     """
 
     isLeaf = True
-    _log = Logger()
 
     def __init__(self, broker: Broker) -> None:
         super().__init__()

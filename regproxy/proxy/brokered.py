@@ -17,7 +17,6 @@ repository with the client's own credentials, and forward.
 from __future__ import annotations
 
 from cachetools import TTLCache
-from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -107,7 +106,6 @@ class BrokeredRegistryResource(Resource):
     """
 
     isLeaf = True
-    _log = Logger()
 
     def __init__(
         self,

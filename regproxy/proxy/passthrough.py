@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import attrs
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -84,8 +83,6 @@ class UpstreamRealm:
     upstream: Origin
     realm: str | None = None
 
-    _log = Logger()
-
     def learn(self, realm: str | None) -> None:
         if realm and realm.startswith(("https://", "http://")):
             self.realm = realm
@@ -117,7 +114,6 @@ class TokenPassthroughResource(TokenEndpoint):
     """
 
     isLeaf = True
-    _log = Logger()
 
     def __init__(self, forwarder: Forwarder, realm: UpstreamRealm) -> None:
         super().__init__()

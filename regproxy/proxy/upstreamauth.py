@@ -20,7 +20,6 @@ from urllib.parse import quote
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
@@ -75,8 +74,6 @@ class UpstreamAuthenticator:
     _tokens: OrderedDict[tuple[str, str], tuple[bytes, float]] = attrs.field(
         factory=OrderedDict
     )
-
-    _log = Logger()
 
     async def scheme(self) -> UpstreamScheme:
         """

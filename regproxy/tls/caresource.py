@@ -6,7 +6,6 @@ as their C{ca.crt} (after checking the fingerprint the daemon logs).
 
 from __future__ import annotations
 
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -21,7 +20,6 @@ class CACertificateResource(Resource):
     """
 
     isLeaf = True
-    _log = Logger()
 
     def __init__(self, path: str) -> None:
         super().__init__()
