@@ -19,7 +19,7 @@ from twisted.web.server import Request
 
 from regproxy.auth.credentials import BasicCredentials
 from regproxy.proxy.upstreamauth import UpstreamAuthAgent
-from regproxy.server.errors import RegistryError, UpstreamTimeout
+from regproxy.server.errors import RegistryError, UpstreamError, UpstreamTimeout
 
 # What "the upstream cannot be reached" looks like.
 UNREACHABLE = (
@@ -107,6 +107,8 @@ def unreachable(error: BaseException) -> bool:
     Whether C{error} says the upstream (or its token service, the balena
     API) cannot be reached, rather than answering.
     """
+    if isinstance(error, UpstreamError):
+        return True
     if isinstance(error, RegistryError):
         return error.status in (502, 503, 504)
     return isinstance(error, UNREACHABLE)

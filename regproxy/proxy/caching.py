@@ -333,6 +333,10 @@ class CachingForwarder(Forwarder):
     def _filled(self, target: CacheTarget, size: int) -> Callable[[bool], None]:
         def done(kept: bool) -> None:
             self._fills.pop(target.reference, None)
+            if self._index is None:
+                # The cache closed under a fill cut at shutdown: nothing to
+                # record, and nothing was kept.
+                return
             self.index.record("miss", target.repository, size, "upstream")
             if kept:
                 self.index.link(target.upstream, target.repository, target.reference)

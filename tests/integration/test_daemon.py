@@ -168,6 +168,10 @@ class DaemonTests(TestCase):
             "tcp:0:interface=127.0.0.1",
             "--state-dir",
             home.child("state").path,
+            # These tests are of the relay's drain and reload; the LAN
+            # cache's own shutdown is tested in test_cache_disk.
+            "--cache-size",
+            "0",
             *options,
         ]
         process = reactor.spawnProcess(

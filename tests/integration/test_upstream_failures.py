@@ -155,6 +155,8 @@ class UpstreamFailureTests(TestCase):
             self,
             Upstream(upstream),
             auth=settings.pop("auth", "passthrough"),
+            # The relay's own waits; the cache's fills are tested on their own.
+            cache_size=settings.pop("cache_size", 0),
             **settings,
         )
         site = cast(RegproxySite, proxy.site)
