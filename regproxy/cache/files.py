@@ -179,6 +179,24 @@ def readCached(fd: int, length: int, offset: int) -> bytes | None:
     return os.pread(fd, length, offset)
 
 
+def readIntoNoWait(fd: int, buffer: memoryview, offset: int) -> int:
+    """
+    Read into C{buffer} what the page cache holds of the bytes at
+    C{offset}, without waiting for the disk: how many were read (0 when
+    none are cached, or the kernel cannot tell).
+    """
+    global _NOWAIT
+    if _NOWAIT is None:
+        return 0
+    try:
+        return os.preadv(fd, [buffer], offset, _NOWAIT)
+    except BlockingIOError:
+        return 0
+    except OSError:
+        _NOWAIT = None
+        return 0
+
+
 def hashesTo(path: str, digest: str) -> bool:
     """
     Whether the file at C{path} holds exactly the bytes C{digest} names.

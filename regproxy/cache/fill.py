@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from regproxy.cache import files
-from regproxy.cache.sendfile import stream
+from regproxy.cache.direct import stream
 from regproxy.cache.streaming import (
     FOLLOW_READ_SIZE,
     FileHandle,
@@ -325,6 +325,14 @@ class Fill:
     @property
     def size(self) -> int | None:
         return self._download.size
+
+    @property
+    def whole(self) -> bool:
+        """
+        Whether every byte is in and matched the digest (it may still be
+        being flushed and renamed into place).
+        """
+        return self._download.verified
 
     def write(self, data: bytes) -> None:
         """

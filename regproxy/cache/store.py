@@ -18,10 +18,10 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from regproxy.cache import files
+from regproxy.cache.direct import stream
 from regproxy.cache.eviction import chooseEvictions
 from regproxy.cache.fill import Download, Fill
 from regproxy.cache.index import CacheIndex
-from regproxy.cache.sendfile import stream
 from regproxy.cache.streaming import FileHandle, SourceFailed, readAt
 from regproxy.cache.threads import Runner, deferred, poolRunner, startedPool
 
@@ -76,7 +76,8 @@ class BlobStore:
     @param diskRunner: Runs blocking disk calls (reads, fsync, rename,
         hashing); a small thread pool when not given.
     @param freeSpace: Free bytes of the filesystem at a path (tests fake it).
-    @param zeroCopy: Whether hits on plain TCP go by C{sendfile}.
+    @param zeroCopy: Whether bytes for a client across a network go by
+        C{sendfile} (see L{regproxy.cache.direct}).
     @param durable: Whether fills are flushed to the disk before they count
         as kept; only tests turn it off.
     """

@@ -57,7 +57,8 @@ class Source(Protocol):
 
     def fileno(self) -> int | None:
         """
-        The file the bytes are in, for sendfile; L{None} when in memory.
+        The file the bytes are in, to send straight from; L{None} when in
+        memory.
         """
 
     def release(self) -> None:

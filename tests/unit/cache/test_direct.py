@@ -1,8 +1,9 @@
 """
-Tests for L{regproxy.cache.sendfile}, over a real loopback TCP connection
-(sendfile needs a real socket): the body arrives whole and right, by
-sendfile when the pages are cached and by threaded reads when they are not,
-and a client that goes away mid-body stops the sending.
+Tests for L{regproxy.cache.direct}, over a real loopback TCP connection
+(sending straight to the socket needs a real one): the body arrives whole
+and right, by copying (a client on this machine) or by sendfile (a client
+across a network), with threaded reads for pages not in memory, and a
+client that goes away mid-body stops the sending.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
-from regproxy.cache import files, sendfile
+from regproxy.cache import direct, files
 from tests.integration.testcase import MixinBase
 from tests.unit.cache.helpers import MiB, ServeResource, digestOf, keep, makeStore
 
@@ -62,8 +63,12 @@ class Reader(Protocol):
 class LoopbackMixin(MixinBase):
     """
     A store holding L{BODY}, served on a loopback port, counting sendfile
-    calls.
+    calls and direct sends.
+
+    @ivar remote: Whether the client is taken for one across a network.
     """
+
+    remote = False
 
     def setUp(self) -> None:
         self.store = makeStore(self, reactor=None)
@@ -83,7 +88,17 @@ class LoopbackMixin(MixinBase):
             self.calls += 1
             return real(*args)
 
-        self.patch(sendfile.os, "sendfile", counting)
+        self.patch(direct.os, "sendfile", counting)
+        self.sends = 0
+        realSend = direct.DirectStreamer._sendPending
+
+        def countingSend(streamer: direct.DirectStreamer) -> int:
+            self.sends += 1
+            return realSend(streamer)
+
+        self.patch(direct.DirectStreamer, "_sendPending", countingSend)
+        if self.remote:
+            self.patch(direct, "onThisMachine", lambda transport: False)
 
     async def fetch(self, reader: Reader) -> bytes:
         address = self.port.getHost()
@@ -93,20 +108,26 @@ class LoopbackMixin(MixinBase):
         return await reader.done
 
 
-class SendfileTests(LoopbackMixin, TestCase):
-    async def test_cachedBySendfile(self) -> None:
+class CopyTests(LoopbackMixin, TestCase):
+    """
+    A client on this machine: the body is copied through one buffer.
+    """
+
+    async def test_cachedByCopy(self) -> None:
         """
-        A hit whose pages are cached goes out by sendfile, whole.
+        A hit whose pages are cached goes out whole, sent straight to the
+        socket, never by sendfile.
         """
         body = await self.fetch(Reader())
         self.assertEqual(body, BODY)
-        self.assertGreater(self.calls, 0)
+        self.assertGreater(self.sends, 0)
+        self.assertEqual(self.calls, 0)
         self.assertEqual(self.resource.outcomes, [len(BODY)])
 
     async def test_coldReadOnThreads(self) -> None:
         """
-        Pages dropped from the page cache are read the ordinary way (on the
-        disk runner) rather than by a sendfile that would wait for the disk.
+        Pages dropped from the page cache are read on the disk runner
+        rather than on the reactor thread, which would wait for the disk.
         """
         fd = os.open(files.entryPath(self.store.root, self.digest), os.O_RDONLY)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -121,7 +142,7 @@ class SendfileTests(LoopbackMixin, TestCase):
         self.store.run = recording
         body = await self.fetch(Reader())
         self.assertEqual(body, BODY)
-        self.assertIn(os.pread, reads)
+        self.assertIn(os.preadv, reads)
 
     async def test_clientGoesAway(self) -> None:
         """
@@ -138,19 +159,57 @@ class SendfileTests(LoopbackMixin, TestCase):
 
     def test_notForStringTransports(self) -> None:
         """
-        Only a real TCP connection gets sendfile.
+        Only a real TCP connection is written to directly.
         """
         from tests.unit.cache.helpers import Client
 
         client = Client(self.resource)
         self.addCleanup(client.disconnect)
         self.assertEqual(client.body(), BODY)
-        self.assertEqual(self.calls, 0)
+        self.assertEqual((self.calls, self.sends), (0, 0))
 
 
-class SendfileFillTests(LoopbackMixin, TestCase):
+class SendfileTests(LoopbackMixin, TestCase):
     """
-    Readers of a fill on plain TCP follow the growing file by sendfile too.
+    A client across a network: the body goes by sendfile.
+    """
+
+    remote = True
+
+    async def test_cachedBySendfile(self) -> None:
+        """
+        A hit whose pages are cached goes out by sendfile, whole.
+        """
+        body = await self.fetch(Reader())
+        self.assertEqual(body, BODY)
+        self.assertGreater(self.calls, 0)
+        self.assertEqual(self.resource.outcomes, [len(BODY)])
+
+    async def test_coldReadOnThreads(self) -> None:
+        """
+        Pages not in memory are read on the disk runner and copied, rather
+        than sent by a sendfile that would wait for the disk.
+        """
+        fd = os.open(files.entryPath(self.store.root, self.digest), os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+        reads: list[Callable[..., object]] = []
+        run = self.store.run
+
+        def recording(f: Callable[..., T], *args: Any) -> Deferred[T]:
+            reads.append(f)
+            return run(f, *args)
+
+        self.store.run = recording
+        body = await self.fetch(Reader())
+        self.assertEqual(body, BODY)
+        self.assertIn(os.preadv, reads)
+
+
+class FollowTests(LoopbackMixin, TestCase):
+    """
+    Readers of a fill on plain TCP follow the growing file straight to the
+    socket too.
     """
 
     def setUp(self) -> None:
@@ -166,9 +225,9 @@ class SendfileFillTests(LoopbackMixin, TestCase):
             reactor.callLater(0, d.callback, None)
             await d
 
-    async def test_followedBySendfile(self) -> None:
+    async def test_followed(self) -> None:
         """
-        A reader gets every byte of the fill as it arrives, by sendfile.
+        A reader gets every byte of the fill as it arrives.
         """
         self.digest = digestOf(BODY)
         self.fill = self.store.fill(self.digest, len(BODY))
@@ -177,7 +236,7 @@ class SendfileFillTests(LoopbackMixin, TestCase):
         await self.writeSlowly(BODY)
         self.assertTrue(await self.fill.finish())
         self.assertEqual(await reading, BODY)
-        self.assertGreater(self.calls, 0)
+        self.assertGreater(self.sends if not self.remote else self.calls, 0)
 
     async def test_badDigest(self) -> None:
         """
@@ -189,4 +248,12 @@ class SendfileFillTests(LoopbackMixin, TestCase):
         body = await reading
         self.assertEqual(body, BODY[: len(body)])
         self.assertLess(len(body), len(BODY))
-        self.assertGreater(self.calls, 0)
+        self.assertGreater(self.sends if not self.remote else self.calls, 0)
+
+
+class SendfileFollowTests(FollowTests):
+    """
+    ... and by sendfile to a client across a network.
+    """
+
+    remote = True
