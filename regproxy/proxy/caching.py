@@ -272,9 +272,13 @@ class CachingForwarder(Forwarder):
             return await self._blobMiss(ask)
         if running is not None:
             started = await running.wait()
-            if started is not None and not running.ending:
+            # A fill whose bytes are all in and checked serves at once from
+            # its file, while it is flushed to the disk (seconds, for a big
+            # blob) and renamed into place.
+            if started is not None and (not running.ending or started[0].whole):
                 fill, fillSize = started
-                self._outcome(request, "coalesced", target, fillSize)
+                outcome = "hit" if fill.whole else "coalesced"
+                self._outcome(request, outcome, target, fillSize)
                 return StreamedResponse.forFill(fill, digest, fillSize)
             if started is not None and await started[0].done():
                 size = started[1]

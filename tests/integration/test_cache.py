@@ -7,12 +7,13 @@ token-auth registry, and one upstream GET per blob for concurrent pulls.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 
 import attrs
-from twisted.internet.defer import DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -202,6 +203,55 @@ class ConcurrencyTests(CacheTestsMixin, TestCase):
         # came from the cache, joining the fill or after it.
         stats = await self.stats()
         self.assertGreaterEqual(stats.hits + stats.coalesced, 27)
+
+
+class FlushTests(CacheTestsMixin, TestCase):
+    """
+    A blob whose bytes are all in is served while it is flushed to disk.
+    """
+
+    async def setUp(self) -> None:
+        self.registry = await startCountingRegistry(self)
+        self.proxy = startProxy(self, self.registry, auth="passthrough")
+        self.skopeo = Skopeo(self)
+
+    async def test_hitWhileFlushing(self) -> None:
+        """
+        A second GET of a blob whose fill has every byte, checked, but is
+        still being flushed and renamed into place (seconds for a big blob
+        on a slow disk) gets the whole blob from the fill's file at once,
+        as a hit, without a second upstream GET.
+        """
+        from regproxy.cache import files
+
+        await self.pushImage("flush/app", layerSizes=(2_000_000,))
+        layer = self.image.layers[0]
+        store = self.proxy.site.cache.store
+        run = store.run
+        flushing: Deferred[None] = Deferred()
+        flushed: Deferred[None] = Deferred()
+
+        def heldKeep(f, *args):
+            if f is not files.keep:
+                return run(f, *args)
+            flushing.callback(None)
+            return flushed.addCallback(lambda _: run(f, *args))
+
+        store.run = heldKeep
+        http = httpClient(self)
+        url = f"{self.proxy.url}/v2/flush/app/blobs/{layer.digest}"
+        first = await http.get(url)
+        self.assertEqual(hashlib.sha256(await first.content()).hexdigest(), layer.hex)
+        await flushing
+        second = await http.get(url)
+        self.assertEqual(second.code, 200)
+        self.assertEqual(hashlib.sha256(await second.content()).hexdigest(), layer.hex)
+        self.assertFalse(flushed.called)
+        flushed.callback(None)
+        await self.proxy.site.cache.settled()
+        self.assertEqual(len(blobGETs(self.registry, layer.digest)), 1)
+        stats = await self.stats()
+        self.assertEqual((stats.misses, stats.hits), (1, 1))
 
 
 class AuthorizationTests(CacheTestsMixin, TestCase):
