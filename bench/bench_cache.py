@@ -10,8 +10,9 @@ cache on) on loopback, pushes a 1 GiB blob and an image made of it, then,
 C{--runs} times, each with a fresh regproxy (a cold cache):
 
   - the blob through regproxy cold (a miss: the fill), then again (a hit),
-    plain and through the TLS listener, and from the registry directly;
-    speed, regproxy's CPU seconds per GiB and its peak RSS for each;
+    plain and through the TLS listener, and from the registry directly
+    just before and just after the plain hit (the faster counts); speed,
+    the server's CPU seconds per GiB and its peak RSS for each;
   - C{--clients} concurrent clients on one cold blob: aggregate throughput,
     the bytes the upstream sent (regproxy's own count, which the registry's
     matches), and regproxy's peak RSS;
@@ -165,7 +166,7 @@ class Bench:
     def run(self, number: int) -> dict[str, Any]:
         assert self.registry is not None
         figures: dict[str, Any] = {"run": number}
-        figures["direct"] = self.fetch(self.blobURL(self.registry.url), self.registry)
+        direct = [self.fetch(self.blobURL(self.registry.url), self.registry)]
         for listener in ("plain", "tls"):
             proxy = self.startProxy(f"regproxy-{listener}-{number}")
             base = proxy.url if listener == "plain" else self.tlsBase()
@@ -174,6 +175,16 @@ class Bench:
                 figures[f"hit_{listener}"] = self.fetch(self.blobURL(base), proxy)
             finally:
                 self.stopProxy()
+            if listener == "plain":
+                direct.append(
+                    self.fetch(self.blobURL(self.registry.url), self.registry)
+                )
+        # The registry at its best of the fetches just before and just after
+        # the plain hit, so that load on the machine never favours us.
+        figures["direct"] = max(direct, key=lambda fetch: fetch["speed"])
+        figures["hit_over_direct"] = (
+            figures["hit_plain"]["speed"] / figures["direct"]["speed"]
+        )
         figures["concurrent"] = self.concurrent(number)
         if not self.args.no_skopeo and shutil.which("skopeo"):
             figures["skopeo"] = self.skopeo(number)
@@ -307,10 +318,10 @@ def report(runs: list[dict[str, Any]], blobSize: int) -> str:
             f"{title:22} {med(key, 'speed') / 1e9:7.2f} "
             f"{med(key, 'cpu_per_gib'):10.2f} {med(key, 'peak_rss') / 1e6:12.1f}"
         )
-    hitRatio = med("hit_plain", "speed") / med("direct", "speed")
+    hitRatio = med("hit_over_direct")
     lines += [
         "",
-        f"hit / direct: {hitRatio:.2f}x (target >= {MIN_HIT_OVER_DIRECT}x: "
+        f"hit / direct (median of each run's ratio): {hitRatio:.2f}x (target >= {MIN_HIT_OVER_DIRECT}x: "
         f"{'met' if hitRatio >= MIN_HIT_OVER_DIRECT else 'NOT met'})",
         f"concurrent clients on one cold blob: aggregate "
         f"{med('concurrent', 'aggregate_speed') / 1e9:.2f} GB/s, upstream sent "
