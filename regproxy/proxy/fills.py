@@ -35,6 +35,8 @@ class RunningFill:
         self._waiting: list[Deferred[tuple[Fill, int] | None]] = []
         self.running: tuple[Fill, int] | None = None
         self.writer: FillWriter | None = None
+        self.kept: bool | None = None
+        self._ended: list[Deferred[bool]] = []
         self._started = False
         # The upstream body is all in: the fill is being checked and kept,
         # and a new reader must wait for the entry instead of joining.
@@ -53,6 +55,23 @@ class RunningFill:
         for each in waiting:
             each.callback(running)
 
+    def whenEnded(self) -> Deferred[bool]:
+        """
+        Fires with whether the fill was kept, once the cache has recorded
+        it (so the index may close after).
+        """
+        if self.kept is not None:
+            return succeed(self.kept)
+        ended: Deferred[bool] = Deferred()
+        self._ended.append(ended)
+        return ended
+
+    def ended(self, kept: bool) -> None:
+        self.kept = kept
+        ended, self._ended = self._ended, []
+        for each in ended:
+            each.callback(kept)
+
 
 class RunningFills(dict[str, RunningFill]):
     """
@@ -68,12 +87,13 @@ class RunningFills(dict[str, RunningFill]):
         @param ending: Only those whose upstream body is all in (being
             checked and kept), as at shutdown: they end in a moment.
         """
+        return self._settled(
+            [running for running in self.values() if running.ending or not ending]
+        )
+
+    def _settled(self, fills: list[RunningFill]) -> Deferred[list[tuple[bool, bool]]]:
         return DeferredList(
-            [
-                running.running[0].done()
-                for running in self.values()
-                if running.running is not None and (running.ending or not ending)
-            ],
+            [each.whenEnded() for each in fills if each.running is not None],
             consumeErrors=True,
         )
 
@@ -85,12 +105,18 @@ class RunningFills(dict[str, RunningFill]):
         timer = clock.callLater(grace, self.cut, f"after {grace:g}s")
 
         async def drained() -> None:
-            while any(running.running is not None for running in self.values()):
-                await self.settled()
-                if not timer.active():
+            waited: set[RunningFill] = set()
+            # Fills that start meanwhile (their headers were on the way)
+            # are waited for too; one that ended may still be listed for a
+            # moment, so each is waited for once.
+            while timer.active():
+                fills = [each for each in self.values() if each not in waited]
+                fills = [each for each in fills if each.running is not None]
+                if not fills:
+                    timer.cancel()
                     return
-            if timer.active():
-                timer.cancel()
+                waited.update(fills)
+                await self._settled(fills)
 
         return Deferred.fromCoroutine(drained())
 
@@ -193,7 +219,11 @@ class FillWriter(Protocol):
             self._watch.stop()
         if not kept:
             abortUpstream(self.transport)
+        self._finished(kept)
+
+    def _finished(self, kept: bool) -> None:
         self._done(kept)
+        self._running.ended(kept)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._ended:
@@ -203,11 +233,11 @@ class FillWriter(Protocol):
         if self._watch is not None:
             self._watch.stop()
         if reason.check(ResponseDone, PotentialDataLoss):
-            self._fill.finish().addCallbacks(self._done, self._broken)
+            self._fill.finish().addCallbacks(self._finished, self._broken)
         else:
             self._fill.fail(reason)
-            self._done(False)
+            self._finished(False)
 
     def _broken(self, failure: Failure) -> None:
         FillWriter._log.failure("Could not keep a fill", failure=failure)
-        self._done(False)
+        self._finished(False)

@@ -158,3 +158,15 @@ class FillWriterTests(SynchronousTestCase):
         """
         self.successResultOf(self.fills.drain(self.clock, 30.0))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_settledOnceRecorded(self) -> None:
+        """
+        C{settled} fires only after the cache has heard how the fill ended
+        (so the index, closed after it at shutdown, records the miss).
+        """
+        writer, _, results, _, _ = self.start()
+        seen: list[list[bool]] = []
+        self.fills.settled().addCallback(lambda _: seen.append(list(results)))
+        writer.dataReceived(BODY)
+        writer.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(seen, [[True]])
