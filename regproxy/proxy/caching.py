@@ -128,9 +128,9 @@ class CachingForwarder(Forwarder):
     def close(self) -> Deferred[None]:
         """
         Let fills that are being kept finish, write the counters out and
-        close the index (at shutdown, after L{RunningFills.drain}).  Fills
-        still downloading are left: their temporary files are never taken
-        for entries.
+        close the index (at shutdown, once L{RunningFills.drain} has let
+        the fills finish or cut them).  A fill still downloading is left:
+        its temporary file is never taken for an entry.
         """
         return Deferred.fromCoroutine(self._close())
 

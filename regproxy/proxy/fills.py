@@ -107,8 +107,7 @@ class RunningFills(dict[str, RunningFill]):
         async def drained() -> None:
             waited: set[RunningFill] = set()
             # Fills that start meanwhile (their headers were on the way)
-            # are waited for too; one that ended may still be listed for a
-            # moment, so each is waited for once.
+            # are waited for too, each once.
             while timer.active():
                 fills = [each for each in self.values() if each not in waited]
                 fills = [each for each in fills if each.running is not None]
@@ -189,7 +188,7 @@ class FillWriter(Protocol):
         if self._fill.failed:
             # The bytes cannot be held (the cache's disk failed, or the
             # upstream sent more than it said): reading on is no use.
-            self._end(False)
+            self._giveUp()
 
     def _idle(self) -> bool:
         self._log.warn(
@@ -210,16 +209,20 @@ class FillWriter(Protocol):
         """
         if not self._ended:
             self._fill.fail(reason)
-            self._end(False)
+            self._giveUp()
 
-    def _end(self, kept: bool) -> None:
+    def _stop(self) -> None:
         self._ended = True
         self._running.ending = True
         if self._watch is not None:
             self._watch.stop()
-        if not kept:
-            abortUpstream(self.transport)
-        self._finished(kept)
+
+    def _giveUp(self) -> None:
+        # The connection closes a moment after the abort; connectionLost
+        # then finds the fill ended.
+        self._stop()
+        abortUpstream(self.transport)
+        self._finished(False)
 
     def _finished(self, kept: bool) -> None:
         self._done(kept)
@@ -228,10 +231,7 @@ class FillWriter(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._ended:
             return
-        self._ended = True
-        self._running.ending = True
-        if self._watch is not None:
-            self._watch.stop()
+        self._stop()
         if reason.check(ResponseDone, PotentialDataLoss):
             self._fill.finish().addCallbacks(self._finished, self._broken)
         else:
