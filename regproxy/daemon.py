@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import FileLogObserver, ILogObserver, globalLogPublisher
 from twisted.python.logfile import BaseLogFile
 
@@ -110,37 +110,57 @@ class HangupReloads(service.Service):
 class DrainingService(service.MultiService):
     """
     Stopping stops the listeners first, then gives the site's connections
-    C{grace} seconds to finish their requests.  Meanwhile a second SIGTERM
-    or SIGINT (an impatient Ctrl-C) cuts them at once, instead of the
-    reactor's traceback for stopping twice.
+    (and the work in flight of the services in C{drainLast}, such as the
+    cache's downloads) C{grace} seconds to finish, and only then stops the
+    services in C{drainLast}.  Meanwhile a second SIGTERM or SIGINT (an
+    impatient Ctrl-C) cuts them at once, instead of the reactor's traceback
+    for stopping twice.
 
     @ivar reactor: For the grace period, and to act on a signal.
     @ivar signals: The C{signal} module (a fake in tests), or L{None} to
         leave the signals alone.
+    @ivar drainLast: Children stopped after the drain; each has
+        C{drain(clock, grace)} and C{cut(why)}, as L{Connections} does.
     """
 
     connections: Connections | None = None
     reactor: Any = None
     grace: float = 30.0
     signals: Any = None
+    drainLast: tuple[Any, ...] = ()
+
+    def _stopChildren(self, children: list[service.IService]) -> Deferred[Any]:
+        return DeferredList(
+            [maybeDeferred(child.stopService) for child in reversed(children)]
+        )
 
     def stopService(self) -> Deferred[Any]:
-        stopped = maybeDeferred(super().stopService)
         connections = self.connections
         if connections is None:
-            return stopped
+            return maybeDeferred(super().stopService)
+        service.Service.stopService(self)
+        last = [child for child in self if child in self.drainLast]
+        stopped = self._stopChildren([c for c in self if c not in last])
+        draining: list[Any] = [connections, *last]
 
-        def drain(_: object) -> Deferred[None]:
-            assert connections is not None
+        def drain(_: object) -> Deferred[Any]:
             if self.signals is not None:
-                self._cutOnSignal(connections)
-            return connections.drain(self.reactor, self.grace)
+                self._cutOnSignal(draining)
+            return DeferredList(
+                [each.drain(self.reactor, self.grace) for each in draining]
+            )
 
-        return stopped.addCallback(drain)
+        stopped.addCallback(drain)
+        stopped.addCallback(lambda _: self._stopChildren(last))
+        return stopped
 
-    def _cutOnSignal(self, connections: Connections) -> None:
+    def _cutOnSignal(self, draining: list[Any]) -> None:
+        def cut() -> None:
+            for each in draining:
+                each.cut("on a second signal")
+
         def onSignal(number: int, frame: object) -> None:
-            self.reactor.callFromThread(connections.cut, "on a second signal")
+            self.reactor.callFromThread(cut)
 
         for name in ("SIGTERM", "SIGINT"):
             self.signals.signal(getattr(self.signals, name), onSignal)

@@ -170,7 +170,9 @@ class CacheService(service.Service):
     """
     Opens the LAN cache when regproxy starts (its index and disk threads
     and its timers) and closes it when regproxy stops, so its counters are
-    written out.
+    written out.  It stops after the drain (see L{DrainingService}): the
+    downloads in flight get the grace to finish and be kept, and are cut
+    only after it.
     """
 
     def __init__(self, cache: Any) -> None:
@@ -179,6 +181,12 @@ class CacheService(service.Service):
     def startService(self) -> None:
         super().startService()
         self.cache.open()
+
+    def drain(self, clock: Any, grace: float) -> Any:
+        return self.cache.fills.drain(clock, grace)
+
+    def cut(self, why: str) -> None:
+        self.cache.fills.cut(why)
 
     def stopService(self) -> Any:
         super().stopService()
@@ -249,7 +257,9 @@ def makeService(options: Options) -> RegproxyService:
         raise SystemExit(f"regproxy: {e}") from None
     cache = getattr(site, "cache", None)
     if cache is not None:
-        CacheService(cache).setServiceParent(top)
+        cacheService = CacheService(cache)
+        cacheService.setServiceParent(top)
+        top.drainLast = (cacheService,)
     warmer = getattr(site, "warmer", None)
     if warmer is not None:
         # After the cache's service, so the cache is open when it first runs.

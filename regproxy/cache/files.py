@@ -10,6 +10,7 @@ keeping them (each run off the reactor thread by the store).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import hmac
@@ -86,6 +87,22 @@ def openTemporary(root: str) -> tuple[str, int]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return path, fd
+
+
+def writeAll(fd: int, data: bytes) -> None:
+    """
+    Write all of C{data}: C{os.write} may take less (a nearly full disk),
+    and a file left short would fail its digest check, or worse, be served
+    short.
+
+    @raise OSError: The disk took no more (C{ENOSPC}, C{EIO}).
+    """
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
 
 
 def keep(fd: int, temporary: str, final: str, durable: bool = True) -> None:

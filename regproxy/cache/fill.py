@@ -115,7 +115,11 @@ class Download:
         if self._temporary is not None:
             # Small pieces on the reactor thread: the page cache takes them
             # at once, and a disk that cannot keep up slows the upstream.
-            os.write(self._temporary[1], data)
+            try:
+                files.writeAll(self._temporary[1], data)
+            except OSError as e:
+                self._diskFailed(e)
+                return
         else:
             self._remember(data)
         self.written += len(data)
@@ -127,6 +131,29 @@ class Download:
             # keeping (the file still serves its readers) once it cannot fit.
             self.keeping = self._keeper.grow(self, len(data))
         self._wake()
+
+    def _diskFailed(self, error: OSError) -> None:
+        """
+        The cache's disk took no more (full, or failing): the bytes cannot
+        be kept, and readers that follow the file cannot be given the rest,
+        so the download fails cleanly (its file removed, its readers' answers
+        cut short) and the daemon goes on.
+        """
+        self._log.warn(
+            "Gave up the cache fill of {digest} after {written}B: "
+            "the cache disk failed ({error})",
+            digest=self.digest,
+            written=self.written,
+            error=error.strerror or error.__class__.__name__,
+        )
+        self.fail(Failure(SourceFailed("the cache disk failed")))
+
+    @property
+    def onDisk(self) -> bool:
+        """
+        Whether the bytes go to a temporary file (so take disk space).
+        """
+        return self._temporary is not None
 
     def _remember(self, data: bytes) -> None:
         self._window.append(data)
@@ -333,6 +360,13 @@ class Fill:
         being flushed and renamed into place).
         """
         return self._download.verified
+
+    @property
+    def failed(self) -> bool:
+        """
+        Whether the download failed (its readers fail too).
+        """
+        return self._download.failure is not None
 
     def write(self, data: bytes) -> None:
         """

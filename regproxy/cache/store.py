@@ -191,7 +191,9 @@ class BlobStore:
         if running is not None:
             return Fill(running, existing=True)
         final = self._path(digest)
-        diskFree = self._freeSpace(self.root) - (size or 0) >= self.minFree
+        diskFree = (
+            self._freeSpace(self.root) - (size or 0) - self._unwritten() >= self.minFree
+        )
         reserved = sum(self._reserved.values())
         fits = size is None or size <= self.maxSize - reserved
         temporary = files.openTemporary(self.root) if diskFree else None
@@ -201,6 +203,17 @@ class BlobStore:
             self._reserved[download] = size
             self._makeRoom()
         return Fill(download, existing=False)
+
+    def _unwritten(self) -> int:
+        """
+        What the running fills of known size still have to write to the
+        disk: the free space now does not show it yet.
+        """
+        return sum(
+            max(download.size - download.written, 0)
+            for download in self._fills.values()
+            if download.onDisk and download.size is not None
+        )
 
     async def kept(self, download: Download) -> None:
         """

@@ -29,7 +29,7 @@ import hashlib
 from collections.abc import Callable
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
@@ -53,7 +53,8 @@ from regproxy.proxy.cachedresponse import (
     manifestMediaType,
     parseRange,
 )
-from regproxy.proxy.fills import FillWriter, RunningFill
+from regproxy.proxy.failures import upstreamHost
+from regproxy.proxy.fills import FillWriter, RunningFill, RunningFills
 from regproxy.proxy.manifests import acceptable
 from regproxy.proxy.relay import Forwarder
 from regproxy.resolve.digests import manifestDigests
@@ -85,25 +86,15 @@ class CachingForwarder(Forwarder):
     authTTL: float = attrs.field(default=300.0, kw_only=True)
     offlineGrace: float = attrs.field(default=86400.0, kw_only=True)
     staleFor: float = attrs.field(default=86400.0, kw_only=True)
-    _fills: dict[str, RunningFill] = attrs.field(factory=dict, kw_only=True)
+    fills: RunningFills = attrs.field(factory=RunningFills, kw_only=True)
 
     _log = Logger()
 
     def settled(self, ending: bool = False) -> Deferred[list[tuple[bool, bool]]]:
         """
         Fires once every fill running now has ended (kept or not).
-
-        @param ending: Only those whose upstream body is all in (being
-            checked and kept), as at shutdown: they end in a moment.
         """
-        return DeferredList(
-            [
-                running.running[0].done()
-                for running in self._fills.values()
-                if running.running is not None and (running.ending or not ending)
-            ],
-            consumeErrors=True,
-        )
+        return self.fills.settled(ending)
 
     @property
     def store(self) -> BlobStore:
@@ -137,8 +128,9 @@ class CachingForwarder(Forwarder):
     def close(self) -> Deferred[None]:
         """
         Let fills that are being kept finish, write the counters out and
-        close the index (at shutdown).  Fills still downloading are left:
-        their temporary files are never taken for entries.
+        close the index (at shutdown, once L{RunningFills.drain} has let
+        the fills finish or cut them).  A fill still downloading is left:
+        its temporary file is never taken for an entry.
         """
         return Deferred.fromCoroutine(self._close())
 
@@ -255,12 +247,12 @@ class CachingForwarder(Forwarder):
     async def _blob(self, ask: CacheAsk) -> IResponse:
         request, target, upstream = ask.request, ask.target, ask.upstream
         digest = target.reference
-        running = self._fills.get(digest) if target.byDigest else None
+        running = self.fills.get(digest) if target.byDigest else None
         size = None
         if running is None and target.byDigest:
             size = await self.store.lookup(digest)
             # Another client may have started a fill while we looked.
-            running = self._fills.get(digest) if size is None else None
+            running = self.fills.get(digest) if size is None else None
         if size is None and running is None:
             return await self._blobMiss(ask)
         allowed, refusal = await self._servable(
@@ -299,34 +291,42 @@ class CachingForwarder(Forwarder):
         return response
 
     async def _blobMiss(self, ask: CacheAsk) -> IResponse:
-        request, target, upstream = ask.request, ask.target, ask.upstream
         """
         Fetch the blob; a whole GET by digest also fills the cache, and
         clients asking for it meanwhile are streamed from that one fill.
         """
+        request, target, upstream = ask.request, ask.target, ask.upstream
         fills = (
             target.byDigest
             and request.method == b"GET"
             and not request.requestHeaders.hasHeader(b"range")
-            and target.reference not in self._fills
+            and target.reference not in self.fills
         )
         if not fills:
             return await upstream(request.method)
-        pending = self._fills[target.reference] = RunningFill()
+        pending = self.fills[target.reference] = RunningFill()
         try:
             response = await upstream(b"GET")
         except BaseException:
-            self._fills.pop(target.reference, None)
+            self.fills.pop(target.reference, None)
             pending.started(None)
             raise
         await self._remember(ask.fingerprint, target, response.code)
         if response.code != 200 or not isinstance(response.length, int):
-            self._fills.pop(target.reference, None)
+            self.fills.pop(target.reference, None)
             pending.started(None)
             return response
         fill = self.store.fill(target.reference, response.length)
         response.deliverBody(
-            FillWriter(fill, pending, self._filled(target, response.length))
+            FillWriter(
+                fill,
+                pending,
+                self._filled(target, response.length),
+                self.clock,
+                self.responseTimeout,
+                target.reference,
+                upstreamHost(target.upstream),
+            )
         )
         pending.started((fill, response.length))
         request.cacheOutcome = "miss"  # type: ignore[attr-defined]
@@ -336,7 +336,7 @@ class CachingForwarder(Forwarder):
 
     def _filled(self, target: CacheTarget, size: int) -> Callable[[bool], None]:
         def done(kept: bool) -> None:
-            self._fills.pop(target.reference, None)
+            self.fills.pop(target.reference, None)
             if self._index is None:
                 # The cache closed under a fill cut at shutdown: nothing to
                 # record, and nothing was kept.

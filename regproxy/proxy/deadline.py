@@ -11,11 +11,12 @@ is told 504 "did not answer in time", never 502 "closed the connection".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -42,6 +43,46 @@ def abortUpstream(transport: object) -> None:
         abort()
     elif transport is not None:
         cast(IPushProducer, transport).stopProducing()
+
+
+class IdleWatch:
+    """
+    The response timeout on an upstream body that is being read: the relay
+    to a client and the cache's fill both use it, so a silent upstream
+    holds neither for longer than C{timeout} seconds.
+
+    C{onIdle} is called once nothing arrived for C{timeout} seconds; it
+    returns whether to wait another C{timeout} (when our side held the
+    upstream back, not the upstream us).
+    """
+
+    def __init__(
+        self, clock: IReactorTime, timeout: float, onIdle: Callable[[], bool]
+    ) -> None:
+        self._clock = clock
+        self._timeout = timeout
+        self._onIdle = onIdle
+        self._timer: IDelayedCall | None = clock.callLater(timeout, self._idle)
+
+    def moved(self) -> None:
+        """
+        A piece of the body arrived: start the wait again.
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._timeout)
+
+    def stop(self) -> None:
+        """
+        The body ended (or was given up): no more waiting.
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _idle(self) -> None:
+        self._timer = None
+        if self._onIdle():
+            self._timer = self._clock.callLater(self._timeout, self._idle)
 
 
 class _WholeBody(Protocol):

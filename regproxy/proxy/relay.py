@@ -17,7 +17,6 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IConsumer,
-    IDelayedCall,
     IProducer,
     IPushProducer,
     IReactorTime,
@@ -33,7 +32,12 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from regproxy.metrics import Metrics
-from regproxy.proxy.deadline import UpstreamDeadline, abortUpstream, readWholeBody
+from regproxy.proxy.deadline import (
+    IdleWatch,
+    UpstreamDeadline,
+    abortUpstream,
+    readWholeBody,
+)
 from regproxy.proxy.failures import upstreamHost
 from regproxy.server.errors import UpstreamError
 
@@ -257,17 +261,17 @@ class _BodyRelay(Protocol):
         self._host = host
         self._clientGone = False
         self._paused = self._pausedLately = False
-        self._timer: IDelayedCall | None = None
+        self._watch: IdleWatch | None = None
 
     def connectionMade(self) -> None:
         _readLarger(self.transport)
         _sendLarger(getattr(self._request.channel, "transport", None))
-        self._timer = self._clock.callLater(self._timeout, self._idle)
+        self._watch = IdleWatch(self._clock, self._timeout, self._idle)
         self._request.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
         if not self._clientGone:
-            cast(IDelayedCall, self._timer).reset(self._timeout)
+            cast(IdleWatch, self._watch).moved()
             self._request.write(data)
 
     # IPushProducer, for the client's connection.
@@ -286,19 +290,18 @@ class _BodyRelay(Protocol):
     def stopProducing(self) -> None:
         self.clientGone()
 
-    def _idle(self) -> None:
+    def _idle(self) -> bool:
         if self._clientGone:
             # The client left and the upstream has not closed since we
             # asked it to (a TLS close waits for the silent peer): drop it.
             abortUpstream(self.transport)
             self._finish(False)
-            return
+            return False
         if self._paused or self._pausedLately:
             # The client held the upstream back, not the upstream us: give
             # it the whole timeout again.
             self._pausedLately = False
-            self._timer = self._clock.callLater(self._timeout, self._idle)
-            return
+            return True
         self._log.warn(
             "{host} sent no body data for {timeout}s after {sent}B; "
             "closed the client connection",
@@ -313,6 +316,7 @@ class _BodyRelay(Protocol):
         self._request.unregisterProducer()
         abortUpstream(self.transport)
         self._finish(False)
+        return False
 
     def clientGone(self) -> None:
         """
@@ -333,8 +337,8 @@ class _BodyRelay(Protocol):
         self._finish(complete)
 
     def _finish(self, complete: bool) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        if self._watch is not None:
+            self._watch.stop()
         if not self._done.called:
             self._done.callback(complete)
 

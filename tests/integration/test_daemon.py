@@ -3,12 +3,13 @@ The daemon's life as an operator sees it: C{twistd -n regproxy} as a real
 child process on a free loopback port, in front of a local upstream that
 streams slowly.  SIGHUP after changing the htpasswd file lets the new user
 in and logs it; SIGTERM stops new connections, lets a download in flight
-complete, and exits.
+complete (and, with the LAN cache on, keeps it), and exits.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -28,13 +29,16 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from regproxy.cache.files import entryPath
+
+from .clients import runProcess
 from .loopback import serveOnLoopback
 
 _REPO = FilePath(__file__).parent().parent().parent()
 CHUNKS = 10
 CHUNK = b"y" * 32768
 EVERY = 0.2  # seconds between the upstream's chunks: a 2 s download
-DIGEST = "sha256:" + "ab" * 32
+DIGEST = "sha256:" + hashlib.sha256(CHUNK * CHUNKS).hexdigest()
 
 
 class SlowBlob(Resource):
@@ -142,16 +146,28 @@ def basic(user: str, password: str) -> Headers:
 class DaemonTests(TestCase):
     timeout = 60
 
-    async def startDaemon(self, *options: str) -> tuple[Daemon, str]:
+    async def startDaemon(
+        self, *options: str, cache: bool = False
+    ) -> tuple[Daemon, str]:
         """
         Run C{twistd -n regproxy} with our working tree first on the path,
-        listening on a free loopback port.
+        listening on a free loopback port; its state directory is
+        C{self.stateDir}.
 
+        @param cache: Whether the LAN cache is on.
         @return: The process and its URL.
         """
         protocol = Daemon()
         home = FilePath(self.mktemp())
         home.makedirs()
+        self.stateDir = home.child("state").path
+        # These tests are of the relay's drain and reload unless they ask
+        # for the LAN cache, whose drain they then test.
+        cacheOptions = (
+            ["--cache-size", "64MiB", "--cache-min-free", "0"]
+            if cache
+            else ["--cache-size", "0"]
+        )
         environ = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": home.path,
@@ -167,11 +183,8 @@ class DaemonTests(TestCase):
             "--listen",
             "tcp:0:interface=127.0.0.1",
             "--state-dir",
-            home.child("state").path,
-            # These tests are of the relay's drain and reload; the LAN
-            # cache's own shutdown is tested in test_cache_disk.
-            "--cache-size",
-            "0",
+            self.stateDir,
+            *cacheOptions,
             *options,
         ]
         process = reactor.spawnProcess(
@@ -281,6 +294,89 @@ class DaemonTests(TestCase):
         self.assertIn("Stopping: every request finished", daemon.output)
         self.assertIn("Server Shut Down.", daemon.output)
         self.assertNotIn("Traceback", daemon.output)
+
+    async def cacheStats(self) -> str:
+        """
+        What C{regproxy cache stats} says of the daemon's cache.
+        """
+        result = await runProcess(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from regproxy.cli import main; sys.exit(main())",
+                "cache",
+                "stats",
+                "--state-dir",
+                self.stateDir,
+            ],
+            {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _REPO.path},
+            60,
+        )
+        return result.stdout.decode()
+
+    async def test_termFinishesCacheMiss(self) -> None:
+        """
+        With the LAN cache on, SIGTERM during a download that fills the
+        cache: the download completes whole within the grace, the blob is
+        kept (the cache then holds it), and the process ends cleanly.
+        """
+        blob, upstream = self.serveUpstream()
+        daemon, base = await self.startDaemon(
+            "--upstream", upstream, "--auth", "passthrough", cache=True
+        )
+        response = await self.agent().request(
+            b"GET", f"{base}/v2/lib/app/blobs/{DIGEST}".encode()
+        )
+        self.assertEqual(response.code, 200)
+        await blob.started
+        mark = len(daemon.output)
+        daemon.signal("TERM")
+        await daemon.waitFor(r"Stopping: no more new connections; .* on 1 open", mark)
+        body = await readBody(response)
+        self.assertEqual(body, CHUNK * CHUNKS)
+        self.assertEqual(await daemon.ended, (None, signal.SIGTERM), daemon.output)
+        self.assertIn("Stopping: every request finished", daemon.output)
+        self.assertNotIn("cutting", daemon.output)
+        self.assertNotIn("Traceback", daemon.output)
+        path = entryPath(os.path.join(self.stateDir, "cache"), DIGEST)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), CHUNK * CHUNKS)
+        stats = await self.cacheStats()
+        self.assertIn("entries           1\n", stats)
+        self.assertIn("miss 1", stats)
+
+    async def test_termCutsCacheMissAfterGrace(self) -> None:
+        """
+        With the LAN cache on, a download still running when the grace
+        ends is cut: the client sees a truncated body, nothing is kept, and
+        the process ends cleanly.
+        """
+        blob, upstream = self.serveUpstream()
+        daemon, base = await self.startDaemon(
+            "--upstream",
+            upstream,
+            "--auth",
+            "passthrough",
+            "--shutdown-grace",
+            "0.5",
+            cache=True,
+        )
+        response = await self.agent().request(
+            b"GET", f"{base}/v2/lib/app/blobs/{DIGEST}".encode()
+        )
+        await blob.started
+        mark = len(daemon.output)
+        daemon.signal("TERM")
+        await daemon.waitFor(r"Stopping: cutting 1 cache fills .* after 0.5s", mark)
+        with self.assertRaises(ResponseFailed):
+            await readBody(response)
+        self.assertEqual(await daemon.ended, (None, signal.SIGTERM), daemon.output)
+        self.assertIn("Server Shut Down.", daemon.output)
+        self.assertNotIn("Traceback", daemon.output)
+        self.assertFalse(
+            os.path.exists(entryPath(os.path.join(self.stateDir, "cache"), DIGEST))
+        )
+        self.assertIn("entries           0\n", await self.cacheStats())
 
     async def test_secondTermCuts(self) -> None:
         """

@@ -8,6 +8,7 @@ named, and reach the log line, in about the configured time.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import socket
@@ -19,7 +20,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorSSL
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import ILogObserver, Logger, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, readBody
@@ -73,6 +74,30 @@ class Stall(Protocol):
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
                 b"Content-Length: 10000000\r\n\r\n" + b"x" * 100_000
             )
+
+
+_BLOB = b"layer bytes " * 100_000
+_BLOB_PATH = b"/v2/lib/app/blobs/sha256:" + hashlib.sha256(_BLOB).hexdigest().encode()
+
+
+class StallFirst(Protocol):
+    """
+    Answers the first request on the first connection with 100 KB of
+    L{_BLOB}, then nothing; later connections get it whole.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        if getattr(self, "answered", False) or b"\r\n\r\n" not in data:
+            return
+        self.answered = True
+        first = cast(TrackedFactory, self.factory).connections[0] is self
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: %d\r\n\r\n"
+            % (len(_BLOB),)
+            + (_BLOB[:100_000] if first else _BLOB)
+        )
 
 
 class Collect(Protocol):
@@ -155,7 +180,8 @@ class UpstreamFailureTests(TestCase):
             self,
             Upstream(upstream),
             auth=settings.pop("auth", "passthrough"),
-            # The relay's own waits; the cache's fills are tested on their own.
+            # The relay's own waits, unless a test turns the cache on to
+            # test its fills' (test_stalledBodyCacheOn).
             cache_size=settings.pop("cache_size", 0),
             **settings,
         )
@@ -298,3 +324,42 @@ class UpstreamFailureTests(TestCase):
         self.assertEqual(collector.received, 100_000)
         assert collector.reason is not None
         self.assertFalse(collector.reason.check(ResponseDone), collector.reason)
+
+    async def test_stalledBodyCacheOn(self) -> None:
+        """
+        With the LAN cache on, an upstream that stalls mid-body while the
+        blob fills the cache: with C{--response-timeout 1} the client's
+        connection is closed about a second later after a short body, the
+        log says why, nothing is kept, and the next request for the blob
+        downloads it afresh and gets it whole.
+        """
+        lines: list[str] = []
+        observer = cast(ILogObserver, lambda e: lines.append(formatEvent(e)))
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        upstream = self.serve(StallFirst)
+        proxy = self.proxy(
+            upstream, response_timeout=1, cache_size=64 * 1024**2, cache_min_free=0
+        )
+        started = reactor.seconds()
+        response = await self.client.request(b"GET", proxy.url.encode() + _BLOB_PATH)
+        self.assertEqual((response.code, response.length), (200, len(_BLOB)))
+        collector = Collect()
+        response.deliverBody(collector)
+        await collector.done
+        self.assertLess(reactor.seconds() - started, 5)
+        self.assertEqual(collector.received, 100_000)
+        assert collector.reason is not None
+        self.assertFalse(collector.reason.check(ResponseDone), collector.reason)
+        host = upstream.split("//", 1)[1]
+        self.assertIn(
+            f"{host} sent no body data for 1s after 100000B; cut the cache fill",
+            "\n".join(lines),
+        )
+        store = proxy.site.cache.store
+        digest = _BLOB_PATH.rsplit(b"/", 1)[1].decode()
+        self.assertIsNone(await store.lookup(digest))
+        response, body = await self.get(proxy, _BLOB_PATH)
+        self.assertEqual((response.code, body), (200, _BLOB))
+        await proxy.site.cache.settled()
+        self.assertEqual(await store.lookup(digest), len(_BLOB))

@@ -361,3 +361,61 @@ class DrainingServiceTests(SynchronousTestCase):
             self.assertNoResult(stopped)
             self.signals.handlers[number](number, None)  # type: ignore[operator]
             self.successResultOf(stopped)
+
+    def test_drainLastStopsAfterTheDrain(self) -> None:
+        """
+        A service in C{drainLast} (the cache) is drained with the
+        connections, within the same grace, and stopped only once the
+        connections and its own work are done: a download in flight at
+        SIGTERM is kept, not cut by the cache closing under it.
+        """
+        last = DrainsLast()
+        last.setServiceParent(self.top)
+        self.top.drainLast = (last,)
+        last.startService()
+        stopped = self.top.stopService()
+        self.assertEqual(last.calls, [])
+        self.listener.stopping.callback(None)
+        self.assertEqual(last.calls, [("drain", 30.0)])
+        self.connections.closed(self.busy)
+        self.assertNoResult(stopped)
+        self.assertTrue(last.running)
+        last.drained.callback(None)
+        self.assertEqual(last.calls, [("drain", 30.0), ("stop",)])
+        self.successResultOf(stopped)
+
+    def test_secondSignalCutsDrainLast(self) -> None:
+        """
+        A second signal cuts the work of C{drainLast} too.
+        """
+        last = DrainsLast()
+        last.setServiceParent(self.top)
+        self.top.drainLast = (last,)
+        stopped = self.top.stopService()
+        self.listener.stopping.callback(None)
+        self.signals.handlers[signal.SIGTERM](signal.SIGTERM, None)  # type: ignore[operator]
+        self.assertIn(("cut", "on a second signal"), last.calls)
+        self.successResultOf(stopped)
+
+
+class DrainsLast(Service):
+    """
+    A service with work of its own to drain, as the cache's is.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+        self.drained: Deferred[None] = Deferred()
+
+    def drain(self, clock: Clock, grace: float) -> Deferred[None]:
+        self.calls.append(("drain", grace))
+        return self.drained
+
+    def cut(self, why: str) -> None:
+        self.calls.append(("cut", why))
+        if not self.drained.called:
+            self.drained.callback(None)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.calls.append(("stop",))

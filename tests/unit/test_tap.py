@@ -15,7 +15,7 @@ from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
 from regproxy.daemon import HangupReloads
-from regproxy.tap import CacheService, Options, makeService
+from regproxy.tap import CacheService, Options, RegproxyService, makeService
 
 
 class TapTestCase(SynchronousTestCase):
@@ -251,6 +251,8 @@ class MakeServiceTests(TapTestCase):
         top = makeService(self.parse("--state-dir", stateDir))
         (cache,) = [c for c in cast(MultiService, top) if isinstance(c, CacheService)]
         self.assertFalse(cache.running)
+        # Stopped after the drain, so downloads in flight finish and are kept.
+        self.assertEqual(cast(RegproxyService, top).drainLast, (cache,))
         self.assertFalse(os.path.exists(os.path.join(stateDir, "cache")))
 
     def test_cacheOff(self) -> None:

@@ -6,9 +6,12 @@ own pace, and nothing served whole that is not right.
 from __future__ import annotations
 
 import os
+from typing import cast
 
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from regproxy.cache import files
 from regproxy.cache.fill import MEMORY_WINDOW
 from regproxy.cache.streaming import FOLLOW_READ_SIZE, SourceFailed
 from tests.unit.cache.helpers import (
@@ -17,6 +20,7 @@ from tests.unit.cache.helpers import (
     MiB,
     ServeResource,
     digestOf,
+    keep,
     makeStore,
 )
 
@@ -317,3 +321,86 @@ class FillTests(SynchronousTestCase):
             "sha256:" + "A" * 64,
         ):
             self.assertRaises(ValueError, self.store.fill, digest, 1)
+
+
+class DiskFailureTests(SynchronousTestCase):
+    """
+    A fill on a disk that takes less than asked, or nothing (full, failing).
+    """
+
+    def setUp(self) -> None:
+        self.disk = Disk()
+        self.store = makeStore(self, maxSize=1024 * MiB, disk=self.disk)
+        self.digest = digestOf(BODY)
+        self.events: list[dict] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def temporaryFiles(self) -> list[str]:
+        return os.listdir(os.path.join(self.store.root, "tmp"))
+
+    def test_shortWritesCompleted(self) -> None:
+        """
+        A disk that takes only part of each write still gets every byte:
+        the entry is whole and kept.
+        """
+        realWrite = os.write
+        self.patch(files.os, "write", lambda fd, data: realWrite(fd, data[:1000]))
+        fill = self.store.fill(self.digest, len(BODY))
+        resource = ServeResource(fill.serveTo, len(BODY))
+        client = Client(resource)
+        fill.write(BODY[:5000])
+        fill.write(BODY[5000:])
+        self.assertTrue(self.successResultOf(fill.finish()))
+        self.assertEqual(client.body(), BODY)
+        self.assertEqual(self.successResultOf(self.store.read(self.digest)), BODY)
+
+    def test_fullDiskGivesUpCleanly(self) -> None:
+        """
+        A write the disk refuses (C{ENOSPC}) ends the fill cleanly: not
+        kept, its file removed, its reader's answer cut short, one line
+        logged, and the store goes on with the next fill.
+        """
+        fill = self.store.fill(self.digest, len(BODY))
+        resource = ServeResource(fill.serveTo, len(BODY))
+        client = Client(resource)
+        fill.write(BODY[:1000])
+        self.assertEqual(len(self.temporaryFiles()), 1)
+        # The temporary file's descriptor now goes to a full disk.
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, fill._download._temporary[1])  # type: ignore[index]
+        os.close(full)
+        fill.write(BODY[1000:2000])
+        self.assertTrue(fill.failed)
+        self.assertFalse(self.successResultOf(fill.finish()))
+        resource.failure().trap(SourceFailed)
+        self.assertTrue(client.transport.disconnecting)
+        self.assertEqual(client.body(), BODY[:1000])
+        self.assertEqual(self.temporaryFiles(), [])
+        [line] = [formatEvent(e) for e in self.events if "disk" in formatEvent(e)]
+        self.assertEqual(
+            line,
+            f"Gave up the cache fill of {self.digest} after 1000B: "
+            "the cache disk failed (No space left on device)",
+        )
+        self.assertEqual(keep(self.store, b"next"), digestOf(b"next"))
+
+    def test_minFreeCountsRunningFills(self) -> None:
+        """
+        The free space a fill needs left counts what the running fills have
+        reserved and not yet written: two fills that each fit alone but not
+        together are not both kept.
+        """
+        self.store.minFree = 10 * MiB
+        self.disk.free = 100 * MiB
+        first = self.store.fill(digestOf(b"first"), 60 * MiB)
+        self.assertTrue(first.keeping)
+        second = self.store.fill(digestOf(b"second"), 40 * MiB)
+        self.assertFalse(second.keeping)
+        first.write(b"x" * MiB)
+        self.disk.free -= MiB
+        third = self.store.fill(digestOf(b"third"), 30 * MiB)
+        self.assertTrue(third.keeping)
+        for each in (first, second, third):
+            each.fail()

@@ -1,0 +1,172 @@
+"""
+Tests for L{regproxy.proxy.fills}: a cache fill is bounded by the relay's
+response timeout, and at shutdown the fills running get the grace to finish.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseDone
+
+from regproxy.cache.streaming import SourceFailed
+from regproxy.proxy.fills import FillWriter, RunningFill, RunningFills
+from tests.unit.cache.helpers import Client, ServeResource, digestOf, makeStore
+
+BODY = bytes(range(256)) * 4096  # 1 MiB
+OTHER = b"another blob" * 1000
+HOST = "registry.example:443"
+
+
+class FillWriterTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = makeStore(self)
+        self.fills = RunningFills()
+        self.events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def start(
+        self, body: bytes = BODY, timeout: float = 60.0
+    ) -> tuple[FillWriter, StringTransport, list[bool], Client, ServeResource]:
+        """
+        A fill of C{body} from an upstream connection, as
+        L{regproxy.proxy.caching.CachingForwarder} starts one, and a client
+        reading it.
+        """
+        digest = digestOf(body)
+        fill = self.store.fill(digest, len(body))
+        running = self.fills[digest] = RunningFill()
+        results: list[bool] = []
+
+        def done(kept: bool) -> None:
+            self.fills.pop(digest, None)
+            results.append(kept)
+
+        writer = FillWriter(fill, running, done, self.clock, timeout, digest, HOST)
+        upstream = StringTransport()
+        writer.makeConnection(upstream)
+        running.started((fill, len(body)))
+        resource = ServeResource(fill.serveTo, len(body))
+        return writer, upstream, results, Client(resource), resource
+
+    def lines(self, containing: str) -> list[str]:
+        return [formatEvent(e) for e in self.events if containing in formatEvent(e)]
+
+    def test_stalledUpstreamCut(self) -> None:
+        """
+        An upstream that sends nothing for the response timeout is dropped:
+        the fill fails and is not kept, the reader's connection is closed
+        after the bytes that came (a truncated answer), one line says so,
+        and the next fill of the digest starts afresh.
+        """
+        writer, upstream, results, client, resource = self.start()
+        writer.dataReceived(BODY[:1000])
+        self.clock.advance(59)
+        self.assertEqual(results, [])
+        self.assertFalse(upstream.disconnecting)
+        self.clock.advance(1)
+        self.assertEqual(results, [False])
+        self.assertTrue(upstream.disconnected)
+        resource.failure().trap(SourceFailed)
+        self.assertTrue(client.transport.disconnecting)
+        self.assertEqual(client.body(), BODY[:1000])
+        [line] = self.lines("sent no body data")
+        self.assertEqual(
+            line,
+            f"{HOST} sent no body data for 60.0s after 1000B; "
+            f"cut the cache fill of {digestOf(BODY)}",
+        )
+        self.assertEqual(self.fills, {})
+        self.assertIsNone(self.successResultOf(self.store.lookup(digestOf(BODY))))
+        again = self.store.fill(digestOf(BODY), len(BODY))
+        self.assertFalse(again.existing)
+        again.fail()
+
+    def test_movingUpstreamNotCut(self) -> None:
+        """
+        Each piece restarts the wait: a slow upstream that keeps sending is
+        never cut, and its fill is kept.
+        """
+        writer, upstream, results, client, resource = self.start()
+        for offset in range(0, len(BODY), len(BODY) // 4):
+            self.clock.advance(59)
+            writer.dataReceived(BODY[offset : offset + len(BODY) // 4])
+        self.clock.advance(59)
+        writer.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(results, [True])
+        self.assertFalse(upstream.disconnecting)
+        self.assertEqual(client.body(), BODY)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(
+            self.successResultOf(self.store.lookup(digestOf(BODY))), len(BODY)
+        )
+
+    def test_lateCloseAfterCut(self) -> None:
+        """
+        The upstream connection closing after the fill was cut (as an
+        aborted connection does, a moment later) changes nothing.
+        """
+        writer, _, results, _, _ = self.start()
+        self.clock.advance(60)
+        writer.dataReceived(BODY[:10])
+        writer.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(results, [False])
+
+    def test_drainKeepsWhatFinishes(self) -> None:
+        """
+        At shutdown a fill that finishes within the grace is kept; one
+        still downloading after it is cut, its reader's answer truncated.
+        """
+        writer, _, results, client, _ = self.start()
+        slow, slowUpstream, slowResults, slowClient, slowResource = self.start(
+            OTHER, timeout=3600.0
+        )
+        drained = self.fills.drain(self.clock, 30.0)
+        writer.dataReceived(BODY)
+        self.clock.advance(10)
+        writer.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(results, [True])
+        self.assertEqual(client.body(), BODY)
+        self.assertNoResult(drained)
+        slow.dataReceived(OTHER[:100])
+        self.clock.advance(20)
+        self.successResultOf(drained)
+        self.assertEqual(slowResults, [False])
+        self.assertTrue(slowUpstream.disconnected)
+        slowResource.failure().trap(SourceFailed)
+        self.assertEqual(slowClient.body(), OTHER[:100])
+        self.assertEqual(
+            self.lines("Stopping"),
+            ["Stopping: cutting 1 cache fills still downloading after 30s"],
+        )
+        self.assertEqual(
+            self.successResultOf(self.store.lookup(digestOf(BODY))), len(BODY)
+        )
+        self.assertIsNone(self.successResultOf(self.store.lookup(digestOf(OTHER))))
+
+    def test_drainWithNothingRunning(self) -> None:
+        """
+        With no fill running the drain is over at once, and leaves no timer.
+        """
+        self.successResultOf(self.fills.drain(self.clock, 30.0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_settledOnceRecorded(self) -> None:
+        """
+        C{settled} fires only after the cache has heard how the fill ended
+        (so the index, closed after it at shutdown, records the miss).
+        """
+        writer, _, results, _, _ = self.start()
+        seen: list[list[bool]] = []
+        self.fills.settled().addCallback(lambda _: seen.append(list(results)))
+        writer.dataReceived(BODY)
+        writer.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(seen, [[True]])
