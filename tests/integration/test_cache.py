@@ -1,12 +1,14 @@
 # -*- test-case-name: tests.integration.test_cache -*-
 """
 The LAN cache with the real registry and real clients: pulls through the
-cache, pulls again with the registry stopped, authorization kept on a
-token-auth registry, and one upstream GET per blob for concurrent pulls.
+cache, pulls again with the registry stopped (fleet names with the balena
+API stopped too), authorization kept on a token-auth registry, and one
+upstream GET per blob for concurrent pulls.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,7 +21,7 @@ from twisted.trial.unittest import TestCase
 from .clients import ClientFailed, Podman, Skopeo, httpClient, runProcess
 from .fleets import ALICE, BOB, PRIVATE, PUBLIC, TARGET_VERSION
 from .forwarding import readBlob, temporaryDirectory
-from .oci import sha256File, writeImage
+from .oci import Image, sha256File, writeImage
 from .proxy import Proxy, startProxy
 from .registry import Registry, registryConfig, serveRegistry, startRegistry
 from .test_fleets import HTTPMixin, SkopeoMixin
@@ -328,8 +330,9 @@ class OfflineFleetTests(HTTPMixin, SkopeoMixin, TestCase):
         """
         A fleet name, a version of it and a digest, pulled once, pull again
         from a new regproxy on the same cache directory with the API and
-        the registry stopped; the answer to the fleet name says it is
-        stale, and so does the log.  A private fleet a member pulled looks
+        the registry stopped (a blob of the fleet name too, before any
+        manifest); the answer to the fleet name says it is stale, and so
+        does the log.  A private fleet a member pulled looks
         exactly like a missing one to others, offline too.
         """
         missing = "acme/nothing"
@@ -357,6 +360,19 @@ class OfflineFleetTests(HTTPMixin, SkopeoMixin, TestCase):
 
         self.fleets.api.stop("drop")
         await self.fleets.registry.process.stop()
+        # A blob asked for by the fleet name before any manifest: where it
+        # lives comes from the cache's index.
+        image = self.fleets.image(PUBLIC, TARGET_VERSION)
+        assert isinstance(image, Image)
+        layer = image.layers[0]
+        response = await self.http.get(
+            f"{second.url}/v2/{PUBLIC}/blobs/{layer.digest}",
+            headers={"Authorization": ["Bearer " + tokens["anonymous"][PUBLIC]]},
+        )
+        body = await response.content()
+        self.assertEqual(response.code, 200, body[:200])
+        self.assertEqual("sha256:" + hashlib.sha256(body).hexdigest(), layer.digest)
+
         again = [await self.pull(name, proxy=second) for name in names]
         self.assertEqual(again, expected)
         self.assertEqual(again[0], target)
