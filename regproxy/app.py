@@ -38,7 +38,12 @@ from regproxy.config import DEFAULT_BALENA_API, DEFAULT_UPSTREAM, Config
 from regproxy.metrics import CountedClient, Metrics
 from regproxy.proxy.agent import NoCookies, makeUpstreamAgent
 from regproxy.proxy.brokered import BrokeredRegistryResource
-from regproxy.proxy.cachesetup import cacheLine, makeForwarder, makeWarmer
+from regproxy.proxy.cachesetup import (
+    cacheLine,
+    makeForwarder,
+    makeWarmer,
+    offlineNames,
+)
 from regproxy.proxy.caching import CachingForwarder
 from regproxy.proxy.catalog import CatalogResource, CatalogRoot, UpstreamCatalog
 from regproxy.proxy.measured import MeasuredAgent
@@ -54,11 +59,13 @@ from regproxy.resolve.digests import (
     IDigestLocations,
     LayeredDigestLocations,
     MemoryDigestLocations,
+    SeveralDigestLocations,
     SQLiteDigestLocations,
     runnerFor,
 )
 from regproxy.resolve.identity import IdentityResolver
 from regproxy.resolve.interfaces import IResolver
+from regproxy.resolve.remembered import IResolutionMemory, RecordingResolver
 from regproxy.resolve.static import StaticMapFile
 from regproxy.server.cors import CORSPolicy
 from regproxy.server.drain import Connections
@@ -133,6 +140,7 @@ def makeResolver(
     apiClient=None,
     reloads: Reloads | None = None,
     metrics: Metrics | None = None,
+    remembered: IResolutionMemory | None = None,
 ) -> IResolver:
     """
     The L{IResolver} for C{config}, cached where it asks an API.
@@ -141,6 +149,8 @@ def makeResolver(
         one with its own connection pool and no cookie jar.
     @param reloads: Where a static map registers its reload.
     @param metrics: Counts lookups and balena API requests.
+    @param remembered: Where the API's answers are written down, for
+        pulls while it cannot be asked.
     """
     metrics = metrics or Metrics()
     kind = resolverKind(config)
@@ -159,12 +169,14 @@ def makeResolver(
             makeUpstreamAgent(reactor, config),
             cookiejar=NoCookies(),  # type: ignore[arg-type]
         )
-    balena = BalenaResolver(
+    balena: IResolver = BalenaResolver(
         config.balena_api or DEFAULT_BALENA_API,
         CountedClient(apiClient, metrics.balenaAPIRequests),
         reactor,
         timeout=config.response_timeout,
     )
+    if remembered is not None:
+        balena = RecordingResolver(balena, remembered, reactor)
     caching = CachingResolver(
         balena,
         reactor,
@@ -284,16 +296,18 @@ def makeBroker(
     )
 
 
-def makeDigestLocations(config: Config, reactor) -> IDigestLocations:
+def makeDigestLocations(
+    config: Config, reactor, inCache: IDigestLocations | None = None
+) -> IDigestLocations:
     """
     Where digests live for a name, shared through the state directory by
-    every instance on it.
+    every instance on it, and kept in the LAN cache (C{inCache}) too.
     """
     path = os.path.join(_stateDir(config), "digests.sqlite3")
-    return LayeredDigestLocations(
-        MemoryDigestLocations(),
-        SQLiteDigestLocations(path, runnerFor(reactor), reactor),
-    )
+    back: IDigestLocations = SQLiteDigestLocations(path, runnerFor(reactor), reactor)
+    if inCache is not None:
+        back = SeveralDigestLocations((back, inCache))
+    return LayeredDigestLocations(MemoryDigestLocations(), back)
 
 
 def makeSite(
@@ -336,7 +350,10 @@ def makeSite(
         metrics.read("regproxy_tokens_issued", lambda: broker.tokensIssued)
         metrics.read("regproxy_logins_refused", lambda: broker.loginsRefused)
         metrics.read("regproxy_logins_throttled", lambda: broker.loginsThrottled)
-        resolver = makeResolver(config, reactor, apiClient, reloads, metrics)
+        remembered, inCache = offlineNames(config, forwarder)
+        resolver = makeResolver(
+            config, reactor, apiClient, reloads, metrics, remembered
+        )
         registry: Resource = BrokeredRegistryResource(
             broker,
             resolver,
@@ -346,7 +363,12 @@ def makeSite(
             config.public_url,
             config.api_token,
             fleetNames=resolverKind(config) != "identity",
-            digests=makeDigestLocations(config, reactor),
+            digests=makeDigestLocations(config, reactor, inCache),
+            remembered=remembered,
+            staleFor=config.cache_stale,
+            cacheOpen=lambda: (
+                isinstance(forwarder, CachingForwarder) and forwarder.isOpen
+            ),
         )
         if config.htpasswd is not None:
             # Our own rules say who may list what; elsewhere the catalog

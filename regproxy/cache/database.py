@@ -43,6 +43,18 @@ CREATE TABLE IF NOT EXISTS counters (
     repository TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
     PRIMARY KEY (repository, name)
 );
+CREATE TABLE IF NOT EXISTS resolutions (
+    name TEXT NOT NULL, asker TEXT NOT NULL, answer TEXT NOT NULL,
+    resolvedAt REAL NOT NULL,
+    PRIMARY KEY (name, asker)
+);
+CREATE INDEX IF NOT EXISTS resolutionsByAge ON resolutions (resolvedAt);
+CREATE TABLE IF NOT EXISTS locations (
+    name TEXT NOT NULL, digest TEXT NOT NULL, repository TEXT NOT NULL,
+    seenAt REAL NOT NULL,
+    PRIMARY KEY (name, digest)
+);
+CREATE INDEX IF NOT EXISTS locationsByAge ON locations (seenAt);
 """
 
 # The digests that evict last: the manifest each tag pulled since ? names,
@@ -229,6 +241,52 @@ class IndexDatabase:
                 "INSERT OR IGNORE INTO refs VALUES (?, ?)",
                 [(parent, child) for child in children],
             )
+
+    # What pulling a fleet name needs offline: the resolver's answers (by
+    # the name with its reference and a fingerprint of who asked) and where
+    # the digests its manifests name live.  Rows older than C{oldest} go as
+    # new ones come: nothing older is ever served.
+
+    def setResolution(
+        self, key: tuple[str, str], answer: str, at: float, oldest: float
+    ) -> None:
+        with self.connection:
+            self.connection.execute(
+                "INSERT OR REPLACE INTO resolutions VALUES (?, ?, ?, ?)",
+                key + (answer, at),
+            )
+            self.connection.execute(
+                "DELETE FROM resolutions WHERE resolvedAt < ?", (oldest,)
+            )
+
+    def getResolution(self, key: tuple[str, str]) -> tuple[str, float] | None:
+        row = self.connection.execute(
+            "SELECT answer, resolvedAt FROM resolutions WHERE name = ? AND asker = ?",
+            key,
+        ).fetchone()
+        return None if row is None else (str(row[0]), float(row[1]))
+
+    def setLocations(
+        self,
+        name: str,
+        digests: Iterable[str],
+        repository: str,
+        at: float,
+        oldest: float,
+    ) -> None:
+        with self.connection:
+            self.connection.executemany(
+                "INSERT OR REPLACE INTO locations VALUES (?, ?, ?, ?)",
+                [(name, digest, repository, at) for digest in digests],
+            )
+            self.connection.execute("DELETE FROM locations WHERE seenAt < ?", (oldest,))
+
+    def getLocation(self, name: str, digest: str) -> str | None:
+        row = self.connection.execute(
+            "SELECT repository FROM locations WHERE name = ? AND digest = ?",
+            (name, digest),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     # Counters.
 

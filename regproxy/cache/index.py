@@ -286,6 +286,42 @@ class CacheIndex:
         """
         return self._call(self._db.setReferences, manifestDigest, list(digests))
 
+    # Fleet names offline (see L{regproxy.proxy.offlinenames}).
+
+    def setResolution(
+        self, name: str, asker: str, answer: str, at: float, keepFor: float
+    ) -> Deferred[None]:
+        """
+        Record the resolver's C{answer} for C{name} (with its reference)
+        asked by C{asker} (a fingerprint), resolved at C{at}; answers older
+        than C{keepFor} seconds are dropped.
+        """
+        oldest = self._reactor.seconds() - keepFor
+        return self._call(self._db.setResolution, (name, asker), answer, at, oldest)
+
+    def getResolution(
+        self, name: str, asker: str
+    ) -> Deferred[tuple[str, float] | None]:
+        """
+        (the answer, when it was resolved) for C{name} and C{asker}.
+        """
+        return self._call(self._db.getResolution, (name, asker))
+
+    def setLocations(
+        self, name: str, digests: Iterable[str], repository: str, keepFor: float
+    ) -> Deferred[None]:
+        """
+        C{digests}, named by a manifest fetched for C{name}, live in
+        C{repository}; locations older than C{keepFor} seconds are dropped.
+        """
+        now = self._reactor.seconds()
+        return self._call(
+            self._db.setLocations, name, list(digests), repository, now, now - keepFor
+        )
+
+    def getLocation(self, name: str, digest: str) -> Deferred[str | None]:
+        return self._call(self._db.getLocation, name, digest)
+
     # Counters.
 
     def record(self, outcome: str, repository: str, nbytes: int, source: str) -> None:

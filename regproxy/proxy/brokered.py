@@ -16,7 +16,11 @@ repository with the client's own credentials, and forward.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cachetools import TTLCache
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -35,6 +39,7 @@ from regproxy.names.reference import (
     parsePath,
 )
 from regproxy.names.scope import Scope
+from regproxy.proxy.caching import STALE_WARNING
 from regproxy.proxy.fetch import (
     HeaderRewriter,
     Inspector,
@@ -48,7 +53,7 @@ from regproxy.proxy.mounts import parseMount, withoutMount, withSource
 from regproxy.proxy.relay import Forwarder, forwardedRequestHeaders
 from regproxy.proxy.tags import writeTags
 from regproxy.proxy.upstreamauth import UpstreamAccess, UpstreamAuthenticator
-from regproxy.resolve.cache import DEFAULT_MISS_TTL
+from regproxy.resolve.cache import DEFAULT_MISS_TTL, DEFAULT_STALE_AGE
 from regproxy.resolve.digests import IDigestLocations, MemoryDigestLocations
 from regproxy.resolve.interfaces import (
     SERVER,
@@ -59,6 +64,7 @@ from regproxy.resolve.interfaces import (
     ResolveError,
     ResolverUnavailable,
 )
+from regproxy.resolve.remembered import IResolutionMemory
 from regproxy.server.errors import API_VERSION, API_VERSION_HEADER, RegistryError
 from regproxy.server.rendering import renderLater
 from regproxy.server.request import StreamingRequest
@@ -102,10 +108,15 @@ class BrokeredRegistryResource(Resource):
         process only).
     @param fetcher: The relay (by default straight to the upstream,
         authenticated by C{upstreamAuth}; a cache wraps or replaces it).
+    @param remembered: Resolver answers kept beyond this process, recalled
+        (up to C{staleFor} seconds old) while the resolver cannot answer.
+    @param cacheOpen: Whether the LAN cache answers now: what the manifest
+        memory answers then counts as a cache hit.
     @ivar memory: What this instance remembers about manifests.
     """
 
     isLeaf = True
+    _log = Logger()
 
     def __init__(
         self,
@@ -119,6 +130,9 @@ class BrokeredRegistryResource(Resource):
         fleetNames: bool,
         digests: IDigestLocations | None = None,
         fetcher: IRegistryFetcher | None = None,
+        remembered: IResolutionMemory | None = None,
+        staleFor: float = DEFAULT_STALE_AGE,
+        cacheOpen: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__()
         self._broker = broker
@@ -128,6 +142,9 @@ class BrokeredRegistryResource(Resource):
         self._publicURL = publicURL
         self._serverAPIKey = serverAPIKey
         self._fleetNames = fleetNames
+        self._remembered = remembered
+        self._staleFor = staleFor
+        self._cacheOpen = cacheOpen
         self.memory = ManifestMemory(
             ManifestCache(broker.issuer.clock), digests or MemoryDigestLocations()
         )
@@ -158,13 +175,43 @@ class BrokeredRegistryResource(Resource):
                 return writeTags(request, path.name, tags)
         resolution = await self._resolve(path, account)
         request.upstreamRepository = resolution.repository
+        if resolution.staleBecause is None:
+            return await self._serve(request, path, resolution, account)
+        # A remembered answer: marked stale, and when it gets the client
+        # nothing, the client hears what the API's failure says, exactly as
+        # for a name nobody remembers (a private fleet looks missing).
+        request.responseHeaders.setRawHeaders(b"warning", [STALE_WARNING])
+        request.staleAnswer = True
+        try:
+            await self._serve(request, path, resolution, account)
+        except CancelledError:
+            raise
+        except Exception:
+            if request.startedWriting:
+                raise
+            request.responseHeaders.removeHeader(b"warning")
+            request.staleAnswer = False
+            raise resolution.staleBecause from None
+
+    async def _serve(
+        self,
+        request: StreamingRequest,
+        path: RegistryPath,
+        resolution: Resolution,
+        account: Account,
+    ) -> None:
+        """
+        Answer for C{resolution}: from memory, or relayed.
+        """
+        assert path.name is not None
         fetch = await self._upstreamFetch(request, path, resolution, account)
         denial = self._denialKey(path, fetch)
         if denial is not None and denial in self.denials:
             raise self._denied(request, path, account)
         key = self._memoryKey(request, path, resolution, fetch)
+        outcome = "hit" if self._cacheOpen() else None
         if key is not None and await self.memory.answer(
-            request, key, path.name, resolution.repository
+            request, key, path.name, resolution.repository, outcome
         ):
             return
         response = await self._relay(request, path, resolution, fetch, key, account)
@@ -201,9 +248,40 @@ class BrokeredRegistryResource(Resource):
         credentials = Credentials.choose(clientKey, self._serverAPIKey)
         try:
             return await self._resolver.resolve(reference, credentials)
+        except ResolverUnavailable as e:
+            remembered = await self._recall(reference, credentials, e)
+            if remembered is None:
+                raise
+            return remembered
         except ResolveError as e:
             await self._hideFromOutsiders(e, reference, credentials, account)
             raise
+
+    async def _recall(
+        self,
+        reference: ImageReference,
+        credentials: Credentials,
+        error: ResolverUnavailable,
+    ) -> Resolution | None:
+        """
+        The answer remembered for this name and this same asker, while it
+        is at most C{staleFor} seconds old, marked stale.
+        """
+        if self._remembered is None:
+            return None
+        found = await self._remembered.recall(reference, credentials)
+        if found is None:
+            return None
+        age = self._broker.issuer.clock.seconds() - found.resolvedAt
+        if age > self._staleFor:
+            return None
+        self._log.info(
+            "stale answer for {name} ({age:.0f}s old): {why}",
+            name=str(reference),
+            age=age,
+            why=error.message,
+        )
+        return found.resolution.asStale(error)
 
     async def _hideFromOutsiders(
         self,

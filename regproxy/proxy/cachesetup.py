@@ -19,10 +19,13 @@ from regproxy.config import Config
 from regproxy.metrics import Metrics
 from regproxy.names.sizes import formatSize
 from regproxy.proxy.caching import CachingForwarder
+from regproxy.proxy.offlinenames import IndexDigestLocations, IndexResolutions
 from regproxy.proxy.relay import Forwarder
 from regproxy.proxy.upstreamauth import UpstreamAuthenticator
 from regproxy.proxy.warming import FleetWarmer
+from regproxy.resolve.digests import IDigestLocations
 from regproxy.resolve.interfaces import IResolver
+from regproxy.resolve.remembered import IResolutionMemory
 from regproxy.server.urls import Origin
 
 DEFAULT_CACHE_LIMIT = 20 * 1024**3
@@ -90,6 +93,22 @@ def makeForwarder(
         authTTL=config.cache_auth_ttl,
         offlineGrace=config.cache_offline_grace,
         staleFor=config.cache_stale,
+    )
+
+
+def offlineNames(
+    config: Config, forwarder: Forwarder
+) -> tuple[IResolutionMemory | None, IDigestLocations | None]:
+    """
+    Where resolver answers and digest locations are kept for pulling fleet
+    names offline after a restart: the LAN cache's index, when the cache
+    is on.
+    """
+    if not isinstance(forwarder, CachingForwarder):
+        return None, None
+    return (
+        IndexResolutions(forwarder, config.cache_stale),
+        IndexDigestLocations(forwarder),
     )
 
 

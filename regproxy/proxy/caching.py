@@ -106,6 +106,10 @@ class CachingForwarder(Forwarder):
         assert self._index is not None, "the cache is not open"
         return self._index
 
+    @property
+    def isOpen(self) -> bool:
+        return self._store is not None and self._index is not None
+
     def open(self) -> None:
         """
         Open the store and the index; from now on the cache answers.

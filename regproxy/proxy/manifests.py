@@ -140,11 +140,19 @@ class ManifestMemory:
     digests: IDigestLocations
 
     async def answer(
-        self, request: Request, key: ManifestKey, name: str, repository: str
+        self,
+        request: Request,
+        key: ManifestKey,
+        name: str,
+        repository: str,
+        outcome: str | None = None,
     ) -> bool:
         """
         Answer C{request} from memory if a manifest for C{key} is kept and
         the client takes its media type.
+
+        @param outcome: What the request's log line says the cache did
+            (C{hit} while the LAN cache is on: this memory is its front).
         """
         cached = self.cache.get(key)
         if cached is None or not acceptable(request.requestHeaders, cached.contentType):
@@ -154,6 +162,8 @@ class ManifestMemory:
         # under this one too.
         if repository != name:
             await self.digests.remember(name, cached.references, repository)
+        if outcome is not None:
+            request.cacheOutcome = outcome  # type: ignore[attr-defined]
         writeManifest(request, cached)
         return True
 

@@ -80,6 +80,7 @@ class CoalescingCache:
         staleAge: float = DEFAULT_STALE_AGE,
         maxSize: int = 4096,
         isMiss: Callable[[Failure], bool] = isDefiniteMiss,
+        markStale: Callable[[Any, Failure], Any] | None = None,
     ) -> None:
         if not 0 <= missTTL <= MAX_MISS_TTL:
             raise ValueError(
@@ -90,6 +91,7 @@ class CoalescingCache:
         self._missTTL = missTTL
         self._staleAge = max(staleAge, ttl)
         self._isMiss = isMiss
+        self._markStale = markStale
         self._entries: LRUCache = LRUCache(maxsize=maxSize)
         self._inFlight: dict[Hashable, list[Deferred]] = {}
         #: Lookups by outcome (hit, miss, stale, error), for the metrics.
@@ -143,7 +145,9 @@ class CoalescingCache:
                     label=label,
                     why=getattr(result.value, "message", None) or result.type.__name__,
                 )
-                result = stale.result
+                failure, result = result, stale.result
+                if self._markStale is not None:
+                    result = self._markStale(result, failure)
                 outcome = "stale"
         self.lookups[outcome] += len(waiters)
         for waiter in waiters:
@@ -164,6 +168,15 @@ class CoalescingCache:
         return len(self._entries)
 
 
+def _markStale(result: Any, failure: Failure) -> Any:
+    """
+    A resolution served stale carries the error the API failed with.
+    """
+    if isinstance(result, Resolution) and isinstance(failure.value, Exception):
+        return result.asStale(failure.value)
+    return result
+
+
 @implementer(IResolver)
 class CachingResolver:
     """
@@ -181,7 +194,9 @@ class CachingResolver:
         maxSize: int = 4096,
     ) -> None:
         self.resolver = resolver
-        self.cache = CoalescingCache(clock, ttl, missTTL, staleAge, maxSize)
+        self.cache = CoalescingCache(
+            clock, ttl, missTTL, staleAge, maxSize, markStale=_markStale
+        )
 
     def resolve(
         self, reference: ImageReference, credentials: Credentials

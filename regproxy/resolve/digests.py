@@ -279,6 +279,39 @@ class LayeredDigestLocations:
         return Deferred.fromCoroutine(self._find(name, digest))
 
 
+@implementer(IDigestLocations)
+@attrs.frozen
+class SeveralDigestLocations:
+    """
+    Several backs at once: remembered in each, found in the first that
+    knows (the shared state directory's, then the LAN cache's, which
+    outlives a state directory of its own).
+    """
+
+    backs: tuple[IDigestLocations, ...]
+
+    async def _remember(
+        self, name: str, digests: Sequence[str], repository: str
+    ) -> None:
+        for back in self.backs:
+            await back.remember(name, digests, repository)
+
+    async def _find(self, name: str, digest: str) -> str | None:
+        for back in self.backs:
+            found = await back.find(name, digest)
+            if found is not None:
+                return found
+        return None
+
+    def remember(
+        self, name: str, digests: Sequence[str], repository: str
+    ) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._remember(name, digests, repository))
+
+    def find(self, name: str, digest: str) -> Deferred[str | None]:
+        return Deferred.fromCoroutine(self._find(name, digest))
+
+
 def manifestDigests(body: bytes) -> list[str]:
     """
     The digests a manifest or index refers to.

@@ -104,6 +104,10 @@ class Resolution:
         C{1.2.3-1648554962021}), when known.
     @ivar contentHash: The image's manifest digest, when known.
     @ivar service: The service the image is a build of, when known.
+    @ivar staleBecause: Why this is a remembered answer rather than the
+        API's word now (the API could not be asked), or L{None} for a fresh
+        one.  A client that does not get the bytes must hear this error, as
+        for a name nobody remembers.  Not part of the answer's equality.
     """
 
     repository: str
@@ -113,6 +117,20 @@ class Resolution:
     version: str | None = None
     contentHash: str | None = None
     service: str | None = None
+    staleBecause: Exception | None = attrs.field(
+        default=None, eq=False, repr=False, kw_only=True
+    )
+
+    @property
+    def stale(self) -> bool:
+        return self.staleBecause is not None
+
+    def asStale(self, because: Exception) -> Resolution:
+        """
+        This answer, remembered, served because the API failed with
+        C{because}.
+        """
+        return attrs.evolve(self, staleBecause=because)
 
 
 class ResolveError(TranslatableError):

@@ -156,6 +156,9 @@ class StreamingRequest(Request):
     imageName: str | None = None
     upstreamRepository: str | None = None
     cacheOutcome: str | None = None
+    # The answer stands on a remembered resolution (the resolver could not
+    # be asked): the log says stale whatever the cache did.
+    staleAnswer: bool = False
     # Why the upstream could not answer, when it could not: for the log
     # line and the upstream error count (its cause is a metric label).
     upstreamFailure: UpstreamError | None = None

@@ -349,11 +349,21 @@ class RegproxySite(Site):
             bytes=request.sentLength,
             duration=duration,
             upstream=_upstreamField(request),
-            cache=getattr(request, "cacheOutcome", None) or "-",
+            cache=_cacheField(request),
             aborted=aborted,
             received=received,
             abortedNote=_abortedNote(aborted, received),
         )
+
+
+def _cacheField(request: http.Request) -> str:
+    """
+    How the cache answered (hit, miss, coalesced, stale), or C{-}; C{stale}
+    for any answer that stands on a remembered resolution.
+    """
+    if getattr(request, "staleAnswer", False):
+        return "stale"
+    return getattr(request, "cacheOutcome", None) or "-"
 
 
 def _upstreamField(request: http.Request) -> object:

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.integration.test_cache -*-
 """
 The LAN cache with the real registry and real clients: pulls through the
-cache, pulls again with the registry stopped, authorization kept on a
-token-auth registry, and one upstream GET per blob for concurrent pulls.
+cache, pulls again with the registry stopped (fleet names with the balena
+API stopped too), authorization kept on a token-auth registry, and one
+upstream GET per blob for concurrent pulls.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from .clients import ClientFailed, Podman, Skopeo, httpClient, runProcess
-from .fleets import PUBLIC, TARGET_VERSION
+from .fleets import ALICE, BOB, PRIVATE, PUBLIC, TARGET_VERSION
 from .forwarding import readBlob, temporaryDirectory
-from .oci import sha256File, writeImage
+from .oci import Image, sha256File, writeImage
 from .proxy import Proxy, startProxy
 from .registry import Registry, registryConfig, serveRegistry, startRegistry
-from .test_fleets import SkopeoMixin
+from .test_fleets import HTTPMixin, SkopeoMixin
 from .testcase import MixinBase
 from .tokenregistry import registryAt
 
@@ -353,6 +354,103 @@ class FleetTests(SkopeoMixin, TestCase):
         )
         self.assertEqual(counters.misses, misses)
         self.assertGreater(counters.hits, hits)
+
+
+class OfflineFleetTests(HTTPMixin, SkopeoMixin, TestCase):
+    """
+    Fleet names from a restarted regproxy while both the balena API and the
+    registry are down: the cache's index remembers what the API answered.
+    """
+
+    async def outsiderSees(self, proxy: Proxy, name: str, token: str):
+        """
+        What a client with C{token} sees of C{name}'s manifest: status,
+        body with the name taken out, header names and values but the date.
+        """
+        response, body = await self.manifest(name, proxy=proxy, token=token)
+        headers = sorted(
+            (key.lower(), tuple(values))
+            for key, values in response.headers.getAllRawHeaders()
+            if key.lower() != b"date"
+        )
+        return response.code, body.replace(name.encode(), b"NAME"), headers
+
+    async def test_fleetNameWithAPIAndRegistryStopped(self) -> None:
+        """
+        A fleet name, a version of it and a digest, pulled once, pull again
+        from a new regproxy on the same cache directory with the API and
+        the registry stopped (a blob of the fleet name too, before any
+        manifest); the answer to the fleet name says it is stale, and so
+        does the log.  A private fleet a member pulled looks
+        exactly like a missing one to others, offline too.
+        """
+        missing = "acme/nothing"
+        cacheDir = temporaryDirectory(self, "shared-cache-")
+        first = self.startProxy(cache_dir=cacheDir)
+        target = self.fleets.digest(PUBLIC, TARGET_VERSION)
+        names = (PUBLIC, f"{PUBLIC}/1.2.3", f"{PUBLIC}@{target}")
+        expected = [await self.pull(name, proxy=first) for name in names]
+        self.assertEqual(
+            await self.pull(PRIVATE, creds=ALICE, proxy=first),
+            self.fleets.digest(PRIVATE, "1.0.0"),
+        )
+        await first.site.cache.settled()
+        # The new regproxy, with nothing in memory; the outsiders' tokens
+        # from it are made while their logins can still be checked (the
+        # token endpoint resolves no names).
+        second = self.startProxy(cache_dir=cacheDir)
+        tokens = {
+            who: {
+                name: await self.token(name, creds, second)
+                for name in (PRIVATE, missing, PUBLIC)
+            }
+            for who, creds in (("anonymous", None), ("bob", BOB))
+        }
+
+        self.fleets.api.stop("drop")
+        await self.fleets.registry.process.stop()
+        # A blob asked for by the fleet name before any manifest: where it
+        # lives comes from the cache's index.
+        image = self.fleets.image(PUBLIC, TARGET_VERSION)
+        assert isinstance(image, Image)
+        layer = image.layers[0]
+        response = await self.http.get(
+            f"{second.url}/v2/{PUBLIC}/blobs/{layer.digest}",
+            headers={"Authorization": ["Bearer " + tokens["anonymous"][PUBLIC]]},
+        )
+        body = await response.content()
+        self.assertEqual(response.code, 200, body[:200])
+        self.assertEqual("sha256:" + hashlib.sha256(body).hexdigest(), layer.digest)
+
+        again = [await self.pull(name, proxy=second) for name in names]
+        self.assertEqual(again, expected)
+        self.assertEqual(again[0], target)
+
+        lines: list[str] = []
+
+        def observe(event: dict) -> None:
+            if event.get("regproxy_request") and event.get("name") == PUBLIC:
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, observe)  # type: ignore[arg-type]
+        response, body = await self.manifest(
+            PUBLIC, proxy=second, token=tokens["anonymous"][PUBLIC]
+        )
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(
+            response.headers.getRawHeaders("warning"), ['110 - "Response is Stale"']
+        )
+        self.assertEqual(
+            response.headers.getRawHeaders("docker-content-digest"), [target]
+        )
+        self.assertIn("cache=stale", lines[-1])
+
+        for who, mine in tokens.items():
+            seen = await self.outsiderSees(second, PRIVATE, mine[PRIVATE])
+            nothing = await self.outsiderSees(second, missing, mine[missing])
+            self.assertEqual(seen, nothing, who)
+            self.assertGreaterEqual(seen[0], 400, seen)
 
 
 class ChainTests(CacheTestsMixin, TestCase):

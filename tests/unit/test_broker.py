@@ -19,14 +19,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from regproxy import app
 from regproxy.app import makeSite
 from regproxy.auth.tokenresource import MAX_SCOPES
 from regproxy.config import Config
+from regproxy.proxy.caching import STALE_WARNING
 from regproxy.resolve.cache import DEFAULT_MISS_TTL
 from regproxy.resolve.digests import manifestDigests
+from regproxy.resolve.remembered import MemoryResolutionMemory
 from regproxy.server.request import MAX_BODY
 from regproxy.testing.fakebalena import (
     ALICE_KEY,
@@ -1748,6 +1751,177 @@ class FleetWithServerKeyTests(FleetTestCase):
         """
         response = self.pull("acme/private-app", credentials=basic("alice", ALICE_KEY))
         self.assertEqual(response.status, 200, response.body)
+
+
+class RememberedFleetTests(FleetTestCase):
+    """
+    Fleet names while the balena API cannot be asked, from answers
+    remembered beyond the process (what the LAN cache's index keeps; here
+    in memory) or from the resolver's own in-memory cache: served, marked
+    stale, for the same asker only, and a private fleet still looks missing.
+    """
+
+    def setUp(self) -> None:
+        self.remembered = MemoryResolutionMemory()
+        self.patch(
+            app, "offlineNames", lambda config, forwarder: (self.remembered, None)
+        )
+        self.events: list[dict] = []
+        super().setUp()
+
+    def makeSite(self, stateDir: str | None = None, **config):
+        config.setdefault("cache_stale", 3600.0)
+        site = super().makeSite(stateDir, **config)
+        site._log = Logger(observer=cast(ILogObserver, self.events.append))
+        return site
+
+    def restart(self) -> None:
+        """
+        A new regproxy on the same state: nothing in its memory but what
+        the remembered answers hold.
+        """
+        self.site = self.makeSite()
+
+    def cacheFields(self) -> list[str]:
+        return [e["cache"] for e in self.events if e.get("regproxy_request")]
+
+    def assertLooksMissingOffline(
+        self, name: str, credentials: bytes | None = None, missing: str = "acme/nothing"
+    ) -> RawResponse:
+        """
+        C{name}'s manifest answers exactly as a missing fleet's does: status,
+        body and every header but the date.
+        """
+        seen = self.pull(name, credentials=credentials)
+        expected = self.pull(missing, credentials=credentials)
+
+        def shown(response: RawResponse, which: str) -> tuple:
+            headers = sorted(
+                (k.lower(), v) for k, v in response.headers if k.lower() != b"date"
+            )
+            return response.status, response.body.replace(which.encode(), b"N"), headers
+
+        self.assertEqual(shown(seen, name), shown(expected, missing))
+        return seen
+
+    def test_restartedWhileAPIDown(self) -> None:
+        """
+        A name pulled before a restart pulls while the API is down, from
+        the answer remembered for this asker, marked stale in the answer
+        and in the log.
+        """
+        before = self.pull("acme/public-app", "1.2.3")
+        self.assertEqual(before.status, 200, before.body)
+        self.assertIsNone(before.header(b"warning"))
+        self.restart()
+        self.balena.stop("503")
+        response = self.pull("acme/public-app", "1.2.3")
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(response.body, before.body)
+        self.assertEqual(response.all(b"warning"), [STALE_WARNING])
+        self.assertEqual(self.cacheFields()[-1], "stale")
+
+    def test_blobAfterRestart(self) -> None:
+        """
+        Its blobs are found through the manifest answered from the
+        remembered resolution.
+        """
+        repository = self.fixture.repository("acme/public-app", "1.2.3+rev2")
+        self.assertEqual(self.pull("acme/public-app", "1.2.3").status, 200)
+        self.restart()
+        self.balena.stop("503")
+        self.assertEqual(self.pull("acme/public-app", "1.2.3").status, 200)
+        digest = digestOf(layerFor(repository))
+        token = self.bearer(["repository:acme/public-app:pull"])
+        blob = self.get(f"/v2/acme/public-app/blobs/{digest}".encode(), token)
+        self.assertEqual(blob.status, 200, blob.body)
+        self.assertEqual(blob.body, layerFor(repository))
+
+    def test_tooOld(self) -> None:
+        """
+        An answer older than C{--cache-stale} is not served: the client
+        hears why the API failed, unmarked.
+        """
+        self.assertEqual(self.pull("acme/public-app", "1.2.3").status, 200)
+        self.restart()
+        self.balena.stop("503")
+        self.reactor.advance(3601)
+        response = self.pull("acme/public-app", "1.2.3")
+        self.assertEqual(response.status, 503, response.body)
+        self.assertEqual(errorCodes(response), ["UNAVAILABLE"])
+        self.assertIsNone(response.header(b"warning"))
+        self.assertEqual(self.cacheFields()[-1], "-")
+
+    def test_otherAskers(self) -> None:
+        """
+        What a member pulled is remembered for her: after a restart with
+        the API down she pulls it again, while anonymous clients and other
+        users find the private fleet exactly as they find a missing one.
+        """
+        alice = basic("alice", ALICE_KEY)
+        self.assertEqual(self.pull("acme/private-app", credentials=alice).status, 200)
+        self.restart()
+        self.balena.stop("503")
+        self.assertEqual(self.pull("acme/private-app", credentials=alice).status, 200)
+        seen = self.assertLooksMissingOffline("acme/private-app")
+        self.assertEqual(seen.status, 503)
+        self.assertLooksMissingOffline("acme/private-app", basic("bob", BOB_KEY))
+
+    def test_inMemoryStaleMarked(self) -> None:
+        """
+        An answer the resolver's own cache serves stale is marked the same
+        way, and a fresh one is not once the API is back.
+        """
+        self.assertEqual(self.pull("acme/public-app", "1.2.3").status, 200)
+        self.balena.stop("503")
+        self.reactor.advance(600)
+        response = self.pull("acme/public-app", "1.2.3")
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(response.all(b"warning"), [STALE_WARNING])
+        self.assertEqual(self.cacheFields()[-1], "stale")
+        self.balena.start()
+        self.reactor.advance(600)
+        response = self.pull("acme/public-app", "1.2.3")
+        self.assertIsNone(response.header(b"warning"))
+        self.assertNotEqual(self.cacheFields()[-1], "stale")
+
+    def test_memoryAnswerIsAHit(self) -> None:
+        """
+        A fleet release's manifest answered from the manifest memory logs
+        C{hit} while the LAN cache is on, C{-} while it is off.
+        """
+        registry = self.site.resource.children[b"v2"]
+        token = self.bearer(["repository:acme/public-app:pull"])
+        headers = [
+            (b"Authorization", token),
+            (b"Accept", b"application/vnd.oci.image.manifest.v1+json"),
+        ]
+        path = b"/v2/acme/public-app/manifests/1.2.3"
+        self.assertEqual(self.exchange(b"GET", path, headers).status, 200)
+        for cacheOn, expected in ((False, "-"), (True, "hit")):
+            registry._cacheOpen = lambda on=cacheOn: on
+            self.assertEqual(self.exchange(b"GET", path, headers).status, 200)
+            [event] = [e for e in self.events if e.get("regproxy_request")][-1:]
+            self.assertEqual((event["upstream"], event["cache"]), ("-", expected))
+
+
+class RememberedServerKeyTests(RememberedFleetTests):
+    """
+    The same with regproxy's own API key: an anonymous client resolves the
+    private fleet with it (and the upstream refuses it), so an answer is
+    remembered for that asker; offline, it still gets nothing more than a
+    missing fleet gets.
+    """
+
+    apiToken = ALICE_KEY
+
+    def test_privateRememberedForServerKey(self) -> None:
+        self.assertLooksMissing("acme/private-app", "/v2/{}/manifests/latest")
+        self.restart()
+        self.balena.stop("503")
+        seen = self.assertLooksMissingOffline("acme/private-app")
+        self.assertEqual(seen.status, 503)
+        self.assertIsNone(seen.header(b"warning"))
 
 
 class FleetTimingTests(FleetTestCase):

@@ -223,6 +223,24 @@ class CachingResolverTests(SynchronousTestCase):
             self.successResultOf(self.resolve("acme/public-app/1.2.3")), before
         )
 
+    def test_staleAnswerMarked(self) -> None:
+        """
+        A stale answer says it is stale, and carries the API's failure; a
+        fresh one does not, before the outage or after it.
+        """
+        before = self.successResultOf(self.resolve("acme/public-app/1.2.3"))
+        self.assertFalse(before.stale)
+        self.clock.advance(600)
+        self.api.stop("503")
+        stale = self.successResultOf(self.resolve("acme/public-app/1.2.3"))
+        self.assertTrue(stale.stale)
+        self.assertIsInstance(stale.staleBecause, ResolverUnavailable)
+        self.assertEqual(stale.staleBecause.status, 503)
+        self.api.start()
+        after = self.successResultOf(self.resolve("acme/public-app/1.2.3"))
+        self.assertFalse(after.stale)
+        self.assertEqual(after, before)
+
     def test_apiDownColdCache(self) -> None:
         self.api.stop("503")
         error = self.failureResultOf(

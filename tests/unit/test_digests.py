@@ -19,6 +19,7 @@ from regproxy.resolve.digests import (
     IDigestLocations,
     LayeredDigestLocations,
     MemoryDigestLocations,
+    SeveralDigestLocations,
     SQLiteDigestLocations,
     ThreadRunner,
     runNow,
@@ -128,6 +129,23 @@ class DigestLocationsTests(SynchronousTestCase):
             )
         self.assertEqual(back.finds, 1)
         self.assertIsNone(self.successResultOf(layered.find("a/b", DIGESTS[2])))
+
+    def test_several(self) -> None:
+        """
+        Several backs each remember; a digest is found in the first that
+        knows it, in any of them.
+        """
+        first, second = MemoryDigestLocations(), MemoryDigestLocations()
+        several = SeveralDigestLocations((first, second))
+        verifyObject(IDigestLocations, several)
+        self.successResultOf(several.remember("a/b", DIGESTS[:1], "v2/x"))
+        self.assertEqual(first.findNow("a/b", DIGESTS[0]), "v2/x")
+        self.assertEqual(second.findNow("a/b", DIGESTS[0]), "v2/x")
+        second.rememberNow("a/b", DIGESTS[1:2], "v2/y")
+        self.assertEqual(self.successResultOf(several.find("a/b", DIGESTS[1])), "v2/y")
+        first.rememberNow("a/b", DIGESTS[1:2], "v2/z")
+        self.assertEqual(self.successResultOf(several.find("a/b", DIGESTS[1])), "v2/z")
+        self.assertIsNone(self.successResultOf(several.find("a/b", DIGESTS[2])))
 
 
 class ThreadRunnerTests(TestCase):
