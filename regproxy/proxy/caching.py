@@ -6,13 +6,7 @@ from the cache, for whom, and what the log line says about it.
 L{CachingForwarder} stands where a L{Forwarder} does: the brokered and the
 pass-through resources send every upstream request through it and never
 know whether the answer came from the upstream or from disk.  It keeps
-authorization as the upstream decides it:
-
-  - bytes are served for repository R only when they were fetched through R
-    (a link in the index) or the upstream has just confirmed R has them;
-  - and only to a client whose credentials the upstream allowed on R within
-    C{authTTL} seconds (C{offlineGrace} while the upstream is unreachable);
-    otherwise a C{HEAD} upstream with the client's own authorization asks.
+authorization as the upstream decides it (L{CacheAuthorizations}).
 
 A tag is revalidated with a C{HEAD} on every request; its body comes from
 the cache when the digest it names is held.  While the upstream cannot be
@@ -47,6 +41,7 @@ from regproxy.proxy.cacheasks import (
     clientCredentials,
     unreachable,
 )
+from regproxy.proxy.cacheauth import CacheAuthorizations
 from regproxy.proxy.cachedresponse import (
     BytesResponse,
     StreamedResponse,
@@ -105,6 +100,12 @@ class CachingForwarder(Forwarder):
     def index(self) -> CacheIndex:
         assert self._index is not None, "the cache is not open"
         return self._index
+
+    @property
+    def authorizations(self) -> CacheAuthorizations:
+        return CacheAuthorizations(
+            self.index, self.clock, self.authTTL, self.offlineGrace
+        )
 
     @property
     def isOpen(self) -> bool:
@@ -183,69 +184,6 @@ class CachingForwarder(Forwarder):
             return await response.relay(request)
         return await Forwarder.relayBody(self, request, response)
 
-    # Authorization
-
-    async def _allowed(
-        self, fingerprint: str, target: CacheTarget, window: float
-    ) -> bool:
-        decision = await self.index.getAuthorization(
-            fingerprint, target.upstream, target.repository
-        )
-        if decision is None:
-            return False
-        allowed, checkedAt = decision
-        return allowed and self.clock.seconds() - checkedAt <= window
-
-    async def _remember(self, fingerprint: str, target: CacheTarget, code: int) -> None:
-        if code in (401, 403):
-            await self.index.setAuthorization(
-                fingerprint,
-                target.upstream,
-                target.repository,
-                False,
-                self.clock.seconds(),
-            )
-        elif 200 <= code < 300:
-            await self.index.setAuthorization(
-                fingerprint,
-                target.upstream,
-                target.repository,
-                True,
-                self.clock.seconds(),
-            )
-
-    async def _servable(
-        self,
-        target: CacheTarget,
-        fingerprint: str,
-        digest: str,
-        upstream: Sender,
-    ) -> tuple[bool, IResponse | None]:
-        """
-        Whether the cached C{digest} may go to this client under
-        C{target.repository}: (yes or no, the upstream's refusal to relay).
-
-        A link and a fresh authorization answer at once; otherwise a
-        C{HEAD} upstream decides (and confirms the repository has the
-        digest).  Unreachable, remembered decisions count up to the grace.
-        """
-        linked = await self.index.isLinked(target.upstream, target.repository, digest)
-        if linked and await self._allowed(fingerprint, target, self.authTTL):
-            return True, None
-        try:
-            response = await upstream(b"HEAD")
-        except Unreachable:
-            return (
-                linked and await self._allowed(fingerprint, target, self.offlineGrace)
-            ), None
-        await self._remember(fingerprint, target, response.code)
-        if response.code == 200:
-            await self.index.link(target.upstream, target.repository, digest)
-            return True, None
-        if response.code in (401, 403):
-            return False, response
-        return False, None
-
     # Blobs
 
     async def _blob(self, ask: CacheAsk) -> IResponse:
@@ -259,7 +197,7 @@ class CachingForwarder(Forwarder):
             running = self.fills.get(digest) if size is None else None
         if size is None and running is None:
             return await self._blobMiss(ask)
-        allowed, refusal = await self._servable(
+        allowed, refusal = await self.authorizations.servable(
             target, ask.fingerprint, digest, upstream
         )
         if refusal is not None:
@@ -315,7 +253,7 @@ class CachingForwarder(Forwarder):
             self.fills.pop(target.reference, None)
             pending.started(None)
             raise
-        await self._remember(ask.fingerprint, target, response.code)
+        await self.authorizations.remember(ask.fingerprint, target, response.code)
         if response.code != 200 or not isinstance(response.length, int):
             self.fills.pop(target.reference, None)
             pending.started(None)
@@ -361,7 +299,7 @@ class CachingForwarder(Forwarder):
             response = await upstream(b"HEAD")
         except Unreachable as e:
             return await self._staleTag(request, target, ask.fingerprint, e)
-        await self._remember(ask.fingerprint, target, response.code)
+        await self.authorizations.remember(ask.fingerprint, target, response.code)
         digest = (response.headers.getRawHeaders(b"docker-content-digest") or [b""])[
             -1
         ].decode("latin-1")
@@ -392,7 +330,7 @@ class CachingForwarder(Forwarder):
         request, target, upstream = ask.request, ask.target, ask.upstream
         digest = target.reference
         if await self.store.lookup(digest) is not None:
-            allowed, refusal = await self._servable(
+            allowed, refusal = await self.authorizations.servable(
                 target, ask.fingerprint, digest, upstream
             )
             if refusal is not None:
@@ -416,7 +354,7 @@ class CachingForwarder(Forwarder):
         if (
             entry is None
             or self.clock.seconds() - entry.fetchedAt > self.staleFor
-            or not await self._allowed(fingerprint, target, self.offlineGrace)
+            or not await self.authorizations.allowed(fingerprint, target, offline=True)
         ):
             raise error
         cached = await self._cachedManifest(request, entry.digest, entry.mediaType)
