@@ -3,8 +3,9 @@
 One upstream download shared by every client that asks for the same digest
 while it runs.
 
-The download is written to a temporary file and hashed as it arrives; each
-reader follows that file at its own pace and waits on a L{Deferred} for the
+The download is written to a temporary file and hashed as it arrives (on
+the disk threads, L{OrderedWriter}); each reader follows that file at its
+own pace and waits on a L{Deferred} for the
 next write when it catches up.  The last byte is held back from readers
 until the digest has been checked, so no client ever receives a whole body
 that did not match.  The file absorbs slow readers; the download goes on
@@ -33,6 +34,7 @@ from regproxy.cache.streaming import (
     readAt,
 )
 from regproxy.cache.threads import Runner, deferred
+from regproxy.cache.writer import OrderedWriter
 
 # How much of a download that is not being kept (too big for the cache, or
 # the disk is short of space) is held in memory for readers that lag.
@@ -101,6 +103,15 @@ class Download:
         self.links: list[tuple[str, str]] = []
         self._window: collections.deque[bytes] = collections.deque()
         self._windowStart = 0
+        # Handed to write(); written counts what is hashed and on disk.
+        self.received = 0
+        self._writer = OrderedWriter(
+            keeper.run,
+            self._hasher,
+            temporary[1] if temporary is not None else None,
+            self._wrote,
+            self._writeFailed,
+        )
 
     @property
     def over(self) -> bool:
@@ -111,26 +122,37 @@ class Download:
     def write(self, data: bytes) -> None:
         if self.over or not data:
             return
-        self._hasher.update(data)
-        if self._temporary is not None:
-            # Small pieces on the reactor thread: the page cache takes them
-            # at once, and a disk that cannot keep up slows the upstream.
-            try:
-                files.writeAll(self._temporary[1], data)
-            except OSError as e:
-                self._diskFailed(e)
-                return
-        else:
-            self._remember(data)
-        self.written += len(data)
-        if self.size is not None and self.written > self.size:
+        self.received += len(data)
+        if self.size is not None and self.received > self.size:
             self.fail(Failure(SourceFailed("the upstream sent more than its length")))
             return
         if self.keeping and self.size is None:
             # No length to reserve up front: reserve as it comes, and stop
             # keeping (the file still serves its readers) once it cannot fit.
             self.keeping = self._keeper.grow(self, len(data))
+        self._writer.add(data)
+
+    def belowBacklog(self) -> Deferred[None]:
+        """
+        Fires once the disk has caught up enough to take more.
+        """
+        return self._writer.belowBacklog()
+
+    def _wrote(self, batch: list[bytes]) -> None:
+        if self.over:
+            return
+        for data in batch:
+            if self._temporary is None:
+                self._remember(data)
+            self.written += len(data)
         self._wake()
+
+    def _writeFailed(self, failure: Failure) -> None:
+        error = failure.value
+        if isinstance(error, OSError):
+            self._diskFailed(error)
+        else:
+            self.fail(failure)
 
     def _diskFailed(self, error: OSError) -> None:
         """
@@ -155,6 +177,19 @@ class Download:
         """
         return self._temporary is not None
 
+    def joinable(self) -> bool:
+        """
+        Whether a new reader can have every byte (see L{Fill.joinable}).
+        """
+        if self.failure is not None:
+            return False
+        if self.onDisk:
+            return True
+        if self.verified:
+            # Renamed into place, or (not kept) gone.
+            return self.keeping
+        return self._windowStart == 0
+
     def _remember(self, data: bytes) -> None:
         self._window.append(data)
         held = self.written + len(data) - self._windowStart
@@ -170,6 +205,7 @@ class Download:
         return self.done()
 
     async def _finish(self) -> bool:
+        await self._writer.idle()
         if self.failure is not None:
             return False
         if self.size is not None and self.written != self.size:
@@ -227,9 +263,14 @@ class Download:
         if self._temporary is not None:
             path, fd = self._temporary
             self._temporary = None
-            os.close(fd)
-            if unlink:
-                files.removeFile(path)
+
+            def close(_: object) -> None:
+                os.close(fd)
+                if unlink:
+                    files.removeFile(path)
+
+            # Never while a disk thread may still write to it.
+            self._writer.stop().addCallback(close)
 
     def done(self) -> Deferred[bool]:
         """
@@ -368,11 +409,26 @@ class Fill:
         """
         return self._download.failure is not None
 
+    @property
+    def joinable(self) -> bool:
+        """
+        Whether a new reader can still have every byte: the download has
+        not failed, and its bytes are in its file or in their entry.
+        """
+        return self._download.joinable()
+
     def write(self, data: bytes) -> None:
         """
         More of the upstream body arrived.
         """
         self._download.write(data)
+
+    def belowBacklog(self) -> Deferred[None]:
+        """
+        Fires once the disk can take more; the writer pauses its upstream
+        until then.
+        """
+        return self._download.belowBacklog()
 
     def finish(self) -> Deferred[bool]:
         """

@@ -206,10 +206,10 @@ class CachingForwarder(Forwarder):
             return await self._blobMiss(ask)
         if running is not None:
             started = await running.wait()
-            # A fill whose bytes are all in and checked serves at once from
-            # its file, while it is flushed to the disk (seconds, for a big
-            # blob) and renamed into place.
-            if started is not None and (not running.ending or started[0].whole):
+            # A fill serves from its file until it is kept, and after its
+            # bytes are all in and checked too, while it is flushed to the
+            # disk (seconds, for a big blob) and renamed into place.
+            if started is not None and started[0].joinable:
                 fill, fillSize = started
                 outcome = "hit" if fill.whole else "coalesced"
                 self._outcome(request, outcome, target, fillSize)

@@ -10,9 +10,10 @@ fills running get the drain's grace to finish (L{RunningFills}).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -140,8 +141,9 @@ class RunningFills(dict[str, RunningFill]):
 
 class FillWriter(Protocol):
     """
-    Writes an upstream body into a L{Fill}, at the upstream's pace: readers
-    follow the file, so a slow or departed client never holds it up.
+    Writes an upstream body into a L{Fill}, at the upstream's pace (or the
+    disk's, if slower): readers follow the file, so a slow or departed
+    client never holds it up.
 
     An upstream silent for C{timeout} seconds (the relay's response
     timeout) is dropped and the fill fails: its readers' connections are
@@ -189,6 +191,25 @@ class FillWriter(Protocol):
             # The bytes cannot be held (the cache's disk failed, or the
             # upstream sent more than it said): reading on is no use.
             self._giveUp()
+            return
+        caughtUp = self._fill.belowBacklog()
+        if not caughtUp.called:
+            # The disk is behind: read no more until it catches up.
+            self._producer().pauseProducing()
+            caughtUp.addCallback(self._resume)
+
+    def _producer(self) -> IPushProducer:
+        """
+        The body's transport: the HTTP client's producer proxy.
+        """
+        return cast(IPushProducer, self.transport)
+
+    def _resume(self, _: object) -> None:
+        if self._ended:
+            return
+        if self._watch is not None:
+            self._watch.moved()
+        self._producer().resumeProducing()
 
     def _idle(self) -> bool:
         self._log.warn(

@@ -109,6 +109,32 @@ class FillWriterTests(SynchronousTestCase):
             self.successResultOf(self.store.lookup(digestOf(BODY))), len(BODY)
         )
 
+    def test_slowDiskPausesUpstream(self) -> None:
+        """
+        While the disk is more than the backlog behind, the upstream is
+        paused (so the reactor never waits on the disk, and memory stays
+        bounded); once it catches up the upstream resumes, and the fill is
+        kept whole.
+        """
+        from tests.unit.cache.test_writer import HeldRunner
+
+        held = HeldRunner()
+        self.store.run = held
+        body = bytes(range(256)) * (4096 * 6)  # 6 MiB
+        writer, upstream, results, client, _ = self.start(body)
+        piece = len(body) // 6
+        for offset in range(0, len(body), piece):
+            writer.dataReceived(body[offset : offset + piece])
+        self.assertEqual(upstream.producerState, "paused")
+        # Not on disk yet: the reader has nothing.
+        self.assertEqual(client.body(), b"")
+        held.runAll()
+        self.assertEqual(upstream.producerState, "producing")
+        writer.connectionLost(Failure(ResponseDone()))
+        held.runAll()
+        self.assertEqual(results, [True])
+        self.assertEqual(client.body(), body)
+
     def test_lateCloseAfterCut(self) -> None:
         """
         The upstream connection closing after the fill was cut (as an
