@@ -293,6 +293,7 @@ def makeDigestLocations(config: Config, reactor) -> IDigestLocations:
     return LayeredDigestLocations(
         MemoryDigestLocations(),
         SQLiteDigestLocations(path, runnerFor(reactor), reactor),
+        clock=reactor,
     )
 
 
