@@ -16,6 +16,7 @@ repository with the client's own credentials, and forward.
 
 from __future__ import annotations
 
+import attrs
 from cachetools import TTLCache
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
@@ -158,10 +159,13 @@ class BrokeredRegistryResource(Resource):
                 return writeTags(request, path.name, tags)
         resolution = await self._resolve(path, account)
         request.upstreamRepository = resolution.repository
-        fetch = await self._upstreamFetch(request, path, resolution, account)
-        denial = self._denialKey(path, fetch)
+        access = self._access(request, path, resolution, account)
+        # A remembered refusal is answered before anything else is done for
+        # the request, as a remembered missing name is (in _resolve).
+        denial = self._denialKey(path, access)
         if denial is not None and denial in self.denials:
             raise self._denied(request, path, account)
+        fetch = await self._upstreamFetch(request, path, resolution, account, access)
         key = self._memoryKey(request, path, resolution, fetch)
         if key is not None and await self.memory.answer(
             request, key, path.name, resolution.repository
@@ -231,30 +235,43 @@ class BrokeredRegistryResource(Resource):
 
     # Forwarding
 
+    def _access(
+        self,
+        request: Request,
+        path: RegistryPath,
+        resolution: Resolution,
+        account: Account,
+    ) -> UpstreamAccess:
+        """
+        The access the upstream must see: the client's own upstream
+        credentials, for the real repository.
+        """
+        return UpstreamAccess(
+            self._broker.backend.upstreamCredentials(account),
+            resolution.repository,
+            requiredActions(request.method, path.kind),
+        )
+
     async def _upstreamFetch(
         self,
         request: StreamingRequest,
         path: RegistryPath,
         resolution: Resolution,
         account: Account,
+        access: UpstreamAccess,
     ) -> UpstreamFetch:
         """
         What to send upstream: the real repository's path with the client's
-        query, the client's headers, and the access the upstream must see.
+        query, the client's headers, and C{access} (with the source of a
+        mount).
         """
         _, question, query = request.uri.partition(b"?")
-        also: tuple[Scope, ...] = ()
         if path.kind == UPLOADS and request.method == b"POST":
             query, also = await self._mount(query, account)
+            access = attrs.evolve(access, also=also)
         url = self._upstream.base + _upstreamPath(path, resolution)
         if question:
             url += b"?" + query
-        access = UpstreamAccess(
-            self._broker.backend.upstreamCredentials(account),
-            resolution.repository,
-            requiredActions(request.method, path.kind),
-            also,
-        )
         headers = forwardedRequestHeaders(request.requestHeaders)
         body = getattr(request, "bodyStream", None)
         return UpstreamFetch(request.method, url, headers, body, access)
@@ -352,21 +369,21 @@ class BrokeredRegistryResource(Resource):
             raise self._denied(request, path, account) from None
 
     def _rememberDenial(self, path: RegistryPath, fetch: UpstreamFetch) -> None:
-        key = self._denialKey(path, fetch)
+        assert fetch.access is not None
+        key = self._denialKey(path, fetch.access)
         if key is not None:
             self.denials[key] = True
 
-    def _denialKey(self, path: RegistryPath, fetch: UpstreamFetch) -> tuple | None:
+    def _denialKey(self, path: RegistryPath, access: UpstreamAccess) -> tuple | None:
         """
         Who asked what of which real repository, for a fleet name: only a
         fleet's refusals are remembered.
         """
         if not self._fleetNames or path.imageReference().fleetName() is None:
             return None
-        assert fetch.access is not None
-        credentials = fetch.access.credentials
+        credentials = access.credentials
         who = credentials.cacheKey if credentials else "anonymous"
-        return (who, fetch.access.repository, fetch.access.actions)
+        return (who, access.repository, access.actions)
 
     # Refusals
 
