@@ -307,7 +307,7 @@ def makeDigestLocations(
     back: IDigestLocations = SQLiteDigestLocations(path, runnerFor(reactor), reactor)
     if inCache is not None:
         back = SeveralDigestLocations((back, inCache))
-    return LayeredDigestLocations(MemoryDigestLocations(), back)
+    return LayeredDigestLocations(MemoryDigestLocations(), back, clock=reactor)
 
 
 def makeSite(

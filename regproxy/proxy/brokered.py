@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import attrs
 from cachetools import TTLCache
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
@@ -50,6 +51,7 @@ from regproxy.proxy.fetch import (
 )
 from regproxy.proxy.manifests import ManifestCache, ManifestKey, ManifestMemory
 from regproxy.proxy.mounts import parseMount, withoutMount, withSource
+from regproxy.proxy.refusals import Refusals
 from regproxy.proxy.relay import Forwarder, forwardedRequestHeaders
 from regproxy.proxy.tags import writeTags
 from regproxy.proxy.upstreamauth import UpstreamAccess, UpstreamAuthenticator
@@ -142,6 +144,7 @@ class BrokeredRegistryResource(Resource):
         self._publicURL = publicURL
         self._serverAPIKey = serverAPIKey
         self._fleetNames = fleetNames
+        self._refusals = Refusals(broker, fleetNames)
         self._remembered = remembered
         self._staleFor = staleFor
         self._cacheOpen = cacheOpen
@@ -204,10 +207,13 @@ class BrokeredRegistryResource(Resource):
         Answer for C{resolution}: from memory, or relayed.
         """
         assert path.name is not None
-        fetch = await self._upstreamFetch(request, path, resolution, account)
-        denial = self._denialKey(path, fetch)
+        access = self._access(request, path, resolution, account)
+        # A remembered refusal is answered before anything else is done for
+        # the request, as a remembered missing name is (in _resolve).
+        denial = self._denialKey(path, access)
         if denial is not None and denial in self.denials:
-            raise self._denied(request, path, account)
+            raise self._refusals.denied(request, path, account)
+        fetch = await self._upstreamFetch(request, path, resolution, account, access)
         key = self._memoryKey(request, path, resolution, fetch)
         outcome = "hit" if self._cacheOpen() else None
         if key is not None and await self.memory.answer(
@@ -309,30 +315,43 @@ class BrokeredRegistryResource(Resource):
 
     # Forwarding
 
+    def _access(
+        self,
+        request: Request,
+        path: RegistryPath,
+        resolution: Resolution,
+        account: Account,
+    ) -> UpstreamAccess:
+        """
+        The access the upstream must see: the client's own upstream
+        credentials, for the real repository.
+        """
+        return UpstreamAccess(
+            self._broker.backend.upstreamCredentials(account),
+            resolution.repository,
+            requiredActions(request.method, path.kind),
+        )
+
     async def _upstreamFetch(
         self,
         request: StreamingRequest,
         path: RegistryPath,
         resolution: Resolution,
         account: Account,
+        access: UpstreamAccess,
     ) -> UpstreamFetch:
         """
         What to send upstream: the real repository's path with the client's
-        query, the client's headers, and the access the upstream must see.
+        query, the client's headers, and C{access} (with the source of a
+        mount).
         """
         _, question, query = request.uri.partition(b"?")
-        also: tuple[Scope, ...] = ()
         if path.kind == UPLOADS and request.method == b"POST":
             query, also = await self._mount(query, account)
+            access = attrs.evolve(access, also=also)
         url = self._upstream.base + _upstreamPath(path, resolution)
         if question:
             url += b"?" + query
-        access = UpstreamAccess(
-            self._broker.backend.upstreamCredentials(account),
-            resolution.repository,
-            requiredActions(request.method, path.kind),
-            also,
-        )
         headers = forwardedRequestHeaders(request.requestHeaders)
         body = getattr(request, "bodyStream", None)
         return UpstreamFetch(request.method, url, headers, body, access)
@@ -424,70 +443,24 @@ class BrokeredRegistryResource(Resource):
             if e.status != 401:
                 raise
             self._rememberDenial(path, fetch)
-            raise self._refused(request, path) from None
+            raise self._refusals.refused(request, path) from None
         except UpstreamRefused:
             self._rememberDenial(path, fetch)
-            raise self._denied(request, path, account) from None
+            raise self._refusals.denied(request, path, account) from None
 
     def _rememberDenial(self, path: RegistryPath, fetch: UpstreamFetch) -> None:
-        key = self._denialKey(path, fetch)
+        assert fetch.access is not None
+        key = self._denialKey(path, fetch.access)
         if key is not None:
             self.denials[key] = True
 
-    def _denialKey(self, path: RegistryPath, fetch: UpstreamFetch) -> tuple | None:
+    def _denialKey(self, path: RegistryPath, access: UpstreamAccess) -> tuple | None:
         """
         Who asked what of which real repository, for a fleet name: only a
         fleet's refusals are remembered.
         """
         if not self._fleetNames or path.imageReference().fleetName() is None:
             return None
-        assert fetch.access is not None
-        credentials = fetch.access.credentials
+        credentials = access.credentials
         who = credentials.cacheKey if credentials else "anonymous"
-        return (who, fetch.access.repository, fetch.access.actions)
-
-    # Refusals
-
-    def _refused(self, request: Request, path: RegistryPath) -> RegistryError:
-        """
-        The upstream's token service refused the client's credentials
-        (changed since the client logged in): for a fleet name, the same as
-        a missing fleet; otherwise a 401 with our challenge, so the client
-        logs in again.
-        """
-        assert path.name is not None
-        fleet = path.imageReference().fleetName() if self._fleetNames else None
-        if fleet is not None:
-            return NameUnknown(f"no fleet {fleet.slug}").toRegistryError()
-        needed = Scope(
-            "repository", None, path.name, requiredActions(request.method, path.kind)
-        )
-        return self._broker.unauthorized(
-            request, "the upstream registry refused these credentials", needed
-        )
-
-    def _denied(
-        self, request: Request, path: RegistryPath, account: Account
-    ) -> RegistryError:
-        """
-        The upstream refused the client's own credentials.  For a fleet
-        name, that must look exactly like a missing fleet.
-        """
-        assert path.name is not None
-        reference = path.imageReference()
-        fleet = reference.fleetName() if self._fleetNames else None
-        if fleet is not None:
-            return NameUnknown(f"no fleet {fleet.slug}").toRegistryError()
-        if account.name is None:
-            needed = Scope(
-                "repository",
-                None,
-                path.name,
-                requiredActions(request.method, path.kind),
-            )
-            return self._broker.unauthorized(
-                request, "authentication required", needed, "insufficient_scope"
-            )
-        return RegistryError(
-            403, "DENIED", "requested access to the resource is denied"
-        )
+        return (who, access.repository, access.actions)

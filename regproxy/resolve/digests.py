@@ -34,12 +34,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
+from cachetools import TTLCache
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
+
+from regproxy.resolve.cache import DEFAULT_MISS_TTL
 
 T = TypeVar("T")
 
@@ -250,24 +253,55 @@ class LayeredDigestLocations:
     An in-memory front over a shared back: what this instance learnt or
     looked up is answered from memory; the rest is asked of the back and
     then kept in front.
+
+    With a C{clock}, what the back did not know is remembered too, for as
+    long as a missing fleet name is (C{missTTL}): otherwise a digest this
+    instance relayed for a private fleet would be answered from memory and
+    one asked under a missing name from the database on its thread, and an
+    outsider could tell the two apart by time.  What this instance learns
+    replaces a remembered miss at once; one that another instance learnt
+    is seen once the miss expires (until then the name is resolved as if
+    the digest were unknown, as on an instance of its own).
     """
 
     front: MemoryDigestLocations
     back: IDigestLocations
+    clock: IReactorTime | None = None
+    missTTL: float = DEFAULT_MISS_TTL
+    _misses: TTLCache[tuple[str, str], bool] | None = attrs.field(
+        init=False,
+        default=attrs.Factory(
+            lambda self: (
+                None
+                if self.clock is None
+                else TTLCache(
+                    self.front.maxSize, self.missTTL, timer=self.clock.seconds
+                )
+            ),
+            takes_self=True,
+        ),
+    )
 
     async def _remember(
         self, name: str, digests: Sequence[str], repository: str
     ) -> None:
         self.front.rememberNow(name, digests, repository)
+        if self._misses is not None:
+            for digest in digests:
+                self._misses.pop((name, digest), None)
         await self.back.remember(name, digests, repository)
 
     async def _find(self, name: str, digest: str) -> str | None:
         known = self.front.findNow(name, digest)
         if known is not None:
             return known
+        if self._misses is not None and (name, digest) in self._misses:
+            return None
         found = await self.back.find(name, digest)
         if found is not None:
             self.front.rememberNow(name, [digest], found)
+        elif self._misses is not None:
+            self._misses[name, digest] = True
         return found
 
     def remember(

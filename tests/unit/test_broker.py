@@ -1929,16 +1929,37 @@ class FleetTimingTests(FleetTestCase):
     With regproxy's own API key, an outsider must not tell a private fleet
     from a missing one by how long the answer takes: once warm, both are
     answered from remembered decisions, with no call to the balena API,
-    the registry or its token service.
+    the registry or its token service, and no lookup in the digest
+    database shared with other instances (which in the daemon is a round
+    trip to a thread of its own).
     """
 
     apiToken = ALICE_KEY
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.sharedLookups: list[tuple[str, str]] = []
+        self.sharedAnswers: list[str | None] = []
+        registry = self.site.resource.children[b"v2"]
+        shared = registry.memory.digests.back
+        find = shared.find
+
+        def answered(repository: str | None) -> str | None:
+            self.sharedAnswers.append(repository)
+            return repository
+
+        def countedFind(name: str, digest: str):
+            self.sharedLookups.append((name, digest))
+            return find(name, digest).addCallback(answered)
+
+        shared.find = countedFind
 
     def outsideCalls(self) -> int:
         return (
             len(self.balena.calls)
             + len(self.registry.received)
             + len(self.registry.tokenRequests)
+            + len(self.sharedLookups)
         )
 
     def callsFor(self, path: str, name: str, times: int = 20, warm=True) -> int:
@@ -1990,6 +2011,37 @@ class FleetTimingTests(FleetTestCase):
         self.reactor.advance(DEFAULT_MISS_TTL + 1)
         self.assertGreater(self.callsFor(path, "acme/private-app", 1, False), 0)
         self.assertGreater(self.callsFor(path, "acme/nothing", 1, False), 0)
+
+    def test_sharedMissesExpire(self) -> None:
+        """
+        What the shared digest memory did not know is asked of it again
+        after as short a time as a missing name is: by then another
+        instance on the same state directory may have learnt it.
+        """
+        alice = basic("alice", ALICE_KEY)
+        elsewhere = self.makeSite(stateDir=self.mktemp())
+        token = self.bearer(["repository:acme/private-app:pull"], alice, elsewhere)
+        manifest = self.get(
+            b"/v2/acme/private-app/manifests/1.0.0", token, site=elsewhere
+        )
+        self.assertEqual(manifest.status, 200, manifest.body)
+        digest = manifestDigests(manifest.body)[-1]
+        blob = f"/v2/acme/private-app/blobs/{digest}".encode()
+        token = self.bearer(["repository:acme/private-app:pull"], alice)
+        self.assertEqual(self.get(blob, token).status, 200)
+        self.assertEqual(self.sharedAnswers, [None])
+        other = self.makeSite(stateDir=self.stateDir)
+        manifest = self.get(b"/v2/acme/private-app/manifests/1.0.0", token, site=other)
+        self.assertEqual(manifest.status, 200, manifest.body)
+        self.assertEqual(self.get(blob, token).status, 200)
+        self.assertEqual(self.sharedAnswers, [None])
+        self.reactor.advance(DEFAULT_MISS_TTL + 1)
+        self.assertEqual(self.get(blob, token).status, 200)
+        learnt = other.resource.children[b"v2"].memory.digests.front
+        self.assertEqual(
+            self.sharedAnswers, [None, learnt.findNow("acme/private-app", digest)]
+        )
+        self.assertIsNotNone(self.sharedAnswers[-1])
 
 
 class SecretsTests(FleetTestCase):
