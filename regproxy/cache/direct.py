@@ -44,6 +44,12 @@ from regproxy.cache.threads import Runner
 # for long; the socket's buffer usually takes less anyway.
 SEND_TURN = 4 * 1024 * 1024
 
+# The most one copy moves.  Measured on loopback (a 1 GiB hit, in turns with
+# the registry): 512 KiB went 1.15-1.2x as fast as 1 MiB, and faster than
+# 256 or 384 KiB; the buffer and what the kernel copies it into stay in the
+# core's cache.
+COPY_SIZE = 512 * 1024
+
 
 def directTransport(request: Request) -> tcp.Connection | None:
     """
@@ -224,13 +230,8 @@ class DirectStreamer:
         self._sent(sent)
 
     def _sent(self, sent: int) -> None:
-        if not sent:
-            return
         self._offset += sent
         self._request.sentLength += sent
-        resetTimeout = getattr(self._request.channel, "resetTimeout", None)
-        if resetTimeout is not None:
-            resetTimeout()
 
     def _available(self) -> int | None:
         """
@@ -251,6 +252,7 @@ class DirectStreamer:
         Send the bytes; fires with how many were sent.
         """
         start = self._offset
+        resetTimeout = getattr(self._request.channel, "resetTimeout", None)
         self._request.notifyFinish().addErrback(self._clientGone)
         self._request.registerProducer(self, True)
         self._request.write(b"")
@@ -267,6 +269,9 @@ class DirectStreamer:
                         await self._sendfileSome(available)
                     else:
                         await self._copySome(available)
+                    # Sending is activity: the connection is not idle.
+                    if resetTimeout is not None:
+                        resetTimeout()
                     if self._end is not None and self._offset >= self._end:
                         break
                 await self._writable()
@@ -303,6 +308,6 @@ async def stream(
             end,
             run,
             zeroCopy and hasattr(os, "sendfile") and not onThisMachine(transport),
-            readSize,
+            min(readSize, COPY_SIZE),
         ).stream()
     return await Streamer(request, source, start, end, readSize).stream()
