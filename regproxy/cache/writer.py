@@ -23,7 +23,7 @@ from regproxy.cache import files
 from regproxy.cache.threads import Runner
 
 # Bytes waiting for the disk before the upstream is paused.
-WRITE_BACKLOG = 4 * 1024 * 1024
+WRITE_BACKLOG = 2 * 1024 * 1024
 
 
 def hashAndWrite(hasher: Any, fd: int | None, chunks: list[bytes]) -> None:
