@@ -361,3 +361,70 @@ def parseHey(out: str) -> Load:
         errors=failures + sum(n for code, n in statuses.items() if code >= 400),
         raw={"statuses": statuses, "failures": failures, "tool": "hey"},
     )
+
+
+def runAb(
+    url: str,
+    method: str = "HEAD",
+    headers: dict[str, str] | None = None,
+    duration: float = 10.0,
+    connections: int = 16,
+) -> Load:
+    """
+    Load C{url} with ApacheBench (Debian's apache2-utils; keep-alive) for
+    C{duration} seconds with C{connections} at once.  Only C{HEAD} (ab's
+    C{-i}): it is what wrk 4.1 cannot do, and ab knows a HEAD has no body.
+
+    @raise BenchError: If ab fails, runs over time or completes nothing.
+    """
+    if method != "HEAD":
+        raise BenchError("ab is used for HEAD only")
+    argv = ["ab", "-i", "-k", "-q", "-s", "5", "-c", str(connections)]
+    # -t implies -n 50000; a larger -n after it lets the time decide.
+    argv += ["-t", f"{duration:g}", "-n", "100000000"]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(url)
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration + 30
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"ab {url}: still running after {duration + 30:g} s") from None
+    if done.returncode != 0:
+        raise BenchError(f"ab {url}: {done.stderr.strip() or done.stdout[-500:]}")
+    try:
+        return parseAb(done.stdout)
+    except BenchError as e:
+        raise BenchError(f"ab {url}: {e}") from None
+
+
+def parseAb(out: str) -> Load:
+    """
+    The figures in ab's report: requests per second, the 50% and 99%
+    latencies (ab gives whole milliseconds) and the mean, in seconds, and as
+    errors the failed requests plus the answers other than 2xx.
+
+    @raise BenchError: If a figure is missing or no request completed.
+    """
+
+    def figure(pattern: str) -> float:
+        match = re.search(pattern, out, re.M)
+        if not match:
+            raise BenchError(f"no /{pattern}/ in its output:\n{out[-800:]}")
+        return float(match.group(1))
+
+    requests = int(figure(r"^Complete requests:\s+(\d+)"))
+    if requests == 0:
+        raise BenchError(f"no request completed:\n{out[-800:]}")
+    failed = int(figure(r"^Failed requests:\s+(\d+)"))
+    non2xx = re.search(r"^Non-2xx responses:\s+(\d+)", out, re.M)
+    return Load(
+        requests=requests,
+        rps=figure(r"^Requests per second:\s+(\d+(?:\.\d+)?)"),
+        p50=figure(r"^\s+50%\s+(\d+)") / 1000,
+        p99=figure(r"^\s+99%\s+(\d+)") / 1000,
+        mean=figure(r"^Time per request:\s+(\d+(?:\.\d+)?) \[ms\] \(mean\)") / 1000,
+        errors=failed + (int(non2xx.group(1)) if non2xx else 0),
+        raw={"failed": failed, "tool": "ab"},
+    )

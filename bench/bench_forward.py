@@ -33,6 +33,7 @@ from _clients import (
     bearerToken,
     curlFetch,
     median,
+    runAb,
     runHey,
     runWrk,
     sha256Of,
@@ -86,9 +87,9 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--loader",
-        choices=("auto", "wrk", "hey"),
+        choices=("auto", "wrk", "hey", "ab"),
         default="auto",
-        help="HEAD load generator; auto: wrk if it can finish a HEAD, else hey",
+        help="HEAD load generator; auto: wrk if it can finish a HEAD, else hey, else ab",
     )
     parser.add_argument(
         "--nginx-workers",
@@ -215,7 +216,12 @@ class Bench:
         if haveHey:
             log("using hey for the HEAD load")
             return "hey"
-        raise BenchError("neither a HEAD-capable wrk nor hey: apt-get install hey")
+        if shutil.which("ab"):
+            log("using ab for the HEAD load")
+            return "ab"
+        raise BenchError(
+            "no HEAD-capable load generator: apt-get install apache2-utils (ab)"
+        )
 
     def regproxy(self) -> Server:
         server = self.harness.startRegproxy(
@@ -320,7 +326,8 @@ class Bench:
                 self.headers(name, self.headHeaders),
             )
             return runWrk(url, script, duration, self.args.concurrency)
-        return runHey(
+        run = runAb if loader == "ab" else runHey
+        return run(
             url,
             "HEAD",
             self.headers(name, self.headHeaders),

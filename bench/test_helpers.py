@@ -5,7 +5,7 @@ in tests/):
     python -m twisted.trial bench/test_helpers.py
 
 They check what the benchmark's figures rest on: deterministic blobs whose
-digest matches their bytes, the parsers of hey's and wrk's output, and that
+digest matches their bytes, the parsers of hey's, ab's and wrk's output, and that
 the peak-RSS watch sees a short spike in a real process and that the harness
 cleans up after itself.
 """
@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _clients import parseChallenge, parseHey, parseWrk  # noqa: E402
+from _clients import parseAb, parseChallenge, parseHey, parseWrk  # noqa: E402
 from _harness import BenchError, Harness, MemoryWatch  # noqa: E402
 from _registry import Blob  # noqa: E402
 
@@ -123,6 +123,61 @@ class ParseHeyTests(SynchronousTestCase):
         """
         try:
             parseHey(text)
+        except BenchError:
+            pass
+
+
+AB_OUTPUT = """
+Concurrency Level:      16
+Time taken for tests:   1.000 seconds
+Complete requests:      1202
+Failed requests:        3
+Non-2xx responses:      4
+Keep-Alive requests:    1202
+Requests per second:    1201.61 [#/sec] (mean)
+Time per request:       13.315 [ms] (mean)
+Time per request:       0.832 [ms] (mean, across all concurrent requests)
+
+Percentage of the requests served within a certain time (ms)
+  50%      3
+  66%      4
+  99%      7
+ 100%     20 (longest request)
+"""
+
+
+class ParseAbTests(SynchronousTestCase):
+    def test_report(self) -> None:
+        """
+        Requests per second, the median and p99 latency and the mean in
+        seconds, and as errors the failed requests plus the answers other
+        than 2xx.
+        """
+        load = parseAb(AB_OUTPUT)
+        self.assertEqual(
+            (load.requests, load.rps, load.p50, load.p99, load.errors),
+            (1202, 1201.61, 0.003, 0.007, 7),
+        )
+        self.assertAlmostEqual(load.mean, 0.013315)
+
+    def test_nothingCompleted(self) -> None:
+        """
+        A report with no completed request is an error, not zero figures.
+        """
+        self.assertRaises(
+            BenchError,
+            parseAb,
+            AB_OUTPUT.replace("requests:      1202", "requests:      0"),
+        )
+
+    @quick
+    @given(st.text())
+    def test_garbage(self, text: str) -> None:
+        """
+        Any text gives figures or a L{BenchError}, nothing else.
+        """
+        try:
+            parseAb(text)
         except BenchError:
             pass
 
