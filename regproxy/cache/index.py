@@ -3,6 +3,11 @@
 The cache index: which repository each digest was fetched through, what each
 tag last named, which credential may read which repository, and the
 counters.  SQLite, every query on one dedicated thread.
+
+Authorizations and tags are asked and told on every request: the latest of
+each is kept in memory too, and written behind (the one thread runs queries
+in order, so a later read sees the write), and again only when it changed
+or every L{REWRITE_AFTER} seconds.  A request never waits for a write.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from collections.abc import Iterable
 from typing import Any, Callable, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred
+from cachetools import LRUCache
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -34,6 +40,13 @@ SOURCES = ("cache", "upstream")
 
 # How often the in-memory counters and access times reach the database.
 FLUSH_INTERVAL = 10.0
+
+# An authorization or tag told again unchanged is written at most this often
+# (a restart then finds it at most this much older than it was).
+REWRITE_AFTER = 60.0
+
+# Authorizations and tags kept in memory, each.
+RECENT_ROWS = 10_000
 
 
 @attrs.frozen
@@ -118,6 +131,11 @@ class CacheIndex:
         self._used: dict[str, float] = {}
         self._flusher = LoopingCall(self.flush)
         self._flusher.clock = reactor
+        # key -> (value, when it was last written)
+        self._authorizations: LRUCache[tuple, tuple[tuple[bool, float], float]] = (
+            LRUCache(RECENT_ROWS)
+        )
+        self._tags: LRUCache[tuple, tuple[TagEntry, float]] = LRUCache(RECENT_ROWS)
 
     @classmethod
     def open(
@@ -242,6 +260,12 @@ class CacheIndex:
     def isLinked(self, upstream: str, repository: str, digest: str) -> Deferred[bool]:
         return self._call(self._db.isLinked, upstream, repository, digest)
 
+    def _writeBehind(self, f: Callable[..., Any], *args: Any) -> Deferred[None]:
+        self._call(f, *args).addErrback(
+            lambda failure: self._log.failure("Writing the cache index", failure)
+        )
+        return succeed(None)
+
     def setTag(
         self, upstream: str, repository: str, tag: str, entry: TagEntry
     ) -> Deferred[None]:
@@ -249,9 +273,19 @@ class CacheIndex:
         Record what C{tag} names now; it counts as pulled now (for
         protection from eviction).
         """
-        value = (entry.digest, entry.mediaType, entry.size, entry.fetchedAt)
         key = (upstream, repository, tag)
-        return self._call(self._db.setTag, key, value, self._reactor.seconds())
+        now = self._reactor.seconds()
+        known = self._tags.get(key)
+        if (
+            known is not None
+            and _sameTag(known[0], entry)
+            and now - known[1] < REWRITE_AFTER
+        ):
+            self._tags[key] = (entry, known[1])
+            return succeed(None)
+        self._tags[key] = (entry, now)
+        value = (entry.digest, entry.mediaType, entry.size, entry.fetchedAt)
+        return self._writeBehind(self._db.setTag, key, value, now)
 
     def touchTag(self, upstream: str, repository: str, tag: str) -> Deferred[None]:
         """
@@ -259,25 +293,40 @@ class CacheIndex:
         stale or offline), so what it names stays protected.
         """
         key = (upstream, repository, tag)
-        return self._call(self._db.touchTag, key, self._reactor.seconds())
+        return self._writeBehind(self._db.touchTag, key, self._reactor.seconds())
 
     @deferred
     async def getTag(self, upstream: str, repository: str, tag: str) -> TagEntry | None:
-        row = await self._call(self._db.getTag, (upstream, repository, tag))
+        key = (upstream, repository, tag)
+        known = self._tags.get(key)
+        if known is not None:
+            return known[0]
+        row = await self._call(self._db.getTag, key)
         return None if row is None else TagEntry(*row)
 
     def setAuthorization(
         self, fingerprint: str, upstream: str, repository: str, allowed: bool, at: float
     ) -> Deferred[None]:
         key = (fingerprint, upstream, repository)
-        return self._call(self._db.setAuthorization, key, allowed, at)
+        known = self._authorizations.get(key)
+        if (
+            known is not None
+            and known[0][0] == allowed
+            and at - known[1] < REWRITE_AFTER
+        ):
+            self._authorizations[key] = ((allowed, at), known[1])
+            return succeed(None)
+        self._authorizations[key] = ((allowed, at), at)
+        return self._writeBehind(self._db.setAuthorization, key, allowed, at)
 
     def getAuthorization(
         self, fingerprint: str, upstream: str, repository: str
     ) -> Deferred[tuple[bool, float] | None]:
-        return self._call(
-            self._db.getAuthorization, (fingerprint, upstream, repository)
-        )
+        key = (fingerprint, upstream, repository)
+        known = self._authorizations.get(key)
+        if known is not None:
+            return succeed(known[0])
+        return self._call(self._db.getAuthorization, key)
 
     def setReferences(self, manifestDigest: str, digests: list[str]) -> Deferred[None]:
         """
@@ -355,3 +404,14 @@ class CacheIndex:
         values = {name: whole.get(name, 0) for name in attrs.fields_dict(Counters)}
         values.update(sizeBytes=size, entries=entries)
         return CacheStats(perRepository=counts, **values)
+
+
+def _sameTag(one: TagEntry, other: TagEntry) -> bool:
+    """
+    Whether two answers for a tag name the same manifest (whenever fetched).
+    """
+    return (one.digest, one.mediaType, one.size) == (
+        other.digest,
+        other.mediaType,
+        other.size,
+    )

@@ -10,7 +10,7 @@ import os
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from regproxy.cache.index import FLUSH_INTERVAL, CacheIndex, TagEntry
+from regproxy.cache.index import FLUSH_INTERVAL, REWRITE_AFTER, CacheIndex, TagEntry
 from regproxy.cache.threads import runSynchronously, startedPool, stopPool
 from tests.unit.cache.helpers import openIndex
 
@@ -92,6 +92,51 @@ class IndexTests(SynchronousTestCase):
         )
         self.assertEqual((index.counters.hits, index.counters.bytesFromCache), (1, 10))
         self.assertEqual((index.counters.sizeBytes, index.counters.entries), (10, 1))
+
+    def test_authorizationWrittenBehind(self) -> None:
+        """
+        The latest decision is answered at once from memory; told again
+        unchanged it reaches the database only every L{REWRITE_AFTER}
+        seconds, while a changed decision (a revoked credential) is written
+        at once, and what was written survives a restart.
+        """
+        index, key = self.index, ("fp", "up", "lib/app")
+        self.successResultOf(index.setAuthorization(*key, True, 100.0))
+        self.successResultOf(index.setAuthorization(*key, True, 130.0))
+        self.assertEqual(
+            self.successResultOf(index.getAuthorization(*key)), (True, 130.0)
+        )
+        self.assertEqual(index._db.getAuthorization(key), (True, 100.0))
+        self.successResultOf(index.setAuthorization(*key, True, 100.0 + REWRITE_AFTER))
+        self.assertEqual(index._db.getAuthorization(key), (True, 100.0 + REWRITE_AFTER))
+        self.successResultOf(index.setAuthorization(*key, False, 170.0))
+        self.assertEqual(index._db.getAuthorization(key), (False, 170.0))
+        self.assertEqual(
+            self.successResultOf(self.reopen().getAuthorization(*key)), (False, 170.0)
+        )
+
+    def test_tagWrittenBehind(self) -> None:
+        """
+        A tag told again with the same manifest is answered from memory with
+        its newest fetch time and rewritten only every L{REWRITE_AFTER}
+        seconds; a tag that now names another manifest is written at once.
+        """
+        index = self.index
+        first = TagEntry(DIGEST, "application/json", 10, 100.0)
+        index.setTag("up", "lib/app", "v1", first)
+        again = TagEntry(DIGEST, "application/json", 10, 120.0)
+        index.setTag("up", "lib/app", "v1", again)
+        self.assertEqual(
+            self.successResultOf(index.getTag("up", "lib/app", "v1")), again
+        )
+        self.assertEqual(
+            self.successResultOf(self.reopen().getTag("up", "lib/app", "v1")), first
+        )
+        moved = TagEntry(OTHER, "application/json", 11, 121.0)
+        self.index.setTag("up", "lib/app", "v1", moved)
+        self.assertEqual(
+            self.successResultOf(self.reopen().getTag("up", "lib/app", "v1")), moved
+        )
 
     def test_counters(self) -> None:
         """
