@@ -306,12 +306,22 @@ class CachingForwarder(Forwarder):
         if response.code != 200 or DIGEST.match(digest) is None:
             return await self._other(request, response, upstream)
         mediaType = (response.headers.getRawHeaders(b"content-type") or [b""])[-1]
+        if request.method == b"HEAD":
+            # The upstream's own answer is the answer; what the tag names
+            # is remembered for offline answers and protection (a client
+            # such as containerd HEADs the tag, then GETs by digest).
+            if isinstance(response.length, int):
+                self._rememberTag(
+                    target, digest, mediaType.decode("latin-1"), response.length
+                )
+            request.cacheOutcome = "miss"  # type: ignore[attr-defined]
+            return response
         cached = await self._cachedManifest(
             request, digest, mediaType.decode("latin-1") or None
         )
         if cached is None:
             return await self._manifestMiss(request, target, upstream)
-        await self._rememberTag(target, digest, cached)
+        self._rememberTag(target, digest, cached.mediaType, len(cached.body))
         self._outcome(request, "hit", target, cached.length)
         return cached
 
@@ -415,15 +425,14 @@ class CachingForwarder(Forwarder):
         self._outcome(request, "miss", target, len(body), "upstream")
         return BytesResponse(response.code, response.phrase, response.headers, body)
 
-    async def _rememberTag(
-        self, target: CacheTarget, digest: str, cached: BytesResponse
+    def _rememberTag(
+        self, target: CacheTarget, digest: str, mediaType: str, size: int
     ) -> None:
-        entry = TagEntry(
-            digest, cached.mediaType, len(cached.body), self.clock.seconds()
-        )
-        await self.index.setTag(
-            target.upstream, target.repository, target.reference, entry
-        )
+        """
+        What the tag names now (written behind: nothing waits for it).
+        """
+        entry = TagEntry(digest, mediaType, size, self.clock.seconds())
+        self.index.setTag(target.upstream, target.repository, target.reference, entry)
 
     def _outcome(
         self,

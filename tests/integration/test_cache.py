@@ -175,6 +175,50 @@ class OfflineTests(CacheTestsMixin, TestCase):
         self.assertIn("cache=stale", lines[-1])
 
 
+class HeadThenDigestTests(CacheTestsMixin, TestCase):
+    """
+    The containerd way: HEAD the tag, then GET the manifest by digest.
+    """
+
+    async def setUp(self) -> None:
+        self.registry = await startRegistry(self, mode="open")
+        self.proxy = startProxy(self, self.registry, auth="passthrough")
+        self.skopeo = Skopeo(self)
+
+    async def test_headedTagServedOffline(self) -> None:
+        """
+        A tag only ever HEADed (its manifest fetched by digest) is answered
+        with the upstream's own headers, and remembered: once the registry
+        is stopped, a GET of the tag gets that manifest, marked stale.
+        """
+        await self.pushImage("head/app")
+        http = httpClient(self)
+        base = f"{self.proxy.url}/v2/head/app/manifests"
+        accept = {"Accept": [self.image.manifest.mediaType]}
+        head = await http.head(f"{base}/v1", headers=accept)
+        direct = await http.head(
+            f"{self.registry.url}/v2/head/app/manifests/v1", headers=accept
+        )
+        for name in ("docker-content-digest", "content-type", "content-length"):
+            self.assertEqual(
+                head.headers.getRawHeaders(name), direct.headers.getRawHeaders(name)
+            )
+        self.assertEqual(
+            head.headers.getRawHeaders("docker-content-digest"), [self.image.digest]
+        )
+        byDigest = await http.get(f"{base}/{self.image.digest}", headers=accept)
+        self.assertEqual(await byDigest.content(), self.manifestBytes())
+
+        await self.registry.process.stop()
+
+        stale = await http.get(f"{base}/v1", headers=accept)
+        self.assertEqual(stale.code, 200)
+        self.assertEqual(await stale.content(), self.manifestBytes())
+        self.assertEqual(
+            stale.headers.getRawHeaders("warning"), ['110 - "Response is Stale"']
+        )
+
+
 class ConcurrencyTests(CacheTestsMixin, TestCase):
     """
     Concurrent pulls share one upstream download.
