@@ -12,7 +12,7 @@ import re
 import statistics
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -201,6 +201,31 @@ class Load:
     raw: dict[str, Any]
 
 
+def _runLoad(
+    argv: list[str], url: str, duration: float, parse: Callable[[str], Load]
+) -> Load:
+    """
+    Run a load generator for C{duration} seconds and parse its report.
+
+    @raise BenchError: If it fails, runs over time or completes nothing.
+    """
+    tool = argv[0]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration + 30
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(
+            f"{tool} {url}: still running after {duration + 30:g} s"
+        ) from None
+    if done.returncode != 0:
+        raise BenchError(f"{tool} {url}: {done.stderr.strip() or done.stdout[-500:]}")
+    try:
+        return parse(done.stdout)
+    except BenchError as e:
+        raise BenchError(f"{tool} {url}: {e}") from None
+
+
 def runWrk(
     url: str,
     script: str,
@@ -225,20 +250,7 @@ def runWrk(
         script,
         url,
     ]
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=duration + 30
-        )
-    except subprocess.TimeoutExpired:
-        raise BenchError(
-            f"wrk {url}: still running after {duration + 30:g} s"
-        ) from None
-    if done.returncode != 0:
-        raise BenchError(f"wrk {url}: {done.stderr.strip() or done.stdout[-500:]}")
-    try:
-        return parseWrk(done.stdout)
-    except BenchError as e:
-        raise BenchError(f"wrk {url}: {e}") from None
+    return _runLoad(argv, url, duration, parseWrk)
 
 
 def parseWrk(out: str) -> Load:
@@ -311,20 +323,7 @@ def runHey(
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
     argv.append(url)
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=duration + 30
-        )
-    except subprocess.TimeoutExpired:
-        raise BenchError(
-            f"hey {url}: still running after {duration + 30:g} s"
-        ) from None
-    if done.returncode != 0:
-        raise BenchError(f"hey {url}: {done.stderr.strip() or done.stdout[-500:]}")
-    try:
-        return parseHey(done.stdout)
-    except BenchError as e:
-        raise BenchError(f"hey {url}: {e}") from None
+    return _runLoad(argv, url, duration, parseHey)
 
 
 def parseHey(out: str) -> Load:
@@ -385,18 +384,7 @@ def runAb(
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
     argv.append(url)
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=duration + 30
-        )
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"ab {url}: still running after {duration + 30:g} s") from None
-    if done.returncode != 0:
-        raise BenchError(f"ab {url}: {done.stderr.strip() or done.stdout[-500:]}")
-    try:
-        return parseAb(done.stdout)
-    except BenchError as e:
-        raise BenchError(f"ab {url}: {e}") from None
+    return _runLoad(argv, url, duration, parseAb)
 
 
 def parseAb(out: str) -> Load:

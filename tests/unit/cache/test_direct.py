@@ -100,6 +100,24 @@ class LoopbackMixin(MixinBase):
         if self.remote:
             self.patch(direct, "onThisMachine", lambda transport: False)
 
+    async def fetchCold(self) -> tuple[bytes, list[Callable[..., object]]]:
+        """
+        Fetch with the entry's pages dropped from the page cache: the body,
+        and what ran on the disk runner.
+        """
+        fd = os.open(files.entryPath(self.store.root, self.digest), os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+        reads: list[Callable[..., object]] = []
+        run = self.store.run
+
+        def recording(f: Callable[..., T], *args: Any) -> Deferred[T]:
+            reads.append(f)
+            return run(f, *args)
+
+        self.store.run = recording
+        return await self.fetch(Reader()), reads
+
     async def fetch(self, reader: Reader) -> bytes:
         address = self.port.getHost()
         assert isinstance(address, IPv4Address)
@@ -129,18 +147,7 @@ class CopyTests(LoopbackMixin, TestCase):
         Pages dropped from the page cache are read on the disk runner
         rather than on the reactor thread, which would wait for the disk.
         """
-        fd = os.open(files.entryPath(self.store.root, self.digest), os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-        reads: list[Callable[..., object]] = []
-        run = self.store.run
-
-        def recording(f: Callable[..., T], *args: Any) -> Deferred[T]:
-            reads.append(f)
-            return run(f, *args)
-
-        self.store.run = recording
-        body = await self.fetch(Reader())
+        body, reads = await self.fetchCold()
         self.assertEqual(body, BODY)
         self.assertIn(os.preadv, reads)
 
@@ -190,18 +197,7 @@ class SendfileTests(LoopbackMixin, TestCase):
         Pages not in memory are read on the disk runner and copied, rather
         than sent by a sendfile that would wait for the disk.
         """
-        fd = os.open(files.entryPath(self.store.root, self.digest), os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-        reads: list[Callable[..., object]] = []
-        run = self.store.run
-
-        def recording(f: Callable[..., T], *args: Any) -> Deferred[T]:
-            reads.append(f)
-            return run(f, *args)
-
-        self.store.run = recording
-        body = await self.fetch(Reader())
+        body, reads = await self.fetchCold()
         self.assertEqual(body, BODY)
         self.assertIn(os.preadv, reads)
 
