@@ -351,6 +351,12 @@ def makeSite(
         metrics.read("regproxy_logins_refused", lambda: broker.loginsRefused)
         metrics.read("regproxy_logins_throttled", lambda: broker.loginsThrottled)
         remembered, inCache = offlineNames(config, forwarder)
+        cache = forwarder if isinstance(forwarder, CachingForwarder) else None
+
+        def recordHit(repository: str, nbytes: int) -> None:
+            if cache is not None and cache.isOpen:
+                cache.index.record("hit", repository, nbytes, "cache")
+
         resolver = makeResolver(
             config, reactor, apiClient, reloads, metrics, remembered
         )
@@ -366,9 +372,8 @@ def makeSite(
             digests=makeDigestLocations(config, reactor, inCache),
             remembered=remembered,
             staleFor=config.cache_stale,
-            cacheOpen=lambda: (
-                isinstance(forwarder, CachingForwarder) and forwarder.isOpen
-            ),
+            cacheOpen=lambda: cache is not None and cache.isOpen,
+            recordHit=recordHit,
         )
         if config.htpasswd is not None:
             # Our own rules say who may list what; elsewhere the catalog

@@ -113,7 +113,8 @@ class BrokeredRegistryResource(Resource):
     @param remembered: Resolver answers kept beyond this process, recalled
         (up to C{staleFor} seconds old) while the resolver cannot answer.
     @param cacheOpen: Whether the LAN cache answers now: what the manifest
-        memory answers then counts as a cache hit.
+        memory answers then counts as a cache hit, told to C{recordHit}
+        (the real repository, the bytes sent).
     @ivar memory: What this instance remembers about manifests.
     """
 
@@ -135,6 +136,7 @@ class BrokeredRegistryResource(Resource):
         remembered: IResolutionMemory | None = None,
         staleFor: float = DEFAULT_STALE_AGE,
         cacheOpen: Callable[[], bool] = lambda: False,
+        recordHit: Callable[[str, int], None] = lambda repository, nbytes: None,
     ) -> None:
         super().__init__()
         self._broker = broker
@@ -148,6 +150,7 @@ class BrokeredRegistryResource(Resource):
         self._remembered = remembered
         self._staleFor = staleFor
         self._cacheOpen = cacheOpen
+        self._recordHit = recordHit
         self.memory = ManifestMemory(
             ManifestCache(broker.issuer.clock), digests or MemoryDigestLocations()
         )
@@ -219,6 +222,8 @@ class BrokeredRegistryResource(Resource):
         if key is not None and await self.memory.answer(
             request, key, path.name, resolution.repository, outcome
         ):
+            if outcome is not None and request.method == b"GET":
+                self._recordHit(resolution.repository, request.sentLength)
             return
         response = await self._relay(request, path, resolution, fetch, key, account)
         if (

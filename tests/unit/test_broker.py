@@ -1888,7 +1888,8 @@ class RememberedFleetTests(FleetTestCase):
     def test_memoryAnswerIsAHit(self) -> None:
         """
         A fleet release's manifest answered from the manifest memory logs
-        C{hit} while the LAN cache is on, C{-} while it is off.
+        C{hit} while the LAN cache is on, and counts as one (with the bytes
+        sent), C{-} while it is off.
         """
         registry = self.site.resource.children[b"v2"]
         token = self.bearer(["repository:acme/public-app:pull"])
@@ -1898,11 +1899,17 @@ class RememberedFleetTests(FleetTestCase):
         ]
         path = b"/v2/acme/public-app/manifests/1.2.3"
         self.assertEqual(self.exchange(b"GET", path, headers).status, 200)
+        hits: list[tuple[str, int]] = []
+        registry._recordHit = lambda repository, nbytes: hits.append(
+            (repository, nbytes)
+        )
         for cacheOn, expected in ((False, "-"), (True, "hit")):
             registry._cacheOpen = lambda on=cacheOn: on
-            self.assertEqual(self.exchange(b"GET", path, headers).status, 200)
+            answer = self.exchange(b"GET", path, headers)
+            self.assertEqual(answer.status, 200)
             [event] = [e for e in self.events if e.get("regproxy_request")][-1:]
             self.assertEqual((event["upstream"], event["cache"]), ("-", expected))
+        self.assertEqual(hits, [(event["repository"], len(answer.body))])
 
 
 class RememberedServerKeyTests(RememberedFleetTests):
