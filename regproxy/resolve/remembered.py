@@ -147,12 +147,14 @@ class RecordingResolver:
     ) -> Resolution:
         resolution = await self.resolver.resolve(reference, credentials)
         if not resolution.stale:
-            try:
-                await self.memory.remember(
-                    reference, credentials, resolution, self.clock.seconds()
+            # Written behind: the request does not wait for the disk.
+            self.memory.remember(
+                reference, credentials, resolution, self.clock.seconds()
+            ).addErrback(
+                lambda f: self._log.failure(
+                    "remembering {name}", f, name=str(reference)
                 )
-            except Exception:
-                self._log.failure("remembering {name}", name=str(reference))
+            )
         return resolution
 
     def resolve(
