@@ -53,6 +53,7 @@ from regproxy.proxy.fills import FillWriter, RunningFill, RunningFills
 from regproxy.proxy.manifests import acceptable
 from regproxy.proxy.relay import Forwarder
 from regproxy.resolve.digests import manifestDigests
+from regproxy.server.errors import UpstreamError
 
 # Manifests are read whole (the spec caps them at 4 MiB).
 MAX_MANIFEST = 4 * 1024 * 1024
@@ -259,6 +260,14 @@ class CachingForwarder(Forwarder):
             pending.started(None)
             return response
         fill = self.store.fill(target.reference, response.length)
+        host = upstreamHost(target.upstream)
+
+        def stalled() -> None:
+            # As the relay says of a body that stalls, on this request's line.
+            request.upstreamFailure = UpstreamError(  # type: ignore[attr-defined]
+                "timeout", host, "the body stalled"
+            )
+
         response.deliverBody(
             FillWriter(
                 fill,
@@ -267,7 +276,8 @@ class CachingForwarder(Forwarder):
                 self.clock,
                 self.responseTimeout,
                 target.reference,
-                upstreamHost(target.upstream),
+                host,
+                stalled,
             )
         )
         pending.started((fill, response.length))

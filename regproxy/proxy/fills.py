@@ -148,7 +148,8 @@ class FillWriter(Protocol):
     An upstream silent for C{timeout} seconds (the relay's response
     timeout) is dropped and the fill fails: its readers' connections are
     closed, so they see a truncated body, and the next request for the
-    digest starts a new fill.
+    digest starts a new fill.  C{stalled} is told first (the request that
+    started the fill says so on its log line).
     """
 
     _log = Logger()
@@ -162,8 +163,10 @@ class FillWriter(Protocol):
         timeout: float,
         digest: str = "-",
         host: str = "-",
+        stalled: Callable[[], None] = lambda: None,
     ) -> None:
         self._fill = fill
+        self._stalled = stalled
         self._running = running
         self._done = done
         self._clock = clock
@@ -220,6 +223,7 @@ class FillWriter(Protocol):
             received=self._received,
             digest=self._digest,
         )
+        self._stalled()
         self.cut(SourceFailed("the upstream body stalled"))
         return False
 

@@ -330,7 +330,8 @@ class UpstreamFailureTests(TestCase):
         With the LAN cache on, an upstream that stalls mid-body while the
         blob fills the cache: with C{--response-timeout 1} the client's
         connection is closed about a second later after a short body, the
-        log says why, nothing is kept, and the next request for the blob
+        log (the request's line too) says why, nothing is kept, and the next
+        request for the blob
         downloads it afresh and gets it whole.
         """
         lines: list[str] = []
@@ -356,6 +357,9 @@ class UpstreamFailureTests(TestCase):
             f"{host} sent no body data for 1s after 100000B; cut the cache fill",
             "\n".join(lines),
         )
+        # The request's own log line says why it was cut, as the relay's does.
+        logged = [event["upstream"] for event in self.events if "upstream" in event]
+        self.assertEqual(logged, [f"200,timeout@{host}"])
         store = proxy.site.cache.store
         digest = _BLOB_PATH.rsplit(b"/", 1)[1].decode()
         self.assertIsNone(await store.lookup(digest))
