@@ -267,6 +267,7 @@ class CachingForwarder(Forwarder):
             request.upstreamFailure = UpstreamError(  # type: ignore[attr-defined]
                 "timeout", host, "the body stalled"
             )
+            self.bodyStalled()
 
         response.deliverBody(
             FillWriter(

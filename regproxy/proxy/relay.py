@@ -253,12 +253,14 @@ class _BodyRelay(Protocol):
         clock: IReactorTime,
         timeout: float,
         host: str = "-",
+        stalled: Callable[[], None] = lambda: None,
     ) -> None:
         self._request = request
         self._done = done
         self._clock = clock
         self._timeout = timeout
         self._host = host
+        self._stalled = stalled
         self._clientGone = False
         self._paused = self._pausedLately = False
         self._watch: IdleWatch | None = None
@@ -312,6 +314,7 @@ class _BodyRelay(Protocol):
         self._request.upstreamFailure = UpstreamError(  # type: ignore[attr-defined]
             "timeout", self._host, "the body stalled"
         )
+        self._stalled()
         self._clientGone = True
         self._request.unregisterProducer()
         abortUpstream(self.transport)
@@ -396,6 +399,13 @@ class Forwarder:
                 self.metrics.upstreamErrors.labels("timeout").inc()
             raise
 
+    def bodyStalled(self) -> None:
+        """
+        An upstream body went silent for the response timeout: counted as
+        a timeout, as a wait for headers that ran out is.
+        """
+        self.metrics.upstreamErrors.labels("timeout").inc()
+
     async def readBody(self, response: IResponse) -> bytes:
         """
         The whole body of C{response} (a manifest, an error), which must
@@ -424,7 +434,9 @@ class Forwarder:
         done: Deferred[bool] = Deferred()
         sent = getattr(response, "request", None)
         host = upstreamHost(getattr(sent, "absoluteURI", None) or b"")
-        relay = _BodyRelay(request, done, self.clock, self.responseTimeout, host)
+        relay = _BodyRelay(
+            request, done, self.clock, self.responseTimeout, host, self.bodyStalled
+        )
         clientGone = []
 
         def onClientGone(reason: Failure) -> None:

@@ -324,6 +324,7 @@ class UpstreamFailureTests(TestCase):
         self.assertEqual(collector.received, 100_000)
         assert collector.reason is not None
         self.assertFalse(collector.reason.check(ResponseDone), collector.reason)
+        self.assertEqual(self.upstreamErrors(proxy), {"timeout": 1})
 
     async def test_stalledBodyCacheOn(self) -> None:
         """
@@ -360,6 +361,7 @@ class UpstreamFailureTests(TestCase):
         # The request's own log line says why it was cut, as the relay's does.
         logged = [event["upstream"] for event in self.events if "upstream" in event]
         self.assertEqual(logged, [f"200,timeout@{host}"])
+        self.assertEqual(self.upstreamErrors(proxy), {"timeout": 1})
         store = proxy.site.cache.store
         digest = _BLOB_PATH.rsplit(b"/", 1)[1].decode()
         self.assertIsNone(await store.lookup(digest))
