@@ -39,8 +39,9 @@ class RunningFill:
         self.kept: bool | None = None
         self._ended: list[Deferred[bool]] = []
         self._started = False
-        # The upstream body is all in: the fill is being checked and kept,
-        # and a new reader must wait for the entry instead of joining.
+        # The upstream body is all in: the fill is being checked and kept
+        # (and at shutdown is let finish; new readers still join it while
+        # its bytes are there, see Fill.joinable).
         self.ending = False
 
     def wait(self) -> Deferred[tuple[Fill, int] | None]:
