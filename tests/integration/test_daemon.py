@@ -265,16 +265,17 @@ class DaemonTests(TestCase):
         code, _ = await self.token(base, "alice", "a")
         self.assertEqual(code, 200)
 
-    async def test_termFinishesDownload(self) -> None:
+    async def termMidDownload(self, *options: str, cache: bool = False):
         """
-        SIGTERM during a slow download: new connections are refused at
-        once, the download completes whole, and the process shuts down
-        cleanly and ends (by the same signal, as twistd does so that a
-        supervisor sees why).
+        Start the daemon in front of a slow upstream, start a download of
+        its blob, and send SIGTERM once the upstream is sending.
+
+        @return: The daemon, its URL, the response (headers in, body on
+            the way) and where the daemon's output stood before the signal.
         """
         blob, upstream = self.serveUpstream()
         daemon, base = await self.startDaemon(
-            "--upstream", upstream, "--auth", "passthrough"
+            "--upstream", upstream, "--auth", "passthrough", *options, cache=cache
         )
         response = await self.agent().request(
             b"GET", f"{base}/v2/lib/app/blobs/{DIGEST}".encode()
@@ -283,6 +284,25 @@ class DaemonTests(TestCase):
         await blob.started
         mark = len(daemon.output)
         daemon.signal("TERM")
+        return daemon, base, response, mark
+
+    async def assertEndedCleanly(self, daemon) -> None:
+        """
+        The daemon ended by SIGTERM, as twistd does (so that a supervisor
+        sees why), after shutting down, with no traceback.
+        """
+        self.assertEqual(await daemon.ended, (None, signal.SIGTERM), daemon.output)
+        self.assertIn("Server Shut Down.", daemon.output)
+        self.assertNotIn("Traceback", daemon.output)
+
+    async def test_termFinishesDownload(self) -> None:
+        """
+        SIGTERM during a slow download: new connections are refused at
+        once, the download completes whole, and the process shuts down
+        cleanly and ends (by the same signal, as twistd does so that a
+        supervisor sees why).
+        """
+        daemon, base, response, mark = await self.termMidDownload()
         await daemon.waitFor(r"Stopping: no more new connections; .* on 1 open", mark)
         port = int(base.rsplit(":", 1)[1])
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
@@ -290,10 +310,8 @@ class DaemonTests(TestCase):
             await endpoint.connect(Factory.forProtocol(Protocol))
         body = await readBody(response)
         self.assertEqual(len(body), CHUNKS * len(CHUNK))
-        self.assertEqual(await daemon.ended, (None, signal.SIGTERM), daemon.output)
+        await self.assertEndedCleanly(daemon)
         self.assertIn("Stopping: every request finished", daemon.output)
-        self.assertIn("Server Shut Down.", daemon.output)
-        self.assertNotIn("Traceback", daemon.output)
 
     async def cacheStats(self) -> str:
         """
@@ -320,24 +338,13 @@ class DaemonTests(TestCase):
         cache: the download completes whole within the grace, the blob is
         kept (the cache then holds it), and the process ends cleanly.
         """
-        blob, upstream = self.serveUpstream()
-        daemon, base = await self.startDaemon(
-            "--upstream", upstream, "--auth", "passthrough", cache=True
-        )
-        response = await self.agent().request(
-            b"GET", f"{base}/v2/lib/app/blobs/{DIGEST}".encode()
-        )
-        self.assertEqual(response.code, 200)
-        await blob.started
-        mark = len(daemon.output)
-        daemon.signal("TERM")
+        daemon, _, response, mark = await self.termMidDownload(cache=True)
         await daemon.waitFor(r"Stopping: no more new connections; .* on 1 open", mark)
         body = await readBody(response)
         self.assertEqual(body, CHUNK * CHUNKS)
-        self.assertEqual(await daemon.ended, (None, signal.SIGTERM), daemon.output)
+        await self.assertEndedCleanly(daemon)
         self.assertIn("Stopping: every request finished", daemon.output)
         self.assertNotIn("cutting", daemon.output)
-        self.assertNotIn("Traceback", daemon.output)
         path = entryPath(os.path.join(self.stateDir, "cache"), DIGEST)
         with open(path, "rb") as f:
             self.assertEqual(f.read(), CHUNK * CHUNKS)
@@ -351,28 +358,13 @@ class DaemonTests(TestCase):
         ends is cut: the client sees a truncated body, nothing is kept, and
         the process ends cleanly.
         """
-        blob, upstream = self.serveUpstream()
-        daemon, base = await self.startDaemon(
-            "--upstream",
-            upstream,
-            "--auth",
-            "passthrough",
-            "--shutdown-grace",
-            "0.5",
-            cache=True,
+        daemon, _, response, mark = await self.termMidDownload(
+            "--shutdown-grace", "0.5", cache=True
         )
-        response = await self.agent().request(
-            b"GET", f"{base}/v2/lib/app/blobs/{DIGEST}".encode()
-        )
-        await blob.started
-        mark = len(daemon.output)
-        daemon.signal("TERM")
         await daemon.waitFor(r"Stopping: cutting 1 cache fills .* after 0.5s", mark)
         with self.assertRaises(ResponseFailed):
             await readBody(response)
-        self.assertEqual(await daemon.ended, (None, signal.SIGTERM), daemon.output)
-        self.assertIn("Server Shut Down.", daemon.output)
-        self.assertNotIn("Traceback", daemon.output)
+        await self.assertEndedCleanly(daemon)
         self.assertFalse(
             os.path.exists(entryPath(os.path.join(self.stateDir, "cache"), DIGEST))
         )
@@ -383,24 +375,13 @@ class DaemonTests(TestCase):
         A second SIGTERM while a download is finishing cuts it at once: the
         client sees a truncated response and the process ends cleanly.
         """
-        blob, upstream = self.serveUpstream()
-        daemon, base = await self.startDaemon(
-            "--upstream", upstream, "--auth", "passthrough"
-        )
-        response = await self.agent().request(
-            b"GET", f"{base}/v2/lib/app/blobs/{DIGEST}".encode()
-        )
-        await blob.started
-        mark = len(daemon.output)
-        daemon.signal("TERM")
+        daemon, _, response, mark = await self.termMidDownload()
         await daemon.waitFor(r"Stopping: no more new connections", mark)
         daemon.signal("TERM")
         await daemon.waitFor(r"Stopping: cutting 1 connections .* second signal", mark)
         with self.assertRaises(ResponseFailed):
             await readBody(response)
-        self.assertEqual(await daemon.ended, (None, signal.SIGTERM), daemon.output)
-        self.assertIn("Server Shut Down.", daemon.output)
-        self.assertNotIn("Traceback", daemon.output)
+        await self.assertEndedCleanly(daemon)
 
     async def test_unknownOption(self) -> None:
         """
