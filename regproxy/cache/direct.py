@@ -215,7 +215,8 @@ class DirectStreamer:
         if files.readCached(self._fd, 1, available - 1) is None:
             # Not in memory: sendfile would block the reactor on the disk.
             await self._read(available)
-            self._sent(self._sendPending())
+            if self._open():
+                self._sent(self._sendPending())
             return
         count = min(SEND_TURN, available - self._offset)
         try:
@@ -273,6 +274,9 @@ class DirectStreamer:
                     if resetTimeout is not None:
                         resetTimeout()
                     if self._end is not None and self._offset >= self._end:
+                        break
+                    if not self._open():
+                        # The client left while a read was on a thread.
                         break
                 await self._writable()
         finally:

@@ -16,7 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
+from twisted.internet.defer import CancelledError
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
@@ -24,9 +26,12 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from regproxy.cache.streaming import SourceFailed
 from regproxy.proxy.relay import BytesProducer
 
 _RANGE = re.compile(rb"^bytes=(\d*)-(\d*)$")
+
+_log = Logger()
 
 
 def parseRange(headers: Headers, size: int) -> tuple[int, int] | None:
@@ -202,6 +207,11 @@ class StreamedResponse:
     def deliverBody(self, protocol: Protocol) -> None:
         raise NotImplementedError("a cached blob is sent with relay()")
 
+    def _digest(self) -> str:
+        return (self.headers.getRawHeaders(b"docker-content-digest") or [b"-"])[
+            -1
+        ].decode("latin-1")
+
     def setPreviousResponse(self, response: IResponse) -> None:
         self.previousResponse = response
 
@@ -216,7 +226,12 @@ class StreamedResponse:
             return True
         try:
             sent = await self.serve(request)
+        except (SourceFailed, CancelledError):
+            request.loseConnection()
+            return False
         except Exception:
+            # Not a download that broke off: a fault of ours, to be seen.
+            _log.failure("Serving {digest} from the cache", digest=self._digest())
             request.loseConnection()
             return False
         if getattr(request, "_disconnected", False) or request.finished:

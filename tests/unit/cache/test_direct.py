@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
@@ -118,6 +119,51 @@ class LoopbackMixin(MixinBase):
         self.store.run = recording
         return await self.fetch(Reader()), reads
 
+    async def goneDuringColdRead(self) -> None:
+        """
+        A client that hangs up while the next piece is read on a thread
+        (nothing is in the page cache) ends the serving quietly: how much
+        was sent is reported, not a failure.
+        """
+        self.patch(files, "readIntoNoWait", lambda fd, buffer, offset: 0)
+        self.patch(files, "readCached", lambda fd, length, offset: None)
+        reader = Reader()
+        run = self.store.run
+        # Fires once the server has seen the client go.
+        seen: Deferred[None] = Deferred()
+        clientGone = direct.DirectStreamer._clientGone
+
+        def noticed(streamer: direct.DirectStreamer, reason: object) -> None:
+            clientGone(streamer, None)
+            if not seen.called:
+                seen.callback(None)
+
+        self.patch(direct.DirectStreamer, "_clientGone", noticed)
+
+        reads: list[object] = []
+
+        def afterTheClientLeft(f: Callable[..., T], *args: Any) -> Deferred[T]:
+            if f is os.preadv:
+                reads.append(f)
+            if len(reads) != 2 or f is not os.preadv:
+                return run(f, *args)
+            # The client hangs up while the second read is on its thread;
+            # the read ends after the server has closed the connection (a
+            # reactor turn after it noticed, as a real thread's would).
+            cast(ITCPTransport, reader.transport).abortConnection()
+            return seen.addCallback(lambda _: deferLater(reactor, 0, run, f, *args))
+
+        self.store.run = afterTheClientLeft
+        body = await self.fetch(reader)
+        while not self.resource.outcomes:
+            d: Deferred[None] = Deferred()
+            reactor.callLater(0, d.callback, None)
+            await d
+        [sent] = self.resource.outcomes
+        self.assertIsInstance(sent, int)
+        self.assertLess(len(body), len(BODY))
+        self.assertEqual(body, BODY[: len(body)])
+
     async def fetch(self, reader: Reader) -> bytes:
         address = self.port.getHost()
         assert isinstance(address, IPv4Address)
@@ -130,6 +176,9 @@ class CopyTests(LoopbackMixin, TestCase):
     """
     A client on this machine: the body is copied through one buffer.
     """
+
+    async def test_goneDuringColdRead(self) -> None:
+        await self.goneDuringColdRead()
 
     async def test_cachedByCopy(self) -> None:
         """
@@ -182,6 +231,9 @@ class SendfileTests(LoopbackMixin, TestCase):
     """
 
     remote = True
+
+    async def test_goneDuringColdRead(self) -> None:
+        await self.goneDuringColdRead()
 
     async def test_cachedBySendfile(self) -> None:
         """
