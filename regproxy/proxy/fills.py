@@ -176,6 +176,7 @@ class FillWriter(Protocol):
         self._host = host
         self._received = 0
         self._ended = False
+        self._diskBehind = False
         self._watch: IdleWatch | None = None
         running.writer = self
 
@@ -199,6 +200,7 @@ class FillWriter(Protocol):
         caughtUp = self._fill.belowBacklog()
         if not caughtUp.called:
             # The disk is behind: read no more until it catches up.
+            self._diskBehind = True
             self._producer().pauseProducing()
             caughtUp.addCallback(self._resume)
 
@@ -209,6 +211,7 @@ class FillWriter(Protocol):
         return cast(IPushProducer, self.transport)
 
     def _resume(self, _: object) -> None:
+        self._diskBehind = False
         if self._ended:
             return
         if self._watch is not None:
@@ -216,6 +219,9 @@ class FillWriter(Protocol):
         self._producer().resumeProducing()
 
     def _idle(self) -> bool:
+        if self._diskBehind:
+            # Our own disk held the upstream back, not the upstream us.
+            return True
         self._log.warn(
             "{host} sent no body data for {timeout}s after {received}B; "
             "cut the cache fill of {digest}",

@@ -113,8 +113,8 @@ class FillWriterTests(SynchronousTestCase):
         """
         While the disk is more than the backlog behind, the upstream is
         paused (so the reactor never waits on the disk, and memory stays
-        bounded); once it catches up the upstream resumes, and the fill is
-        kept whole.
+        bounded) and not taken for stalled; once it catches up the upstream
+        resumes, and the fill is kept whole.
         """
         from tests.unit.cache.test_writer import HeldRunner
 
@@ -128,6 +128,9 @@ class FillWriterTests(SynchronousTestCase):
         self.assertEqual(upstream.producerState, "paused")
         # Not on disk yet: the reader has nothing.
         self.assertEqual(client.body(), b"")
+        # However long our disk takes, the upstream is not taken for stalled.
+        self.clock.advance(600)
+        self.assertEqual(results, [])
         held.runAll()
         self.assertEqual(upstream.producerState, "producing")
         writer.connectionLost(Failure(ResponseDone()))
