@@ -215,11 +215,11 @@ class CachingForwarder(Forwarder):
                 outcome = "hit" if fill.whole else "coalesced"
                 self._outcome(request, outcome, target, fillSize)
                 return StreamedResponse.forFill(fill, digest, fillSize)
-            if started is not None and await started[0].done():
-                size = started[1]
-            else:
-                # It did not start, or was not kept: fetch it again.
-                size = await self.store.lookup(digest)
+            # It did not start, failed, or cannot give this client every
+            # byte (a download held only in memory, past its window): the
+            # entry if it was kept meanwhile, else straight from upstream,
+            # never a wait for someone else's download to end.
+            size = await self.store.lookup(digest)
             if size is None:
                 return await self._blobMiss(ask)
         assert size is not None

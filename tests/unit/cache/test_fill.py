@@ -250,6 +250,36 @@ class FillTests(SynchronousTestCase):
         resource.failure().trap(SourceFailed)
         self.assertLess(len(client.body()), len(body))
 
+    def test_joinable(self) -> None:
+        """
+        A new reader may join a fill while every byte can still reach it:
+        one on disk, and once checked while it is kept; one held in memory
+        only until the start leaves the window; never a failed one, nor one
+        checked and not kept (its bytes are gone).
+        """
+        onDisk = self.store.fill(self.digest, len(BODY))
+        onDisk.write(BODY)
+        self.assertTrue(onDisk.joinable)
+        self.assertTrue(self.successResultOf(onDisk.finish()))
+        self.assertTrue(onDisk.joinable)
+
+        broken = self.store.fill(digestOf(b"broken"), 100)
+        broken.write(b"x" * 10)
+        broken.fail()
+        self.assertFalse(broken.joinable)
+
+        self.disk.free = 0
+        self.store.minFree = 1
+        body = os.urandom(MEMORY_WINDOW + 2 * MiB)
+        inMemory = self.store.fill(digestOf(body), len(body))
+        inMemory.write(body[:MiB])
+        self.assertTrue(inMemory.joinable)
+        for offset in range(MiB, len(body), MiB):
+            inMemory.write(body[offset : offset + MiB])
+        self.assertFalse(inMemory.joinable)
+        self.assertFalse(self.successResultOf(inMemory.finish()))
+        self.assertFalse(inMemory.joinable)
+
     def test_tooBigStreamsWithoutKeeping(self) -> None:
         """
         A blob bigger than the whole cache streams through and is not kept.
