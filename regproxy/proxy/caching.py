@@ -321,9 +321,11 @@ class CachingForwarder(Forwarder):
             # The upstream's own answer is the answer; what the tag names
             # is remembered for offline answers and protection (a client
             # such as containerd HEADs the tag, then GETs by digest).
-            if isinstance(response.length, int):
+            # A HEAD's length is in its header (Twisted says 0 for the body).
+            length = (response.headers.getRawHeaders(b"content-length") or [b""])[-1]
+            if length.isdigit():
                 self._rememberTag(
-                    target, digest, mediaType.decode("latin-1"), response.length
+                    target, digest, mediaType.decode("latin-1"), int(length)
                 )
             request.cacheOutcome = "miss"  # type: ignore[attr-defined]
             return response

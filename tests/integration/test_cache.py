@@ -208,6 +208,11 @@ class HeadThenDigestTests(CacheTestsMixin, TestCase):
         )
         byDigest = await http.get(f"{base}/{self.image.digest}", headers=accept)
         self.assertEqual(await byDigest.content(), self.manifestBytes())
+        cache = self.proxy.site.cache
+        tag = await cache.index.getTag(self.registry.url.rstrip("/"), "head/app", "v1")
+        self.assertEqual(
+            (tag.digest, tag.size), (self.image.digest, len(self.manifestBytes()))
+        )
 
         await self.registry.process.stop()
 
