@@ -259,6 +259,9 @@ class IndexDatabase:
                 "DELETE FROM resolutions WHERE resolvedAt < ?", (oldest,)
             )
 
+    def forgetResolution(self, key: tuple[str, str]) -> None:
+        self._write("DELETE FROM resolutions WHERE name = ? AND asker = ?", [key])
+
     def getResolution(self, key: tuple[str, str]) -> tuple[str, float] | None:
         row = self.connection.execute(
             "SELECT answer, resolvedAt FROM resolutions WHERE name = ? AND asker = ?",

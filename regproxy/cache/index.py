@@ -348,6 +348,12 @@ class CacheIndex:
         oldest = self._reactor.seconds() - keepFor
         return self._call(self._db.setResolution, (name, asker), answer, at, oldest)
 
+    def forgetResolution(self, name: str, asker: str) -> Deferred[None]:
+        """
+        The API no longer gives C{asker} an answer for C{name}.
+        """
+        return self._call(self._db.forgetResolution, (name, asker))
+
     def getResolution(
         self, name: str, asker: str
     ) -> Deferred[tuple[str, float] | None]:

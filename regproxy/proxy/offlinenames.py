@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -94,6 +94,16 @@ class IndexResolutions:
             self._remember(reference, credentials, resolution, at)
         )
         return d.addErrback(_failed, "remember a resolution")
+
+    def forget(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred[None]:
+        if not self.cache.isOpen:
+            return succeed(None)
+        d = self.cache.index.forgetResolution(
+            str(reference), asker(self.cache, credentials)
+        )
+        return d.addErrback(_failed, "forget a resolution")
 
     async def _recall(
         self, reference: ImageReference, credentials: Credentials

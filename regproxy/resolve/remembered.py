@@ -24,7 +24,13 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from regproxy.names.reference import ImageReference
-from regproxy.resolve.interfaces import Credentials, IResolver, Resolution
+from regproxy.resolve.interfaces import (
+    Credentials,
+    IResolver,
+    Resolution,
+    ResolveError,
+    ResolverUnavailable,
+)
 
 #: The fields of a L{Resolution} that are its answer, in the order written.
 _FIELDS = ("repository", "reference", "registry", "commit", "version")
@@ -57,6 +63,12 @@ class IResolutionMemory(Interface):
         The API answered C{resolution} for C{reference} asked with
         C{credentials} at C{at}.  Never fails: losing it only costs an
         offline answer later.
+        """
+
+    def forget(reference: ImageReference, credentials: Credentials) -> Deferred[None]:
+        """
+        The API now refuses C{reference} to these C{credentials} (or it is
+        gone): nothing remembered may answer for it any more.  Never fails.
         """
 
     def recall(
@@ -122,6 +134,12 @@ class MemoryResolutionMemory:
         self._answers[key] = Remembered(resolution, at)
         return succeed(None)
 
+    def forget(
+        self, reference: ImageReference, credentials: Credentials
+    ) -> Deferred[None]:
+        self._answers.pop((str(reference), credentials.cacheKey), None)
+        return succeed(None)
+
     def recall(
         self, reference: ImageReference, credentials: Credentials
     ) -> Deferred[Remembered | None]:
@@ -132,8 +150,10 @@ class MemoryResolutionMemory:
 @attrs.frozen
 class RecordingResolver:
     """
-    An L{IResolver} that hands every answer of another one to a memory.
-    Answers already stale are not written again: their time would lie.
+    An L{IResolver} that hands every answer of another one to a memory,
+    and tells it to forget one the API now refuses (a revoked key must not
+    be answered from memory in the next outage).  Answers already stale
+    are not written again: their time would lie.
     """
 
     resolver: IResolver
@@ -145,7 +165,15 @@ class RecordingResolver:
     async def _resolve(
         self, reference: ImageReference, credentials: Credentials
     ) -> Resolution:
-        resolution = await self.resolver.resolve(reference, credentials)
+        try:
+            resolution = await self.resolver.resolve(reference, credentials)
+        except ResolverUnavailable:
+            raise
+        except ResolveError:
+            self.memory.forget(reference, credentials).addErrback(
+                lambda f: self._log.failure("forgetting {name}", f, name=str(reference))
+            )
+            raise
         if not resolution.stale:
             # Written behind: the request does not wait for the disk.
             self.memory.remember(

@@ -72,6 +72,25 @@ class IndexResolutionsTests(SynchronousTestCase):
         ):
             self.assertIsNone(self.successResultOf(memory.recall(REFERENCE, other)))
 
+    def test_forgottenAcrossRestart(self) -> None:
+        """
+        An answer forgotten (the API refused the asker since) is not
+        recalled, by this cache or a restarted one; others' answers stay.
+        """
+        alice, bob = Credentials.fromClient(KEY), Credentials.fromClient("bob-key")
+        cache = self.openCache()
+        memory = IndexResolutions(cache, 3600)
+        for who in (alice, bob):
+            self.successResultOf(memory.remember(REFERENCE, who, ANSWER, 4990.0))
+        self.successResultOf(memory.forget(REFERENCE, alice))
+        self.assertIsNone(self.successResultOf(memory.recall(REFERENCE, alice)))
+        memory = IndexResolutions(self.restart(cache), 3600)
+        self.assertIsNone(self.successResultOf(memory.recall(REFERENCE, alice)))
+        self.assertEqual(
+            self.successResultOf(memory.recall(REFERENCE, bob)),
+            Remembered(ANSWER, 4990.0),
+        )
+
     def test_noKeyInClear(self) -> None:
         """
         The index never holds the API key the answer was asked with.

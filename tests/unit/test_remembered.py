@@ -142,6 +142,22 @@ class RecordingResolverTests(SynchronousTestCase):
         self.successResultOf(self.resolver.resolve(REFERENCE, Credentials()))
         self.assertIsNone(self.recall(Credentials()))
 
+    def test_refusalForgets(self) -> None:
+        """
+        Once the API refuses a name to an asker it answered before (its key
+        was revoked, or the fleet went), the remembered answer is gone: the
+        next outage does not answer from it.  An API that cannot be asked
+        forgets nothing.
+        """
+        alice = Credentials.fromClient("alice-key")
+        self.successResultOf(self.resolver.resolve(REFERENCE, alice))
+        self.inner.result = ResolverUnavailable("down")
+        self.failureResultOf(self.resolver.resolve(REFERENCE, alice))
+        self.assertEqual(self.recall(alice), Remembered(ANSWER, 1000.0))
+        self.inner.result = NameUnknown("no fleet acme/app")
+        self.failureResultOf(self.resolver.resolve(REFERENCE, alice), NameUnknown)
+        self.assertIsNone(self.recall(alice))
+
     def test_errorsPassThrough(self) -> None:
         """
         A failure is the caller's, and nothing is remembered.
@@ -160,6 +176,9 @@ class RecordingResolverTests(SynchronousTestCase):
         @implementer(IResolutionMemory)
         class Broken:
             def remember(self, reference, credentials, resolution, at):
+                return fail(OSError("disk full"))
+
+            def forget(self, reference, credentials):
                 return fail(OSError("disk full"))
 
             def recall(self, reference, credentials):
