@@ -152,6 +152,9 @@ class Download:
         if isinstance(error, OSError):
             self._diskFailed(error)
         else:
+            self._log.failure(
+                "Writing the cache fill of {digest}", failure, digest=self.digest
+            )
             self.fail(failure)
 
     def _diskFailed(self, error: OSError) -> None:

@@ -67,7 +67,12 @@ from regproxy.resolve.interfaces import (
     ResolverUnavailable,
 )
 from regproxy.resolve.remembered import IResolutionMemory
-from regproxy.server.errors import API_VERSION, API_VERSION_HEADER, RegistryError
+from regproxy.server.errors import (
+    API_VERSION,
+    API_VERSION_HEADER,
+    RegistryError,
+    TranslatableError,
+)
 from regproxy.server.rendering import renderLater
 from regproxy.server.request import StreamingRequest
 from regproxy.server.urls import Origin, publicBase
@@ -192,9 +197,12 @@ class BrokeredRegistryResource(Resource):
             await self._serve(request, path, resolution, account)
         except CancelledError:
             raise
-        except Exception:
+        except Exception as e:
             if request.startedWriting:
                 raise
+            if not isinstance(e, (RegistryError, TranslatableError)):
+                # Not an answer of the upstream's or ours: a fault, seen.
+                self._log.failure("Answering {name} from memory", name=path.name)
             request.responseHeaders.removeHeader(b"warning")
             request.staleAnswer = False
             raise resolution.staleBecause from None

@@ -10,7 +10,7 @@ fills running get the drain's grace to finish (L{RunningFills}).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime
@@ -102,9 +102,17 @@ class RunningFills(dict[str, RunningFill]):
     def drain(self, clock: IReactorTime, grace: float) -> Deferred[None]:
         """
         At shutdown: let the fills running finish (a download half done is
-        worth keeping), for at most C{grace} seconds; then cut the rest.
+        worth keeping), for at most C{grace} seconds; then cut the rest, and
+        wait no longer (not even for one being flushed: a disk that hangs
+        must not hang the shutdown, and its temporary file is no entry).
         """
-        timer = clock.callLater(grace, self.cut, f"after {grace:g}s")
+        over: Deferred[None] = Deferred()
+
+        def graceEnds() -> None:
+            self.cut(f"after {grace:g}s")
+            over.callback(None)
+
+        timer = clock.callLater(grace, graceEnds)
 
         async def drained() -> None:
             waited: set[RunningFill] = set()
@@ -117,7 +125,10 @@ class RunningFills(dict[str, RunningFill]):
                     timer.cancel()
                     return
                 waited.update(fills)
-                await self._settled(fills)
+                settled: Deferred[Any] = self._settled(fills)
+                await DeferredList(
+                    [settled, over], fireOnOneCallback=True, consumeErrors=True
+                )
 
         return Deferred.fromCoroutine(drained())
 

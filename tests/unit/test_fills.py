@@ -181,6 +181,28 @@ class FillWriterTests(SynchronousTestCase):
         )
         self.assertIsNone(self.successResultOf(self.store.lookup(digestOf(OTHER))))
 
+    def test_drainBoundedByGrace(self) -> None:
+        """
+        A fill whose bytes are all in but whose flush to the disk hangs does
+        not hold the shutdown past the grace.
+        """
+        from tests.unit.cache.test_writer import HeldRunner
+
+        held = HeldRunner()
+        self.store.run = held
+        writer, _, results, _, _ = self.start()
+        writer.dataReceived(BODY)
+        held.runAll()
+        writer.connectionLost(Failure(ResponseDone()))
+        # The flush (files.keep) is held, as by a disk that hangs.
+        self.assertEqual(len(held.held), 1)
+        drained = self.fills.drain(self.clock, 30.0)
+        self.clock.advance(29)
+        self.assertNoResult(drained)
+        self.clock.advance(1)
+        self.successResultOf(drained)
+        self.assertEqual(results, [])
+
     def test_drainWithNothingRunning(self) -> None:
         """
         With no fill running the drain is over at once, and leaves no timer.
