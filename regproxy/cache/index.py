@@ -7,7 +7,7 @@ counters.  SQLite, every query on one dedicated thread.
 Authorizations and tags are asked and told on every request: the latest of
 each is kept in memory too, and written behind (the one thread runs queries
 in order, so a later read sees the write), and again only when it changed
-or every L{REWRITE_AFTER} seconds.  A request never waits for a write.
+or every L{REWRITE_AFTER} seconds, so no request waits for those writes.
 """
 
 from __future__ import annotations

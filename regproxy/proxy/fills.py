@@ -39,9 +39,10 @@ class RunningFill:
         self.kept: bool | None = None
         self._ended: list[Deferred[bool]] = []
         self._started = False
-        # The upstream body is all in: the fill is being checked and kept
-        # (and at shutdown is let finish; new readers still join it while
-        # its bytes are there, see Fill.joinable).
+        # The upstream is done with: its body is all in and being checked
+        # and kept (at shutdown such a fill is let finish), or it was cut or
+        # failed.  New readers still join while its bytes are there (see
+        # Fill.joinable).
         self.ending = False
 
     def wait(self) -> Deferred[tuple[Fill, int] | None]:

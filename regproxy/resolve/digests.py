@@ -53,6 +53,8 @@ _MAX_REMEMBERED_DIGESTS = 65536
 #: Rows older than this are dropped: a pull asks for its blobs right after
 #: its manifest, and every manifest answer remembers its digests again.
 _KEEP_SECONDS = 7 * 24 * 3600.0
+
+_log = Logger()
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS digest_locations (
     name TEXT NOT NULL,
@@ -262,12 +264,17 @@ class LayeredDigestLocations:
     replaces a remembered miss at once; one that another instance learnt
     is seen once the miss expires (until then the name is resolved as if
     the digest were unknown, as on an instance of its own).
+
+    The back is written behind (nobody waits for its disk), and what was
+    written is not written again for C{rewriteAfter} seconds: a fleet's
+    manifest answered from memory tells us the same locations each time.
     """
 
     front: MemoryDigestLocations
     back: IDigestLocations
     clock: IReactorTime | None = None
     missTTL: float = DEFAULT_MISS_TTL
+    rewriteAfter: float = 3600.0
     _misses: TTLCache[tuple[str, str], bool] | None = attrs.field(
         init=False,
         default=attrs.Factory(
@@ -282,6 +289,20 @@ class LayeredDigestLocations:
         ),
     )
 
+    _written: TTLCache[tuple, bool] | None = attrs.field(
+        init=False,
+        default=attrs.Factory(
+            lambda self: (
+                None
+                if self.clock is None
+                else TTLCache(
+                    self.front.maxSize, self.rewriteAfter, timer=self.clock.seconds
+                )
+            ),
+            takes_self=True,
+        ),
+    )
+
     async def _remember(
         self, name: str, digests: Sequence[str], repository: str
     ) -> None:
@@ -289,7 +310,14 @@ class LayeredDigestLocations:
         if self._misses is not None:
             for digest in digests:
                 self._misses.pop((name, digest), None)
-        await self.back.remember(name, digests, repository)
+        key = (name, repository, tuple(digests))
+        if self._written is not None:
+            if key in self._written:
+                return
+            self._written[key] = True
+        self.back.remember(name, digests, repository).addErrback(
+            lambda f: _log.failure("remembering digest locations", f)
+        )
 
     async def _find(self, name: str, digest: str) -> str | None:
         known = self.front.findNow(name, digest)

@@ -130,6 +130,32 @@ class DigestLocationsTests(SynchronousTestCase):
         self.assertEqual(back.finds, 1)
         self.assertIsNone(self.successResultOf(layered.find("a/b", DIGESTS[2])))
 
+    def test_layeredWritesBehindOnce(self) -> None:
+        """
+        Remembering never waits for the back (a slow disk), and the same
+        locations told again are written to the back only once per
+        C{rewriteAfter} seconds.
+        """
+        clock = Clock()
+        writes: list[tuple[str, tuple[str, ...], str]] = []
+
+        class SlowBack(MemoryDigestLocations):
+            def remember(self, name, digests, repository):
+                writes.append((name, tuple(digests), repository))
+                return Deferred()
+
+        layered = LayeredDigestLocations(
+            MemoryDigestLocations(), SlowBack(), clock=clock, rewriteAfter=60.0
+        )
+        for _ in range(3):
+            self.successResultOf(layered.remember("a/b", DIGESTS[:2], "v2/x"))
+        self.assertEqual(writes, [("a/b", tuple(DIGESTS[:2]), "v2/x")])
+        self.assertEqual(self.successResultOf(layered.find("a/b", DIGESTS[1])), "v2/x")
+        self.successResultOf(layered.remember("a/b", DIGESTS[:2], "v2/y"))
+        clock.advance(61)
+        self.successResultOf(layered.remember("a/b", DIGESTS[:2], "v2/x"))
+        self.assertEqual(len(writes), 3)
+
     def test_several(self) -> None:
         """
         Several backs each remember; a digest is found in the first that
