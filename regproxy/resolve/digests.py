@@ -277,31 +277,22 @@ class LayeredDigestLocations:
     rewriteAfter: float = 3600.0
     _misses: TTLCache[tuple[str, str], bool] | None = attrs.field(
         init=False,
-        default=attrs.Factory(
-            lambda self: (
-                None
-                if self.clock is None
-                else TTLCache(
-                    self.front.maxSize, self.missTTL, timer=self.clock.seconds
-                )
-            ),
-            takes_self=True,
-        ),
+        default=attrs.Factory(lambda self: self._timed(self.missTTL), takes_self=True),
     )
-
     _written: TTLCache[tuple, bool] | None = attrs.field(
         init=False,
         default=attrs.Factory(
-            lambda self: (
-                None
-                if self.clock is None
-                else TTLCache(
-                    self.front.maxSize, self.rewriteAfter, timer=self.clock.seconds
-                )
-            ),
-            takes_self=True,
+            lambda self: self._timed(self.rewriteAfter), takes_self=True
         ),
     )
+
+    def _timed(self, ttl: float) -> TTLCache | None:
+        """
+        A memory of C{ttl} seconds by the clock, when there is one.
+        """
+        if self.clock is None:
+            return None
+        return TTLCache(self.front.maxSize, ttl, timer=self.clock.seconds)
 
     async def _remember(
         self, name: str, digests: Sequence[str], repository: str
