@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
@@ -59,6 +60,9 @@ from regproxy.server.errors import UpstreamError
 MAX_MANIFEST = 4 * 1024 * 1024
 
 STALE_WARNING = b'110 - "Response is Stale"'
+
+# The longest the cache's close waits for fills being flushed to the disk.
+CLOSE_WAIT = 10.0
 
 
 @attrs.define
@@ -126,7 +130,14 @@ class CachingForwarder(Forwarder):
             )
 
     async def _close(self) -> None:
-        await self.settled(ending=True)
+        # Fills being flushed end in a moment; a disk that hangs does not
+        # hold the shutdown (their temporary files are never entries).
+        waited: Deferred[None] = Deferred()
+        timer = self.clock.callLater(CLOSE_WAIT, waited.callback, None)
+        settled: Deferred[Any] = self.settled(ending=True)
+        await DeferredList([settled, waited], fireOnOneCallback=True)
+        if timer.active():
+            timer.cancel()
         index, self._store, self._index = self._index, None, None
         if index is not None:
             await index.close()

@@ -203,6 +203,38 @@ class FillWriterTests(SynchronousTestCase):
         self.successResultOf(drained)
         self.assertEqual(results, [])
 
+    def test_closeBounded(self) -> None:
+        """
+        The cache's close waits for a fill being flushed, but not for one
+        whose disk hangs: after L{CLOSE_WAIT} it closes the index anyway.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.web.client import Agent
+
+        from regproxy.proxy.caching import CLOSE_WAIT, CachingForwarder
+        from tests.unit.cache.test_writer import HeldRunner
+
+        cache = CachingForwarder(
+            Agent(MemoryReactorClock()),
+            self.clock,
+            opener=lambda: (self.store, self.store.index),
+            fills=self.fills,
+        )
+        cache.open()
+        held = HeldRunner()
+        self.store.run = held
+        writer, _, _, _, _ = self.start()
+        writer.dataReceived(BODY)
+        held.runAll()
+        writer.connectionLost(Failure(ResponseDone()))
+        closed = cache.close()
+        self.clock.advance(CLOSE_WAIT - 1)
+        self.assertNoResult(closed)
+        self.clock.advance(1)
+        self.successResultOf(closed)
+        self.assertFalse(cache.isOpen)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_drainWithNothingRunning(self) -> None:
         """
         With no fill running the drain is over at once, and leaves no timer.
