@@ -191,6 +191,7 @@ class BrokeredRegistryResource(Resource):
         # A remembered answer: marked stale, and when it gets the client
         # nothing, the client hears what the API's failure says, exactly as
         # for a name nobody remembers (a private fleet looks missing).
+        before = request.responseHeaders.copy(), request.code
         request.responseHeaders.setRawHeaders(b"warning", [STALE_WARNING])
         request.staleAnswer = True
         try:
@@ -203,7 +204,9 @@ class BrokeredRegistryResource(Resource):
             if not isinstance(e, (RegistryError, TranslatableError)):
                 # Not an answer of the upstream's or ours: a fault, seen.
                 self._log.failure("Answering {name} from memory", name=path.name)
-            request.responseHeaders.removeHeader(b"warning")
+            # Nothing of the attempt shows: the answer is the API's failure
+            # alone, as for a name nobody remembers.
+            request.responseHeaders, request.code = before
             request.staleAnswer = False
             raise resolution.staleBecause from None
 
