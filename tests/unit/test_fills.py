@@ -181,10 +181,10 @@ class FillWriterTests(SynchronousTestCase):
         )
         self.assertIsNone(self.successResultOf(self.store.lookup(digestOf(OTHER))))
 
-    def test_drainBoundedByGrace(self) -> None:
+    def flushHangs(self) -> list[bool]:
         """
-        A fill whose bytes are all in but whose flush to the disk hangs does
-        not hold the shutdown past the grace.
+        Start a fill whose bytes all arrive but whose flush to the disk
+        (C{files.keep}) never ends, as on a disk that hangs; its results.
         """
         from tests.unit.cache.test_writer import HeldRunner
 
@@ -194,8 +194,15 @@ class FillWriterTests(SynchronousTestCase):
         writer.dataReceived(BODY)
         held.runAll()
         writer.connectionLost(Failure(ResponseDone()))
-        # The flush (files.keep) is held, as by a disk that hangs.
         self.assertEqual(len(held.held), 1)
+        return results
+
+    def test_drainBoundedByGrace(self) -> None:
+        """
+        A fill whose bytes are all in but whose flush to the disk hangs does
+        not hold the shutdown past the grace.
+        """
+        results = self.flushHangs()
         drained = self.fills.drain(self.clock, 30.0)
         self.clock.advance(29)
         self.assertNoResult(drained)
@@ -212,7 +219,6 @@ class FillWriterTests(SynchronousTestCase):
         from twisted.web.client import Agent
 
         from regproxy.proxy.caching import CLOSE_WAIT, CachingForwarder
-        from tests.unit.cache.test_writer import HeldRunner
 
         cache = CachingForwarder(
             Agent(MemoryReactorClock()),
@@ -221,12 +227,7 @@ class FillWriterTests(SynchronousTestCase):
             fills=self.fills,
         )
         cache.open()
-        held = HeldRunner()
-        self.store.run = held
-        writer, _, _, _, _ = self.start()
-        writer.dataReceived(BODY)
-        held.runAll()
-        writer.connectionLost(Failure(ResponseDone()))
+        self.flushHangs()
         closed = cache.close()
         self.clock.advance(CLOSE_WAIT - 1)
         self.assertNoResult(closed)
